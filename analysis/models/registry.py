@@ -1,0 +1,185 @@
+"""One registry for every model id the product accepts.
+
+A model id is ``<source>:<name>[?key=value&...]`` (DESIGN.md section 7), for example
+``timm:vit_base_patch16_224.dino``, ``random:vit_tiny_patch16_224?seed=3``,
+``file:/ckpt/model.safetensors?arch=vit_small_patch16_224``, ``zoo:vit-fmnist-supervised`` or
+``pkg:efficientnet-lite0-in1k``. Each source is a small :class:`ModelSource` object registered under its
+prefix; new sources (the offline zoo, package-shipped weights) plug in with :func:`register_source`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Protocol
+from urllib.parse import parse_qsl
+
+import torch
+from torch import nn
+
+from ..errors import UnknownModelError
+
+
+@dataclass(frozen=True)
+class ModelId:
+    """A parsed model id: ``source:name?options``."""
+
+    source: str
+    name: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelId":
+        if not isinstance(text, str) or ":" not in text:
+            raise UnknownModelError(
+                f"model id {text!r} has no source prefix; use one of "
+                f"{', '.join(p + ':' for p in sorted(_SOURCES))} (for example timm:vit_tiny_patch16_224)"
+            )
+        source, _, rest = text.partition(":")
+        name, sep, query = rest.partition("?")
+        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if sep else {}
+        if not name:
+            raise UnknownModelError(f"model id {text!r} names no model after '{source}:'")
+        return cls(source=source.strip().lower(), name=name.strip(), options=options)
+
+    def __str__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.source}:{self.name}" + (f"?{query}" if query else "")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis.
+
+    ``model`` is in eval mode on the CPU; ``data_config`` is a timm-style data config
+    (``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``);
+    ``fingerprint`` is the sha256 of the weights (names, shapes, dtypes and bytes of the state dict);
+    ``description`` says honestly where the weights come from.
+    """
+
+    model_id: str
+    model: nn.Module
+    data_config: dict
+    arch: str
+    description: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One model a source can offer right now (for menus and ``analysis list models``)."""
+
+    model_id: str
+    description: str
+    group: str
+
+
+class ModelSource(Protocol):
+    """What a model source provides. ``load`` returns ``(module, arch, description)``, or a
+    :class:`LoadedModel`-compatible tuple ``(module, arch, description, data_config)``."""
+
+    prefix: str
+
+    def load(self, name: str, options: Mapping[str, str]) -> tuple: ...
+
+    def catalogue(self) -> Iterable[CatalogueEntry]: ...
+
+
+_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_source(source: ModelSource) -> ModelSource:
+    """Register (or replace) the source for ``source.prefix``."""
+    _SOURCES[source.prefix] = source
+    return source
+
+
+def registered_sources() -> dict[str, ModelSource]:
+    _ensure_builtin_sources()
+    return dict(_SOURCES)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer: name, dtype, shape and raw bytes, in state-dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def resolve_data_config(model: nn.Module) -> dict:
+    """The model's own preprocessing (timm ``resolve_data_config``), as a plain dict."""
+    from timm.data import resolve_data_config as timm_resolve
+
+    return dict(timm_resolve({}, model=model))
+
+
+def load(model_id: str) -> LoadedModel:
+    """Load ``model_id`` into a :class:`LoadedModel` (eval mode, CPU, float32)."""
+    _ensure_builtin_sources()
+    parsed = ModelId.parse(model_id)
+    source = _SOURCES.get(parsed.source)
+    if source is None:
+        raise UnknownModelError(
+            f"unknown model source {parsed.source!r} in {model_id!r}; known sources: "
+            f"{', '.join(sorted(_SOURCES))}"
+        )
+    loaded = source.load(parsed.name, parsed.options)
+    module, arch, description = loaded[0], loaded[1], loaded[2]
+    data_config = loaded[3] if len(loaded) > 3 and loaded[3] is not None else resolve_data_config(module)
+    module = module.float().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(
+        model_id=str(parsed),
+        model=module,
+        data_config=data_config,
+        arch=arch,
+        description=description,
+        fingerprint=weights_fingerprint(module),
+    )
+
+
+def load_model(model_id: str) -> tuple[nn.Module, dict]:
+    """Public API: ``model, data_config = load_model("timm:...")`` (eval mode, timm-style data config)."""
+    loaded = load(model_id)
+    return loaded.model, loaded.data_config
+
+
+def catalogue() -> list[CatalogueEntry]:
+    """Every model the registered sources can offer on this machine now."""
+    _ensure_builtin_sources()
+    entries: list[CatalogueEntry] = []
+    for source in _SOURCES.values():
+        entries.extend(source.catalogue())
+    return entries
+
+
+_builtin_loaded = False
+_BUILTIN_MODULES: list[str] = ["sources"]
+OPTIONAL_SOURCE_MODULES: list[str] = ["zoo", "packaged"]
+"""Modules inside ``analysis.models`` that register more sources when present (``zoo:``, ``pkg:``)."""
+
+
+def _ensure_builtin_sources() -> None:
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    _builtin_loaded = True
+    import importlib
+
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    for module in OPTIONAL_SOURCE_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:  # the module itself not written yet; a missing dependency is an error
+            if exc.name != f"{__package__}.{module}":
+                raise
+
+
+ModelLoader = Callable[[str, Mapping[str, str]], tuple]
