@@ -1,0 +1,32 @@
+"""Datasets for analysis: ids, seeded sub-sampling, each model's own transform, streaming batches.
+
+Public API (DESIGN.md sections 3 and 7)::
+
+    from analysis.data import load_dataset, make_loader, list_datasets, AnalysisDataset
+    ds = load_dataset("fashion-mnist:test", data_config=cfg, samples=2000, seed=0)
+    image, label = ds[0]              # float32 (3, H, W) in the model's preprocessing; label int, -1 unlabelled
+    ds.dataset_id, ds.fingerprint, ds.indices, ds.source_size, ds.num_classes, ds.class_names, ds.description
+    ds.labels                         # labels of the selected images (int64), without reading images
+    for images, labels in make_loader(ds, batch_size=64): ...
+    list_datasets()                   # [(dataset_id, description, available, reason), ...]
+    dataset_templates()               # [("folder:<path>", description), ...]: ids that take a path
+
+Modules: :mod:`.registry` (ids and dispatch), :mod:`.base` (the dataset object, sub-sampling,
+fingerprints), :mod:`.transforms` (PIL conversion and the timm transform), :mod:`.loader` (DataLoader),
+one module per source family (:mod:`.fashion_mnist`, :mod:`.packaged`, :mod:`.folder`, :mod:`.cifar`),
+and :mod:`.files`, :mod:`.safe_pickle`, :mod:`.idx` for reading files.
+"""
+
+from __future__ import annotations
+
+from .base import AnalysisDataset, ImageSource, select_indices
+from .loader import make_loader
+from .registry import (DEFAULT_DATASET, FAMILIES, dataset_templates, list_datasets, load_dataset, open_source,
+                       parse_dataset_id)
+from .transforms import ImageTransform
+
+__all__ = [
+    "AnalysisDataset", "DEFAULT_DATASET", "FAMILIES", "ImageSource", "ImageTransform", "dataset_templates",
+    "list_datasets",
+    "load_dataset", "make_loader", "open_source", "parse_dataset_id", "select_indices",
+]

@@ -1,0 +1,82 @@
+"""Streaming batches: a torch DataLoader in the dataset's own order (no shuffling, nothing dropped).
+
+Batches are ``(images, labels)``: a float32 tensor ``(B, C, H, W)`` and an int64 tensor ``(B,)``.
+A :class:`DatasetError` raised inside a worker process (an unreadable image) reaches the caller as a
+:class:`DatasetError` with its original one-line message, not torch's multi-line wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import DatasetError, SettingsError
+
+
+def default_num_workers() -> int:
+    """Worker processes for decoding: none on one core, then about half the cores (1 on 2 cores), at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 0 if cores <= 1 else min(8, cores // 2)
+
+
+def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(image, label)`` pairs; images of different sizes give a clear :class:`DatasetError`."""
+    images = [item[0] for item in batch]
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) > 1:
+        raise DatasetError(
+            f"images in one batch have different sizes {sorted(shapes)[:3]}; pass the model's data_config "
+            f"so that every image is resized to its input size"
+        )
+    return torch.stack(images), torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
+
+
+def _first_line(message: str) -> str:
+    """The original message from torch's worker-exception text (last 'DatasetError: ...' line)."""
+    for line in reversed(message.strip().splitlines()):
+        marker = "DatasetError: "
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return message.strip().splitlines()[0] if message.strip() else message
+
+
+class AnalysisLoader(DataLoader):
+    """A plain DataLoader whose iteration turns worker-wrapped DatasetErrors back into one-line ones."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        if self.num_workers == 0:
+            return iterator
+        return self._clean_errors(iterator)
+
+    @staticmethod
+    def _clean_errors(iterator):
+        try:
+            yield from iterator
+        except DatasetError as exc:
+            raise DatasetError(_first_line(str(exc))) from None
+
+
+def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """A deterministic, streaming DataLoader over ``dataset`` (sequential order, last partial batch kept).
+
+    ``num_workers=None`` picks :func:`default_num_workers` (none when everything fits in one batch).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise SettingsError(f"batch size must be a positive whole number, got {batch_size!r}")
+    if num_workers is None:
+        batches = -(-len(dataset) // batch_size)
+        num_workers = 0 if batches <= 1 else min(default_num_workers(), batches)  # no workers for one batch
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise SettingsError(f"num_workers must be a whole number >= 0, got {num_workers!r}")
+    return AnalysisLoader(
+        dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+        collate_fn=collate, pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers else None, persistent_workers=False,
+    )
