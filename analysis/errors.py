@@ -32,6 +32,10 @@ class SettingsError(AnalysisError):
     """An impossible setting (energy outside (0, 1], samples <= 0, cuda without a GPU, ...)."""
 
 
+class ForwardError(AnalysisError):
+    """The model's forward pass failed on the data (wrong input size, incompatible channels, ...)."""
+
+
 class NumericalError(AnalysisError):
     """Activations or statistics that are not finite (NaN or inf)."""
 

@@ -103,7 +103,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     """sha256 over every parameter and buffer: name, dtype, shape and raw bytes, in state-dict order."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(name.encode())
         digest.update(str(t.dtype).encode())
         digest.update(str(tuple(t.shape)).encode())
@@ -115,7 +115,12 @@ def resolve_data_config(model: nn.Module) -> dict:
     """The model's own preprocessing (timm ``resolve_data_config``), as a plain dict."""
     from timm.data import resolve_data_config as timm_resolve
 
-    return dict(timm_resolve({}, model=model))
+    config = dict(timm_resolve({}, model=model))
+    # a ViT built with another img_size keeps its pretrained config's size: the patch grid is the truth
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None and not getattr(model.patch_embed, "dynamic_img_size", False):
+        config["input_size"] = (config["input_size"][0], *tuple(img_size))
+    return config
 
 
 def load(model_id: str) -> LoadedModel:

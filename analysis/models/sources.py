@@ -87,16 +87,20 @@ def _locally_cached_timm_weights() -> list[str]:
 
 
 class RandomSource:
-    """``random:<timm arch>[?seed=N]``: the architecture at its seeded random initialisation."""
+    """``random:<timm arch>[?seed=N&kwarg=value...]``: the architecture at its seeded random initialisation.
+
+    Other options are passed to ``timm.create_model`` (e.g. ``?img_size=32&depth=2`` for a tiny test model).
+    """
 
     prefix = "random"
 
     def load(self, name: str, options: Mapping[str, str]) -> tuple:
         seed = _int_option(options, "seed", 0)
         arch = check_architecture(name)
+        extra = {k: _parse_scalar(v) for k, v in options.items() if k != "seed"}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = create_timm(arch, pretrained=False)
+            model = create_timm(arch, pretrained=False, **extra)
         return model, arch, f"{arch} at random initialisation (seed {seed})"
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
