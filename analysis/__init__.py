@@ -1,0 +1,25 @@
+"""Layer-utilization analysis: how much of the space available to its weights each layer of a trained
+network uses on a given dataset (after Garg et al., 2024, arXiv 2407.04797; definitions in DESIGN.md).
+
+Public API::
+
+    from analysis import load_model, analyze
+    model, data_config = load_model("zoo:vit-fmnist-supervised")
+    result = analyze("zoo:vit-fmnist-supervised", "fashion-mnist:test", samples=2000)
+    result.layers, result.mlu, result.at_energy(0.95, 0.999)
+"""
+
+__version__ = "0.1.0"
+
+from .errors import AnalysisError  # noqa: E402
+from .models import load_model  # noqa: E402
+
+
+def analyze(*args, **kwargs):
+    """See :func:`analysis.engine.analyze` (imported lazily to keep ``import analysis`` light)."""
+    from .engine import analyze as _analyze
+
+    return _analyze(*args, **kwargs)
+
+
+__all__ = ["AnalysisError", "analyze", "load_model", "__version__"]

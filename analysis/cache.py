@@ -1,0 +1,272 @@
+"""On-disk result cache: one folder per content key, published atomically, validated on every read.
+
+Layout of an entry ``<cache root>/<key>/``::
+
+    manifest.json      schema version, key parts, meta, per-layer metadata, sha256 of every file (written last)
+    spectra.npz        per-layer arrays (eigenvalues, singular values, preservation-error grid); no pickles
+    layers.parquet     the per-layer table at the analysis energies (for export; the Result rebuilds it)
+    layers.csv         the same table as CSV
+    moments.safetensors  optional raw statistics (C_in, s, N per layer) when ``keep_moments`` is set
+
+An entry is written into ``<root>/.staging/<key>-<random>/`` and then renamed into place, so a reader sees
+either the previous complete entry or the new complete one, never a half-written one; a crash leaves only
+a staging folder, which is ignored. An entry whose manifest is missing, unparsable, of another schema, or
+whose files do not match their recorded sha256 is treated as absent (and recomputed by the engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from .errors import CacheError
+from .paths import cache_root
+from .result import LayerSpectrum, Result, WPRIME_ENERGIES
+
+SCHEMA_VERSION = 1
+KEY_PATTERN = re.compile(r"^[0-9a-f]{24}$")
+ENTRY_FILES = ("spectra.npz", "layers.parquet", "layers.csv")
+
+
+def content_key(parts: dict) -> str:
+    """24 hex digits of the sha256 of the canonical JSON of ``parts`` (plus the schema version)."""
+    canonical = json.dumps({"schema": SCHEMA_VERSION, **parts}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def check_key(key: str) -> str:
+    """Reject anything that is not a bare key (no path can escape the cache folder)."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise CacheError(f"{key!r} is not a cache key (24 lowercase hex digits)")
+    return key
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultCache:
+    """The cache folder. ``root`` defaults to :func:`analysis.paths.cache_root`."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root is not None else cache_root()
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    # ----------------------------------------------------------------------------------------- reading
+    def manifest(self, key: str) -> dict | None:
+        """The manifest of a complete, intact entry, else None."""
+        folder = self.entry_dir(key)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA_VERSION or manifest.get("key") != key:
+            return None
+        files = manifest.get("files", {})
+        if not all(name in files for name in ENTRY_FILES):
+            return None
+        for name, digest in files.items():
+            try:
+                if file_sha256(folder / name) != digest:
+                    return None
+            except OSError:
+                return None
+        return manifest
+
+    def has(self, key: str) -> bool:
+        return self.manifest(key) is not None
+
+    def load(self, key: str) -> Result | None:
+        """The stored result, or None when the entry is absent, partial or damaged."""
+        manifest = self.manifest(key)
+        if manifest is None:
+            return None
+        try:
+            with np.load(self.entry_dir(key) / "spectra.npz", allow_pickle=False) as arrays:
+                spectra = [_spectrum_from_arrays(i, info, arrays) for i, info in enumerate(manifest["layers"])]
+        except (OSError, ValueError, KeyError):
+            return None
+        return Result(
+            meta=manifest["meta"],
+            spectra=spectra,
+            not_applicable=manifest.get("not_applicable", []),
+            energy_in=manifest["energy_in"],
+            energy_out=manifest["energy_out"],
+        )
+
+    def keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and KEY_PATTERN.fullmatch(p.name))
+
+    def entries(self) -> Iterator[dict]:
+        """Manifests of every intact entry, newest first."""
+        manifests = [m for m in (self.manifest(k) for k in self.keys()) if m is not None]
+        yield from sorted(manifests, key=lambda m: m.get("created", 0), reverse=True)
+
+    def resolve(self, prefix: str) -> str:
+        """A full key from a unique prefix (as users type in the CLI)."""
+        if not re.fullmatch(r"[0-9a-f]{1,24}", prefix or ""):
+            raise CacheError(f"{prefix!r} is not a cache key or key prefix (hex digits)")
+        matches = [k for k in self.keys() if k.startswith(prefix)]
+        if not matches:
+            raise CacheError(f"no cached analysis with key {prefix!r}; see `python -m analysis list cache`")
+        if len(matches) > 1:
+            raise CacheError(f"key prefix {prefix!r} is ambiguous ({len(matches)} entries); type more digits")
+        return matches[0]
+
+    # ----------------------------------------------------------------------------------------- writing
+    def store(self, key: str, result: Result, moments: dict | None = None) -> Path:
+        """Write ``result`` (and optional raw moments) as entry ``key``, atomically replacing any old one."""
+        check_key(key)
+        try:
+            staging = self.root / ".staging" / f"{key}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+        except OSError as exc:
+            raise CacheError(f"cache folder {str(self.root)!r} is not writable ({exc.strerror or exc})") from None
+        try:
+            files = _write_entry_files(staging, result, moments)
+            manifest = {
+                "schema": SCHEMA_VERSION,
+                "key": key,
+                "created": time.time(),
+                "meta": result.meta,
+                "energy_in": result.energy_in,
+                "energy_out": result.energy_out,
+                "layers": [_layer_info(s) for s in result.spectra],
+                "not_applicable": result.not_applicable,
+                "files": {name: file_sha256(staging / name) for name in files},
+            }
+            atomic_write_bytes(staging / "manifest.json", json.dumps(manifest, indent=1, default=_json_default).encode())
+            self._publish(staging, self.root / key)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CacheError(f"could not write cache entry {key} ({exc.strerror or exc}); previous results untouched") from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.root / key
+
+    def _publish(self, staging: Path, target: Path) -> None:
+        """Swap ``staging`` into ``target``: the old entry is moved aside first, then removed."""
+        trash = None
+        if target.exists():
+            trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
+            os.replace(target, trash)
+        os.replace(staging, target)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def delete(self, key: str) -> bool:
+        """Remove an entry (moved aside atomically, then deleted). True if something was removed."""
+        folder = self.entry_dir(key)
+        if not folder.exists():
+            return False
+        trash = folder.with_name(f".trash-{key}-{uuid.uuid4().hex[:8]}")
+        os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a manifest")
+
+
+def _layer_info(spectrum: LayerSpectrum) -> dict:
+    return {
+        "name": spectrum.name,
+        "kind": spectrum.kind,
+        "block": spectrum.block,
+        "d_in": spectrum.d_in,
+        "d_out": spectrum.d_out,
+        "has_bias": spectrum.has_bias,
+        "in_mlu": spectrum.in_mlu,
+        "n_samples": spectrum.n_samples,
+    }
+
+
+def _write_entry_files(folder: Path, result: Result, moments: dict | None) -> list[str]:
+    arrays: dict[str, np.ndarray] = {}
+    for i, s in enumerate(result.spectra):
+        arrays[f"{i}|eig_in"] = s.eig_in
+        arrays[f"{i}|eig_out"] = s.eig_out
+        arrays[f"{i}|w_singular"] = s.w_singular
+        arrays[f"{i}|pres_k_out"] = s.pres_k_out
+        arrays[f"{i}|pres_k_in"] = s.pres_k_in
+        arrays[f"{i}|pres_error"] = s.pres_error
+        for energy, values in s.wprime_singular.items():
+            arrays[f"{i}|wprime|{energy!r}"] = values
+    with open(folder / "spectra.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    table = result.layers
+    table.to_parquet(folder / "layers.parquet", index=False)
+    table.to_csv(folder / "layers.csv", index=False)
+    files = list(ENTRY_FILES)
+    if moments:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in moments.items()}, str(folder / "moments.safetensors"))
+        files.append("moments.safetensors")
+    return files
+
+
+def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
+    return LayerSpectrum(
+        name=info["name"],
+        kind=info["kind"],
+        block=info["block"],
+        d_in=info["d_in"],
+        d_out=info["d_out"],
+        has_bias=info["has_bias"],
+        in_mlu=info["in_mlu"],
+        n_samples=info["n_samples"],
+        eig_in=arrays[f"{i}|eig_in"],
+        eig_out=arrays[f"{i}|eig_out"],
+        w_singular=arrays[f"{i}|w_singular"],
+        wprime_singular={e: arrays[f"{i}|wprime|{e!r}"] for e in WPRIME_ENERGIES},
+        pres_k_out=arrays[f"{i}|pres_k_out"],
+        pres_k_in=arrays[f"{i}|pres_k_in"],
+        pres_error=arrays[f"{i}|pres_error"],
+    )
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    return pd.read_parquet(path)

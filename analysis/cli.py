@@ -1,0 +1,211 @@
+"""Command line: ``python -m analysis run | list | show | compare | export`` (DESIGN.md section 7).
+
+Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import pandas as pd
+
+from .defaults import DEFAULT_DATASET, DEFAULT_MODEL
+from .errors import AnalysisError, SettingsError
+
+SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
+                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        self.exit(2, f"error: {message} (see python -m analysis {self.prog.split()[-1]} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m analysis", description="Layer-utilization analysis of trained networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
+    run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    run.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--energy-in", type=float, default=0.99)
+    run.add_argument("--energy-out", type=float, default=0.99)
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    run.add_argument("--batch-size", type=int, default=None)
+    run.add_argument("--tokens-per-image", type=int, default=None, help="sub-sample tokens per image (seeded)")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    run.add_argument("--keep-moments", action="store_true", help="also store the raw second moments (large)")
+    run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
+    run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    listing = sub.add_parser("list", help="list models, datasets or cached analyses")
+    listing.add_argument("what", nargs="?", default="cache", choices=["models", "datasets", "cache"])
+
+    show = sub.add_parser("show", help="show a cached analysis")
+    show.add_argument("key")
+    show.add_argument("--energy-in", type=float, default=None)
+    show.add_argument("--energy-out", type=float, default=None)
+
+    compare = sub.add_parser("compare", help="compare cached analyses layer by layer")
+    compare.add_argument("keys", nargs="+")
+    compare.add_argument("--energy-in", type=float, default=None)
+    compare.add_argument("--energy-out", type=float, default=None)
+
+    export = sub.add_parser("export", help="export a cached analysis")
+    export.add_argument("key")
+    export.add_argument("--format", required=True, choices=["csv", "parquet", "json"])
+    export.add_argument("--out", required=True)
+    return parser
+
+
+def _progress_bar(quiet: bool):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def update(p) -> None:
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=p.batches_total, unit="batch", desc="statistics", file=sys.stderr,
+                              dynamic_ncols=True)
+        bar["bar"].n = p.batches_done
+        bar["bar"].set_postfix(images=f"{p.images_done}/{p.images_total}", refresh=False)
+        bar["bar"].refresh()
+
+    def close() -> None:
+        if bar["bar"] is not None:
+            bar["bar"].close()
+
+    return update, close
+
+
+def _print_result(result, out=sys.stdout) -> None:
+    summary = result.summary()
+    print(f"key        {summary['key']}", file=out)
+    print(f"model      {summary['model']}  ({result.meta.get('model_description', '')})", file=out)
+    print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
+    print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
+    print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
+          f"(patch embedding and head reported, not counted)", file=out)
+    print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
+          f"({summary['kept']:.1%})", file=out)
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(result.layers[SHOWN_COLUMNS].to_string(index=False), file=out)
+    if result.not_applicable:
+        names = ", ".join(item["layer"] for item in result.not_applicable[:6])
+        more = "" if len(result.not_applicable) <= 6 else f" and {len(result.not_applicable) - 6} more"
+        print(f"not applicable (grouped/depthwise convolutions): {names}{more}", file=out)
+
+
+def _with_energies(result, e_in, e_out):
+    if e_in is None and e_out is None:
+        return result
+    return result.at_energy(result.energy_in if e_in is None else e_in,
+                            result.energy_out if e_out is None else e_out)
+
+
+def _load_cached(key: str):
+    from .cache import ResultCache
+
+    cache = ResultCache()
+    full = cache.resolve(key)
+    result = cache.load(full)
+    if result is None:
+        raise AnalysisError(f"cache entry {full} is damaged or incomplete; run the analysis again to recompute it")
+    return result
+
+
+def cmd_run(args) -> int:
+    from .engine import analyze
+    from .export import export_result, format_from_path
+
+    if args.export:
+        format_from_path(args.export)  # fail on a bad name before the long run
+    update, close = _progress_bar(args.quiet)
+    try:
+        result = analyze(
+            args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
+            energy_out=args.energy_out, device=args.device, batch_size=args.batch_size,
+            tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
+            use_cache=not args.no_cache, progress=update,
+        )
+    finally:
+        close()
+    _print_result(result)
+    if args.export:
+        print(f"exported   {export_result(result, args.export)}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "models":
+        from .models import catalogue
+
+        for entry in catalogue():
+            print(f"{entry.model_id:45s} {entry.group:22s} {entry.description}")
+        print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>")
+    elif args.what == "datasets":
+        from .data import list_datasets
+
+        for dataset_id, description, available, reason in list_datasets():
+            state = "available" if available else f"unavailable: {reason}"
+            print(f"{dataset_id:28s} {description}  [{state}]")
+        print("also: folder:<path>, cifar10:<root>, cifar100:<root>")
+    else:
+        from .cache import ResultCache
+
+        entries = list(ResultCache().entries())
+        if not entries:
+            print("no cached analyses")
+        for manifest in entries:
+            meta = manifest["meta"]
+            print(f"{manifest['key']}  {meta['model_id']:35s} {meta['dataset_id']:22s} "
+                  f"{meta['n_images']:>7} images")
+    return 0
+
+
+def cmd_show(args) -> int:
+    _print_result(_with_energies(_load_cached(args.key), args.energy_in, args.energy_out))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_results
+
+    results = [_with_energies(_load_cached(k), args.energy_in, args.energy_out) for k in args.keys]
+    if len(results) < 2:
+        raise SettingsError("compare needs at least two keys")
+    summary, per_layer = compare_results(results)
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(summary.to_string(index=False))
+        print()
+        print(per_layer.to_string(index=False))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_result
+
+    print(export_result(_load_cached(args.key), args.out, args.format))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,230 @@
+"""The analysis pipeline: model -> data -> statistics -> spectra -> metrics -> cache.
+
+:func:`analyze` is the public entry point (DESIGN.md section 7). A cache hit reads no data: the content
+key is built from the model's weight fingerprint, the dataset's fingerprint (source identity and selected
+indices), the settings that change statistics and the schema version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .cache import ResultCache, content_key
+from .data import load_dataset, make_loader
+from .errors import AnalysisError, ForwardError
+from .models import describe_layers, load as load_loaded_model, weight_matrix
+from .result import LayerSpectrum, Result
+from .settings import PRECISIONS, AnalysisSettings
+from .spectra import eigen_batched, output_second_moment
+from .statistics import MomentCollector
+
+
+@dataclass
+class Progress:
+    """What a running analysis reports after each batch."""
+
+    stage: str
+    batches_done: int
+    batches_total: int
+    images_done: int
+    images_total: int
+    elapsed_s: float
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.batches_done == 0 or self.batches_total == 0:
+            return None
+        return self.elapsed_s / self.batches_done * (self.batches_total - self.batches_done)
+
+    @property
+    def fraction(self) -> float:
+        return self.batches_done / self.batches_total if self.batches_total else 0.0
+
+
+class Cancelled(AnalysisError):
+    """The caller asked the analysis to stop."""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Plan:
+    """Everything decided before the data pass: what to load, and the cache key."""
+
+    loaded: object
+    dataset: object
+    settings: AnalysisSettings
+    key: str
+    key_parts: dict
+
+
+def plan(model_id: str, dataset_id: str, settings: AnalysisSettings) -> Plan:
+    """Validate settings, load the model and dataset handle (no images read), and compute the key."""
+    settings = settings.validated()
+    loaded = load_loaded_model(model_id)
+    dataset = load_dataset(dataset_id, data_config=loaded.data_config, samples=settings.samples, seed=settings.seed)
+    parts = {
+        "code": __version__,
+        "model_id": loaded.model_id,
+        "weights": loaded.fingerprint,
+        "dataset_id": dataset.dataset_id,
+        "dataset": dataset.fingerprint,
+        "input": list(loaded.data_config.get("input_size", ())),
+        **settings.key_parts(),
+    }
+    return Plan(loaded=loaded, dataset=dataset, settings=settings, key=content_key(parts), key_parts=parts)
+
+
+def analyze(
+    model: str,
+    dataset: str,
+    samples: int | None = None,
+    seed: int = 0,
+    energy_in: float = 0.99,
+    energy_out: float = 0.99,
+    *,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    tokens_per_image: int | None = None,
+    precision: str = "fp32",
+    keep_moments: bool = False,
+    use_cache: bool = True,
+    cache_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Result:
+    """Analyse ``model`` on ``dataset`` and return the :class:`Result` at the given energies."""
+    settings = AnalysisSettings(
+        samples=samples, seed=seed, energy_in=energy_in, energy_out=energy_out, device=device,
+        batch_size=batch_size, tokens_per_image=tokens_per_image, precision=precision, keep_moments=keep_moments,
+    )
+    return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
+                    progress=progress, should_stop=should_stop)
+
+
+def run_plan(
+    the_plan: Plan,
+    *,
+    use_cache: bool = True,
+    cache_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Result:
+    settings = the_plan.settings
+    cache = ResultCache(cache_dir)
+    if use_cache:
+        cached = cache.load(the_plan.key)
+        if cached is not None:
+            return cached.at_energy(settings.energy_in, settings.energy_out)
+    result, moments = compute(the_plan, progress=progress, should_stop=should_stop)
+    if use_cache:
+        cache.store(the_plan.key, result, moments if settings.keep_moments else None)
+    return result
+
+
+def compute(
+    the_plan: Plan,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Result, dict[str, torch.Tensor]]:
+    """The data pass and everything after it (no cache involved)."""
+    settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
+    device = torch.device(settings.device)
+    model = loaded.model.to(device)
+    specs = describe_layers(model)
+    applicable = [s for s in specs if s.applicable]
+    loader = make_loader(dataset, batch_size=settings.effective_batch_size())
+    total_batches = len(loader)
+    autocast_dtype = PRECISIONS[settings.precision]
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    )
+
+    start = time.perf_counter()
+    images = 0
+    with MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed) as collector:
+        with torch.inference_mode(), autocast:
+            for batch_index, (batch, _labels) in enumerate(loader):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("analysis cancelled")
+                try:
+                    model(batch.to(device, non_blocking=True))
+                except (RuntimeError, AssertionError, ValueError) as exc:
+                    if isinstance(exc, AnalysisError):
+                        raise
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise ForwardError(
+                        f"{loaded.model_id} failed on a batch of {dataset.dataset_id} "
+                        f"(input {tuple(batch.shape)}): {reason}"
+                    ) from exc
+                collector.next_batch()
+                images += batch.shape[0]
+                if progress is not None:
+                    progress(Progress("statistics", batch_index + 1, total_batches, images, len(dataset),
+                                      time.perf_counter() - start))
+        collector.next_batch()  # final finiteness check of the running sums
+        moments = collector.moments()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    stats_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    c_out: dict[str, torch.Tensor] = {}
+    for spec in applicable:
+        m = moments[spec.name]
+        bias = spec.module.bias.detach().cpu() if spec.has_bias else None
+        c_out[spec.name] = output_second_moment(weight_matrix(spec.module).detach().cpu(), m.second_moment,
+                                                m.column_sum, m.count, bias)
+    eig_device = device if device.type == "cuda" else torch.device("cpu")
+    eig_in, eig_in_s = eigen_batched({n: m.second_moment for n, m in moments.items()}, eig_device)
+    eig_out, eig_out_s = eigen_batched(c_out, eig_device)
+    extra = (settings.energy_in, settings.energy_out)
+    spectra = [
+        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra)
+        for spec in applicable
+    ]
+    spectra_s = time.perf_counter() - start
+    model.to("cpu")
+
+    meta = {
+        "key": the_plan.key,
+        "key_parts": the_plan.key_parts,
+        "model_id": loaded.model_id,
+        "model_description": loaded.description,
+        "arch": loaded.arch,
+        "weights_fingerprint": loaded.fingerprint,
+        "dataset_id": dataset.dataset_id,
+        "dataset_description": getattr(dataset, "description", dataset.dataset_id),
+        "dataset_fingerprint": dataset.fingerprint,
+        "n_images": images,
+        "samples": settings.samples,
+        "seed": settings.seed,
+        "tokens_per_image": settings.tokens_per_image,
+        "precision": settings.precision,
+        "device": str(device),
+        "batch_size": settings.effective_batch_size(),
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
+        "timings": {"statistics_s": stats_s, "eigen_s": eig_in_s + eig_out_s, "spectra_s": spectra_s},
+        "version": __version__,
+    }
+    not_applicable = [
+        {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
+         "reason": "depthwise/grouped convolution: each group is too small to analyse"}
+        for s in specs if not s.applicable
+    ]
+    result = Result(meta=meta, spectra=spectra, not_applicable=not_applicable,
+                    energy_in=settings.energy_in, energy_out=settings.energy_out)
+    raw = {}
+    for name, m in moments.items():
+        raw[f"{name}|C_in"] = m.second_moment
+        raw[f"{name}|s"] = m.column_sum
+        raw[f"{name}|N"] = torch.tensor([m.count], dtype=torch.int64)
+    return result, raw

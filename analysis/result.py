@@ -1,0 +1,210 @@
+"""The result of one analysis: per-layer spectra (stored) and the table derived from them at any energies.
+
+Everything the product shows is recomputed from what a :class:`LayerSpectrum` stores, so changing the
+energies never needs the dataset again (:meth:`Result.at_energy`):
+
+- eigenvalues of C_in and C_out (descending) -> k_in, k_out, rank, utilization, parameter counts;
+- singular values of W -> stable and effective rank (the data-free baseline);
+- singular values of W' at ``e_in = e_out = e`` for e in :data:`WPRIME_ENERGIES`;
+- the exact preservation error on a grid of (k_out, k_in) pairs: every pair reached by an energy in
+  :data:`ENERGY_GRID` (and by the energies the analysis was run at). At energies whose k pair is not in
+  that grid the preservation error is reported as NaN (never interpolated); the app's energy controls
+  offer the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics
+from .errors import SettingsError
+from .models.layers import LayerSpec, weight_matrix
+from .projection import preservation_error_table, projected_singular_values, rotated_weight
+from .spectra import Eigen
+
+ENERGY_GRID: tuple[float, ...] = tuple(
+    sorted(
+        {0.5, 0.6, 0.7, 0.75, 0.8, 0.85}
+        | {round(0.9 + 0.01 * i, 4) for i in range(10)}
+        | {round(0.99 + 0.001 * i, 4) for i in range(10)}
+        | {0.9995, 0.9999, 1.0}
+    )
+)
+"""Energies at which the exact preservation error is always available."""
+
+WPRIME_ENERGIES: tuple[float, ...] = (0.9, 0.95, 0.99, 0.995, 0.999)
+"""Energies (``e_in = e_out``) at which the singular values of W' are stored."""
+
+TABLE_COLUMNS = [
+    "layer", "kind", "block", "d_in", "d_out", "n_samples", "k_in", "k_out", "rank", "utilization",
+    "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "w_effective_rank",
+    "energy_in", "energy_out", "in_mlu",
+]
+
+
+def check_energy(value: float, label: str) -> float:
+    """Energies must lie in (0, 1]."""
+    try:
+        energy = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{label} must be a number in (0, 1], got {value!r}") from None
+    if not (0.0 < energy <= 1.0) or math.isnan(energy):
+        raise SettingsError(f"{label} must be in (0, 1], got {value}")
+    return energy
+
+
+@dataclass
+class LayerSpectrum:
+    """Everything stored for one analysed layer (arrays are float64, eigenvalues descending)."""
+
+    name: str
+    kind: str
+    block: int | None
+    d_in: int
+    d_out: int
+    has_bias: bool
+    in_mlu: bool
+    n_samples: int
+    eig_in: np.ndarray
+    eig_out: np.ndarray
+    w_singular: np.ndarray
+    wprime_singular: dict[float, np.ndarray]
+    pres_k_out: np.ndarray
+    pres_k_in: np.ndarray
+    pres_error: np.ndarray
+
+    @classmethod
+    def from_statistics(
+        cls,
+        spec: LayerSpec,
+        n_samples: int,
+        eig_in: Eigen,
+        eig_out: Eigen,
+        extra_energies: Iterable[float] = (),
+    ) -> "LayerSpectrum":
+        weight = weight_matrix(spec.module).detach().cpu()
+        w_singular = torch.linalg.svdvals(weight.to(torch.float64)).numpy()
+        rotated = rotated_weight(weight, eig_in.vectors, eig_out.vectors)
+        lam_in, lam_out = eig_in.values.numpy(), eig_out.values.numpy()
+        energies = sorted(set(ENERGY_GRID) | set(extra_energies))
+        k_in_set = np.unique([metrics.k_at_energy(lam_in, e) for e in energies])
+        k_out_set = np.unique([metrics.k_at_energy(lam_out, e) for e in energies])
+        table = preservation_error_table(rotated, eig_in.values, k_out_set, k_in_set)
+        wprime = {
+            e: projected_singular_values(rotated, metrics.k_at_energy(lam_out, e), metrics.k_at_energy(lam_in, e))
+            for e in WPRIME_ENERGIES
+        }
+        return cls(
+            name=spec.name, kind=spec.kind, block=spec.block, d_in=spec.d_in, d_out=spec.d_out,
+            has_bias=spec.has_bias, in_mlu=spec.in_mlu, n_samples=n_samples,
+            eig_in=lam_in, eig_out=lam_out, w_singular=w_singular, wprime_singular=wprime,
+            pres_k_out=k_out_set, pres_k_in=k_in_set, pres_error=table,
+        )
+
+    def row(self, energy_in: float, energy_out: float) -> dict:
+        """The table row of DESIGN.md section 4 at the given energies."""
+        k_in = metrics.k_at_energy(self.eig_in, energy_in)
+        k_out = metrics.k_at_energy(self.eig_out, energy_out)
+        rank = metrics.utilized_rank(k_in, k_out)
+        return {
+            "layer": self.name,
+            "kind": self.kind,
+            "block": self.block,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "n_samples": self.n_samples,
+            "k_in": k_in,
+            "k_out": k_out,
+            "rank": rank,
+            "utilization": metrics.utilization(rank, self.d_in, self.d_out),
+            "params_dense": metrics.dense_params(self.d_in, self.d_out, self.has_bias),
+            "params_factorized": metrics.factorized_params(rank, self.d_in, self.d_out, self.has_bias),
+            "preservation_error": self.preservation_error(k_out, k_in),
+            "w_stable_rank": metrics.stable_rank(self.w_singular),
+            "w_effective_rank": metrics.effective_rank(self.w_singular),
+            "energy_in": energy_in,
+            "energy_out": energy_out,
+            "in_mlu": self.in_mlu,
+        }
+
+    def preservation_error(self, k_out: int, k_in: int) -> float:
+        """Exact error for a stored (k_out, k_in) pair, NaN otherwise (see the module docstring)."""
+        a = np.searchsorted(self.pres_k_out, k_out)
+        b = np.searchsorted(self.pres_k_in, k_in)
+        if a < len(self.pres_k_out) and b < len(self.pres_k_in):
+            if self.pres_k_out[a] == k_out and self.pres_k_in[b] == k_in:
+                return float(self.pres_error[a, b])
+        return float("nan")
+
+
+@dataclass
+class Result:
+    """One analysis at one pair of energies. ``meta`` holds ids, fingerprints, settings and timings."""
+
+    meta: dict
+    spectra: list[LayerSpectrum]
+    not_applicable: list[dict] = field(default_factory=list)
+    energy_in: float = 0.99
+    energy_out: float = 0.99
+    _table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> str | None:
+        return self.meta.get("key")
+
+    @property
+    def layers(self) -> pd.DataFrame:
+        """One row per analysed layer, columns :data:`TABLE_COLUMNS`, in model order."""
+        if self._table is None:
+            rows = [s.row(self.energy_in, self.energy_out) for s in self.spectra]
+            table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+            table["block"] = table["block"].astype("Int64")
+            self._table = table
+        return self._table
+
+    @property
+    def mlu(self) -> float:
+        """Mean layer utilization over the layers counted in MLU (flagged layers excluded)."""
+        table = self.layers
+        counted = table[table["in_mlu"]]
+        return float(counted["utilization"].mean()) if len(counted) else float("nan")
+
+    def parameters(self, counted_only: bool = True) -> dict:
+        """Model-level parameter counts over the analysed layers: dense, factorized and kept fraction."""
+        table = self.layers[self.layers["in_mlu"]] if counted_only else self.layers
+        dense = int(table["params_dense"].sum())
+        factorized = int(table["params_factorized"].sum())
+        return {"params_dense": dense, "params_factorized": factorized, "kept": factorized / dense if dense else float("nan")}
+
+    def at_energy(self, energy_in: float, energy_out: float | None = None) -> "Result":
+        """The same result re-thresholded from stored eigenvalues (no data pass)."""
+        e_in = check_energy(energy_in, "energy_in")
+        e_out = check_energy(e_in if energy_out is None else energy_out, "energy_out")
+        return replace(self, energy_in=e_in, energy_out=e_out, _table=None)
+
+    def layer(self, name: str) -> LayerSpectrum:
+        for spectrum in self.spectra:
+            if spectrum.name == name:
+                return spectrum
+        raise KeyError(f"no analysed layer named {name!r}")
+
+    def summary(self) -> dict:
+        params = self.parameters()
+        return {
+            "key": self.key,
+            "model": self.meta.get("model_id"),
+            "dataset": self.meta.get("dataset_id"),
+            "images": self.meta.get("n_images"),
+            "energy_in": self.energy_in,
+            "energy_out": self.energy_out,
+            "mlu": self.mlu,
+            "layers_in_mlu": int(self.layers["in_mlu"].sum()),
+            "layers_not_applicable": len(self.not_applicable),
+            **params,
+        }

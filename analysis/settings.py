@@ -1,0 +1,70 @@
+"""Analysis settings, validated before any model or data is touched."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .errors import SettingsError
+from .result import check_energy
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """What one analysis does.
+
+    ``samples`` None means the whole dataset. ``tokens_per_image`` None means every token/position.
+    ``precision`` is the forward pass's autocast dtype (statistics always accumulate in float32 or better).
+    ``energy_in``/``energy_out`` only threshold the stored spectra: they are not part of the cache key.
+    """
+
+    samples: int | None = None
+    seed: int = 0
+    energy_in: float = 0.99
+    energy_out: float = 0.99
+    device: str = "cpu"
+    batch_size: int | None = None
+    tokens_per_image: int | None = None
+    precision: str = "fp32"
+    keep_moments: bool = False
+
+    def validated(self) -> "AnalysisSettings":
+        check_energy(self.energy_in, "energy_in")
+        check_energy(self.energy_out, "energy_out")
+        _positive_or_none(self.samples, "samples")
+        _positive_or_none(self.batch_size, "batch_size")
+        _positive_or_none(self.tokens_per_image, "tokens_per_image")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SettingsError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        device = str(self.device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SettingsError("device cuda was requested but this machine has no usable CUDA GPU; use --device cpu")
+        if not (device == "cpu" or device.startswith("cuda")):
+            raise SettingsError(f"device must be cpu or cuda[:N], got {device!r}")
+        if self.precision == "fp16" and device == "cpu":
+            raise SettingsError("fp16 autocast is not supported on the CPU; use fp32 or bf16")
+        return self
+
+    def key_parts(self) -> dict:
+        """The settings that change the statistics (and therefore the cache entry)."""
+        parts = asdict(self)
+        for name in ("energy_in", "energy_out", "device", "batch_size"):
+            parts.pop(name)
+        return parts
+
+    def effective_batch_size(self) -> int:
+        if self.batch_size:
+            return self.batch_size
+        return 256 if str(self.device).startswith("cuda") else 32
+
+
+def _positive_or_none(value: object, label: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SettingsError(f"{label} must be a positive integer, got {value!r}")

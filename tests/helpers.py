@@ -1,0 +1,42 @@
+"""Small real models and datasets for tests: generated on the fly, offline, fast on a 2-core CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+TINY_VIT_OPTIONS = "img_size=32&patch_size=8&depth=2&embed_dim=48&num_heads=2&num_classes=5"
+TINY_VIT = f"random:vit_tiny_patch16_224?{TINY_VIT_OPTIONS}"
+
+
+def make_image_folder(root: Path, per_class: int = 12, classes: int = 2, size: int = 40, seed: int = 0) -> Path:
+    """Class sub-folders of smooth random RGB images (low-rank structure, like natural images)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            freq = rng.uniform(0.5, 3.0, size=(3, 2))
+            phase = rng.uniform(0, 2 * np.pi, size=3)
+            channels = [np.sin(2 * np.pi * (freq[k, 0] * xx + freq[k, 1] * yy) + phase[k] + c) for k in range(3)]
+            image = np.stack(channels, -1) * 100 + 128 + rng.normal(0, 8, size=(size, size, 3))
+            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
+    return root
+
+
+def save_tiny_vit_checkpoint(path: Path, seed: int = 0) -> str:
+    """A tiny timm ViT saved as safetensors; returns its ``file:`` model id."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=48,
+        num_heads=2, num_classes=5,
+    )
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return f"file:{path}?arch=vit_tiny_patch16_224&{TINY_VIT_OPTIONS}"
