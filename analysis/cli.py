@@ -85,7 +85,8 @@ def _progress_bar(quiet: bool):
     return update, close
 
 
-def _print_result(result, out=sys.stdout) -> None:
+def _print_result(result, out=None) -> None:
+    out = out or sys.stdout
     summary = result.summary()
     print(f"key        {summary['key']}", file=out)
     print(f"model      {summary['model']}  ({result.meta.get('model_description', '')})", file=out)

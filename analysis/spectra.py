@@ -6,8 +6,9 @@ Output second moment of an affine layer ``y = W x + b`` over the same N inputs, 
 
 Eigen-decomposition: ``C`` is symmetrized (``(C + C^T) / 2``), promoted to float64, given a tiny jitter
 ``1e-12 * trace / d`` on the diagonal (so exactly singular moments decompose stably) and decomposed with
-``torch.linalg.eigh``; matrices of one shape are stacked and decomposed in one batched call. If the
-device solver fails, the CPU solver is used. Eigenvalues are returned in descending order, clipped at 0
+``torch.linalg.eigh``; on a GPU, matrices of one shape are stacked and decomposed in one batched call
+(on the CPU, LAPACK gains nothing from stacking, so each is decomposed alone and no stack is built). If
+the device solver fails, the CPU solver is used. Eigenvalues are returned in descending order, clipped at 0
 (a second moment is positive semi-definite; negative values are rounding), with their eigenvectors as
 columns in the same order.
 """
@@ -69,7 +70,9 @@ def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str 
     for name, matrix in matrices.items():
         by_shape[matrix.shape[0]].append(name)
     out: dict[str, Eigen] = {}
-    for names in by_shape.values():
+    batched = torch.device(device).type != "cpu"
+    groups = by_shape.values() if batched else [[n] for names in by_shape.values() for n in names]
+    for names in groups:
         stack = torch.stack([_prepare(matrices[n].to(device)) for n in names])
         values, vectors = _eigh(stack)
         for i, name in enumerate(names):

@@ -141,7 +141,10 @@ def _int_option(options: Mapping[str, str], key: str, default: int) -> int:
 
 
 def _parse_scalar(text: str) -> object:
-    """``?num_classes=10&img_size=28`` style options passed on to timm.create_model."""
+    """``?num_classes=10&img_size=28&channels=8,16,32,64`` style options passed on to timm.create_model
+    (comma-separated values become tuples)."""
+    if "," in text:
+        return tuple(_parse_scalar(part) for part in text.split(",") if part)
     for cast in (int, float):
         try:
             return cast(text)
