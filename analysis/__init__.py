@@ -11,15 +11,10 @@ Public API::
 
 __version__ = "0.1.0"
 
+from .engine import analyze  # noqa: E402
 from .errors import AnalysisError  # noqa: E402
 from .models import load_model  # noqa: E402
+from .result import Result  # noqa: E402
 
 
-def analyze(*args, **kwargs):
-    """See :func:`analysis.engine.analyze` (imported lazily to keep ``import analysis`` light)."""
-    from .engine import analyze as _analyze
-
-    return _analyze(*args, **kwargs)
-
-
-__all__ = ["AnalysisError", "analyze", "load_model", "__version__"]
+__all__ = ["AnalysisError", "Result", "analyze", "load_model", "__version__"]

@@ -8,7 +8,9 @@ Eigen-decomposition: ``C`` is symmetrized (``(C + C^T) / 2``), promoted to float
 ``1e-12 * trace / d`` on the diagonal (so exactly singular moments decompose stably) and decomposed with
 ``torch.linalg.eigh``; on a GPU, matrices of one shape are stacked and decomposed in one batched call
 (on the CPU, LAPACK gains nothing from stacking, so each is decomposed alone and no stack is built). If
-the device solver fails, the CPU solver is used. Eigenvalues are returned in descending order, clipped at 0
+the device solver fails, the CPU solver is used. CPU decompositions run on one thread: LAPACK's
+multi-threaded ``syevd`` gains little on a few cores and collapses when the cores are shared (measured
+here on 2 busy cores: 36 matrices of d <= 768 took 40 s on 2 threads, 6 s on 1). Eigenvalues are returned in descending order, clipped at 0
 (a second moment is positive semi-definite; negative values are rounding), with their eigenvectors as
 columns in the same order.
 """
@@ -17,7 +19,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -63,6 +67,16 @@ def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.flip(-1).clamp_min(0.0), vectors.flip(-1)
 
 
+@contextmanager
+def _cpu_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[dict[str, Eigen], float]:
     """Decompose every matrix, batched by shape. Returns the decompositions (on the CPU) and seconds spent."""
     start = time.perf_counter()
@@ -72,9 +86,10 @@ def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str 
     out: dict[str, Eigen] = {}
     batched = torch.device(device).type != "cpu"
     groups = by_shape.values() if batched else [[n] for names in by_shape.values() for n in names]
-    for names in groups:
-        stack = torch.stack([_prepare(matrices[n].to(device)) for n in names])
-        values, vectors = _eigh(stack)
-        for i, name in enumerate(names):
-            out[name] = Eigen(values=values[i].cpu(), vectors=vectors[i].cpu())
+    with _cpu_threads(1):
+        for names in groups:
+            stack = torch.stack([_prepare(matrices[n].to(device)) for n in names])
+            values, vectors = _eigh(stack)
+            for i, name in enumerate(names):
+                out[name] = Eigen(values=values[i].cpu(), vectors=vectors[i].cpu())
     return out, time.perf_counter() - start
