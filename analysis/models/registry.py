@@ -10,6 +10,7 @@ prefix; new sources (the offline zoo, package-shipped weights) plug in with :fun
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Protocol
 from urllib.parse import parse_qsl
@@ -165,26 +166,31 @@ def catalogue() -> list[CatalogueEntry]:
 
 
 _builtin_loaded = False
+_builtin_lock = threading.Lock()
 _BUILTIN_MODULES: list[str] = ["sources"]
 OPTIONAL_SOURCE_MODULES: list[str] = ["zoo", "packaged"]
 """Modules inside ``analysis.models`` that register more sources when present (``zoo:``, ``pkg:``)."""
 
 
 def _ensure_builtin_sources() -> None:
+    """Import the modules that register sources, once, safely from several threads (the app's)."""
     global _builtin_loaded
     if _builtin_loaded:
         return
-    _builtin_loaded = True
     import importlib
 
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
-    for module in OPTIONAL_SOURCE_MODULES:
-        try:
+    with _builtin_lock:
+        if _builtin_loaded:
+            return
+        for module in _BUILTIN_MODULES:
             importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:  # the module itself not written yet; a missing dependency is an error
-            if exc.name != f"{__package__}.{module}":
-                raise
+        for module in OPTIONAL_SOURCE_MODULES:
+            try:
+                importlib.import_module(f"{__package__}.{module}")
+            except ModuleNotFoundError as exc:  # the module itself absent; a missing dependency is an error
+                if exc.name != f"{__package__}.{module}":
+                    raise
+        _builtin_loaded = True
 
 
 ModelLoader = Callable[[str, Mapping[str, str]], tuple]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -86,6 +87,9 @@ def _locally_cached_timm_weights() -> list[str]:
     return names
 
 
+_SEEDED_INIT = threading.Lock()
+
+
 class RandomSource:
     """``random:<timm arch>[?seed=N&kwarg=value...]``: the architecture at its seeded random initialisation.
 
@@ -98,7 +102,7 @@ class RandomSource:
         seed = _int_option(options, "seed", 0)
         arch = check_architecture(name)
         extra = {k: _parse_scalar(v) for k, v in options.items() if k != "seed"}
-        with torch.random.fork_rng(devices=[]):
+        with _SEEDED_INIT, torch.random.fork_rng(devices=[]):  # the global RNG: one seeded init at a time
             torch.manual_seed(seed)
             model = create_timm(arch, pretrained=False, **extra)
         return model, arch, f"{arch} at random initialisation (seed {seed})"

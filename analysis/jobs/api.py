@@ -1,0 +1,249 @@
+"""Submit analyses to worker processes and follow them: :func:`submit`, :func:`status`, :func:`cancel`,
+:func:`wait`, :func:`list_jobs`.
+
+Everything a caller sees is derived from files (the cache entry, the lock, ``progress.json``), so any
+process -- a reloaded Streamlit page, the CLI, another user's session -- sees the same state.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..cache import KEY_PATTERN, ResultCache, atomic_write_bytes
+from ..engine import plan
+from ..paths import REPO_ROOT
+from ..settings import AnalysisSettings
+from . import lock
+from .files import JobFiles, cache_root_of, jobs_root, read_json, write_json, write_progress
+from .worker import JobError
+
+STATES = ("absent", "queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = frozenset({"absent", "done", "failed", "cancelled"})
+RECENT_S = 7 * 24 * 3600.0
+
+_plan_lock = threading.Lock()
+"""Planning loads models, which touches process-global state (the torch RNG for seeded random weights,
+the model-source registry); Streamlit calls from several threads, so plans are made one at a time."""
+
+_children: dict[int, subprocess.Popen] = {}
+"""Workers started by this process, kept so that they are reaped (no zombies) once they exit."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a job is doing now. ``state`` is one of :data:`STATES`; 'done' iff the cache entry is intact."""
+
+    key: str
+    state: str
+    batches_done: int = 0
+    batches_total: int = 0
+    images_done: int = 0
+    images_total: int = 0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    fraction: float = 0.0
+    message: str = ""
+    model_id: str = ""
+    dataset_id: str = ""
+    pid: int | None = None
+    updated: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """True for states that will not change without a new :func:`submit`."""
+        return self.state in FINAL_STATES
+
+
+def _number(value: object, kind: type, default: object) -> object:
+    """``value`` converted to ``kind``, or ``default`` when it is missing or malformed."""
+    try:
+        return kind(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _from_record(key: str, state: str, record: dict, message: str | None = None,
+                 pid: int | None = None) -> JobStatus:
+    """A :class:`JobStatus` in ``state`` filled from a ``progress.json`` record."""
+    fraction = 1.0 if state == "done" else min(1.0, max(0.0, _number(record.get("fraction"), float, 0.0)))
+    return JobStatus(
+        key=key, state=state,
+        batches_done=_number(record.get("batches_done"), int, 0),
+        batches_total=_number(record.get("batches_total"), int, 0),
+        images_done=_number(record.get("images_done"), int, 0),
+        images_total=_number(record.get("images_total"), int, 0),
+        elapsed_s=_number(record.get("elapsed_s"), float, 0.0),
+        eta_s=None if state == "done" else _number(record.get("eta_s"), float, None),
+        fraction=fraction,
+        message=message if message is not None else str(record.get("message", "")),
+        model_id=str(record.get("model_id", "")), dataset_id=str(record.get("dataset_id", "")),
+        pid=pid if pid is not None else _number(record.get("pid"), int, None),
+        updated=_number(record.get("updated"), float, 0.0),
+    )
+
+
+def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
+    """A 'done' status; without a job record it is described from the cache manifest."""
+    if record.get("state") == "done":
+        return _from_record(key, "done", record, message="done")
+    manifest = cache.manifest(key) or {}
+    meta = manifest.get("meta", {}) if isinstance(manifest.get("meta"), dict) else {}
+    n_images = _number(meta.get("n_images"), int, 0)
+    cached = {"model_id": meta.get("model_id", ""), "dataset_id": meta.get("dataset_id", ""),
+              "images_done": n_images, "images_total": n_images, "updated": manifest.get("created", 0.0)}
+    return _from_record(key, "done", cached, message="done (cached)")
+
+
+def status(key: str, *, cache_dir: str | None = None) -> JobStatus:
+    """The state of job ``key`` (raises :class:`~analysis.errors.CacheError` for a malformed key)."""
+    _reap_children()
+    files = JobFiles.of(key, cache_dir)
+    cache = ResultCache(cache_dir)
+    # read the lock before progress and the cache: a worker writes its final state, then releases the lock
+    owner = lock.read_lock(files)
+    record = read_json(files.progress) or {}
+    if cache.has(key):
+        return _done_status(key, cache, record)
+    state = record.get("state")
+    same_attempt = owner is not None and record.get("token") == owner.token
+    if owner is not None and lock.owner_alive(owner):
+        if same_attempt and state in ("queued", "running", "failed", "cancelled"):
+            return _from_record(key, state, record, pid=owner.pid)
+        return _from_record(key, "queued", {"updated": owner.created, **_request_ids(files)},
+                            message="waiting for the worker process to start", pid=owner.pid)
+    if state in ("failed", "cancelled") and (owner is None or same_attempt):
+        return _from_record(key, state, record)
+    if owner is not None or state in ("queued", "running"):
+        pid = owner.pid if owner is not None else _number(record.get("pid"), int, None)
+        return _from_record(key, "failed", record,
+                            message=f"the worker process (pid {pid}) ended without reporting a result; "
+                                    f"see {files.log}")
+    if state == "done":
+        return _from_record(key, "absent", record,
+                            message="the stored result is missing or damaged; submit the analysis again")
+    return JobStatus(key=key, state="absent")
+
+
+def _request_ids(files: JobFiles) -> dict:
+    """``model_id`` and ``dataset_id`` from ``request.json`` (empty when there is none yet)."""
+    request = read_json(files.request) or {}
+    return {"model_id": request.get("model_id", ""), "dataset_id": request.get("dataset_id", "")}
+
+
+def _reap_children() -> None:
+    """Collect the exit status of finished workers this process started."""
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[pid]
+
+
+def _worker_environment(root: Path) -> dict[str, str]:
+    """This process's environment, plus the cache root and the repository on the module path."""
+    env = dict(os.environ)
+    env["ANALYSIS_CACHE_DIR"] = str(root)
+    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _spawn_worker(files: JobFiles, root: Path, token: str) -> subprocess.Popen:
+    """Start the detached worker process for attempt ``token``, its output appended to ``worker.log``."""
+    command = [sys.executable, "-m", "analysis.jobs", "run-worker", files.key, "--cache-dir", str(root),
+               "--token", token]
+    with open(files.log, "ab") as log:
+        log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] submitted attempt {token} "
+                  f"from pid {os.getpid()}\n".encode())
+        log.flush()
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=_worker_environment(root), start_new_session=True, close_fds=True)
+
+
+def _start_attempt(files: JobFiles, root: Path, owner: lock.LockInfo, request: dict) -> None:
+    """With the lock held by this process: record the request, start the worker and hand it the lock."""
+    try:
+        write_json(files.request, request)
+        write_progress(files, state="queued", message="waiting for the worker process to start",
+                       token=owner.token, pid=os.getpid(), model_id=request["model_id"],
+                       dataset_id=request["dataset_id"])
+        proc = _spawn_worker(files, root, owner.token)
+    except OSError as exc:
+        write_progress(files, state="failed", token=owner.token, model_id=request["model_id"],
+                       dataset_id=request["dataset_id"],
+                       message=f"could not start the worker process ({exc.strerror or exc})")
+        lock.release(files, owner.token)
+        raise JobError(f"could not start the analysis worker process ({exc.strerror or exc})") from None
+    _children[proc.pid] = proc
+    lock.hand_over(files, owner.token, proc.pid)
+
+
+def submit(model_id: str, dataset_id: str, settings: AnalysisSettings, *, cache_dir: str | None = None) -> str:
+    """Start (or join) the analysis of ``model_id`` on ``dataset_id``; returns its key at once.
+
+    Bad ids or settings raise :class:`~analysis.errors.AnalysisError` subclasses here. A cached result
+    starts nothing; a live job for the same key is joined; otherwise a detached worker process starts.
+    """
+    _reap_children()
+    with _plan_lock:
+        the_plan = plan(model_id, dataset_id, settings)
+    key = the_plan.key
+    cache = ResultCache(cache_dir)
+    if cache.has(key):
+        return key
+    root = cache_root_of(cache_dir)
+    files = JobFiles.of(key, root)
+    owner = lock.acquire(files, os.getpid(), "submitter")
+    if owner is None:
+        return key  # a live job holds the key: join it
+    if cache.has(key):  # a job finished between our check and the lock
+        lock.release(files, owner.token)
+        return key
+    request = {"model_id": model_id, "dataset_id": dataset_id, "settings": asdict(the_plan.settings),
+               "cwd": os.getcwd(), "key": key, "submitted": time.time()}
+    _start_attempt(files, root, owner, request)
+    return key
+
+
+def cancel(key: str, *, cache_dir: str | None = None) -> bool:
+    """Ask the live job ``key`` to stop (it does so at its next batch); True if a live job was asked."""
+    files = JobFiles.of(key, cache_dir)
+    owner = lock.read_lock(files)
+    if owner is None or not lock.owner_alive(owner):
+        return False
+    atomic_write_bytes(files.cancel, owner.token.encode())
+    return True
+
+
+def wait(key: str, timeout_s: float, *, cache_dir: str | None = None, poll_s: float = 0.2) -> JobStatus:
+    """Poll until job ``key`` is finished or ``timeout_s`` passes; returns the last status either way."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _reap_children()
+        current = status(key, cache_dir=cache_dir)
+        if current.finished or time.monotonic() >= deadline:
+            return current
+        time.sleep(max(0.01, min(poll_s, deadline - time.monotonic())))
+
+
+def list_jobs(cache_dir: str | None = None, *, recent_s: float = RECENT_S) -> list[JobStatus]:
+    """Queued and running jobs, plus jobs that failed or were cancelled within ``recent_s``; newest first."""
+    _reap_children()
+    root = jobs_root(cache_dir)
+    if not root.is_dir():
+        return []
+    now = time.time()
+    found = []
+    for folder in root.iterdir():
+        if not (folder.is_dir() and KEY_PATTERN.fullmatch(folder.name)):
+            continue
+        current = status(folder.name, cache_dir=cache_dir)
+        if current.state in ("queued", "running") or (
+            current.state in ("failed", "cancelled") and now - current.updated <= recent_s
+        ):
+            found.append(current)
+    return sorted(found, key=lambda s: s.updated, reverse=True)

@@ -1,0 +1,215 @@
+"""The per-key job lock: one live job per content key.
+
+The lock file holds JSON naming its owner: ``pid``, ``hostname``, ``start_ticks`` (the process start time
+from ``/proc/<pid>/stat``, so that a recycled pid is not mistaken for the owner), ``created``, a random
+``token`` identifying this attempt, and ``role`` (``submitter`` until the worker process has been handed
+the lock, then ``worker``).
+
+It is created with ``O_CREAT | O_EXCL``, so only one process can create it. A lock whose owner is gone
+(no such pid, a zombie, or a pid now belonging to a process that started at another time) is stale and
+is taken over: renamed aside to a unique name, then created afresh with ``O_EXCL``. Acquisition,
+hand-over and release run under an ``flock`` on a separate mutex file (released by the kernel if its
+holder dies), so two contenders can never both judge one stale lock and both win.
+
+A lock naming a process on another host cannot be checked and is treated as live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..cache import atomic_write_bytes
+from .files import JobFiles
+
+try:  # POSIX only; without it the rename + O_EXCL protocol still keeps creation exclusive
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+UNREADABLE_LOCK_GRACE_S = 30.0
+"""An empty or unparsable lock younger than this is assumed to be mid-write by its creator (live)."""
+UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """The owner recorded in a lock file."""
+
+    pid: int
+    hostname: str
+    start_ticks: int | None
+    created: float
+    token: str
+    role: str
+
+    @classmethod
+    def for_process(cls, pid: int, token: str, role: str) -> "LockInfo":
+        """An owner record for process ``pid`` on this host."""
+        return cls(pid=pid, hostname=socket.gethostname(), start_ticks=process_start_ticks(pid),
+                   created=time.time(), token=token, role=role)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def new_token() -> str:
+    """A random identifier for one job attempt."""
+    return uuid.uuid4().hex
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state letter, start time in clock ticks)`` of ``pid`` from ``/proc``, or None if unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) is in parentheses and may itself contain spaces or parentheses
+    fields = text[text.rfind(")") + 2:].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None where ``/proc`` cannot tell."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def process_alive(pid: int, start_ticks: int | None = None) -> bool:
+    """Whether ``pid`` exists, is not a zombie, and (when known) started at ``start_ticks``."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc here: the signal check is all there is
+    state, ticks = stat
+    if state in ("Z", "X"):
+        return False
+    return start_ticks is None or ticks == start_ticks
+
+
+def owner_alive(info: LockInfo) -> bool:
+    """Whether the lock's owner still runs (always True for a lock taken on another host)."""
+    if info.role == UNREADABLE:
+        return time.time() - info.created < UNREADABLE_LOCK_GRACE_S
+    if info.hostname != socket.gethostname():
+        return True
+    return process_alive(info.pid, info.start_ticks)
+
+
+def read_lock(files: JobFiles) -> LockInfo | None:
+    """The owner named by the lock, or None when there is no lock.
+
+    An empty or unparsable lock (its creator is between ``open`` and ``write``, or died there) is
+    reported with role ``unreadable``: live while younger than :data:`UNREADABLE_LOCK_GRACE_S`, else stale.
+    """
+    try:
+        raw = files.lock.read_bytes()
+        mtime = files.lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError:
+        raw, mtime = b"", time.time()
+    try:
+        data = json.loads(raw)
+        return LockInfo(pid=int(data["pid"]), hostname=str(data["hostname"]),
+                        start_ticks=None if data.get("start_ticks") is None else int(data["start_ticks"]),
+                        created=float(data["created"]), token=str(data["token"]), role=str(data["role"]))
+    except (ValueError, KeyError, TypeError):
+        return LockInfo(pid=0, hostname=socket.gethostname(), start_ticks=None, created=mtime, token="",
+                        role=UNREADABLE)
+
+
+def lock_is_live(files: JobFiles) -> bool:
+    """Whether a lock exists and its owner is alive."""
+    info = read_lock(files)
+    return info is not None and owner_alive(info)
+
+
+@contextlib.contextmanager
+def _mutex(files: JobFiles) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the job's mutex file (a no-op where flock does not exist)."""
+    files.folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(files.mutex, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _create(files: JobFiles, info: LockInfo) -> bool:
+    """Create the lock with ``O_CREAT | O_EXCL``; False if it already exists."""
+    try:
+        fd = os.open(files.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(info.to_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def _remove_stale(files: JobFiles) -> None:
+    """Move the (stale) lock aside to a unique name, then delete the moved file."""
+    aside = files.lock.with_name(f"lock.stale-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(files.lock, aside)
+    except FileNotFoundError:
+        return
+    aside.unlink(missing_ok=True)
+
+
+def acquire(files: JobFiles, pid: int, role: str) -> LockInfo | None:
+    """Take the lock for process ``pid`` (taking over a stale one); None when a live owner holds it."""
+    info = LockInfo.for_process(pid, new_token(), role)
+    with _mutex(files):
+        if _create(files, info):
+            return info
+        current = read_lock(files)
+        if current is not None and owner_alive(current):
+            return None
+        _remove_stale(files)
+        return info if _create(files, info) else None
+
+
+def hand_over(files: JobFiles, token: str, pid: int) -> bool:
+    """Re-point the lock of attempt ``token`` at the worker process ``pid``; False if it is not ours."""
+    with _mutex(files):
+        current = read_lock(files)
+        if current is None or current.token != token:
+            return False
+        atomic_write_bytes(files.lock, LockInfo.for_process(pid, token, "worker").to_bytes())
+        return True
+
+
+def release(files: JobFiles, token: str) -> bool:
+    """Remove the lock if it still belongs to attempt ``token``; True if it was removed."""
+    with _mutex(files):
+        current = read_lock(files)
+        if current is None or current.token != token:
+            return False
+        files.lock.unlink(missing_ok=True)
+        return True
