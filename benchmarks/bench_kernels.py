@@ -1,0 +1,334 @@
+"""Second-moment kernel against the torch baselines on one GPU (issue item (a)).
+
+For every ``d`` in ``--dims`` and ``n`` in ``--tokens`` (defaults: d in {384, 768, 1024, 3072, 4096},
+n in {50 000, 400 000}) it draws fresh bf16 activations (random per-column means and scales) and times:
+
+- ``triton``: :func:`kernels.triton_second_moment.second_moment_triton`, lower triangle, float32
+  accumulation into a running ``acc`` (autotuned once per shape before timing);
+- ``torch fp32``: ``xf = x.float(); xf.T @ xf`` (the up-cast is part of the cost, as in the naive hook
+  the product exists to replace; ``allow_tf32`` is off, so this is a true float32 GEMM);
+- ``torch bf16``: ``x.T @ x`` in bfloat16 (float32 accumulation inside cuBLAS, output rounded to bf16):
+  the speed ceiling of a plain tensor-core GEMM, not an acceptable statistic (16-bit output).
+
+With ``--fp32`` it adds float32-input rows for the kernel's two full-precision modes (``"ieee"`` and
+``"tf32x3"``) beside ``torch fp32``, to settle which mode should be the default.
+
+Reported per row: median time over ``--repeats`` (``triton.testing.do_bench``, CUDA events, L2 flushed),
+useful TFLOP/s, relative error of the lower triangle against float64, and the roofline numbers.
+
+FLOP convention: the useful work is the symmetric half of ``X^T X``, counted as ``n * d * d`` FLOPs
+(``2 n d^2`` for the full product, halved). Every method is credited with the same ``n d^2``, so the
+TFLOP/s column compares time directly; a full-matrix GEMM really executes ``2 n d^2`` FLOPs, twice its
+credit. Bytes: the least HBM traffic, reading ``x`` once and reading + writing the float32 triangle.
+
+Output: a markdown table on stdout and ``benchmarks/out/bench_kernels-<date>.json`` (git-ignored) with
+device, versions and date, for ``benchmarks/RESULTS.md``.
+
+    python benchmarks/bench_kernels.py [--dims 768,4096] [--tokens 50000] [--repeats 50] [--fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+OUT_DIR = ROOT / "benchmarks" / "out"
+
+#: Dense peaks used for the roofline when the device name matches (bf16 tensor-core TFLOP/s, HBM GB/s).
+KNOWN_PEAKS: dict[str, tuple[float, float]] = {
+    "H200": (989.0, 4800.0),
+    "H100": (989.0, 3350.0),
+    "A100": (312.0, 2039.0),
+}
+
+
+# ---------------------------------------------------------------------------------------------- roofline
+
+
+def useful_flops(n: int, d: int) -> float:
+    """FLOPs credited to one call: the symmetric half of ``X^T X``, ``n * d * d``."""
+    return float(n) * d * d
+
+
+def min_bytes(n: int, d: int, elem_size: int) -> float:
+    """Least HBM traffic of one call: ``x`` read once, the float32 lower triangle read and written."""
+    return float(n) * d * elem_size + 2.0 * 4.0 * d * (d + 1) / 2.0
+
+
+def intensity(n: int, d: int, elem_size: int) -> float:
+    """Arithmetic intensity in FLOP/byte; about ``d / elem_size`` for ``n >> d``."""
+    return useful_flops(n, d) / min_bytes(n, d, elem_size)
+
+
+def roofline_ms(n: int, d: int, elem_size: int, peak_tflops: float, peak_gbps: float) -> float:
+    """Lower bound on the time of one call: the slower of compute at peak and traffic at peak bandwidth.
+
+    Computed on the useful FLOPs at the bf16 dense peak; a kernel that skips the upper triangle can reach
+    it, a full GEMM cannot do better than twice this compute time.
+    """
+    compute_s = useful_flops(n, d) / (peak_tflops * 1e12)
+    memory_s = min_bytes(n, d, elem_size) / (peak_gbps * 1e9)
+    return 1e3 * max(compute_s, memory_s)
+
+
+# ------------------------------------------------------------------------------------------ measurement
+
+
+@dataclass
+class Row:
+    method: str
+    dtype: str
+    d: int
+    n: int
+    median_ms: float
+    tflops: float
+    rel_err: float
+    roofline_ms: float
+    pct_roofline: float
+
+
+def activations(n: int, d: int, dtype: torch.dtype, seed: int, device: torch.device) -> torch.Tensor:
+    """Fresh ``n x d`` activations: per-column random mean and scale, generated on the device."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    mean = torch.randn(d, generator=g, device=device) * 0.5
+    scale = torch.exp(torch.randn(d, generator=g, device=device) * 0.5)
+    x = torch.randn(n, d, generator=g, device=device)
+    x.mul_(scale).add_(mean)
+    return x.to(dtype)
+
+
+def reference_float64(x: torch.Tensor, chunk_rows: int = 1 << 16) -> torch.Tensor:
+    """``X^T X`` in float64, summed over row chunks so the float64 copy of ``x`` never exists whole."""
+    d = x.shape[1]
+    ref = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk_rows):
+        part = x[start : start + chunk_rows].double()
+        ref.addmm_(part.T, part)
+    return ref
+
+
+def lower_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative Frobenius error of the lower triangle (diagonal included)."""
+    mask = torch.ones_like(ref, dtype=torch.bool).tril_()
+    return float((got.double() - ref)[mask].norm() / ref[mask].norm())
+
+
+def time_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``fn`` over about ``repeats`` runs (CUDA events, L2 flushed between runs)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    single = triton.testing.do_bench(fn, warmup=1, rep=1, return_mode="median")
+    rep_ms = max(25.0, single * repeats)
+    return float(triton.testing.do_bench(fn, warmup=max(5.0, 2 * single), rep=rep_ms, return_mode="median"))
+
+
+def methods_for(x: torch.Tensor, fp32_modes: bool) -> dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]]:
+    """``name -> (timed call, one fresh call for the error)`` for input ``x``."""
+    from kernels.triton_second_moment import second_moment_triton
+
+    d = x.shape[1]
+    running = torch.zeros(d, d, dtype=torch.float32, device=x.device)
+
+    def triton_call(precision: str) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+        def timed() -> torch.Tensor:
+            return second_moment_triton(x, running, fp32_precision=precision)
+
+        def fresh() -> torch.Tensor:
+            return second_moment_triton(x, torch.zeros_like(running), fp32_precision=precision)
+
+        return timed, fresh
+
+    def torch_fp32() -> torch.Tensor:
+        xf = x.float()
+        return xf.T @ xf
+
+    def torch_bf16() -> torch.Tensor:
+        return x.T @ x
+
+    table: dict[str, tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]] = {}
+    if x.dtype == torch.float32:
+        if fp32_modes:
+            table["triton ieee"] = triton_call("ieee")
+            table["triton tf32x3"] = triton_call("tf32x3")
+        table["torch fp32"] = (torch_fp32, torch_fp32)
+    else:
+        table["triton"] = triton_call("ieee")
+        table["torch fp32"] = (torch_fp32, torch_fp32)
+        if x.dtype == torch.bfloat16:
+            table["torch bf16"] = (torch_bf16, torch_bf16)
+    return table
+
+
+def bench_shape(
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    *,
+    seed: int,
+    repeats: int,
+    peaks: tuple[float, float],
+    fp32_modes: bool,
+    device: torch.device,
+) -> list[Row]:
+    """All methods on one fresh ``n x d`` input: error first (one fresh call each), then the timing."""
+    x = activations(n, d, dtype, seed, device)
+    ref = reference_float64(x)
+    bound = roofline_ms(n, d, x.element_size(), *peaks)
+    rows = []
+    for name, (timed, fresh) in methods_for(x, fp32_modes).items():
+        err = lower_rel_err(fresh(), ref)
+        ms = time_ms(timed, repeats)
+        rows.append(
+            Row(
+                method=name,
+                dtype=str(dtype).removeprefix("torch."),
+                d=d,
+                n=n,
+                median_ms=ms,
+                tflops=useful_flops(n, d) / (ms * 1e-3) / 1e12,
+                rel_err=err,
+                roofline_ms=bound,
+                pct_roofline=100.0 * bound / ms,
+            )
+        )
+    del x, ref
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def markdown(rows: list[Row]) -> str:
+    head = "| method | dtype | d | n | median ms | useful TFLOP/s | % of roofline | rel. error vs fp64 |"
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {r.dtype} | {r.d} | {r.n} | {r.median_ms:.3f} | {r.tflops:.1f} | "
+            f"{r.pct_roofline:.0f} % | {r.rel_err:.2e} |"
+        )
+    return "\n".join(lines)
+
+
+def roofline_table(shapes: list[tuple[int, int, int]], peaks: tuple[float, float]) -> str:
+    peak_tflops, peak_gbps = peaks
+    ridge = peak_tflops * 1e12 / (peak_gbps * 1e9)
+    lines = [
+        f"Roofline: peak {peak_tflops:.0f} TFLOP/s (bf16 dense), {peak_gbps:.0f} GB/s, ridge {ridge:.0f} FLOP/B "
+        "(float32 rows use the same bf16 peak: a loose bound for them).",
+        "| d | n | elem B | useful GFLOP | min MB moved | FLOP/B | bound | roofline ms |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for n, d, elem in shapes:
+        ai = intensity(n, d, elem)
+        lines.append(
+            f"| {d} | {n} | {elem} | {useful_flops(n, d) / 1e9:.1f} | {min_bytes(n, d, elem) / 1e6:.1f} | "
+            f"{ai:.0f} | {'compute' if ai >= ridge else 'memory'} | {roofline_ms(n, d, elem, *peaks):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def device_peaks(name: str, tflops: float | None, gbps: float | None) -> tuple[float, float]:
+    for key, (t, b) in KNOWN_PEAKS.items():
+        if key in name:
+            return (tflops or t, gbps or b)
+    if tflops is None or gbps is None:
+        raise SystemExit(f"unknown device {name!r}: pass --peak-tflops and --peak-gbps for the roofline")
+    return tflops, gbps
+
+
+def environment() -> dict[str, str]:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "device": props.name,
+        "sms": str(props.multi_processor_count),
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda),
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dims", type=_ints, default=[384, 768, 1024, 3072, 4096])
+    parser.add_argument("--tokens", type=_ints, default=[50_000, 400_000])
+    parser.add_argument("--repeats", type=int, default=30, help="about this many timed runs per method")
+    parser.add_argument("--fp32", action="store_true", help="add float32-input rows (ieee vs tf32x3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--peak-gbps", type=float, default=None)
+    args = parser.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("bench_kernels: no CUDA device; this benchmark times GPU kernels only (nothing was run).", file=sys.stderr)
+        return 2
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("bench_kernels: Triton is not importable; nothing to benchmark.", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    env = environment()
+    peaks = device_peaks(env["device"], args.peak_tflops, args.peak_gbps)
+    dtypes = [torch.bfloat16] + ([torch.float32] if args.fp32 else [])
+    print(f"# Second-moment kernel benchmark\n\n{json.dumps(env)}\n")
+    shapes = [(n, d, torch.tensor([], dtype=t).element_size()) for t in dtypes for n in args.tokens for d in args.dims]
+    print(roofline_table(shapes, peaks) + "\n")
+
+    rows: list[Row] = []
+    case = 0
+    for dtype in dtypes:
+        for n in args.tokens:
+            for d in args.dims:
+                case += 1
+                shape_rows = bench_shape(
+                    n,
+                    d,
+                    dtype,
+                    seed=args.seed + case,
+                    repeats=args.repeats,
+                    peaks=peaks,
+                    fp32_modes=args.fp32,
+                    device=torch.device("cuda"),
+                )
+                rows.extend(shape_rows)
+                for r in shape_rows:
+                    print(f"  {r.method:>14} {r.dtype:>8} d={d:<5} n={n:<7} {r.median_ms:9.3f} ms "
+                          f"{r.tflops:7.1f} TFLOP/s  err {r.rel_err:.2e}", file=sys.stderr, flush=True)
+
+    print(markdown(rows))
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = OUT_DIR / f"bench_kernels-{stamp}.json"
+    payload = {"environment": env, "peaks": {"tflops": peaks[0], "gbps": peaks[1]},
+               "flop_convention": "useful = n*d*d (symmetric half of X^T X)", "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

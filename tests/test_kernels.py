@@ -1,0 +1,496 @@
+"""Tests for ``kernels/``: ``acc += X^T X`` (lower triangle) and ``colsum += X^T 1``, both backends, on CPU.
+
+Why the environment is touched before an import
+    Triton decides whether a ``@triton.jit`` function runs in its CPU interpreter when the function is
+    *defined*, i.e. when ``kernels.triton_second_moment`` is first imported. This module therefore sets
+    ``TRITON_INTERPRET=1``, imports that module (reloading it if it was imported earlier without the
+    interpreter), and then restores the variable, so that other test modules in the same pytest process
+    keep ``backend=None`` -> torch on CPU. Triton also reads the variable while an interpreted kernel runs
+    (e.g. a lazy import inside argument specialization asserts it), so an autouse fixture sets it again
+    for each test of this module only. The Triton-path tests call ``backend="triton"`` (or the kernel
+    wrapper) explicitly.
+
+Reference and tolerances
+    Every case draws fresh inputs from its own seed (a CRC of the case id): columns with random means and
+    scales, like activations, never zeros. The reference is the float64 product of the SAME values that
+    the kernel sees (``x.double().T @ x.double()`` after rounding to the input dtype), compared on the lower
+    triangle and diagonal in relative Frobenius norm. bf16 (8-bit significand) and fp16 (11-bit) products
+    are exact in float32, so their only error is float32 accumulation; float32 inputs add one rounding per
+    product, small beside it. Accumulating n terms in float32 costs ~u sqrt(n) relative typically and at
+    most n u (u = 2^-24 = 6e-8, n u = 6e-5 at n = 1000); how close a backend gets to either depends on its
+    summation order (CPU BLAS sums a 1 x 1 or 7 x 7 output sequentially). Measured maxima over the grid
+    (fresh seeds, this machine): torch fp32 7.6e-7, fp16 1.7e-6, bf16 3.8e-6 (d=1, n=1000); Triton
+    interpreter fp32 8.7e-8, fp16 9.9e-8, bf16 8.4e-8; column sums <= 4e-8. The tolerances (2e-5 for every
+    dtype, as the accumulation, not the dtype, dominates) sit 5x above the worst measured and well below
+    what a wrong kernel gives: one missing or doubled element of a 769 x 769 triangle ~1e-3, rounding the
+    output or partial sums to 16 bits ~1e-3, TF32 products ~4e-5 (a GPU concern: the interpreter ignores
+    ``input_precision``, so the precision each dtype compiles to is checked on the sm_90 PTX instead).
+
+Poisoning
+    The accumulator starts as a random lower triangle ``A0`` with NaN in the strict upper triangle, so
+    ``acc - A0`` checks that every lower element was accumulated (not overwritten, not skipped) and that
+    nothing in the lower triangle reads the upper one. Guard regions of -0.0 around strided
+    ``acc``/``colsum`` views check that no store lands outside them (adding even 0.0 flips the sign).
+
+Sizes
+    d in {1, 7, 64, 200, 769} x n in {1, 13, 1000} x {fp32, fp16, bf16} for both backends, except that
+    the interpreter runs d=769 (13 x 13 column tiles = 91 tile programs per token split, several seconds
+    per case on a shared 2-core machine) only as fp32 and fp16 at n=13 and bf16 (the production dtype) at
+    n=1000, whose second token split ends in a ragged row block too. Every d <= 200 runs every dtype and
+    every n, which exercises the same tiling, masking and split code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+_previous_interpret = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    import kernels.triton_second_moment as tsm
+
+    if not tsm.INTERPRETED:
+        tsm = importlib.reload(tsm)
+except ImportError:  # Triton missing: the torch backend still has to pass everything
+    tsm = None
+finally:
+    if _previous_interpret is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous_interpret
+
+import kernels  # noqa: E402
+from kernels import backend as kernel_backend  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Relative Frobenius tolerance, lower triangle, vs float64 of the same rounded inputs (see docstring).
+RTOL_FP32 = 2e-5
+RTOL_FP16 = 2e-5
+RTOL_BF16 = 2e-5
+RTOL: dict[torch.dtype, float] = {torch.float32: RTOL_FP32, torch.float16: RTOL_FP16, torch.bfloat16: RTOL_BF16}
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DIMS = (1, 7, 64, 200, 769)
+TOKENS = (1, 13, 1000)
+
+needs_triton = pytest.mark.skipif(tsm is None, reason="Triton is not importable")
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_for_this_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton consults TRITON_INTERPRET while running interpreted kernels; set it per test, not globally."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+def _activations(n: int, d: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """n x d values with per-column mean and scale (like activations), rounded to ``dtype``; never zero."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(d, generator=g) * 0.5
+    scale = torch.exp(torch.randn(d, generator=g) * 0.5)
+    x = torch.randn(n, d, generator=g) * scale + mean
+    x = x.to(dtype)
+    assert n == 0 or bool(x.abs().sum() > 0)
+    return x
+
+
+def _poisoned_acc(d: int, seed: int, scale: float) -> torch.Tensor:
+    """Random lower triangle + diagonal of magnitude ``scale``; NaN strictly above the diagonal."""
+    g = torch.Generator().manual_seed(seed)
+    acc = torch.randn(d, d, generator=g) * scale
+    upper = torch.triu(torch.ones(d, d, dtype=torch.bool), diagonal=1)
+    return acc.masked_fill(upper, float("nan"))
+
+
+def _lower_rms(m: torch.Tensor) -> float:
+    """Root-mean-square of the lower triangle: the scale for a poison that is neither negligible nor huge."""
+    mask = torch.tril(torch.ones(m.shape, dtype=torch.bool))
+    return float(m.double()[mask].pow(2).mean().sqrt())
+
+
+def _lower_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    mask = torch.tril(torch.ones(ref.shape, dtype=torch.bool))
+    diff = (got.double() - ref.double())[mask]
+    scale = ref.double()[mask].norm()
+    return float(diff.norm() / scale)
+
+
+def _vec_rel_err(got: torch.Tensor, ref: torch.Tensor, x: torch.Tensor) -> float:
+    # Column sums of signed data can cancel; scale by the sum of magnitudes, the accumulation's own scale.
+    scale = x.double().abs().sum(dim=0).norm()
+    return float((got.double() - ref.double()).norm() / scale)
+
+
+def _run(backend: str, x: torch.Tensor, acc=None, colsum=None, **triton_kwargs):
+    if backend == "triton":
+        return tsm.second_moment_triton(x, acc, colsum, **triton_kwargs)
+    assert not triton_kwargs
+    return kernels.second_moment(x, acc, colsum, backend="torch")
+
+
+def _backends() -> list:
+    return [pytest.param("triton", marks=needs_triton), "torch"]
+
+
+def _grid_cases() -> list:
+    cases = []
+    for backend in ("triton", "torch"):
+        for dtype in DTYPES:
+            for d in DIMS:
+                for n in TOKENS:
+                    kept_769 = n == (1000 if dtype == torch.bfloat16 else 13)
+                    if backend == "triton" and d == 769 and not kept_769:
+                        continue  # interpreter time; see the module docstring
+                    marks = [needs_triton] if backend == "triton" else []
+                    name = f"{backend}-{str(dtype).removeprefix('torch.')}-d{d}-n{n}"
+                    cases.append(pytest.param(backend, dtype, d, n, marks=marks, id=name))
+    return cases
+
+
+@pytest.mark.parametrize(("backend", "dtype", "d", "n"), _grid_cases())
+def test_second_moment_matches_float64(backend: str, dtype: torch.dtype, d: int, n: int) -> None:
+    seed = _seed("grid", backend, dtype, d, n)
+    x = _activations(n, d, dtype, seed)
+    ref = x.double().T @ x.double()
+    a0 = _poisoned_acc(d, seed + 1, scale=_lower_rms(ref))
+    c0 = torch.randn(d, generator=torch.Generator().manual_seed(seed + 2))
+    acc, colsum = a0.clone(), c0.clone()
+
+    out = _run(backend, x, acc, colsum)
+
+    assert out is acc
+    err = _lower_rel_err(acc.double() - a0.double(), ref)
+    assert err <= RTOL[dtype], f"relative error {err:.3e} > {RTOL[dtype]:.1e} (seed {seed})"
+    lower = torch.tril(torch.ones(d, d, dtype=torch.bool))
+    assert torch.isfinite(acc[lower]).all(), "a lower-triangle element picked up the NaN poison"
+    col_err = _vec_rel_err(colsum - c0, x.double().sum(dim=0), x)
+    assert col_err <= RTOL[dtype], f"colsum relative error {col_err:.3e} (seed {seed})"
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_allocates_zeroed_float32_accumulator(backend: str) -> None:
+    x = _activations(50, 33, torch.float16, _seed("alloc", backend))
+    acc = _run(backend, x)
+    assert acc.dtype == torch.float32 and acc.shape == (33, 33) and acc.device == x.device
+    assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_FP16
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).removeprefix("torch."))
+def test_chunked_accumulation_equals_one_call(backend: str, dtype: torch.dtype) -> None:
+    n, d = 300, 70  # two column tiles of 64, the second ragged
+    x = _activations(n, d, dtype, _seed("chunks", backend, dtype))
+    whole, whole_sum = _run(backend, x), torch.zeros(d)
+    _run(backend, x, torch.zeros(d, d), whole_sum)
+    parts, parts_sum = torch.zeros(d, d), torch.zeros(d)
+    for lo, hi in ((0, 0), (0, 1), (1, 100), (100, 100), (100, 300)):
+        _run(backend, x[lo:hi], parts, parts_sum)
+    ref = x.double().T @ x.double()
+    assert _lower_rel_err(parts, ref) <= RTOL[dtype]
+    assert _lower_rel_err(parts, whole.double()) <= 2 * RTOL[dtype]
+    assert _vec_rel_err(parts_sum, whole_sum, x) <= 2 * RTOL[dtype]
+
+
+@needs_triton
+@pytest.mark.parametrize("splits", [1, 3, 12], ids=["store", "atomic", "empty-splits"])
+def test_triton_store_and_atomic_epilogues(splits: int) -> None:
+    """One split takes the load+add+store epilogue, several the atomic one; 12 splits of a 130-row input
+    (3 row blocks of 64) leave 9 splits without rows, which must add nothing."""
+    n, d = 130, 150
+    x = _activations(n, d, torch.float32, _seed("splits", splits))
+    a0 = _poisoned_acc(d, _seed("splits-acc", splits), scale=100.0)
+    c0 = torch.full((d,), 3.0)
+    acc, colsum = a0.clone(), c0.clone()
+    tsm.second_moment_triton(x, acc, colsum, splits=splits)
+    assert _lower_rel_err(acc.double() - a0.double(), x.double().T @ x.double()) <= RTOL_FP32
+    assert _vec_rel_err(colsum - c0, x.double().sum(dim=0), x) <= RTOL_FP32
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_non_contiguous_inputs(backend: str) -> None:
+    d = 90
+    big = _activations(400, d + 11, torch.bfloat16, _seed("strided", backend))
+    columns_major = _activations(d, 200, torch.bfloat16, _seed("strided-t", backend)).T  # 200 x d
+    views = {
+        "column-window": big[:, 5 : 5 + d],  # row stride d + 11, unit column stride
+        "every-other-row": big[::2, :d],  # row stride 2 (d + 11)
+        "repeated-row": big[:1, :d].expand(50, d),  # row stride 0
+        "transpose-view": columns_major,  # stride(1) != 1 -> copied to contiguous
+    }
+    for name, x in views.items():
+        acc = _run(backend, x)
+        err = _lower_rel_err(acc, x.double().T @ x.double())
+        assert err <= RTOL_BF16, f"{name}: strides {x.stride()} error {err:.3e}"
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_strided_outputs_stay_inside_their_views(backend: str) -> None:
+    """acc and colsum are strided views into larger buffers whose other elements hold -0.0: any store
+    outside the views, even one that adds 0.0 (a too-wide mask), turns -0.0 into +0.0 and is caught."""
+    d = 75
+    x = _activations(64, d, torch.float16, _seed("guard", backend))
+    buf = torch.full((d + 4, d + 3), -0.0)
+    acc = buf[2 : 2 + d, 1 : 1 + d]
+    acc.zero_()
+    cbuf = torch.full((2 * d + 5,), -0.0)
+    colsum = cbuf[3 : 3 + 2 * d : 2]  # stride 2
+    colsum.zero_()
+    _run(backend, x, acc, colsum)
+    inside = torch.zeros_like(buf, dtype=torch.bool)
+    inside[2 : 2 + d, 1 : 1 + d] = True
+    assert torch.signbit(buf[~inside]).all() and (buf[~inside] == 0).all(), "a store landed outside acc"
+    cinside = torch.zeros_like(cbuf, dtype=torch.bool)
+    cinside[3 : 3 + 2 * d : 2] = True
+    assert torch.signbit(cbuf[~cinside]).all() and (cbuf[~cinside] == 0).all(), "a store landed outside colsum"
+    assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_FP16
+    assert _vec_rel_err(colsum, x.double().sum(dim=0), x) <= RTOL_FP16
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_zero_tokens_leave_accumulators_unchanged(backend: str) -> None:
+    d = 40
+    acc = torch.randn(d, d)
+    colsum = torch.randn(d)
+    acc_before, colsum_before = acc.clone(), colsum.clone()
+    out = _run(backend, torch.empty(0, d, dtype=torch.bfloat16), acc, colsum)
+    assert out is acc
+    assert torch.equal(acc, acc_before) and torch.equal(colsum, colsum_before)
+    fresh = _run(backend, torch.empty(0, d, dtype=torch.float32))
+    assert fresh.shape == (d, d) and torch.count_nonzero(fresh) == 0
+
+
+def test_torch_backend_accepts_float64_accumulators() -> None:
+    x = _activations(500, 48, torch.float32, _seed("f64"))
+    acc = torch.full((48, 48), 1.0, dtype=torch.float64)
+    colsum = torch.zeros(48, dtype=torch.float64)
+    kernels.second_moment(x, acc, colsum)  # auto -> torch on CPU; float64 also forces torch
+    ref = x.double().T @ x.double() + 1.0
+    assert acc.dtype == torch.float64
+    assert _lower_rel_err(acc, ref) <= RTOL_FP32
+    assert torch.allclose(kernels.symmetrize(acc), acc)  # the torch path fills the full matrix
+    assert _vec_rel_err(colsum, x.double().sum(dim=0), x) <= RTOL_FP32
+
+
+def test_symmetrize_mirrors_lower_triangle() -> None:
+    d = 9
+    base = torch.randn(d, d, dtype=torch.float64)
+    acc = base.clone()
+    acc[torch.triu(torch.ones(d, d, dtype=torch.bool), diagonal=1)] = float("nan")
+    before = acc.clone()
+    full = kernels.symmetrize(acc)
+    assert full is not acc
+    assert torch.equal(acc.isnan(), before.isnan())  # input untouched
+    lower = torch.tril(base)
+    expected = lower + torch.tril(base, -1).T
+    assert torch.equal(full, expected)
+    assert torch.equal(full, full.T)
+    assert torch.equal(full.diagonal(), base.diagonal())
+    for bad in (torch.zeros(3), torch.zeros(3, 4), torch.zeros(2, 2, 2)):
+        with pytest.raises(ValueError, match="square 2-D"):
+            kernels.symmetrize(bad)
+
+
+def _bad_inputs() -> list:
+    x = torch.randn(5, 4)
+    return [
+        pytest.param(torch.randn(2, 5, 4), None, None, "2-D", id="3-D x"),
+        pytest.param(torch.randn(5), None, None, "2-D", id="1-D x"),
+        pytest.param(torch.ones(5, 4, dtype=torch.int32), None, None, "bfloat16, float16 or float32", id="int x"),
+        pytest.param(torch.randn(5, 4, dtype=torch.float64), None, None, "float32", id="float64 x"),
+        pytest.param(torch.randn(5, 0), None, None, "d >= 1", id="d=0"),
+        pytest.param([[1.0, 2.0]], None, None, "torch.Tensor", id="list x"),
+        pytest.param(x, torch.zeros(4, 5), None, r"shape \(4, 4\)", id="acc shape"),
+        pytest.param(x, torch.zeros(4, 4, dtype=torch.float16), None, "acc must be", id="acc dtype"),
+        pytest.param(x, torch.zeros(4, 4, device="meta"), None, "one device", id="acc device"),
+        pytest.param(x, None, torch.zeros(5), r"shape \(4,\)", id="colsum length"),
+        pytest.param(x, None, torch.zeros(4, dtype=torch.int64), "colsum must be", id="colsum dtype"),
+    ]
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize(("x", "acc", "colsum", "message"), _bad_inputs())
+def test_bad_inputs_raise_value_error(backend: str, x, acc, colsum, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _run(backend, x, acc, colsum)
+    if backend == "torch":
+        with pytest.raises(ValueError, match=message):
+            kernels.second_moment(x, acc, colsum)
+
+
+@needs_triton
+def test_triton_rejects_float64_accumulator_and_bad_options() -> None:
+    x = torch.randn(8, 4)
+    with pytest.raises(ValueError, match="float32"):
+        tsm.second_moment_triton(x, torch.zeros(4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="float32"):
+        kernels.second_moment(x, torch.zeros(4, 4, dtype=torch.float64), backend="triton")
+    with pytest.raises(ValueError, match="fp32_precision"):
+        tsm.second_moment_triton(x, fp32_precision="tf32")
+    with pytest.raises(ValueError, match="splits"):
+        tsm.second_moment_triton(x, splits=0)
+
+
+def test_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(3, 2)
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kernels.resolve_backend(x, None) == "torch"  # CPU, no interpreter
+    assert kernels.resolve_backend(x, "auto") == "torch"
+    assert kernels.resolve_backend(x, "torch") == "torch"
+    assert "torch" in kernels.available_backends()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.resolve_backend(x, "cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.second_moment(x, backend="numpy")
+
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert kernels.resolve_backend(x, None) == "torch"
+    monkeypatch.setenv(kernels.ENV_VAR, "sometimes")
+    with pytest.raises(ValueError, match=kernels.ENV_VAR):
+        kernels.resolve_backend(x, None)
+    assert kernels.resolve_backend(x, "torch") == "torch"  # an explicit argument wins over the variable
+
+
+@needs_triton
+def test_backend_selection_with_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(3, 2)
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernel_backend.triton_module() is tsm
+    assert kernels.resolve_backend(x, None) == "triton"
+    assert kernels.resolve_backend(x, None, float64_accumulator=True) == "torch"
+    assert kernels.available_backends() == ("triton", "torch")
+    monkeypatch.setenv(kernels.ENV_VAR, "torch")
+    assert kernels.resolve_backend(x, None) == "torch"  # the variable forces torch under auto
+    monkeypatch.setenv(kernels.ENV_VAR, "triton")
+    assert kernels.resolve_backend(x, None) == "triton"
+    # auto really runs the kernel: Triton leaves the strict upper triangle outside diagonal tiles alone.
+    monkeypatch.setenv(kernels.ENV_VAR, "auto")
+    d = 150
+    xs = _activations(20, d, torch.float16, _seed("auto-dispatch"))
+    acc = _poisoned_acc(d, 5, scale=1.0)
+    kernels.second_moment(xs, acc)
+    assert acc[0, d - 1].isnan()  # tile (0, 2) is never touched by the kernel; torch would overwrite it
+
+
+@pytest.fixture
+def triton_hidden(monkeypatch: pytest.MonkeyPatch):
+    """Make ``import triton`` fail for the duration of a test, as on a machine without Triton."""
+    monkeypatch.setitem(sys.modules, "triton", None)
+    kernel_backend.triton_module.cache_clear()
+    yield
+    kernel_backend.triton_module.cache_clear()
+
+
+def test_missing_triton_falls_back_to_torch(triton_hidden, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = _activations(30, 12, torch.bfloat16, _seed("fallback"))
+    assert kernel_backend.triton_module() is None
+    assert kernels.available_backends() == ("torch",)
+    assert kernels.resolve_backend(x, None) == "torch"
+    with pytest.warns(RuntimeWarning, match="Triton cannot be imported"):
+        acc = kernels.second_moment(x, backend="triton")
+    assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_BF16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels.second_moment(x)  # auto falls back silently
+
+
+@needs_triton
+def test_split_heuristic_and_autotune_pruning() -> None:
+    cpu = torch.device("cpu")
+    assert tsm.choose_splits(1, 10, 64, cpu) == 1
+    assert tsm.choose_splits(10_000, 10, 64, cpu) == tsm.INTERPRETER_SPLITS
+    assert [tsm.n_bucket(n) for n in (0, 1, 1024, 1025, 50_000, 10**9)] == [1024, 1024, 1024, 2048, 65536, 2**24]
+    configs = tsm._gpu_configs()
+    blocks = {(c.kwargs["BLOCK_D"], c.kwargs["BLOCK_N"]) for c in configs}
+    assert blocks == {(bd, bn) for bd in (32, 64, 128) for bn in (32, 64, 128)}
+    small = tsm._prune_configs(configs, {"d": 7, "x_ptr": torch.empty(0, dtype=torch.bfloat16)})
+    assert small and {c.kwargs["BLOCK_D"] for c in small} == {32}
+    wide = tsm._prune_configs(configs, {"d": 4096, "x_ptr": torch.empty(0, dtype=torch.float32)})
+    for c in wide:
+        operand_bytes = 2 * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_D"] * 4 * c.num_stages
+        assert operand_bytes <= tsm.SMEM_BUDGET_BYTES
+    assert len(wide) < len(configs)
+
+
+_COMPILE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ.pop("TRITON_INTERPRET", None)
+    sys.path.insert(0, sys.argv[1])
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from kernels.triton_second_moment import _second_moment_kernel
+
+    jit = _second_moment_kernel.fn
+    aligned = ("x_ptr", "acc_ptr", "colsum_ptr", "d", "stride_xn", "stride_am")  # 16-divisible, as at run time
+
+    def ptx(dtype, block_d, block_n, warps, precision):
+        flags = {"HAS_COLSUM": True, "IS_FP32": dtype == "fp32", "UPCAST_OPERANDS": False,
+                 "FP32_PRECISION": precision, "BLOCK_D": block_d, "BLOCK_N": block_n}
+        sig = {}
+        for name in jit.arg_names:
+            if name in flags:
+                sig[name] = "constexpr"
+            elif name == "x_ptr":
+                sig[name] = "*" + dtype
+            elif name.endswith("_ptr"):
+                sig[name] = "*fp32"
+            else:
+                sig[name] = "i32"
+        attrs = {(jit.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+        src = ASTSource(fn=jit, signature=sig, constexprs=flags, attrs=attrs)
+        target = GPUTarget("cuda", 90, 32)
+        return triton.compile(src, target=target, options={"num_warps": warps, "num_stages": 3}).asm["ptx"]
+
+    bf16 = ptx("bf16", 128, 64, 8, "ieee")
+    ieee = ptx("fp32", 64, 32, 4, "ieee")
+    tf32x3 = ptx("fp32", 64, 32, 4, "tf32x3")
+    print("bf16-wgmma", "wgmma.mma_async" in bf16 and ".bf16" in bf16)
+    print("bf16-atomic", "red.global" in bf16 or "atom.global" in bf16)
+    print("ieee-no-tensor-cores", "wgmma" not in ieee and "mma.sync" not in ieee and "fma.rn.f32" in ieee)
+    print("tf32x3-tensor-cores", "wgmma" in tf32x3 and ".tf32" in tf32x3)
+    """
+)
+
+
+@needs_triton
+def test_kernel_compiles_for_hopper_with_the_intended_precision() -> None:
+    """Compile (no GPU needed) for sm_90: bf16 must use wgmma tensor cores, fp32 "ieee" must stay on FMA
+    (no TF32), "tf32x3" must use TF32 tensor cores. Catches code the interpreter accepts but the compiler
+    rejects. Runs in a subprocess because this process holds the interpreted kernel."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT, str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr.lower():
+        pytest.skip("Triton's bundled ptxas is unavailable")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = dict(line.split() for line in proc.stdout.strip().splitlines())
+    assert results == {
+        "bf16-wgmma": "True",
+        "bf16-atomic": "True",
+        "ieee-no-tensor-cores": "True",
+        "tf32x3-tensor-cores": "True",
+    }, proc.stdout
