@@ -34,6 +34,8 @@ def compare_results(results: list[Result]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for i, (label, r) in enumerate(zip(labels, results)):
         table = r.layers[["layer", "kind", "utilization"]].rename(columns={"utilization": label})
         per_layer = table if per_layer is None else per_layer.merge(table.drop(columns="kind"), on="layer", how="outer", sort=False)
+    order = list(dict.fromkeys(name for r in results for name in r.layers["layer"]))  # depth order
+    per_layer = per_layer.set_index("layer").loc[order].reset_index()
     for label in labels[1:]:
         per_layer[f"{label} - {labels[0]}"] = per_layer[label] - per_layer[labels[0]]
     return summary, per_layer

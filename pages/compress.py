@@ -1,0 +1,65 @@
+"""Compress: parameters kept and mean preservation error against energy (e_in = e_out swept over the grid),
+per-layer savings at the current energies, and downloads of the per-layer table."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import streamlit as st
+
+from analysis.export import export_bytes
+from analysis.result import Result
+from ui import charts, frame, state, tables, text
+
+MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _sweep(key: str, _result: Result):
+    """The energy sweep of one analysis (depends only on its stored spectra, hence on its key)."""
+    return tables.energy_sweep(_result)
+
+
+frame.intro("Compress", text.COMPRESS_INTRO, text.COMPRESS_FORMULA)
+result = frame.require_result()
+if result is None:
+    st.stop()
+
+e_in, e_out = state.energies()
+params = result.parameters()
+savings = tables.layer_savings(result)
+counted = savings[savings["in_mlu"]]
+
+cols = st.columns(4)
+cols[0].metric("Parameters kept", text.pct(params["kept"]),
+               help="Counted layers only (inside the blocks), factorized at their utilized rank.")
+cols[1].metric("Parameters saved", text.count(params["params_dense"] - params["params_factorized"]),
+               help=f"of {text.count(params['params_dense'])} in the counted layers")
+cols[2].metric("Mean preservation error", f"{counted['preservation_error'].mean():.2e}" if len(counted) else "n/a")
+cols[3].metric("MLU", text.pct(result.mlu))
+
+sweep = _sweep(result.key, result)
+st.plotly_chart(charts.compression_sweep_chart(sweep, e_in if e_in == e_out else None), key="compress_sweep")
+if e_in != e_out:
+    st.caption("The sweep sets e_in = e_out; your current energies differ, so no marker is drawn on it.")
+st.info(text.COMPRESS_ACCURACY_NOTE, icon=":material/info:")
+
+st.plotly_chart(charts.savings_bars(result.layers), key="compress_savings")
+st.dataframe(
+    savings,
+    hide_index=True,
+    column_config={
+        "kept": st.column_config.ProgressColumn("kept", min_value=0.0, max_value=1.0, format="percent"),
+        "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
+    },
+)
+
+st.subheader("Download the per-layer table")
+st.caption(f"At the current energies e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}.")
+download_cols = st.columns(3)
+stem = f"utilization-{text.short_key(result.key)}-e{text.energy(e_in)}-{text.energy(e_out)}"
+for col, fmt in zip(download_cols, ("csv", "parquet", "json")):
+    col.download_button(
+        f"{fmt.upper()}", data=partial(export_bytes, result, fmt), file_name=f"{stem}.{fmt}",
+        mime=MIME[fmt], on_click="ignore", key=f"compress_download_{fmt}", icon=":material/download:",
+    )

@@ -1,0 +1,74 @@
+"""Layers: utilization per layer in depth order (coloured by kind, MLU line), block x kind heatmap, table.
+
+Clicking a bar selects that layer for every page (``st.session_state["selected_layer"]``).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import charts, frame, state, text
+
+CHART_KEY = "layers_chart"
+
+
+def _select_from_chart() -> None:
+    """on_select callback: the first clicked bar's layer name (customdata[0]) becomes the selected layer."""
+    selection = st.session_state.get(CHART_KEY, {}).get("selection", {})
+    for point in selection.get("points", []):
+        data = point.get("customdata")
+        name = data[0] if isinstance(data, (list, tuple)) and data else data
+        if isinstance(name, str) and name:
+            st.session_state[state.SELECTED] = name
+            return
+
+
+frame.intro("Layers", text.LAYERS_INTRO, text.LAYERS_FORMULA, text.LAYERS_OUTRO)
+result = frame.require_result()
+if result is None:
+    st.stop()
+
+table = result.layers
+params = result.parameters()
+e_in, e_out = state.energies()
+counted = int(table["in_mlu"].sum())
+
+cols = st.columns(4)
+cols[0].metric("MLU", text.pct(result.mlu), help="Mean of u over the layers counted (inside the blocks).")
+cols[1].metric("Layers counted", f"{counted} of {len(table)}")
+cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
+               help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
+                    "parameters of the counted layers.")
+cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="e_in / e_out (sidebar).")
+
+selected = state.selected_layer(result)
+st.plotly_chart(
+    charts.utilization_bars(table, result.mlu, selected),
+    key=CHART_KEY, on_select=_select_from_chart, selection_mode="points",
+)
+left, right = st.columns([2, 3])
+with left:
+    selected = frame.layer_picker(result, "layers_layer_pick", "Selected layer (or click a bar)")
+    row = table[table["layer"] == selected].iloc[0]
+    st.markdown(
+        f"**{selected}** ({charts.kind_label(row['kind'])}): $d_{{in}} = {row['d_in']}$, $d_{{out}} = {row['d_out']}$, "
+        f"$k_{{in}} = {row['k_in']}$, $k_{{out}} = {row['k_out']}$, $r = {row['rank']}$, "
+        f"$u = {row['utilization']:.1%}$".replace("%", r"\%")
+    )
+    st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
+with right:
+    st.plotly_chart(charts.block_kind_heatmap(table), key="layers_heatmap")
+
+with st.expander("Per-layer table", expanded=False):
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
+            "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
+            "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
+            "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),
+        },
+    )
+if result.not_applicable:
+    st.caption("Not analysed (not applicable): " + ", ".join(f"`{x['layer']}` ({x['reason']})" for x in result.not_applicable))

@@ -1,0 +1,115 @@
+"""Library: the cached analyses with their settings (from manifests): open, download, delete with
+confirmation; and the jobs running or finished recently (``analysis.jobs.list_jobs``)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import streamlit as st
+
+from analysis import jobs
+from analysis.errors import AnalysisError
+from analysis.export import export_bytes
+from ui import frame, jobs_view, state, tables, text
+
+PICK = "library_pick"
+CONFIRM = "library_confirm_delete"
+MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
+
+
+def _open(key: str) -> None:
+    state.open_analysis(key)
+    state.notify("success", f"Opened analysis {text.short_key(key)}: every page now shows it.")
+
+
+def _delete(key: str) -> None:
+    st.session_state.pop(CONFIRM, None)
+    try:
+        removed = state.cache().delete(key)
+    except (AnalysisError, OSError) as exc:
+        state.notify("error", f"Could not delete {text.short_key(key)}: {exc}")
+        return
+    state.close_analysis_if(key)
+    state.notify("success" if removed else "warning",
+                 f"Deleted analysis {text.short_key(key)}." if removed else f"{text.short_key(key)} was already gone.")
+
+
+def _export(key: str, fmt: str) -> bytes:
+    """Bytes of one download (built only when the button is clicked)."""
+    result = state.load_result(key)
+    if result is None:
+        raise AnalysisError(f"analysis {key} is no longer in the cache")
+    return export_bytes(result.at_energy(*state.energies()), fmt)
+
+
+def _follow(key: str) -> None:
+    st.session_state[state.JOB] = key
+
+
+def _jobs_section() -> None:
+    st.subheader("Jobs")
+    try:
+        listed = list(jobs.list_jobs())
+    except AnalysisError as exc:
+        st.error(str(exc))
+        return
+    if not listed:
+        st.caption("No jobs recorded in this cache.")
+        return
+    rows = []
+    for job in listed:
+        rows.append({
+            "state": job.state,
+            "model": job.model_id,
+            "dataset": job.dataset_id,
+            "progress": float(job.fraction or 0.0),
+            "images": f"{text.count(job.images_done)}/{text.count(job.images_total)}",
+            "elapsed": text.duration(job.elapsed_s),
+            "ETA": text.duration(job.eta_s) if job.state in jobs_view.ACTIVE_STATES else "",
+            "message": job.message or "",
+            "key": getattr(job, "key", None),
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True,
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
+                                                                            format="percent")})
+    active = [r for r in rows if r["state"] in jobs_view.ACTIVE_STATES and state.is_key(r["key"])]
+    for row in active:
+        cols = st.columns([4, 1, 1])
+        cols[0].markdown(f"`{text.short_key(row['key'])}` {row['model']} on {row['dataset']}: {row['state']}")
+        cols[1].button("Follow", key=f"follow-{row['key']}", on_click=_follow, args=(row["key"],),
+                       help="Show its progress on the Analyze page; it opens when done.")
+        cols[2].button("Cancel", key=f"lib-cancel-{row['key']}", on_click=jobs_view.cancel_job, args=(row["key"],))
+
+
+frame.intro("Library", text.LIBRARY_INTRO)
+
+entries = list(state.cache().entries())
+if not entries:
+    st.info("The cache is empty: run an analysis on the Analyze page.")
+else:
+    table = pd.DataFrame([tables.manifest_row(m) for m in entries])
+    st.dataframe(table, hide_index=True)
+    labels = {m["key"]: tables.entry_label(m) for m in entries}
+    if st.session_state.get(PICK) not in labels:
+        st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0]["key"]
+    key = st.selectbox("Analysis", list(labels), key=PICK, format_func=labels.get)
+    is_current = key == state.current_key()
+    cols = st.columns([1, 1, 1, 1, 1])
+    cols[0].button("Open" if not is_current else "Open (already open)", on_click=_open, args=(key,), type="primary",
+                   disabled=is_current, key="library_open", icon=":material/folder_open:")
+    for col, fmt in zip(cols[1:4], ("csv", "parquet", "json")):
+        col.download_button(fmt.upper(), data=partial(_export, key, fmt), file_name=f"utilization-{text.short_key(key)}.{fmt}",
+                            mime=MIME[fmt], on_click="ignore", key=f"library_download_{fmt}", icon=":material/download:")
+    if st.session_state.get(CONFIRM) == key:
+        st.warning(f"Delete {labels[key]}? The stored spectra are removed; recomputing needs the data again.")
+        yes, no = st.columns([1, 5])
+        yes.button("Yes, delete", on_click=_delete, args=(key,), type="primary", key="library_delete_yes")
+        no.button("Keep it", on_click=lambda: st.session_state.pop(CONFIRM, None), key="library_delete_no")
+    else:
+        cols[4].button("Delete ...", on_click=lambda k=key: st.session_state.update({CONFIRM: k}), key="library_delete",
+                       icon=":material/delete:")
+    if is_current:
+        st.page_link("pages/layers.py", label="Show it on the Layers page", icon=":material/bar_chart:")
+
+_jobs_section()

@@ -1,0 +1,488 @@
+"""The Streamlit app, page by page, with ``streamlit.testing.v1.AppTest`` (no browser), and its chart builders.
+
+Two real analyses of a tiny random ViT (seeds 0 and 1, 64 Fashion-MNIST test images) are computed once for
+the module into a private cache; the app's default analysis points at the first one, so the app opens on a
+ready result exactly as it does for the embedded default. Jobs that would start a worker process are
+replaced by recorded stand-ins where a test is about the UI's reaction to job states.
+
+Note on AppTest 1.67 with ``st.navigation``: only the first run of an ``AppTest`` executes the entry point
+``app.py``; later runs (and ``switch_page``) execute the page file alone, with the session state the first
+run left. So the sidebar (drawn by the entry point) is checked right after the first run, and everything
+else in the main area, which pages draw themselves (notices and the URL are refreshed by each page too).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from analysis import defaults
+from analysis.engine import analyze
+from analysis.result import ENERGY_GRID
+from tests.helpers import TINY_VIT, TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+DATASET = "fashion-mnist:test"
+SAMPLES = 64
+TINY_A = TINY_VIT
+TINY_B = f"{TINY_VIT}&seed=1"
+TIMEOUT = 180  # the first run imports torch and timm; the machine is shared
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Two analyses in a module-wide cache (about 10 s on two CPU cores)."""
+    cache_dir = tmp_path_factory.mktemp("app-cache")
+    a = analyze(TINY_A, DATASET, samples=SAMPLES, cache_dir=str(cache_dir))
+    b = analyze(TINY_B, DATASET, samples=SAMPLES, cache_dir=str(cache_dir))
+    return SimpleNamespace(cache_dir=cache_dir, a=a, b=b)
+
+
+def _point_app_at(cache_dir: Path, monkeypatch, comparison=(TINY_A, TINY_B, "zoo:not-in-this-zoo")) -> None:
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL", TINY_A)
+    monkeypatch.setattr(defaults, "DEFAULT_DATASET", DATASET)
+    monkeypatch.setattr(defaults, "DEFAULT_SAMPLES", SAMPLES)
+    monkeypatch.setattr(defaults, "DEFAULT_COMPARISON", tuple(comparison))
+
+
+@pytest.fixture
+def app(results, monkeypatch):
+    """An AppTest of ``app.py`` on the module's cache (not yet run)."""
+    from streamlit.testing.v1 import AppTest
+
+    _point_app_at(results.cache_dir, monkeypatch)
+    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+
+
+def _ok(at) -> None:
+    """No exception and no error box on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _metric(at, label: str) -> str:
+    values = [m.value for m in at.main.metric if m.label == label]
+    assert values, f"no metric {label!r}; have {[m.label for m in at.main.metric]}"
+    return values[0]
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _charts(at) -> list[dict]:
+    """The Plotly figures on the page, as the JSON specs Streamlit sends to the browser."""
+    import json
+
+    return [json.loads(node.proto.spec) for node in at.get("plotly_chart")]
+
+
+def _values(data) -> list:
+    """A trace's data array from a figure spec (Plotly sends numeric arrays base64-encoded)."""
+    import base64
+
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)
+
+
+# ------------------------------------------------------------------------------------------ pages
+def test_app_opens_the_default_result_on_layers(app, results):
+    at = app.run()
+    _ok(at)
+    assert at.title[0].value == "Layers"
+    assert at.session_state["current_key"] == results.a.key
+    assert at.query_params.get("analysis") == results.a.key
+    assert _metric(at, "MLU") == _pct(results.a.mlu)
+    sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
+    assert "fashion-mnist:test" in sidebar_text and "64" in sidebar_text
+    assert [m.value for m in at.sidebar.metric if m.label == "MLU"] == [_pct(results.a.mlu)]
+    assert {s.key for s in at.sidebar.select_slider} == {"energy_in_slider", "energy_out_slider"}
+    figures = _charts(at)
+    assert len(figures) == 2  # utilization bars + block x kind heatmap
+    bars = figures[0]
+    shown = [name for trace in bars["data"] for name in _values(trace["x"])]
+    assert sorted(shown) == sorted(results.a.layers["layer"])
+    assert any(shape.get("y0") == pytest.approx(results.a.mlu) for shape in bars["layout"]["shapes"])
+
+
+@pytest.mark.parametrize("page, title", [
+    ("pages/analyze.py", "Analyze"),
+    ("pages/spectra.py", "Spectra"),
+    ("pages/compare.py", "Compare"),
+    ("pages/compress.py", "Compress"),
+    ("pages/library.py", "Library"),
+])
+def test_every_page_renders(app, page, title):
+    at = app.run()
+    at.switch_page(page).run()
+    _ok(at)
+    assert at.title[0].value == title
+    assert at.markdown, "each page explains what it shows"
+
+
+def test_documentation_page_shows_the_readme(app):
+    at = app.run()
+    at.switch_page("pages/docs.py").run()
+    _ok(at)
+    assert any("arxiv.org/abs/2407.04797" in m.value for m in at.markdown)
+
+
+def test_energy_change_changes_k_and_mlu(app, results):
+    at = app.run()
+    before = at.main.dataframe[0].value
+    assert _metric(at, "MLU") == _pct(results.a.mlu)
+    at.select_slider(key="energy_in_slider").set_value(0.9)
+    at.select_slider(key="energy_out_slider").set_value(0.9)
+    at.run()
+    _ok(at)
+    expected = results.a.at_energy(0.9, 0.9)
+    assert expected.mlu != results.a.mlu
+    assert _metric(at, "MLU") == _pct(expected.mlu)
+    assert _metric(at, "Energies") == "0.9 / 0.9"
+    after = at.main.dataframe[0].value
+    assert list(after["k_in"]) == list(expected.layers["k_in"])
+    assert list(after["k_in"]) != list(before["k_in"])
+    # the energies are shared: the Compress page shows the same re-thresholded result
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    assert _metric(at, "MLU") == _pct(expected.mlu)
+    assert _metric(at, "Parameters kept") == _pct(expected.parameters()["kept"])
+
+
+def test_selecting_a_layer_changes_the_spectra(app, results):
+    at = app.run()
+    at.switch_page("pages/spectra.py").run()
+    _ok(at)
+    first = at.session_state["selected_layer"]
+    assert first == "blocks.0.attn.qkv"  # the first layer counted in the MLU
+    assert _metric(at, "d_in x d_out") == "48 x 144"
+    assert first in _charts(at)[0]["layout"]["title"]["text"]
+
+    at.session_state["selected_layer"] = "blocks.0.mlp.fc2"
+    at.run()
+    _ok(at)
+    layer = results.a.layer("blocks.0.mlp.fc2")
+    assert _metric(at, "d_in x d_out") == f"{layer.d_in} x {layer.d_out}"
+    figures = _charts(at)
+    assert "blocks.0.mlp.fc2" in figures[0]["layout"]["title"]["text"]
+    w_trace = figures[0]["data"][0]
+    np.testing.assert_allclose(_values(w_trace["y"]), layer.w_singular / layer.w_singular[0], rtol=1e-6)
+    row = results.a.layers.set_index("layer").loc["blocks.0.mlp.fc2"]
+    assert _metric(at, "k_in / k_out") == f"{row['k_in']} / {row['k_out']}"
+    assert at.selectbox(key="spectra_layer_pick").value == "blocks.0.mlp.fc2"
+
+
+def test_layer_selection_from_the_layers_page_is_shared(app):
+    at = app.run()
+    at.selectbox(key="layers_layer_pick").set_value("blocks.1.mlp.fc1").run()
+    _ok(at)
+    assert at.session_state["selected_layer"] == "blocks.1.mlp.fc1"
+    at.switch_page("pages/spectra.py").run()
+    assert at.selectbox(key="spectra_layer_pick").value == "blocks.1.mlp.fc1"
+
+
+def test_compare_shows_every_chosen_analysis(app, results):
+    at = app.run()
+    at.session_state["compare_keys"] = [results.a.key, results.b.key]
+    at.switch_page("pages/compare.py").run()
+    _ok(at)
+    labels = [m.label for m in at.main.metric]
+    assert len(labels) == 2 and labels[0].startswith("A: ") and labels[1].startswith("B: ")
+    assert [m.value for m in at.main.metric] == [_pct(results.a.mlu), _pct(results.b.mlu)]
+    figures = _charts(at)
+    assert len(figures) == 3  # MLU bars, overlay, differences
+    overlay = figures[1]
+    assert [t["name"] for t in overlay["data"]] == labels
+    assert _values(overlay["data"][0]["x"]) == list(results.a.layers["layer"])  # depth order, not alphabetical
+
+
+def test_compare_preset_opens_the_set_and_names_missing_models(app, results):
+    at = app.run()
+    at.switch_page("pages/compare.py").run()
+    at.button(key="compare_preset").click().run()  # "Supervised vs self-supervised": both tiny models are cached already
+    _ok(at)
+    assert at.session_state["compare_keys"] == [results.a.key, results.b.key]
+    assert any("zoo:not-in-this-zoo" in w.value for w in at.warning)
+    assert len(at.main.metric) == 2
+
+
+def test_compress_page_sweeps_energy_and_offers_downloads(app, results):
+    at = app.run()
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    sweep = _charts(at)[0]
+    kept = next(t for t in sweep["data"] if t["name"] == "parameters kept")
+    kept_values = _values(kept["y"])
+    assert len(kept_values) == len(ENERGY_GRID)
+    assert kept_values[-1] >= kept_values[0]
+    assert any("compression feature" in i.value for i in at.info)
+    assert [d.label for d in at.get("download_button")] == ["CSV", "PARQUET", "JSON"]
+
+
+def test_library_opens_and_deletes_with_confirmation(results, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(results.cache_dir, cache_dir)
+    _point_app_at(cache_dir, monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/library.py").run()
+    _ok(at)
+    assert len(at.main.dataframe[0].value) == 2
+    at.selectbox(key="library_pick").set_value(results.b.key).run()
+    at.button(key="library_open").click().run()
+    assert at.session_state["current_key"] == results.b.key
+    assert at.query_params.get("analysis") == results.b.key
+
+    at.button(key="library_delete").click().run()
+    assert any("Delete" in w.value for w in at.warning)
+    assert (cache_dir / results.b.key).is_dir()  # nothing removed before the confirmation
+    at.button(key="library_delete_yes").click().run()
+    _ok(at)
+    assert not (cache_dir / results.b.key).exists()
+    assert at.session_state.get("current_key") != results.b.key
+    assert len(at.main.dataframe[0].value) == 1
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def _status(state: str, key: str, **fields) -> SimpleNamespace:
+    base = dict(state=state, key=key, batches_done=1, batches_total=2, images_done=32, images_total=64,
+                elapsed_s=3.0, eta_s=3.0, fraction=0.5, message="", model_id=TINY_B, dataset_id=DATASET)
+    base.update(fields)
+    return SimpleNamespace(**base)
+
+
+def test_running_job_shows_progress_survives_reload_and_opens_when_done(app, results, monkeypatch):
+    from analysis import jobs
+    from streamlit.testing.v1 import AppTest
+
+    key = results.b.key
+    states = {"now": "running"}
+    monkeypatch.setattr(jobs, "status", lambda k: _status(states["now"], k))
+    cancelled = []
+    monkeypatch.setattr(jobs, "cancel", lambda k: cancelled.append(k) or True)
+
+    at = app.run()
+    at.session_state["job_key"] = key
+    at.switch_page("pages/analyze.py").run()
+    _ok(at)
+    assert at.query_params.get("job") == key
+    progress = at.get("progress")
+    assert progress and "batches 1/2" in progress[0].proto.text and "images 32/64" in progress[0].proto.text
+
+    # a reload is a fresh session with the same URL: the job is followed again
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    again.query_params["job"] = key
+    again.run()
+    assert again.session_state["job_key"] == key
+
+    at.button(key=f"cancel-{key}").click().run()
+    assert cancelled == [key]
+
+    states["now"] = "done"
+    at.run()
+    _ok(at)
+    assert at.session_state["current_key"] == key
+    assert "job_key" not in at.session_state
+    assert "job" not in at.query_params
+    assert any("finished" in s.value for s in at.success)
+
+
+def test_failed_job_shows_its_reason(app, results, monkeypatch):
+    from analysis import jobs
+
+    monkeypatch.setattr(jobs, "status", lambda k: _status("failed", k, message="dataset folder:/x has no images"))
+    at = app.run()
+    at.session_state["job_key"] = "f" * 24
+    at.switch_page("pages/analyze.py").run()
+    assert "job_key" not in at.session_state
+    assert [e.value for e in at.error] == ["dataset folder:/x has no images"]
+    assert not at.exception
+
+
+def test_first_launch_with_empty_cache_submits_the_default_and_shows_progress(monkeypatch, tmp_path):
+    from analysis import jobs
+    from streamlit.testing.v1 import AppTest
+
+    _point_app_at(tmp_path / "empty-cache", monkeypatch)
+    submitted = []
+
+    def fake_submit(model_id, dataset_id, settings, *, cache_dir=None):
+        submitted.append((model_id, dataset_id, settings.samples))
+        return "a" * 24
+
+    monkeypatch.setattr(jobs, "submit", fake_submit)
+    monkeypatch.setattr(jobs, "status", lambda k: _status("running", k, model_id=TINY_A))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert submitted == [(TINY_A, DATASET, SAMPLES)]
+    assert at.title[0].value == "Layers"
+    assert at.session_state["job_key"] == "a" * 24
+    assert at.get("progress"), "the default analysis's progress is visible on the opening page"
+    assert any("First launch" in i.value for i in at.info)
+
+
+def test_unavailable_default_opens_the_newest_cached_analysis_and_says_why(results, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    _point_app_at(results.cache_dir, monkeypatch)
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL", "zoo:not-trained-yet")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert at.session_state["current_key"] == results.b.key  # the newest entry
+    assert "not-trained-yet" in at.session_state["default_error"]
+    assert any("not available here" in c.value for c in at.sidebar.caption)
+
+
+def test_reload_with_a_finished_job_in_the_url_opens_its_result_once(results, monkeypatch):
+    from analysis import jobs
+    from streamlit.testing.v1 import AppTest
+
+    _point_app_at(results.cache_dir, monkeypatch)
+    monkeypatch.setattr(jobs, "status", lambda k: _status("done", k))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["job"] = results.b.key
+    at.run()
+    _ok(at)
+    assert at.session_state["current_key"] == results.b.key
+    assert "job_key" not in at.session_state
+    assert "job" not in at.query_params
+    assert at.query_params.get("analysis") == results.b.key
+
+
+def test_analyze_shows_a_bad_model_id_as_one_line(app):
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    at.radio(key="analyze_model_source").set_value("any model id").run()
+    at.text_input(key="analyze_any_model").set_value("nosuch:model").run()
+    at.button(key="analyze_launch").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "nosuch" in errors[0] and "\n" not in errors[0]
+
+
+def test_analyze_validates_timm_names(app):
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    at.radio(key="analyze_model_source").set_value("timm by name").run()
+    at.text_input(key="analyze_timm_name").set_value("vit_smal_patch16_224").run()
+    assert not at.exception
+    assert any("vit_small_patch16_224" in e.value for e in at.error)  # a close-match suggestion
+    assert at.button(key="analyze_launch").disabled
+
+
+def test_analyze_cached_request_opens_at_once(app, results):
+    at = app.run()
+    at.session_state["current_key"] = results.b.key
+    at.switch_page("pages/analyze.py").run()
+    at.radio(key="analyze_model_source").set_value("any model id").run()
+    at.text_input(key="analyze_any_model").set_value(TINY_A).run()
+    at.button(key="analyze_launch").click().run()
+    _ok(at)
+    assert at.session_state["current_key"] == results.a.key
+    assert "job_key" not in at.session_state
+
+
+def test_uploaded_checkpoint_runs_as_a_real_job_and_opens(results, monkeypatch, tmp_path):
+    """Upload -> file: id -> jobs.submit starts a real worker process -> progress -> the result opens."""
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(results.cache_dir, cache_dir)
+    _point_app_at(cache_dir, monkeypatch)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_tiny_vit_checkpoint(checkpoint, seed=7)
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/analyze.py").run()
+    at.radio(key="analyze_model_source").set_value("upload a checkpoint").run()
+    at.file_uploader(key="analyze_upload").upload("tiny.safetensors", checkpoint.read_bytes()).run()
+    at.text_input(key="analyze_ckpt_arch").set_value("vit_tiny_patch16_224").run()
+    at.text_input(key="analyze_ckpt_opts").set_value(TINY_VIT_OPTIONS).run()
+    _ok(at)
+    saved = list((cache_dir / "_uploads").glob("*-tiny.safetensors"))
+    assert len(saved) == 1 and saved[0].read_bytes() == checkpoint.read_bytes()
+    assert any(f"file:{saved[0]}?arch=vit_tiny_patch16_224&" in c.value for c in at.caption)
+
+    at.button(key="analyze_launch").click().run()
+    _ok(at)
+    key = at.session_state["job_key"]
+    assert at.query_params.get("job") == key
+    deadline = time.monotonic() + 150
+    while "current_key" not in at.session_state or at.session_state["current_key"] != key:
+        assert time.monotonic() < deadline, "the worker did not finish in 150 s"
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        time.sleep(1.0)
+        at.session_state["poll"] = time.monotonic()  # AppTest reruns only after a change
+        at.run()
+    assert (cache_dir / key / "manifest.json").is_file()
+    assert "job_key" not in at.session_state
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    assert len(at.main.dataframe[0].value) == len(results.a.layers)
+    from analysis.cache import ResultCache
+
+    assert ResultCache(cache_dir).load(key).meta["model_id"].startswith(f"file:{saved[0]}?arch=vit_tiny_patch16_224")
+
+
+# ------------------------------------------------------------------------------------------ chart builders
+def test_charts_colour_each_kind_the_same_everywhere(results):
+    from ui import charts
+
+    table = results.a.layers
+    bars = charts.utilization_bars(table, results.a.mlu, selected="blocks.0.mlp.fc1")
+    savings = charts.savings_bars(table)
+    for figure in (bars, savings):
+        for trace in figure.data:
+            kind = next(k for k in charts.KIND_COLORS if charts.kind_label(k) == trace.name)
+            assert trace.marker.color == charts.kind_color(kind)
+            assert {str(c[0]) for c in trace.customdata} == set(table.loc[table["kind"] == kind, "layer"])
+    assert len(set(charts.KIND_COLORS.values())) == len(charts.KIND_COLORS)
+    assert charts.kind_color("some_new_kind") == charts.kind_color("some_new_kind")
+
+
+def test_chart_builders_follow_the_energies(results):
+    from ui import charts
+
+    layer = results.a.layer("blocks.0.mlp.fc1")
+    low = charts.eigen_chart(layer.eig_in, 0.9, "C_in")
+    high = charts.eigen_chart(layer.eig_in, 0.999, "C_in")
+    k_low = [s.x0 for s in low.layout.shapes if s.x0 == s.x1][0]
+    k_high = [s.x0 for s in high.layout.shapes if s.x0 == s.x1][0]
+    assert k_low < k_high
+    sv = charts.singular_values_chart(layer, 0.99, 0.99)
+    bold = [t for t in sv.data if t.name == "W' at e = 0.99"][0]
+    assert bold.opacity == 1.0
+    assert len(bold.y) <= min(layer.d_in, layer.d_out)
+    assert all(v > 0 for v in bold.y)  # zeros are not drawn on a log axis
+
+
+def test_energy_sweep_is_monotone_and_exact_on_the_grid(results):
+    from ui import tables
+
+    sweep = tables.energy_sweep(results.a)
+    assert list(sweep["energy"]) == list(ENERGY_GRID)
+    assert (np.diff(sweep["kept"]) >= -1e-12).all()
+    assert not sweep["mean_error"].isna().any()  # the grid is where the exact error is stored
+    last = sweep.iloc[-1]
+    assert math.isclose(last["mlu"], results.a.at_energy(1.0, 1.0).mlu)
+
+
+def test_display_labels_are_short_and_unique():
+    from ui import tables
+
+    labels = [f"{TINY_A} on {DATASET}", f"{TINY_B} on {DATASET}"]
+    short = tables.display_labels(labels)
+    assert short[0].startswith("A: ") and short[1].startswith("B: ")
+    assert len(set(short)) == 2 and all(len(s) <= 60 for s in short)
+    assert all(DATASET not in s for s in short)  # the common dataset is stated once on the page

@@ -1,0 +1,361 @@
+"""Plotly figure builders for every page. Pure functions of library objects: no Streamlit here.
+
+Conventions shared by all charts (so the pages look like one product):
+
+- one colour per layer kind (:data:`KIND_COLORS`), the same on every page;
+- one colour per analysis on the Compare page (:data:`ANALYSIS_COLORS`), distinct from the kind colours;
+- layers are always drawn in depth (model) order; layers outside the MLU (patch embedding, classifier head)
+  are hatched, because the paper's mean excludes them;
+- every point or bar that stands for a layer carries the layer name as ``customdata[0]`` so a click on it
+  can select that layer.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis import metrics
+from analysis.result import WPRIME_ENERGIES, LayerSpectrum
+
+KIND_ORDER: tuple[str, ...] = (
+    "patch_embed", "attn_qkv", "attn_proj", "mlp_fc1", "mlp_fc2", "conv", "pointwise_conv", "linear",
+    "grouped_conv", "head",
+)
+"""Kinds in the order a network meets them (legends, heatmap rows)."""
+
+KIND_COLORS: dict[str, str] = {
+    "patch_embed": "#7f7f7f",
+    "attn_qkv": "#1f77b4",
+    "attn_proj": "#17becf",
+    "mlp_fc1": "#ff7f0e",
+    "mlp_fc2": "#d62728",
+    "conv": "#2ca02c",
+    "pointwise_conv": "#9467bd",
+    "linear": "#8c564b",
+    "grouped_conv": "#e377c2",
+    "head": "#bcbd22",
+}
+"""The colour of each layer kind, used by every chart that colours layers."""
+
+KIND_LABELS: dict[str, str] = {
+    "patch_embed": "patch embedding",
+    "attn_qkv": "attention q,k,v",
+    "attn_proj": "attention output",
+    "mlp_fc1": "MLP expand (fc1)",
+    "mlp_fc2": "MLP contract (fc2)",
+    "conv": "convolution",
+    "pointwise_conv": "1x1 convolution",
+    "linear": "linear",
+    "grouped_conv": "grouped convolution",
+    "head": "classifier head",
+}
+
+_FALLBACK_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
+"""Colours of the (up to four) analyses on the Compare page, in selection order."""
+
+CHART_HEIGHT = 420
+ZERO_ERROR = 1e-12
+"""Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
+_MARGIN = dict(l=60, r=30, t=60, b=60)
+
+
+def kind_color(kind: str) -> str:
+    """The colour of ``kind`` (a stable fallback for kinds this module does not know)."""
+    if kind in KIND_COLORS:
+        return KIND_COLORS[kind]
+    return _FALLBACK_COLORS[sum(map(ord, kind)) % len(_FALLBACK_COLORS)]
+
+
+def kind_label(kind: str) -> str:
+    return KIND_LABELS.get(kind, kind)
+
+
+def kinds_in_order(kinds: Iterable[str]) -> list[str]:
+    """Distinct kinds, known ones in :data:`KIND_ORDER`, unknown ones after them alphabetically."""
+    present = set(kinds)
+    known = [k for k in KIND_ORDER if k in present]
+    return known + sorted(present - set(KIND_ORDER))
+
+
+def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0.0, xanchor="left"),
+        height=kwargs.pop("height", CHART_HEIGHT),
+        margin=_MARGIN,
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        **kwargs,
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ Layers
+def _layer_customdata(table: pd.DataFrame) -> np.ndarray:
+    error = table["preservation_error"].astype(float)
+    return np.column_stack([
+        table["layer"].astype(str),
+        table["d_in"].astype(int),
+        table["d_out"].astype(int),
+        table["k_in"].astype(int),
+        table["k_out"].astype(int),
+        table["rank"].astype(int),
+        table["params_dense"].astype(int).map("{:,}".format),
+        table["params_factorized"].astype(int).map("{:,}".format),
+        error.map(lambda v: "n/a" if np.isnan(v) else f"{v:.2e}"),
+        table["in_mlu"].map(lambda v: "yes" if v else "no (flagged)"),
+    ])
+
+
+_LAYER_HOVER = (
+    "<b>%{customdata[0]}</b><br>utilization %{y:.1%}<br>"
+    "d_in %{customdata[1]}, d_out %{customdata[2]}<br>"
+    "k_in %{customdata[3]}, k_out %{customdata[4]}, rank r %{customdata[5]}<br>"
+    "parameters %{customdata[6]} dense, %{customdata[7]} at rank r<br>"
+    "preservation error %{customdata[8]}<br>counted in MLU: %{customdata[9]}<extra></extra>"
+)
+
+
+def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None) -> go.Figure:
+    """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
+
+    Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline.
+    """
+    fig = go.Figure()
+    for kind in kinds_in_order(table["kind"]):
+        sub = table[table["kind"] == kind]
+        fig.add_bar(
+            x=sub["layer"],
+            y=sub["utilization"],
+            name=kind_label(kind),
+            marker=dict(
+                color=kind_color(kind),
+                pattern=dict(shape=["" if counted else "/" for counted in sub["in_mlu"]]),
+                line=dict(color="black", width=[3 if name == selected else 0 for name in sub["layer"]]),
+            ),
+            customdata=_layer_customdata(sub),
+            hovertemplate=_LAYER_HOVER,
+        )
+    if not np.isnan(mlu):
+        fig.add_hline(y=mlu, line_dash="dash", line_color="black",
+                      annotation_text=f"MLU {mlu:.1%}", annotation_position="top left")
+    fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
+    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select")
+
+
+def block_kind_heatmap(table: pd.DataFrame) -> go.Figure:
+    """Mean utilization per (block, kind): rows are layer kinds, columns are blocks in depth order.
+
+    Layers outside any block (patch embedding, head) have no column; several layers of one kind in one
+    block (e.g. separate q, k, v) are averaged and listed in the hover.
+    """
+    blocked = table[table["block"].notna()].copy()
+    fig = go.Figure()
+    if blocked.empty:
+        return _layout(fig, "Utilization by block and kind (no layers inside blocks)")
+    blocked["block"] = blocked["block"].astype(int)
+    blocks = sorted(blocked["block"].unique())
+    kinds = kinds_in_order(blocked["kind"])
+    z = np.full((len(kinds), len(blocks)), np.nan)
+    names = np.full((len(kinds), len(blocks)), "", dtype=object)
+    for (kind, block), group in blocked.groupby(["kind", "block"]):
+        i, j = kinds.index(kind), blocks.index(block)
+        z[i, j] = group["utilization"].mean()
+        names[i, j] = ", ".join(group["layer"])
+    text = np.where(np.isnan(z), "", np.vectorize(lambda v: f"{v:.0%}")(np.nan_to_num(z)))
+    fig.add_heatmap(
+        x=[str(b) for b in blocks],
+        y=[kind_label(k) for k in kinds],
+        z=z,
+        zmin=0.0,
+        zmax=1.0,
+        colorscale="Viridis",
+        text=text,
+        texttemplate="%{text}",
+        customdata=names,
+        hovertemplate="block %{x}, %{y}<br>utilization %{z:.1%}<br>%{customdata}<extra></extra>",
+        colorbar=dict(title="u", tickformat=".0%"),
+    )
+    fig.update_xaxes(title="block (depth)", type="category")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Utilization by block and layer kind", height=max(260, 70 * len(kinds) + 120))
+
+
+# ------------------------------------------------------------------------------------------ Spectra
+def _positive(values: np.ndarray, reference: float, floor: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
+    """(index from 1, value / reference) for the values above ``floor`` relative (zeros cannot be drawn on log)."""
+    values = np.asarray(values, dtype=np.float64)
+    if reference <= 0:
+        return np.array([]), np.array([])
+    scaled = values / reference
+    keep = scaled > floor
+    return np.arange(1, len(values) + 1)[keep], scaled[keep]
+
+
+def nearest_wprime_energy(energy: float) -> float:
+    """The stored W' energy closest to ``energy`` (W' spectra are stored at e_in = e_out = e)."""
+    return min(WPRIME_ENERGIES, key=lambda e: abs(e - energy))
+
+
+def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out: float) -> go.Figure:
+    """Singular values of W and of W' = P_out W P_in, normalized by the largest singular value of W, log y.
+
+    W' is stored at e_in = e_out = e for e in ``WPRIME_ENERGIES``: the curve nearest the current energies is
+    drawn boldly, the others faintly. The vertical line marks the utilized rank r at the current energies.
+    """
+    fig = go.Figure()
+    s = np.asarray(spectrum.w_singular, dtype=np.float64)
+    top = float(s[0]) if s.size else 0.0
+    x, y = _positive(s, top)
+    fig.add_scatter(x=x, y=y, mode="lines+markers", name="W (trained weights)", line=dict(color="black", width=2),
+                    marker=dict(size=4), hovertemplate="i = %{x}<br>s_i / s_1(W) = %{y:.3g}<extra>W</extra>")
+    current = nearest_wprime_energy(min(energy_in, energy_out))
+    for energy in sorted(spectrum.wprime_singular):
+        wx, wy = _positive(spectrum.wprime_singular[energy], top)
+        bold = energy == current
+        fig.add_scatter(
+            x=wx, y=wy, mode="lines+markers" if bold else "lines",
+            name=f"W' at e = {energy:g}", opacity=1.0 if bold else 0.35,
+            line=dict(color=kind_color(spectrum.kind), width=3 if bold else 1, dash=None if bold else "dot"),
+            marker=dict(size=5),
+            hovertemplate=f"i = %{{x}}<br>s_i(W') / s_1(W) = %{{y:.3g}}<extra>W' e={energy:g}</extra>",
+        )
+    k_in = metrics.k_at_energy(spectrum.eig_in, energy_in)
+    k_out = metrics.k_at_energy(spectrum.eig_out, energy_out)
+    rank = metrics.utilized_rank(k_in, k_out)
+    fig.add_vline(x=rank, line_dash="dash", line_color="grey", annotation_text=f"r = {rank}",
+                  annotation_position="top right")
+    fig.update_xaxes(title="index i (descending)")
+    fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power")
+    return _layout(fig, f"Singular values of W and W' — {spectrum.name}")
+
+
+def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4") -> go.Figure:
+    """Eigenvalues of a second moment (normalized by the largest, log, left axis) and their cumulative energy
+    (right axis), with the energy threshold e and the k it gives marked."""
+    eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    d = eig.size
+    k = metrics.k_at_energy(eig, energy)
+    cumulative = metrics.cumulative_energy(eig)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x, y = _positive(eig, float(eig[0]) if d else 0.0)
+    fig.add_scatter(x=x, y=y, mode="lines", name="eigenvalue / largest", line=dict(color=color, width=2),
+                    hovertemplate="i = %{x}<br>λ_i / λ_1 = %{y:.3g}<extra></extra>", secondary_y=False)
+    fig.add_scatter(x=np.arange(1, d + 1), y=cumulative, mode="lines", name="cumulative energy",
+                    line=dict(color="black", width=2, dash="dot"),
+                    hovertemplate="k = %{x}<br>energy held %{y:.4%}<extra></extra>", secondary_y=True)
+    fig.add_hline(y=energy, line_dash="dash", line_color="grey", secondary_y=True,
+                  annotation_text=f"e = {energy:g}", annotation_position="bottom right")
+    fig.add_vline(x=k, line_dash="dash", line_color=color, annotation_text=f"k = {k} of {d}",
+                  annotation_position="bottom right")
+    fig.update_xaxes(title="index i (descending)")
+    fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
+    fig.update_yaxes(range=[0, 1.02], tickmode="linear", tick0=0.0, dtick=0.2, tickformat=".0%",
+                     title="cumulative energy", showgrid=False, secondary_y=True)
+    return _layout(fig, label)
+
+
+# ------------------------------------------------------------------------------------------ Compare
+def analysis_color(i: int) -> str:
+    return ANALYSIS_COLORS[i % len(ANALYSIS_COLORS)]
+
+
+def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str]) -> go.Figure:
+    """Per-layer utilization of each analysis overlaid, layers in depth order (rows of ``per_layer``)."""
+    fig = go.Figure()
+    for i, label in enumerate(labels):
+        fig.add_scatter(
+            x=per_layer["layer"], y=per_layer[label], mode="lines+markers", name=label,
+            line=dict(color=analysis_color(i), width=2), marker=dict(size=6), connectgaps=False,
+            customdata=per_layer[["layer"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>utilization %{y:.1%}<extra>" + label + "</extra>",
+        )
+    fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization")
+    return _layout(fig, "Utilization per layer, overlaid")
+
+
+def mlu_bars(summary: pd.DataFrame) -> go.Figure:
+    """MLU of each analysis (bars, in selection order). Labels ``"A: ..."`` show as their letter on the axis
+    (the full label is in the hover and on the page)."""
+    fig = go.Figure()
+    names = list(summary["analysis"])
+    fig.add_bar(
+        x=[name.split(":", 1)[0] for name in names], y=summary["mlu"],
+        marker_color=[analysis_color(i) for i in range(len(summary))],
+        text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside",
+        customdata=np.array(names, dtype=object).reshape(-1, 1),
+        hovertemplate="%{customdata[0]}<br>MLU %{y:.1%}<extra></extra>",
+    )
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title="mean layer utilization")
+    fig.update_xaxes(tickangle=0, automargin=True)
+    return _layout(fig, "MLU per analysis", showlegend=False)
+
+
+def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str]) -> go.Figure:
+    """Per-layer utilization difference of each analysis to the first one (percentage points)."""
+    fig = go.Figure()
+    for i, label in enumerate(labels[1:], start=1):
+        column = f"{label} - {labels[0]}"
+        fig.add_bar(x=per_layer["layer"], y=per_layer[column], name=f"{label} minus first",
+                    marker_color=analysis_color(i),
+                    hovertemplate="%{x}<br>difference %{y:+.1%}<extra>" + label + "</extra>")
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
+    fig.update_yaxes(tickformat="+.1%", title=f"difference to {labels[0].split(':', 1)[0]}")
+    return _layout(fig, "Per-layer difference to the first analysis", barmode="group", height=360)
+
+
+# ------------------------------------------------------------------------------------------ Compress
+def compression_sweep_chart(sweep: pd.DataFrame, current_energy: float | None) -> go.Figure:
+    """Parameters kept, MLU (left, fractions) and mean preservation error (right, log) against the energy
+    ``e = e_in = e_out``; energies on an even (categorical) axis because the grid is dense near 1."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    x = [f"{e:g}" for e in sweep["energy"]]
+    fig.add_scatter(x=x, y=sweep["kept"], mode="lines+markers", name="parameters kept",
+                    line=dict(color="#4c78a8", width=3), hovertemplate="e = %{x}<br>kept %{y:.1%}<extra></extra>",
+                    secondary_y=False)
+    fig.add_scatter(x=x, y=sweep["mlu"], mode="lines+markers", name="MLU",
+                    line=dict(color="#54a24b", width=2), hovertemplate="e = %{x}<br>MLU %{y:.1%}<extra></extra>",
+                    secondary_y=False)
+    error = sweep["mean_error"].where(sweep["mean_error"] > ZERO_ERROR)  # below: rounding noise, exactly 0 in theory
+    fig.add_scatter(x=x, y=error, mode="lines+markers", name="mean preservation error",
+                    line=dict(color="#e45756", width=2, dash="dot"),
+                    hovertemplate="e = %{x}<br>mean error %{y:.2e}<extra></extra>", secondary_y=True)
+    energies = [float(e) for e in sweep["energy"]]
+    if current_energy is not None and current_energy in energies:
+        # on a category axis a shape's x is the category's position, not its label
+        fig.add_vline(x=energies.index(current_energy), line_dash="dash", line_color="grey",
+                      annotation_text=f"now: e = {current_energy:g}", annotation_position="top left")
+    fig.update_xaxes(type="category", title="energy e (e_in = e_out)", tickangle=-60)
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="fraction", secondary_y=False)
+    fig.update_yaxes(type="log", dtick=1, title="mean preservation error", exponentformat="power", showgrid=False,
+                     secondary_y=True)
+    return _layout(fig, "Parameters kept and preservation error against energy")
+
+
+def savings_bars(table: pd.DataFrame) -> go.Figure:
+    """Fraction of each layer's parameters kept if it were factorized at its utilized rank, by kind colour."""
+    fig = go.Figure()
+    kept = table["params_factorized"] / table["params_dense"]
+    frame = table.assign(kept=kept)
+    for kind in kinds_in_order(frame["kind"]):
+        sub = frame[frame["kind"] == kind]
+        fig.add_bar(
+            x=sub["layer"], y=sub["kept"], name=kind_label(kind),
+            marker=dict(color=kind_color(kind),
+                        pattern=dict(shape=["" if counted else "/" for counted in sub["in_mlu"]])),
+            customdata=_layer_customdata(sub),
+            hovertemplate="<b>%{customdata[0]}</b><br>kept %{y:.1%}: %{customdata[7]} of %{customdata[6]}<br>"
+                          "rank r %{customdata[5]}<extra></extra>",
+        )
+    fig.add_hline(y=1.0, line_color="black", line_width=1)
+    fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
+    return _layout(fig, "Parameters kept per layer at the current energies")

@@ -1,0 +1,121 @@
+"""The frame every page shares: the sidebar with the current analysis, the energy controls and links,
+one-shot notices, and the placeholder a page shows when no analysis is open."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis import defaults
+from analysis.result import ENERGY_GRID
+
+from . import jobs_view, state, text
+
+DOCS_PAGE = "pages/docs.py"
+
+
+def sidebar() -> None:
+    """Current analysis (model, dataset, images, MLU), the shared energy sliders, and the links."""
+    with st.sidebar:
+        st.subheader("Current analysis")
+        result = state.current_result()
+        if result is None:
+            st.caption("No analysis open yet.")
+        else:
+            meta = result.meta
+            st.markdown(
+                f"**Model** `{meta.get('model_id')}`  \n"
+                f"**Dataset** `{meta.get('dataset_id')}`  \n"
+                f"**Images** {text.count(meta.get('n_images'))} · key `{text.short_key(result.key)}`"
+            )
+            st.metric("MLU", text.pct(result.mlu), help="Mean layer utilization at the energies below.")
+        if st.session_state.get(state.DEFAULT_ERROR) and result is not None and \
+                result.key == st.session_state.get(state.DEFAULT_FALLBACK):
+            st.caption(f"The default analysis is not available here: {st.session_state[state.DEFAULT_ERROR]} "
+                       "Showing the newest cached analysis instead.")
+        if state.is_key(st.session_state.get(state.JOB)):
+            st.caption(f"Job `{text.short_key(st.session_state[state.JOB])}` is running; its progress is on the "
+                       "Analyze page.")
+
+        st.subheader("Energy")
+        _energy_slider("Input energy e_in", state.E_IN,
+                       "Fraction of the input second moment's trace the kept input directions must hold (k_in).")
+        _energy_slider("Output energy e_out", state.E_OUT,
+                       "Fraction of the output second moment's trace the kept output directions must hold (k_out).")
+        st.caption("Every chart follows these at once, from stored eigenvalues (no data pass).")
+
+        st.divider()
+        st.markdown(f"[Paper: arXiv 2407.04797]({text.PAPER_URL})")
+        st.page_link(DOCS_PAGE, label="Documentation (README)", icon=":material/menu_book:")
+
+
+def _energy_slider(label: str, key: str, help_text: str) -> None:
+    """A select_slider over ``ENERGY_GRID`` mirrored into the plain session key ``key``.
+
+    The widget has its own key (``<key>_slider``) and is re-seeded from ``key`` before each draw, so the
+    energies survive anything that drops widget state (Streamlit forgets a widget's value on a run that
+    does not draw it).
+    """
+    widget_key = f"{key}_slider"
+    st.session_state[widget_key] = st.session_state[key]
+
+    def _changed() -> None:
+        st.session_state[key] = st.session_state[widget_key]
+
+    st.select_slider(label, options=ENERGY_GRID, key=widget_key, format_func=text.energy, help=help_text,
+                     on_change=_changed)
+
+
+def notices() -> None:
+    """Show (once) the messages queued by jobs and actions."""
+    queued = st.session_state.get(state.NOTICES) or []
+    st.session_state[state.NOTICES] = []
+    for level, message in queued:
+        getattr(st, level, st.info)(message)
+
+
+def intro(title: str, paragraph: str, formula: str | None = None, outro: str | None = None) -> None:
+    """Page title, the queued notices, and the two or three teaching sentences (optional displayed formula)."""
+    st.title(title)
+    state.publish_query_params()  # also here: AppTest reruns a page without its entry point
+    notices()
+    st.markdown(paragraph)
+    if formula:
+        st.latex(formula)
+    if outro:
+        st.markdown(outro)
+
+
+def require_result():
+    """The open analysis at the current energies; otherwise draw why there is none (and the running job's
+    progress, e.g. the default analysis on first launch) and return None."""
+    result = state.current_result()
+    if result is not None:
+        return result
+    job = st.session_state.get(state.JOB)
+    if state.is_key(job) and job == st.session_state.get(state.DEFAULT_JOB):
+        st.info(f"First launch: computing the embedded default analysis ({defaults.DEFAULT_MODEL} on "
+                f"{defaults.DEFAULT_DATASET}) once; it opens here when done and is cached for next time.")
+    following = jobs_view.job_panel()
+    error = st.session_state.get(state.DEFAULT_ERROR)
+    if error:
+        st.error(error)
+        st.caption(f"The default analysis is {defaults.DEFAULT_MODEL} on {defaults.DEFAULT_DATASET}.")
+    if state.current_key() is not None and not state.entry_exists(state.current_key()):
+        st.warning(f"Analysis {text.short_key(state.current_key())} is no longer in the cache.")
+    if not following:
+        st.info("No analysis is open. Run one on the Analyze page or open one from the Library.")
+        st.page_link("pages/analyze.py", label="Analyze a model", icon=":material/play_circle:")
+        st.page_link("pages/library.py", label="Open the Library", icon=":material/folder_open:")
+    return None
+
+
+def layer_picker(result, widget_key: str, label: str = "Selected layer") -> str:
+    """A selectbox bound to the shared ``selected_layer`` (the fallback to clicking a chart)."""
+    names = list(result.layers["layer"])
+    st.session_state[widget_key] = state.selected_layer(result)
+
+    def _changed() -> None:
+        st.session_state[state.SELECTED] = st.session_state[widget_key]
+
+    st.selectbox(label, names, key=widget_key, on_change=_changed)
+    return st.session_state[state.SELECTED]

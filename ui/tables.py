@@ -1,0 +1,119 @@
+"""Tables derived from results for the pages (pure pandas over library calls; no Streamlit)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import numpy as np
+import pandas as pd
+
+from analysis.result import ENERGY_GRID, Result
+
+
+def energy_sweep(result: Result, energies=ENERGY_GRID) -> pd.DataFrame:
+    """Model-level numbers at ``e_in = e_out = e`` for every ``e``, from stored spectra (no data pass).
+
+    Columns: energy, kept (parameters kept over the layers counted in the MLU), mlu, mean_error (mean
+    output-preservation error over the same layers; exact on :data:`ENERGY_GRID`).
+    """
+    rows = []
+    for energy in energies:
+        at = result.at_energy(energy, energy)
+        counted = at.layers[at.layers["in_mlu"]]
+        rows.append({
+            "energy": float(energy),
+            "kept": at.parameters()["kept"],
+            "mlu": at.mlu,
+            "mean_error": float(counted["preservation_error"].mean()) if len(counted) else float("nan"),
+        })
+    return pd.DataFrame(rows)
+
+
+def layer_savings(result: Result) -> pd.DataFrame:
+    """Per-layer parameter counts at the result's energies, with the saving each factorization gives."""
+    table = result.layers
+    out = table[["layer", "kind", "block", "d_in", "d_out", "rank", "params_dense", "params_factorized",
+                 "preservation_error", "in_mlu"]].copy()
+    out["kept"] = out["params_factorized"] / out["params_dense"]
+    out["saved"] = out["params_dense"] - out["params_factorized"]
+    return out
+
+
+def manifest_row(manifest: dict) -> dict:
+    """One Library row from a cache manifest (its settings and ids, no arrays read)."""
+    meta = manifest.get("meta", {})
+    parts = meta.get("key_parts", {})
+    created = manifest.get("created")
+    return {
+        "key": (manifest.get("key") or "")[:8],
+        "model": meta.get("model_id"),
+        "dataset": meta.get("dataset_id"),
+        "images": meta.get("n_images"),
+        "samples": "all" if meta.get("samples") is None else meta.get("samples"),
+        "seed": meta.get("seed"),
+        "tokens/image": "all" if meta.get("tokens_per_image") is None else meta.get("tokens_per_image"),
+        "precision": meta.get("precision"),
+        "device": meta.get("device"),
+        "layers": len(manifest.get("layers", [])),
+        "statistics s": _round(meta.get("timings", {}).get("statistics_s")),
+        "created": _dt.datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M") if created else "",
+        "code": parts.get("code", meta.get("version")),
+        "full key": manifest.get("key"),
+    }
+
+
+def entry_label(manifest: dict) -> str:
+    """A label for menus: key prefix first (always visible), then model on dataset and images."""
+    meta = manifest.get("meta", {})
+    return f"{manifest.get('key', '')[:8]} · {meta.get('model_id')} on {meta.get('dataset_id')} · {meta.get('n_images')} images"
+
+
+def _round(value):
+    return None if value is None else float(np.round(value, 2))
+
+
+def display_labels(labels: list[str], width: int = 56) -> list[str]:
+    """Short, unique chart labels: a letter, then the label (middle elided when longer than ``width``).
+
+    When every label ends with the same `` on <dataset>``, that part is dropped (the page states it once).
+    """
+    suffixes = {label.rpartition(" on ")[2] for label in labels}
+    common = len(suffixes) == 1 and all(" on " in label for label in labels)
+    out = []
+    for i, label in enumerate(labels):
+        body = label.rpartition(" on ")[0] if common else label
+        if len(body) > width:
+            half = (width - 1) // 2
+            body = body[:half] + "…" + body[-half:]
+        out.append(f"{chr(ord('A') + i)}: {body}")
+    return out
+
+
+def relabel(summary: pd.DataFrame, per_layer: pd.DataFrame, short: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``compare_results`` tables with the analyses renamed to ``short`` (same order)."""
+    long = list(summary["analysis"])
+    mapping = dict(zip(long, short))
+    summary = summary.assign(analysis=short, full_label=long)
+    renamed = {}
+    for column in per_layer.columns:
+        if column in mapping:
+            renamed[column] = mapping[column]
+        elif " - " in column:
+            for a in long[1:]:
+                if column == f"{a} - {long[0]}":
+                    renamed[column] = f"{mapping[a]} - {short[0]}"
+    return summary, per_layer.rename(columns=renamed)
+
+
+def depth_order(per_layer: pd.DataFrame, results: list[Result]) -> pd.DataFrame:
+    """Rows of a per-layer comparison in depth order: the first analysis's layers in model order, then any
+    layer only the others have, in their own model order (a merge may have sorted them by name)."""
+    order: list[str] = []
+    seen: set[str] = set()
+    for result in results:
+        for name in result.layers["layer"]:
+            if name not in seen:
+                seen.add(name)
+                order.append(name)
+    rank = {name: i for i, name in enumerate(order)}
+    return per_layer.sort_values("layer", key=lambda col: col.map(rank)).reset_index(drop=True)

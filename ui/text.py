@@ -1,0 +1,99 @@
+"""Number formatting and the short teaching texts of each page (no Streamlit here)."""
+
+from __future__ import annotations
+
+import math
+
+PAPER_URL = "https://arxiv.org/abs/2407.04797"
+PAPER_TITLE = "Garg et al. (2024), Revealing the Utilized Rank of Subspaces of Learning in Neural Networks"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}%}"
+
+
+def count(value: int | float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{int(value):,}"
+
+
+def energy(value: float) -> str:
+    """Energies as typed by people: 0.99, 0.999, 1."""
+    return f"{value:g}"
+
+
+def duration(seconds: float | None) -> str:
+    """``1 h 02 min``, ``3 min 05 s``, ``12 s``; ``n/a`` when unknown."""
+    if seconds is None or (isinstance(seconds, float) and (math.isnan(seconds) or math.isinf(seconds))):
+        return "n/a"
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def short_key(key: str | None) -> str:
+    return (key or "")[:8]
+
+
+# ------------------------------------------------------------------------------------------ teaching texts
+LAYERS_INTRO = (
+    "Each bar is one layer `y = W x + b` of the network, in depth order. Its **utilization** is the dimension "
+    "of the subspace the layer actually uses on this dataset, as a fraction of the most it could use: the inputs "
+    "need $k_{in}$ directions and the outputs $k_{out}$ directions to hold a fraction $e$ of their energy, so"
+)
+LAYERS_FORMULA = r"u = \frac{r}{\min(d_{in}, d_{out})}, \qquad r = \min(k_{in}, k_{out}), \qquad \mathrm{MLU} = \frac{1}{L}\sum_{\ell} u_\ell"
+LAYERS_OUTRO = (
+    "The dashed line is the mean layer utilization (MLU) over the layers inside the blocks; the patch embedding "
+    "and classifier head (hatched) are shown but not counted. Click a bar to select that layer on every page."
+)
+
+SPECTRA_INTRO = (
+    "The trained weight matrix $W$ usually looks full rank (left: its singular values decay slowly). "
+    "Projecting it onto the subspaces the data really occupies, $W' = P_{out} W P_{in}$ with "
+    "$P = V_k V_k^\\top$ from the top eigenvectors, leaves at most $r$ non-zero singular values: that is the "
+    "paper's point. Below, the eigenvalues of the input and output second moments and how many directions "
+    "$k$ hold the chosen energy $e$:"
+)
+SPECTRA_FORMULA = (
+    r"C_{in} = \sum_n x_n x_n^\top, \quad C_{out} = W C_{in} W^\top + W s b^\top + b s^\top W^\top + N b b^\top,"
+    r"\quad k(e) = \min\Big\{k : \sum_{i \le k} \lambda_i \ge e \sum_i \lambda_i\Big\}"
+)
+
+COMPARE_INTRO = (
+    "Two to four analyses side by side, at the same energies: different pre-training regimes of one "
+    "architecture (supervised against self-supervised), different models, or one model on different datasets. "
+    "The paper reports that self-supervised pre-training uses much more of each layer (MLU up to 70 %) than "
+    "supervised training (35 % for ViT-B/16 on ImageNet); here you can check it on your own models and data."
+)
+
+COMPRESS_INTRO = (
+    "If a layer only uses $r$ directions, $W'$ can be stored as two thin factors, $r(d_{in} + d_{out})$ "
+    "parameters instead of $d_{in} d_{out}$ (only where that is smaller). The price is the output-preservation "
+    "error on the data, exact from the stored statistics:"
+)
+COMPRESS_FORMULA = (
+    r"\varepsilon = \frac{\lVert (W - W') X \rVert_F^2}{\lVert W X \rVert_F^2} "
+    r"= \frac{\operatorname{tr}\big((W - W') C_{in} (W - W')^\top\big)}{\operatorname{tr}\big(W C_{in} W^\top\big)}"
+)
+COMPRESS_ACCURACY_NOTE = (
+    "Accuracy before and after projection is not shown yet: it needs the compression feature that is still to come."
+)
+
+ANALYZE_INTRO = (
+    "Choose a network and a dataset; the analysis runs every image through the network once and accumulates, "
+    "for each layer, the second moment of its inputs $C_{in} = \\sum x x^\\top$ (the outputs' follows exactly "
+    "from $W$). Everything else, at any energy, is computed from the eigenvalues of these matrices, so the "
+    "energy sliders never need the data again."
+)
+
+LIBRARY_INTRO = (
+    "Every finished analysis is kept on disk under a content key (model weights, dataset selection, settings "
+    "and code version), so opening it again is instant and a repeated request never recomputes. Open one to "
+    "make it the current analysis, download its per-layer table, or delete it."
+)
