@@ -210,6 +210,12 @@ def test_moving_an_energy_slider_changes_the_numbers(page, server):
         arg=_pct(expected.mlu),
     )
     assert thumb.get_attribute("aria-valuetext") == "0.98"
+    # the main area re-renders after the sidebar: wait for it rather than reading a stale frame
+    page.wait_for_function(
+        "(want) => Array.from(document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stMetricValue']\"))"
+        ".some(m => m.innerText.trim() === want)",
+        arg="0.98 / 0.99",
+    )
     main_metrics = page.locator("[data-testid='stMain'] [data-testid='stMetricValue']").all_inner_texts()
     assert _pct(expected.mlu) in [m.strip() for m in main_metrics]
     assert "0.98 / 0.99" in [m.strip() for m in main_metrics]

@@ -89,8 +89,13 @@ def _from_record(key: str, state: str, record: dict, message: str | None = None,
 
 
 def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
-    """A 'done' status; without a job record it is described from the cache manifest."""
-    if record.get("state") == "done":
+    """A 'done' status; without a job record it is described from the cache manifest.
+
+    A worker stores the result before it writes its final record, so a record still saying 'running'
+    with its last batch counted describes the same finished job (a reader can land between the two)."""
+    finishing = record.get("state") == "running" and record.get("batches_total") and \
+        record.get("batches_done") == record.get("batches_total")
+    if record.get("state") == "done" or finishing:
         return _from_record(key, "done", record, message="done")
     manifest = cache.manifest(key) or {}
     meta = manifest.get("meta", {}) if isinstance(manifest.get("meta"), dict) else {}
