@@ -174,27 +174,34 @@ class ViTAdapter(ArchitectureAdapter):
         return self._NAMES.get(suffix, _conv_kind(module))
 
 
-class ResNetAdapter(ArchitectureAdapter):
+class _NumberedBlocksAdapter(ArchitectureAdapter):
+    """Blocks named by a pattern (``layer2.1``, ``blocks.3.0``) are numbered in depth order across stages."""
+
+    BLOCK_PATTERN: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module | None = None) -> None:
+        self._block_order: dict[str, int] = {}
+        if model is not None:
+            names = [n for n, _ in model.named_modules() if re.fullmatch(self.BLOCK_PATTERN, n)]
+            self._block_order = {n: i for i, n in enumerate(names)}
+
+    def block_index(self, name: str) -> int | None:
+        match = re.match(rf"^({self.BLOCK_PATTERN})\.", name)
+        return self._block_order.get(match.group(1)) if match else None
+
+
+class ResNetAdapter(_NumberedBlocksAdapter):
     """timm ResNets: stem ``conv1``, ``layerS.B.convN`` and ``downsample.0``, head ``fc``.
 
     Blocks are numbered in depth order across the four stages (``layer1.0`` is block 0).
     """
 
     family = "resnet"
-
-    def __init__(self, model: nn.Module | None = None) -> None:
-        self._block_order: dict[str, int] = {}
-        if model is not None:
-            names = [n for n, _ in model.named_modules() if re.fullmatch(r"layer\d+\.\d+", n)]
-            self._block_order = {n: i for i, n in enumerate(names)}
+    BLOCK_PATTERN = r"layer\d+\.\d+"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return all(hasattr(model, attr) for attr in ("conv1", "layer1", "layer4", "fc"))
-
-    def block_index(self, name: str) -> int | None:
-        match = re.match(r"^(layer\d+\.\d+)\.", name)
-        return self._block_order.get(match.group(1)) if match else None
 
     def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
         if name.startswith("conv1"):
@@ -204,7 +211,7 @@ class ResNetAdapter(ArchitectureAdapter):
         return _conv_kind(module)
 
 
-class EfficientNetAdapter(ArchitectureAdapter):
+class EfficientNetAdapter(_NumberedBlocksAdapter):
     """timm EfficientNet / MobileNet family: ``conv_stem``, ``blocks.S.B.*``, ``conv_head``, ``classifier``.
 
     Blocks are numbered in depth order across stages (``blocks.0.0`` is block 0). Depthwise convolutions
@@ -212,20 +219,11 @@ class EfficientNetAdapter(ArchitectureAdapter):
     """
 
     family = "efficientnet"
-
-    def __init__(self, model: nn.Module | None = None) -> None:
-        self._block_order: dict[str, int] = {}
-        if model is not None:
-            names = [n for n, _ in model.named_modules() if re.fullmatch(r"blocks\.\d+\.\d+", n)]
-            self._block_order = {n: i for i, n in enumerate(names)}
+    BLOCK_PATTERN = r"blocks\.\d+\.\d+"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return hasattr(model, "conv_stem") and hasattr(model, "blocks")
-
-    def block_index(self, name: str) -> int | None:
-        match = re.match(r"^(blocks\.\d+\.\d+)\.", name)
-        return self._block_order.get(match.group(1)) if match else None
 
     def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
         if name.startswith("conv_stem"):

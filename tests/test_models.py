@@ -1,0 +1,81 @@
+"""Model registry and adapters: layer naming and kinds, and safe, specific checkpoint errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import timm
+import torch
+
+from analysis.errors import CheckpointError, SettingsError, UnknownModelError
+from analysis.models import describe_layers, load
+
+from .helpers import save_tiny_vit_checkpoint
+
+
+def test_resnet_blocks_are_numbered_in_depth_order_and_stem_and_head_flagged():
+    model = timm.create_model("resnet18", channels=(8, 16, 32, 64), stem_width=8)
+    specs = describe_layers(model)
+    assert specs[0].name == "conv1" and specs[0].kind == "patch_embed" and not specs[0].in_mlu
+    assert specs[-1].name == "fc" and specs[-1].kind == "head" and not specs[-1].in_mlu
+    blocks = [s.block for s in specs[1:-1]]
+    assert blocks == sorted(blocks) and blocks[0] == 0 and blocks[-1] == 7
+    conv = next(s for s in specs if s.name == "layer2.0.conv1")
+    assert conv.kind == "conv" and conv.d_in == 8 * 9 and conv.d_out == 16
+
+
+def test_vit_layers_follow_transformerlens_style_names():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2)
+    kinds = {s.name: s.kind for s in describe_layers(model)}
+    assert kinds["blocks.1.attn.qkv"] == "attn_qkv" and kinds["blocks.1.mlp.fc2"] == "mlp_fc2"
+    assert kinds["patch_embed.proj"] == "patch_embed" and kinds["head"] == "head"
+
+
+def test_checkpoint_for_another_architecture_is_explained(tmp_path):
+    model_id = save_tiny_vit_checkpoint(tmp_path / "vit.safetensors")
+    path = model_id.split(":", 1)[1].split("?", 1)[0]
+    with pytest.raises(CheckpointError, match="does not fit architecture 'resnet18'"):
+        load(f"file:{path}?arch=resnet18")
+    with pytest.raises(SettingsError, match=r"needs \?arch="):
+        load(f"file:{path}")
+
+
+def test_truncated_safetensors_is_refused(tmp_path):
+    model_id = save_tiny_vit_checkpoint(tmp_path / "vit.safetensors")
+    path = tmp_path / "vit.safetensors"
+    path.write_bytes(path.read_bytes()[: 5000])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load(model_id)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {_RunsCode.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused_without_running(tmp_path):
+    _RunsCode.marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"weight": _RunsCode()}, fh)
+    with pytest.raises(CheckpointError, match="refused"):
+        load(f"file:{path}?arch=resnet18")
+    assert not _RunsCode.marker.exists()
+
+
+def test_pth_state_dict_loads_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", channels=(8, 16, 32, 64), stem_width=8, num_classes=3)
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "r.pth")
+    loaded = load(f"file:{tmp_path / 'r.pth'}?arch=resnet18&channels=8,16,32,64&stem_width=8&num_classes=3")
+    assert torch.equal(loaded.model.fc.weight, model.fc.weight)
+
+
+def test_unknown_ids_are_specific():
+    with pytest.raises(UnknownModelError, match="no source prefix"):
+        load("resnet18")
+    with pytest.raises(UnknownModelError, match="did you mean"):
+        load("random:resnet181")
