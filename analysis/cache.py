@@ -126,6 +126,19 @@ class ResultCache:
             energy_out=manifest["energy_out"],
         )
 
+    def load_moments(self, key: str) -> dict | None:
+        """The raw statistics of an intact entry stored with ``keep_moments`` (``{"<layer>|C_in": ...}``),
+        else None (no moments stored, or the entry is damaged: the manifest check covers this file too)."""
+        manifest = self.manifest(key)
+        if manifest is None or "moments.safetensors" not in manifest.get("files", {}):
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.entry_dir(key) / "moments.safetensors"), device="cpu")
+        except Exception:  # removed between the check and the read, or unreadable: treat as absent
+            return None
+
     def keys(self) -> list[str]:
         if not self.root.is_dir():
             return []

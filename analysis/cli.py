@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis run | list | show | compare | export`` (DESIGN.md section 7).
+"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (DESIGN.md section 7).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -60,6 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("key")
     export.add_argument("--format", required=True, choices=["csv", "parquet", "json"])
     export.add_argument("--out", required=True)
+
+    comp = sub.add_parser("compress", help="factorize at the utilized rank, evaluate, fine-tune, export")
+    comp.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
+    comp.add_argument("--dataset", default="fashion-mnist:train",
+                      help="analysis + fine-tuning data (default fashion-mnist:train)")
+    comp.add_argument("--eval-dataset", default=None,
+                      help="labelled split for top-1 (default: fashion-mnist:test for fashion-mnist:train, else --dataset)")
+    comp.add_argument("--samples", type=int, default=None, help="analysis images (default: the whole dataset)")
+    comp.add_argument("--eval-samples", type=int, default=None, help="evaluation images (default: all)")
+    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--energy-in", type=float, default=0.99)
+    comp.add_argument("--energy-out", type=float, default=0.99)
+    comp.add_argument("--keep", type=float, default=None,
+                      help="parameter budget: fraction of the counted layers' parameters to keep (overrides energies)")
+    comp.add_argument("--finetune-steps", type=int, default=0)
+    comp.add_argument("--finetune-lr", type=float, default=1e-4)
+    comp.add_argument("--finetune-batch-size", type=int, default=64)
+    comp.add_argument("--objective", default="labels", choices=["labels", "distill"],
+                      help="fine-tuning loss (labels falls back to distill when the classifier does not fit the data)")
+    comp.add_argument("--sweep", default=None,
+                      help="comma-separated energies: print accuracy against parameters kept (e_in = e_out) instead")
+    comp.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    comp.add_argument("--batch-size", type=int, default=None, help="analysis batch size")
+    comp.add_argument("--export", default=None, help="write the factorized model to PATH.safetensors (+ .ranks.json)")
+    comp.add_argument("--summary", default=None, help="also write the JSON summary to PATH (always stored in the cache)")
+    comp.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
@@ -197,7 +224,80 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export}
+def _stage_progress(quiet: bool):
+    """``progress(stage, done, total)`` as one tqdm bar per stage on stderr."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    state = {"stage": None, "bar": None}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage != state["stage"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["stage"], state["bar"] = stage, tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
+        state["bar"].n = done
+        state["bar"].refresh()
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+
+    return update, close
+
+
+def _parse_energies(text: str) -> tuple[float, ...]:
+    from .result import check_energy
+
+    try:
+        return tuple(check_energy(float(part), "sweep energy") for part in text.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"--sweep must be comma-separated numbers in (0, 1], got {text!r}") from None
+
+
+def cmd_compress(args) -> int:
+    import json
+
+    from .cache import atomic_write_bytes
+    from .compression import CompressionRequest, FinetuneSettings, compress, store_summary, sweep
+
+    if args.export and not args.export.lower().endswith(".safetensors"):
+        raise SettingsError(f"--export must name a .safetensors file, got {args.export!r}")
+    if args.keep is not None and not (0 < args.keep <= 1):
+        raise SettingsError(f"--keep must be a fraction in (0, 1], got {args.keep}")
+    request = CompressionRequest(
+        model=args.model, dataset=args.dataset, eval_dataset=args.eval_dataset, samples=args.samples,
+        eval_samples=args.eval_samples, seed=args.seed, energy_in=args.energy_in, energy_out=args.energy_out,
+        keep=args.keep, device=args.device, batch_size=args.batch_size,
+        finetune=FinetuneSettings(steps=args.finetune_steps, lr=args.finetune_lr, batch_size=args.finetune_batch_size,
+                                  objective=args.objective, seed=args.seed),
+    ).validated()
+    update, close = _stage_progress(args.quiet)
+    try:
+        if args.sweep:
+            table = sweep(request, _parse_energies(args.sweep), progress=update)
+        else:
+            report = compress(request, export=args.export, progress=update)
+    finally:
+        close()
+    if args.sweep:
+        text = table.to_json(orient="records", indent=2)
+        print(table.to_string(index=False, float_format="{:.4f}".format))
+        if args.summary:
+            atomic_write_bytes(Path(args.summary).expanduser(), text.encode())
+        return 0
+    summary = report.summary
+    summary["stored"] = str(store_summary(summary))
+    text = json.dumps(summary, indent=2, default=str)
+    if args.summary:
+        atomic_write_bytes(Path(args.summary).expanduser(), text.encode())
+    print(text)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export,
+            "compress": cmd_compress}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,9 @@ class LoadedModel:
     arch: str
     description: str
     fingerprint: str
+    class_names: list[str] | None = None
+    """What each output of the classifier means, when known (zoo: Fashion-MNIST classes; 1000-way
+    timm/packaged classifiers: ImageNet-1k WordNet ids, e.g. ``n02123045``); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,8 @@ class CatalogueEntry:
 
 
 class ModelSource(Protocol):
-    """What a model source provides. ``load`` returns ``(module, arch, description)``, or a
-    :class:`LoadedModel`-compatible tuple ``(module, arch, description, data_config)``."""
+    """What a model source provides. ``load`` returns ``(module, arch, description)``, optionally followed by
+    ``data_config`` and ``class_names`` (either may be None: then they are resolved from the module)."""
 
     prefix: str
 
@@ -137,6 +140,7 @@ def load(model_id: str) -> LoadedModel:
     loaded = source.load(parsed.name, parsed.options)
     module, arch, description = loaded[0], loaded[1], loaded[2]
     data_config = loaded[3] if len(loaded) > 3 and loaded[3] is not None else resolve_data_config(module)
+    class_names = loaded[4] if len(loaded) > 4 and loaded[4] is not None else _default_class_names(module)
     module = module.float().eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -147,7 +151,17 @@ def load(model_id: str) -> LoadedModel:
         arch=arch,
         description=description,
         fingerprint=weights_fingerprint(module),
+        class_names=class_names,
     )
+
+
+def _default_class_names(model: nn.Module) -> list[str] | None:
+    """A 1000-way classifier is taken to be ImageNet-1k's (timm's class order: sorted WordNet ids)."""
+    if getattr(model, "num_classes", None) != 1000:
+        return None
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())
 
 
 def load_model(model_id: str) -> tuple[nn.Module, dict]:

@@ -121,14 +121,42 @@ class FileSource:
 
     def load(self, name: str, options: Mapping[str, str]) -> tuple:
         arch = options.get("arch")
+        path = Path(name).expanduser()
+        from ..compression.export import is_factorized, read_metadata
+
+        metadata = read_metadata(path)
+        if is_factorized(metadata):
+            return self._load_factorized(path, metadata, arch, options)
         if not arch:
             raise SettingsError(f"file:{name} needs ?arch=<timm architecture>, e.g. file:{name}?arch=vit_small_patch16_224")
         extra = {k: _parse_scalar(v) for k, v in options.items() if k != "arch"}
-        path = Path(name).expanduser()
         state = read_state_dict(path)
         model = create_timm(arch, pretrained=False, **extra)
         load_into(model, state, path.name, arch)
         return model, arch, f"{arch} with weights from {path.name}"
+
+    @staticmethod
+    def _load_factorized(path: Path, metadata: Mapping[str, str], arch: str | None, options: Mapping[str, str]) -> tuple:
+        """A file written by :func:`analysis.compression.export.export_file` (see that module)."""
+        from ..compression.export import apply_rank_map, parse_metadata
+        from .registry import load as load_registered
+
+        base, ranks, config, class_names = parse_metadata(metadata, path.name)
+        state = read_state_dict(path)
+        if arch:
+            extra = {k: _parse_scalar(v) for k, v in options.items() if k != "arch"}
+            model, label = create_timm(arch, pretrained=False, **extra), arch
+        else:
+            if base.startswith("file:") and Path(base[5:].split("?", 1)[0]).expanduser().resolve() == path.resolve():
+                raise SettingsError(f"{path.name} names itself as its base model")
+            base_loaded = load_registered(base)
+            model, label = base_loaded.model, base_loaded.arch
+            config = config or base_loaded.data_config
+            class_names = class_names if class_names is not None else base_loaded.class_names
+        apply_rank_map(model, ranks)
+        load_into(model, state, path.name, label)
+        description = f"{base} factorized at the utilized rank ({len(ranks)} thin layers), weights from {path.name}"
+        return model, label, description, config, class_names
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return []

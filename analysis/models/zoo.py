@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from ..errors import CheckpointError, ModelUnavailableError, UnknownModelError
 from .checkpoints import load_into, read_state_dict
 from .registry import CatalogueEntry, register_source
@@ -152,7 +153,7 @@ class ZooSource:
         model = build_vit(**dict(entry.get("arch_kwargs") or {}))
         load_into(model, state, path.name, ARCH_NAME)
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in (entry.get("data_config") or DATA_CONFIG).items()}
-        return model, ARCH_NAME, self._describe(name, entry), config
+        return model, ARCH_NAME, self._describe(name, entry), config, list(FASHION_MNIST_CLASSES)
 
     @staticmethod
     def _describe(name: str, entry: Mapping[str, Any]) -> str:

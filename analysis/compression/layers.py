@@ -1,0 +1,112 @@
+"""Thin layers that replace a dense layer by its projection ``W' = L R`` at rank r.
+
+For a Linear layer ``y = W x + b`` (W: ``d_out x d_in``) with factors ``L`` (``d_out x r``) and ``R``
+(``r x d_in``) from :func:`analysis.projection.factorize`, the replacement computes
+
+    y = L (R x) + b  =  W' x + b,
+
+with ``r (d_in + d_out)`` weights (+ ``d_out`` bias) instead of ``d_in d_out``.
+
+A convolution is analysed on unfolded patches (``d_in = C kh kw``, rows of ``F.unfold`` order), so ``R``
+reshaped to ``(r, C, kh, kw)`` is a k x k convolution to r channels with the original stride, padding,
+dilation and padding mode (a copy of the original module, so timm's "same" padding variants keep their
+behaviour), followed by a 1 x 1 convolution from r channels to ``d_out`` with the bias.
+
+State-dict names: ``<layer>.reduce.weight`` (R) and ``<layer>.expand.weight`` / ``<layer>.expand.bias`` (L, b).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class FactorizedLinear(nn.Module):
+    """``y = expand(reduce(x))``: Linear ``d_in -> r`` (no bias), then Linear ``r -> d_out`` (bias kept)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.reduce = nn.Linear(in_features, rank, bias=False)
+        self.expand = nn.Linear(rank, out_features, bias=bias)
+
+    @classmethod
+    def from_factors(cls, left: torch.Tensor, right: torch.Tensor, bias: torch.Tensor | None) -> "FactorizedLinear":
+        layer = cls(right.shape[1], left.shape[0], right.shape[0], bias is not None)
+        with torch.no_grad():
+            layer.reduce.weight.copy_(right)
+            layer.expand.weight.copy_(left)
+            if bias is not None:
+                layer.expand.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class FactorizedConv2d(nn.Module):
+    """A k x k convolution to ``rank`` channels (no bias), then a 1 x 1 convolution to ``out_channels``."""
+
+    def __init__(self, original: nn.Conv2d, rank: int) -> None:
+        super().__init__()
+        if original.groups != 1:
+            raise ValueError("grouped convolutions are not factorized")
+        reduce = copy.deepcopy(original)
+        reduce.out_channels = rank
+        reduce.weight = nn.Parameter(torch.empty(rank, *original.weight.shape[1:], dtype=original.weight.dtype))
+        reduce.bias = None
+        self.reduce = reduce
+        self.expand = nn.Conv2d(rank, original.out_channels, kernel_size=1, bias=original.bias is not None,
+                                dtype=original.weight.dtype)
+        self.in_features = original.in_channels * original.weight.shape[2] * original.weight.shape[3]
+        self.out_features, self.rank = original.out_channels, rank
+
+    @classmethod
+    def from_factors(cls, original: nn.Conv2d, left: torch.Tensor, right: torch.Tensor) -> "FactorizedConv2d":
+        layer = cls(original, right.shape[0])
+        with torch.no_grad():
+            layer.reduce.weight.copy_(right.reshape(layer.reduce.weight.shape))
+            layer.expand.weight.copy_(left[:, :, None, None])
+            if original.bias is not None:
+                layer.expand.bias.copy_(original.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.expand(self.reduce(x))
+
+
+def factorized_layer(original: nn.Module, left: torch.Tensor, right: torch.Tensor) -> nn.Module:
+    """The thin replacement of ``original`` (Linear or ungrouped Conv2d) with ``L @ R = W'``."""
+    dtype = original.weight.dtype
+    left, right = left.to(dtype), right.to(dtype)
+    if isinstance(original, nn.Linear):
+        bias = original.bias.detach() if original.bias is not None else None
+        return FactorizedLinear.from_factors(left, right, bias)
+    if isinstance(original, nn.Conv2d):
+        return FactorizedConv2d.from_factors(original, left, right)
+    raise TypeError(f"cannot factorize a {type(original).__name__}")
+
+
+def empty_factorized_layer(original: nn.Module, rank: int) -> nn.Module:
+    """A replacement with the right shapes and uninitialised weights (to load an exported state dict into)."""
+    if isinstance(original, nn.Linear):
+        return FactorizedLinear(original.in_features, original.out_features, rank, original.bias is not None)
+    if isinstance(original, nn.Conv2d):
+        return FactorizedConv2d(original, rank)
+    raise TypeError(f"cannot factorize a {type(original).__name__}")
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the qualified name ``name`` (``blocks.3.mlp.fc1``) inside ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

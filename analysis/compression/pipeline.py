@@ -1,0 +1,261 @@
+"""Compression end to end: measure subspaces -> choose ranks -> factorize -> evaluate -> fine-tune -> export.
+
+``compress(request)`` returns a :class:`CompressionReport` whose ``summary`` is the JSON the CLI prints and
+saves (``params_dense, params_kept, acc_dense, acc_projected, acc_finetuned`` and per-layer ranks, among others);
+``sweep(request, energies)`` gives accuracy against parameters kept along ``e = e_in = e_out`` (the Pareto
+curve the app plots). Summaries are also stored under ``<cache>/compressions/`` (atomic writes) so the app
+lists earlier compressions of a model.
+
+Data roles: ``dataset`` supplies the subspaces (the analysis), the fine-tuning images (all of it) and, for the
+linear-probe method, the probe's training images; ``eval_dataset`` supplies the reported top-1. When the
+analysis dataset is ``fashion-mnist:train`` the evaluation defaults to ``fashion-mnist:test``; otherwise it
+defaults to the analysis dataset itself and the summary says ``evaluated_on_analysis_data: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+from torch import nn
+
+from ..cache import atomic_write_bytes
+from ..data import load_dataset
+from ..errors import SettingsError
+from ..paths import cache_root
+from ..result import check_energy
+from .evaluate import Evaluator
+from .export import export_file
+from .factorize import (
+    LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
+)
+from .finetune import FinetuneSettings, finetune
+from .layers import parameter_count
+from .subspaces import Measured, measure
+
+PAIRED_EVAL = {"fashion-mnist:train": "fashion-mnist:test"}
+"""Analysis dataset -> the held-out split evaluated by default."""
+
+SWEEP_ENERGIES: tuple[float, ...] = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class CompressionRequest:
+    """What to compress and how. ``keep`` (a fraction of the counted layers' parameters) overrides energies."""
+
+    model: str
+    dataset: str = "fashion-mnist:train"
+    eval_dataset: str | None = None
+    samples: int | None = None
+    eval_samples: int | None = None
+    seed: int = 0
+    energy_in: float = 0.99
+    energy_out: float = 0.99
+    keep: float | None = None
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    device: str = "cpu"
+    batch_size: int | None = None
+
+    def resolved_eval_dataset(self) -> str:
+        return self.eval_dataset or PAIRED_EVAL.get(self.dataset, self.dataset)
+
+    def validated(self) -> "CompressionRequest":
+        check_energy(self.energy_in, "energy_in")
+        check_energy(self.energy_out, "energy_out")
+        if self.keep is not None and not (isinstance(self.keep, (int, float)) and 0 < self.keep <= 1):
+            raise SettingsError(f"--keep must be a fraction in (0, 1], got {self.keep!r}")
+        for label, value in (("samples", self.samples), ("eval samples", self.eval_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise SettingsError(f"{label} must be a positive integer, got {value!r}")
+        self.finetune.validated()
+        return self
+
+
+@dataclass
+class CompressionReport:
+    summary: dict
+    model: nn.Module
+    ranks: list[LayerRank]
+
+
+@dataclass
+class _Prepared:
+    measured: Measured
+    evaluator: Evaluator
+    finetune_data: object | None
+
+
+def _prepare(request: CompressionRequest, cache_dir: str | None, progress: Progress | None) -> _Prepared:
+    analysis_progress = None
+    if progress is not None:
+        def analysis_progress(p) -> None:
+            progress("analyse", p.images_done, p.images_total)
+    measured = measure(request.model, request.dataset, request.samples, request.seed, device=request.device,
+                       batch_size=request.batch_size, cache_dir=cache_dir, progress=analysis_progress)
+    loaded = measured.loaded
+    eval_id = request.resolved_eval_dataset()
+    eval_data = load_dataset(eval_id, data_config=loaded.data_config, samples=request.eval_samples, seed=request.seed)
+    probe_data = load_dataset(request.dataset, data_config=loaded.data_config, samples=request.samples, seed=request.seed)
+    evaluator = Evaluator.for_model(loaded.class_names, eval_data, probe_data=probe_data, device=request.device)
+    finetune_data = None
+    if request.finetune.steps:
+        finetune_data = load_dataset(request.dataset, data_config=loaded.data_config, samples=None, seed=request.seed)
+    return _Prepared(measured, evaluator, finetune_data)
+
+
+def _energies(request: CompressionRequest, measured: Measured) -> tuple[float, float]:
+    if request.keep is not None:
+        energy = energy_for_budget(measured.subspaces, request.keep)
+        return energy, energy
+    return check_energy(request.energy_in, "energy_in"), check_energy(request.energy_out, "energy_out")
+
+
+def _finetune_settings(request: CompressionRequest, evaluator: Evaluator) -> FinetuneSettings:
+    """``labels`` needs the head method; with a linear probe there is no classifier to train: distil."""
+    settings = request.finetune
+    if settings.objective == "labels" and evaluator.method != "head":
+        settings = FinetuneSettings(**{**settings.as_dict(), "objective": "distill"})
+    return settings
+
+
+def compress(request: CompressionRequest, *, cache_dir: str | None = None, export: str | Path | None = None,
+             progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> CompressionReport:
+    """Run the whole compression of ``request`` (see the module docstring)."""
+    request = request.validated()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    prepared = _prepare(request, cache_dir, progress)
+    measured, evaluator = prepared.measured, prepared.evaluator
+    timings["analysis_s"] = time.perf_counter() - start
+    e_in, e_out = _energies(request, measured)
+    ranks = choose_ranks(measured.subspaces, e_in, e_out)
+    dense_model = measured.loaded.model
+
+    start = time.perf_counter()
+    compressed = factorize_model(dense_model, measured.subspaces, ranks)
+    timings["factorize_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    acc_dense = evaluator.accuracy(dense_model, progress, "evaluate dense")
+    acc_projected = evaluator.accuracy(compressed, progress, "evaluate factorized")
+    timings["evaluate_s"] = time.perf_counter() - start
+
+    ft_settings = _finetune_settings(request, evaluator)
+    acc_finetuned, ft_log = None, {"steps": 0}
+    if ft_settings.steps:
+        ft_log = finetune(compressed, prepared.finetune_data, ft_settings, teacher=dense_model,
+                          label_map=evaluator.label_map, device=request.device, progress=progress,
+                          should_stop=should_stop)
+        acc_finetuned = evaluator.accuracy(compressed, progress, "evaluate fine-tuned")
+        timings["finetune_s"] = ft_log["seconds"]
+    compressed.cpu()
+
+    layers = []
+    for decision in ranks:
+        row = decision.as_dict()
+        row["preservation_error"] = (preservation_error(measured.subspaces[decision.layer], decision.k_in, decision.k_out)
+                                     if decision.factorized else 0.0)
+        layers.append(row)
+    params_dense = sum(r.params_dense for r in ranks)
+    params_kept = sum(r.params_kept for r in ranks)
+    summary = {
+        "model": measured.loaded.model_id,
+        "dataset": measured.result.meta.get("dataset_id", request.dataset),
+        "eval_dataset": evaluator.eval_data.dataset_id,
+        "evaluated_on_analysis_data": evaluator.eval_data.dataset_id == request.dataset,
+        "evaluation_method": evaluator.method,
+        "analysis_key": measured.result.key,
+        "samples": request.samples,
+        "eval_samples": len(evaluator.eval_data),
+        "seed": request.seed,
+        "energy_in": e_in,
+        "energy_out": e_out,
+        "keep_target": request.keep,
+        "layers_counted": len(ranks),
+        "layers_factorized": sum(r.factorized for r in ranks),
+        "params_dense": params_dense,
+        "params_kept": params_kept,
+        "kept_fraction": params_kept / params_dense if params_dense else None,
+        "model_params_dense": parameter_count(dense_model),
+        "model_params_compressed": parameter_count(compressed),
+        "acc_dense": acc_dense,
+        "acc_projected": acc_projected,
+        "acc_finetuned": acc_finetuned,
+        "drop_projected": acc_dense - acc_projected,
+        "drop_finetuned": None if acc_finetuned is None else acc_dense - acc_finetuned,
+        "finetune": {**ft_settings.as_dict(), **ft_log},
+        "timings": timings,
+        "layers": layers,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if export is not None:
+        path = export_file(compressed, export, measured.loaded.model_id, rank_map(ranks), measured.loaded.data_config,
+                           measured.loaded.class_names, {k: v for k, v in summary.items() if k != "layers"})
+        summary["export"] = str(path)
+    return CompressionReport(summary=summary, model=compressed, ranks=ranks)
+
+
+def sweep(request: CompressionRequest, energies: tuple[float, ...] = SWEEP_ENERGIES, *, cache_dir: str | None = None,
+          progress: Progress | None = None) -> pd.DataFrame:
+    """Accuracy against parameters kept for ``e_in = e_out = e`` over ``energies`` (one analysis, one dense
+    evaluation). With ``request.finetune.steps > 0`` every point is also fine-tuned from its projection."""
+    request = request.validated()
+    energies = tuple(check_energy(e, "sweep energy") for e in energies)
+    prepared = _prepare(request, cache_dir, progress)
+    measured, evaluator = prepared.measured, prepared.evaluator
+    ft_settings = _finetune_settings(request, evaluator)
+    acc_dense = evaluator.accuracy(measured.loaded.model, progress, "evaluate dense")
+    rows = []
+    for energy in energies:
+        ranks = choose_ranks(measured.subspaces, energy, energy)
+        compressed = factorize_model(measured.loaded.model, measured.subspaces, ranks)
+        row = {"energy": energy, "kept_fraction": kept_fraction(ranks),
+               "params_kept": sum(r.params_kept for r in ranks), "params_dense": sum(r.params_dense for r in ranks),
+               "layers_factorized": sum(r.factorized for r in ranks), "acc_dense": acc_dense,
+               "acc_projected": evaluator.accuracy(compressed, progress, f"evaluate e={energy}"), "acc_finetuned": None}
+        if ft_settings.steps:
+            finetune(compressed, prepared.finetune_data, ft_settings, teacher=measured.loaded.model,
+                     label_map=evaluator.label_map, device=request.device, progress=progress)
+            row["acc_finetuned"] = evaluator.accuracy(compressed, progress, f"evaluate fine-tuned e={energy}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ stored summaries
+def summaries_dir(cache_dir: str | Path | None = None) -> Path:
+    root = Path(cache_dir).expanduser().resolve() if cache_dir is not None else cache_root()
+    return root / "compressions"
+
+
+def summary_name(summary: dict) -> str:
+    """A file name derived only from a hash of the settings (never from user text: no path can escape)."""
+    parts = {k: summary.get(k) for k in ("model", "dataset", "eval_dataset", "analysis_key", "energy_in", "energy_out",
+                                         "keep_target", "finetune", "eval_samples", "seed")}
+    parts["finetune"] = {k: v for k, v in (parts["finetune"] or {}).items() if k in asdict(FinetuneSettings())}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24] + ".json"
+
+
+def store_summary(summary: dict, cache_dir: str | Path | None = None) -> Path:
+    path = summaries_dir(cache_dir) / summary_name(summary)
+    atomic_write_bytes(path, json.dumps(summary, indent=2, default=str).encode())
+    return path
+
+
+def stored_summaries(cache_dir: str | Path | None = None, model: str | None = None) -> list[dict]:
+    """Stored summaries (newest first), optionally of one model; unreadable files are skipped."""
+    folder = summaries_dir(cache_dir)
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and (model is None or data.get("model") == model):
+            out.append(data)
+    return sorted(out, key=lambda d: str(d.get("created", "")), reverse=True)
