@@ -1,5 +1,6 @@
 """Compress: parameters kept and mean preservation error against energy (e_in = e_out swept over the grid),
-per-layer savings at the current energies, and downloads of the per-layer table."""
+per-layer savings at the current energies, factorize/evaluate/fine-tune with accuracy against parameters kept
+and the factorized model's download, and downloads of the per-layer table."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import streamlit as st
 
 from analysis.export import export_bytes
 from analysis.result import Result
-from ui import charts, frame, state, tables, text
+from ui import charts, compress_view, frame, state, tables, text
 
 MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
 
@@ -42,7 +43,6 @@ sweep = _sweep(result.key, result)
 st.plotly_chart(charts.compression_sweep_chart(sweep, e_in if e_in == e_out else None), key="compress_sweep")
 if e_in != e_out:
     st.caption("The sweep sets e_in = e_out; your current energies differ, so no marker is drawn on it.")
-st.info(text.COMPRESS_ACCURACY_NOTE, icon=":material/info:")
 
 st.plotly_chart(charts.savings_bars(result.layers), key="compress_savings")
 st.dataframe(
@@ -53,6 +53,8 @@ st.dataframe(
         "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
     },
 )
+
+compress_view.section(result, e_in, e_out)
 
 st.subheader("Download the per-layer table")
 st.caption(f"At the current energies e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}.")

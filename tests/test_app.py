@@ -223,8 +223,24 @@ def test_compress_page_sweeps_energy_and_offers_downloads(app, results):
     kept_values = _values(kept["y"])
     assert len(kept_values) == len(ENERGY_GRID)
     assert kept_values[-1] >= kept_values[0]
-    assert any("compression feature" in i.value for i in at.info)
     assert [d.label for d in at.get("download_button")] == ["CSV", "PARQUET", "JSON"]
+
+
+def test_compress_page_factorizes_evaluates_and_offers_the_model(app, results):
+    at = app.run()
+    at.switch_page("pages/compress.py").run()
+    assert at.text_input(key="compress_dataset").value == "fashion-mnist:train"  # the test split stays held out
+    assert at.text_input(key="compress_eval_dataset").value == "fashion-mnist:test"
+    at.number_input(key="compress_samples").set_value(64)
+    at.number_input(key="compress_eval_samples").set_value(64)
+    at.number_input(key="compress_steps").set_value(1)
+    at.button(key="compress_submit").click().run()
+    _ok(at)
+    assert any("Kept" in s.value and "top-1" in s.value for s in at.success)
+    accuracy = next(f for f in _charts(at) if f["layout"]["title"]["text"].startswith("Top-1 against"))
+    assert {t["name"] for t in accuracy["data"]} == {"factorized", "fine-tuned"}
+    labels = [d.label for d in at.get("download_button")]
+    assert "Download the factorized model (safetensors)" in labels
 
 
 def test_library_opens_and_deletes_with_confirmation(results, monkeypatch, tmp_path):

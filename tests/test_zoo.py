@@ -178,3 +178,13 @@ def test_published_supervised_top1_matches_manifest():
     torch.set_num_threads(2)
     acc = evaluate.top1(model, common.load_split("test"))
     assert acc == pytest.approx(entry["accuracy"]["top1"], abs=0.005)
+
+
+def test_readme_zoo_table_matches_a_fresh_regeneration():
+    """Every number in the README's zoo table comes from the manifest and a real engine run."""
+    from analysis.training import zoo_table
+
+    readme = zoo_table.README.read_text()
+    assert zoo_table.START in readme and zoo_table.END in readme
+    current = readme.split(zoo_table.START, 1)[1].split(zoo_table.END, 1)[0].strip()
+    assert current == zoo_table.render().strip()

@@ -359,3 +359,27 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
     return _layout(fig, "Parameters kept per layer at the current energies")
+
+
+def accuracy_vs_kept(summaries: list[dict]) -> go.Figure:
+    """Top-1 against the fraction of the counted layers' parameters kept, one point per stored compression:
+    factorized (projected) and, where run, after fine-tuning; the dense top-1 as a dashed line."""
+    fig = go.Figure()
+    points = sorted(summaries, key=lambda s: s.get("kept_fraction") or 0)
+    kept = [s.get("kept_fraction") for s in points]
+    labels = [f"e_in {s.get('energy_in'):g}, e_out {s.get('energy_out'):g}, fine-tune "
+              f"{(s.get('finetune') or {}).get('steps', 0)} steps" for s in points]
+    fig.add_scatter(x=kept, y=[s.get("acc_projected") for s in points], mode="lines+markers", name="factorized",
+                    line=dict(color="#4c78a8", width=2), text=labels,
+                    hovertemplate="kept %{x:.1%}<br>top-1 %{y:.2%}<br>%{text}<extra></extra>")
+    tuned = [(k, s.get("acc_finetuned"), t) for k, s, t in zip(kept, points, labels) if s.get("acc_finetuned") is not None]
+    if tuned:
+        fig.add_scatter(x=[k for k, _, _ in tuned], y=[a for _, a, _ in tuned], mode="markers", name="fine-tuned",
+                        marker=dict(color="#f58518", size=10, symbol="diamond"), text=[t for _, _, t in tuned],
+                        hovertemplate="kept %{x:.1%}<br>top-1 %{y:.2%}<br>%{text}<extra></extra>")
+    dense = points[-1].get("acc_dense") if points else None
+    if dense is not None:
+        fig.add_hline(y=dense, line_dash="dash", line_color="grey", annotation_text=f"dense {dense:.2%}")
+    fig.update_xaxes(range=[0, 1.02], tickformat=".0%", title="parameters kept (counted layers)")
+    fig.update_yaxes(tickformat=".1%", title="top-1")
+    return _layout(fig, "Top-1 against parameters kept")

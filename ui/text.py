@@ -81,9 +81,6 @@ COMPRESS_FORMULA = (
     r"\varepsilon = \frac{\lVert (W - W') X \rVert_F^2}{\lVert W X \rVert_F^2} "
     r"= \frac{\operatorname{tr}\big((W - W') C_{in} (W - W')^\top\big)}{\operatorname{tr}\big(W C_{in} W^\top\big)}"
 )
-COMPRESS_ACCURACY_NOTE = (
-    "Accuracy before and after projection is not shown yet: it needs the compression feature that is still to come."
-)
 
 ANALYZE_INTRO = (
     "Choose a network and a dataset; the analysis runs every image through the network once and accumulates, "

@@ -30,7 +30,7 @@ from ..errors import SettingsError
 from ..paths import cache_root
 from ..result import check_energy
 from .evaluate import Evaluator
-from .export import export_file
+from .export import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
 )
@@ -80,9 +80,19 @@ class CompressionRequest:
 
 @dataclass
 class CompressionReport:
+    """The summary (JSON-ready), the factorized model (CPU, eval mode), the per-layer decisions, and what an
+    exported file needs to be loaded back (the base model's preprocessing and class names)."""
+
     summary: dict
     model: nn.Module
     ranks: list[LayerRank]
+    data_config: dict = field(default_factory=dict)
+    class_names: list[str] | None = None
+
+    def export_bytes(self) -> bytes:
+        """The factorized model as a safetensors file (see :mod:`analysis.compression.export`)."""
+        return export_bytes(self.model, self.summary["model"], rank_map(self.ranks), self.data_config,
+                            self.class_names, {k: v for k, v in self.summary.items() if k != "layers"})
 
 
 @dataclass
@@ -198,7 +208,8 @@ def compress(request: CompressionRequest, *, cache_dir: str | None = None, expor
         path = export_file(compressed, export, measured.loaded.model_id, rank_map(ranks), measured.loaded.data_config,
                            measured.loaded.class_names, {k: v for k, v in summary.items() if k != "layers"})
         summary["export"] = str(path)
-    return CompressionReport(summary=summary, model=compressed, ranks=ranks)
+    return CompressionReport(summary=summary, model=compressed, ranks=ranks, data_config=dict(measured.loaded.data_config),
+                             class_names=measured.loaded.class_names)
 
 
 def sweep(request: CompressionRequest, energies: tuple[float, ...] = SWEEP_ENERGIES, *, cache_dir: str | None = None,
