@@ -155,16 +155,25 @@ def cmd_run(args) -> int:
 
     if args.export:
         format_from_path(args.export)  # fail on a bad name before the long run
-    update, close = _progress_bar(args.quiet)
+    from . import distributed
+
+    device = distributed.init_from_env(args.device)  # under torchrun: join the group, one GPU per rank
+    rank, world_size = distributed.world()
+    update, close = _progress_bar(args.quiet or rank != 0)
     try:
         result = analyze(
             args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
-            energy_out=args.energy_out, device=args.device, batch_size=args.batch_size,
+            energy_out=args.energy_out, device=device, batch_size=args.batch_size,
             tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
             use_cache=not args.no_cache, progress=update,
         )
     finally:
         close()
+        distributed.shutdown()
+    if rank != 0:
+        return 0
+    if world_size > 1:
+        print(f"ranks      {world_size} (samples sharded, statistics all-reduced)")
     _print_result(result)
     if args.export:
         print(f"exported   {export_result(result, args.export)}")

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch.utils.data import Subset
 
-from . import __version__
+from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
+from .partial import PartialStore
 from .models import describe_layers, load as load_loaded_model, weight_matrix
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
@@ -117,15 +119,28 @@ def run_plan(
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Result:
+    """Return the cached result of ``the_plan`` or compute and store it.
+
+    Partial statistics are checkpointed under the cache root while computing (:mod:`analysis.partial`), so
+    a killed run started again resumes. Under torchrun (:mod:`analysis.distributed`) rank 0 decides about the
+    cache and stores the entry; every rank returns the same result.
+    """
     settings = the_plan.settings
     cache = ResultCache(cache_dir)
+    rank, world_size = distributed.world()
     if use_cache:
-        cached = cache.load(the_plan.key)
+        cached = cache.load(the_plan.key) if rank == 0 else None
+        cached = distributed.broadcast_from_rank0(cached)
         if cached is not None:
             return cached.at_energy(settings.energy_in, settings.energy_out)
-    result, moments = compute(the_plan, progress=progress, should_stop=should_stop)
+    partial = None
     if use_cache:
+        partial = PartialStore(cache.root, the_plan.key, settings.effective_batch_size(), rank, world_size)
+    result, moments = compute(the_plan, progress=progress, should_stop=should_stop, partial=partial)
+    if use_cache and rank == 0:
         cache.store(the_plan.key, result, moments if settings.keep_moments else None)
+    if partial is not None:
+        partial.clear()
     return result
 
 
@@ -134,25 +149,41 @@ def compute(
     *,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    partial: PartialStore | None = None,
 ) -> tuple[Result, dict[str, torch.Tensor]]:
-    """The data pass and everything after it (no cache involved)."""
+    """The data pass and everything after it (no cache involved; ``partial`` checkpoints the running sums).
+
+    Under torchrun each rank sums its shard, the sums are all-reduced, rank 0 computes the spectra and
+    every rank returns rank 0's result (the raw moments are only returned on rank 0)."""
     settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
     device = torch.device(settings.device)
     model = loaded.model.to(device)
     specs = describe_layers(model)
     applicable = [s for s in specs if s.applicable]
-    loader = make_loader(dataset, batch_size=settings.effective_batch_size())
-    total_batches = len(loader)
+    rank, world_size = distributed.world()
+    shard = distributed.shard(dataset, rank, world_size)
+    batch_size = settings.effective_batch_size()
+    resumed = partial.load() if partial is not None else None
+    first_batch = resumed.batches_done if resumed is not None else 0
+    loader = make_loader(Subset(shard, range(min(len(shard), first_batch * batch_size), len(shard))),
+                         batch_size=batch_size)
+    total_batches = -(-len(shard) // batch_size)
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
 
     start = time.perf_counter()
-    images = 0
+    images = resumed.images_done if resumed is not None else 0
     with MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed) as collector:
+        if resumed is not None:
+            try:
+                collector.load_state(resumed.state, batches_done=first_batch)
+            except (KeyError, RuntimeError):  # a checkpoint of other layers or shapes: start over
+                partial.clear()
+                return compute(the_plan, progress=progress, should_stop=should_stop, partial=partial)
         with torch.inference_mode(), autocast:
-            for batch_index, (batch, _labels) in enumerate(loader):
+            for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
                 if should_stop is not None and should_stop():
                     raise Cancelled("analysis cancelled")
                 try:
@@ -167,14 +198,22 @@ def compute(
                     ) from exc
                 collector.next_batch()
                 images += batch.shape[0]
+                if partial is not None and partial.due(batch_index + 1):
+                    partial.save(collector.state(), batch_index + 1, images)
                 if progress is not None:
-                    progress(Progress("statistics", batch_index + 1, total_batches, images, len(dataset),
+                    progress(Progress("statistics", batch_index + 1, total_batches, images, len(shard),
                                       time.perf_counter() - start))
         collector.next_batch()  # final finiteness check of the running sums
+        if world_size > 1:
+            collector.merge_across(distributed.all_reduce_sum)
+            images = distributed.all_reduce_int(images, device)
         moments = collector.moments()
     if device.type == "cuda":
         torch.cuda.synchronize()
     stats_s = time.perf_counter() - start
+    if rank != 0:
+        model.to("cpu")
+        return distributed.broadcast_from_rank0(None), {}
 
     start = time.perf_counter()
     c_out: dict[str, torch.Tensor] = {}
@@ -213,6 +252,8 @@ def compute(
         "batch_size": settings.effective_batch_size(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
         "timings": {"statistics_s": stats_s, "eigen_s": eig_in_s + eig_out_s, "spectra_s": spectra_s},
+        "world_size": world_size,
+        "resumed_from_batch": first_batch,
         "version": __version__,
     }
     not_applicable = [
@@ -227,4 +268,4 @@ def compute(
         raw[f"{name}|C_in"] = m.second_moment
         raw[f"{name}|s"] = m.column_sum
         raw[f"{name}|N"] = torch.tensor([m.count], dtype=torch.int64)
-    return result, raw
+    return distributed.broadcast_from_rank0(result), raw

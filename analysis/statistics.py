@@ -27,7 +27,7 @@ from __future__ import annotations
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +190,18 @@ class MomentCollector:
             state[f"{name}|count"] = torch.tensor(self._count[name], dtype=torch.int64)
         return state
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def merge_across(self, reduce_sum: Callable[[list[torch.Tensor]], None]) -> None:
+        """Replace every running sum by its sum over processes (``reduce_sum`` sums tensors in place)."""
+        names = list(self._acc)
+        counts = torch.tensor([self._count[n] for n in names], dtype=torch.int64, device=self.device)
+        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts])
+        for name, count in zip(names, counts.tolist()):
+            self._count[name] = int(count)
+
+    def load_state(self, state: dict[str, torch.Tensor], batches_done: int | None = None) -> None:
+        """Restore running sums saved by :meth:`state` (and the token-sampling stream's batch position)."""
+        if batches_done is not None:
+            self._batch = batches_done
         for name in self._acc:
             self._acc[name].copy_(state[f"{name}|acc"])
             self._sum[name].copy_(state[f"{name}|sum"])

@@ -10,7 +10,7 @@ recipe in ``analysis/compression/finetune.py``). Three measurements, all from on
 
 Prints a table and writes ``benchmarks/out/compression.json`` (with versions, date and timings).
 
-    .venv/bin/python benchmarks/bench_compression.py [--samples 10000] [--steps 500] [--lr 3e-4] [--keep 0.6]
+    .venv/bin/python benchmarks/bench_compression.py [--samples 10000] [--steps 500] [--lr 1e-4] [--keep 0.6]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> int:
     p.add_argument("--model", default="zoo:vit-fmnist-supervised")
     p.add_argument("--samples", type=int, default=10000)
     p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--keep", type=float, default=0.6)
     p.add_argument("--energies", default=",".join(str(e) for e in SWEEP_ENERGIES))
