@@ -161,6 +161,18 @@ class ResultCache:
         return matches[0]
 
     # ----------------------------------------------------------------------------------------- writing
+    def check_writable(self) -> None:
+        """Fail early (before a long computation) when the cache folder cannot take a new entry."""
+        try:
+            staging = self.root / ".staging"
+            staging.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=staging, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise CacheError(f"cache folder {str(self.root)!r} is not writable ({exc.strerror or exc}); "
+                             f"set ANALYSIS_CACHE_DIR to a writable folder") from None
+
     def store(self, key: str, result: Result, moments: dict | None = None) -> Path:
         """Write ``result`` (and optional raw moments) as entry ``key``, atomically replacing any old one."""
         check_key(key)

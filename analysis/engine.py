@@ -135,6 +135,8 @@ def run_plan(
             return cached.at_energy(settings.energy_in, settings.energy_out)
     partial = None
     if use_cache:
+        if rank == 0:
+            cache.check_writable()
         partial = PartialStore(cache.root, the_plan.key, settings.effective_batch_size(), rank, world_size)
     result, moments = compute(the_plan, progress=progress, should_stop=should_stop, partial=partial)
     if use_cache and rank == 0:

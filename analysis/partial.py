@@ -53,6 +53,7 @@ class PartialStore:
         self.every_seconds = _env_number("ANALYSIS_CHECKPOINT_SECONDS", 60.0)
         self._last_save = time.monotonic()
         self._last_batches = 0
+        self.disabled = False
 
     def load(self) -> Resumed | None:
         """The saved partial sums, or None (absent, unreadable, or from another batch size / world size)."""
@@ -76,6 +77,8 @@ class PartialStore:
             return None
 
     def due(self, batches_done: int) -> bool:
+        if self.disabled:
+            return False
         if self.every_batches is not None:
             return batches_done - self._last_batches >= self.every_batches
         return time.monotonic() - self._last_save >= (self.every_seconds or 60.0)
@@ -87,8 +90,15 @@ class PartialStore:
                 "world_size": str(self.world_size), "rank": str(self.rank),
                 "batches_done": str(batches_done), "images_done": str(images_done)}
         data = save({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, metadata=meta)
-        atomic_write_bytes(self.path, data)
+        try:
+            atomic_write_bytes(self.path, data)
+        except OSError:  # disk full or read-only: keep computing without checkpoints (the old one stays intact)
+            self.disabled = True
+            return
         self._last_save, self._last_batches = time.monotonic(), batches_done
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
