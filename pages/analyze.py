@@ -15,6 +15,7 @@ from analysis.data import list_datasets
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.models.sources import check_architecture
+from analysis.restrictions import check_upload_size
 from analysis.settings import AnalysisSettings
 from ui import frame, jobs_view, state, text
 
@@ -68,6 +69,7 @@ def _options_suffix(raw: str) -> str:
 
 def _save_upload(uploaded) -> str:
     """Write an uploaded checkpoint into the cache (content-addressed, atomic) and return its path."""
+    check_upload_size(uploaded.size)
     data = uploaded.getvalue()
     digest = hashlib.sha256(data).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", uploaded.name)[-80:]
@@ -104,7 +106,11 @@ def choose_model() -> str | None:
                                  key="analyze_ckpt_path").strip()
         else:
             uploaded = st.file_uploader("Checkpoint file", type=["safetensors", "pth", "pt"], key="analyze_upload")
-            path = _save_upload(uploaded) if uploaded is not None else ""
+            try:
+                path = _save_upload(uploaded) if uploaded is not None else ""
+            except AnalysisError as exc:  # too large for this server
+                st.error(str(exc))
+                path = ""
             if path:
                 st.caption(f"Saved as `{path}`")
         arch = st.text_input("timm architecture of the weights", placeholder="vit_small_patch16_224", key="analyze_ckpt_arch")

@@ -309,3 +309,31 @@ def test_entry_deleted_while_being_read_is_treated_as_absent_and_recomputed(worl
     monkeypatch.setattr(cache_module.np, "load", real_load)
     again = analyze(TINY_VIT, world["folder"], samples=4, cache_dir=str(cache_dir))
     assert again.key == key and ResultCache(cache_dir).load(key) is not None
+
+
+# ------------------------------------------------------------------------------------------- restricted mode
+def test_restricted_mode_refuses_datasets_and_checkpoints_outside_the_allowed_folders(guard, monkeypatch, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("ANALYSIS_ALLOWED_DIRS", str(allowed))
+    with pytest.raises(SettingsError, match="outside the folders this server allows"):
+        analyze(TINY_VIT, guard["folder"])
+    with pytest.raises(SettingsError, match="outside the folders this server allows"):
+        analyze(f"file:{guard['ckpt']}?{ARCH}", "fashion-mnist:test", samples=4)
+    sneaky = allowed / "link-to-images"
+    sneaky.symlink_to(guard["folder"].removeprefix("folder:"))
+    with pytest.raises(SettingsError, match="outside the folders"):  # symlinks are followed before the check
+        analyze(TINY_VIT, f"folder:{sneaky}")
+    with pytest.raises(SettingsError, match="outside the folders"):
+        analyze(TINY_VIT, f"folder:{allowed}/../../..")
+    inside = make_image_folder(allowed / "images", per_class=2)
+    assert analyze(TINY_VIT, f"folder:{inside}", cache_dir=str(tmp_path / "c")).meta["n_images"] == 4
+
+
+def test_restricted_mode_limits_upload_size(monkeypatch):
+    from analysis.restrictions import check_upload_size
+
+    monkeypatch.setenv("ANALYSIS_MAX_UPLOAD_MB", "1")
+    check_upload_size(1024 * 1024)
+    with pytest.raises(SettingsError, match="at most 1 MB"):
+        check_upload_size(1024 * 1024 + 1)

@@ -129,6 +129,9 @@ class CifarSource(ArraySource):
         unknown = sorted(set(options) - {"split"})
         if unknown:
             raise DatasetError(f"{title} datasets take only the option split=test|train, got {', '.join(unknown)}")
+        from ..restrictions import check_path
+
+        check_path(arg, f"{cls.layout.family} root")
         return cls(arg, options.get("split", "test").strip().lower())
 
     @classmethod

@@ -139,6 +139,9 @@ class FolderSource(ImageSource):
             raise DatasetError("folder: needs a path, e.g. folder:/data/imagenet/val")
         if options:
             raise DatasetError(f"folder datasets take no options, got {', '.join(sorted(options))}")
+        from ..restrictions import check_path
+
+        check_path(arg, "dataset folder")
         return cls(arg)
 
     TEMPLATE = ("folder:<path>", "any image folder: class sub-folders (ImageNet-val layout) or flat, unlabelled")

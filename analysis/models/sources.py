@@ -123,6 +123,9 @@ class FileSource:
         arch = options.get("arch")
         path = Path(name).expanduser()
         from ..compression.export import is_factorized, read_metadata
+        from ..restrictions import check_path
+
+        check_path(path, "checkpoint")
 
         metadata = read_metadata(path)
         if is_factorized(metadata):
