@@ -6,7 +6,9 @@ recipe in ``analysis/compression/finetune.py``). Three measurements, all from on
 
 1. the default energies ``e_in = e_out = 0.99``;
 2. the budget ``--keep`` (largest energy whose factorized layers keep at most that fraction);
-3. the sweep over ``e = e_in = e_out`` in ``--energies``, each point fine-tuned from its own projection.
+3. a control at ``e = 1`` (no layer factorized: the dense model fine-tuned with the same recipe, to separate
+   recovery from the extra training an under-trained model gets from any fine-tuning);
+4. the sweep over ``e = e_in = e_out`` in ``--energies``, each point fine-tuned from its own projection.
 
 Prints a table and writes ``benchmarks/out/compression.json`` (with versions, date and timings).
 
@@ -49,7 +51,8 @@ def main() -> int:
 
     runs = {}
     for label, request in (("default e=0.99", CompressionRequest(**base)),
-                           (f"budget keep<={args.keep}", CompressionRequest(**base, keep=args.keep))):
+                           (f"budget keep<={args.keep}", CompressionRequest(**base, keep=args.keep)),
+                           ("control e=1 (nothing factorized)", CompressionRequest(**base, energy_in=1.0, energy_out=1.0))):
         t = time.perf_counter()
         summary = compress(request).summary
         summary.pop("layers")
