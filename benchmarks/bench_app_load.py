@@ -3,7 +3,9 @@
 Starts ``streamlit run app.py`` on loopback (as ``bench_app_first_chart.py`` does) with the default analysis
 already in the cache, then opens ``--sessions`` Playwright browser contexts at once (one chromium, Debian's
 ``/usr/bin/chromium``, one context = one Streamlit session) and measures, per session, the time from
-``page.goto`` until the Layers page's charts are visible. A session counts as an error when it times out,
+``page.goto`` until the Layers page's charts are visible, and the Streamlit server's CPU time during the burst
+(to separate the server's cost from the browsers', which share this machine's cores in the benchmark but
+run on the visitors' own machines in real use). A session counts as an error when it times out,
 when the page shows a Streamlit exception box or an error alert, or when fewer than the expected charts
 appear. Prints p50/p95/max and the error count with the machine, versions and date.
 
@@ -53,7 +55,13 @@ async def _session(browser, url: str, timeout_ms: int) -> tuple[float | None, st
         await context.close()
 
 
-async def _run(url: str, sessions: int, timeout_ms: int) -> list[tuple[float | None, str | None]]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _run(url: str, sessions: int, timeout_ms: int, server_pid: int):
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
@@ -62,7 +70,9 @@ async def _run(url: str, sessions: int, timeout_ms: int) -> list[tuple[float | N
             warm = await _session(browser, url, timeout_ms)  # the server's first session imports torch/timm
             if warm[1]:
                 raise RuntimeError(f"warm-up session failed: {warm[1]}")
-            return await asyncio.gather(*[_session(browser, url, timeout_ms) for _ in range(sessions)])
+            cpu_before = _cpu_seconds(server_pid)
+            outcomes = await asyncio.gather(*[_session(browser, url, timeout_ms) for _ in range(sessions)])
+            return outcomes, _cpu_seconds(server_pid) - cpu_before
         finally:
             await browser.close()
 
@@ -90,7 +100,7 @@ def main() -> int:
         process, url = _start_server(cache_dir, args.model, args.dataset, args.samples, Path(tmp) / "streamlit.log")
         try:
             start = time.perf_counter()
-            outcomes = asyncio.run(_run(url, args.sessions, int(args.timeout * 1000)))
+            outcomes, server_cpu = asyncio.run(_run(url, args.sessions, int(args.timeout * 1000), process.pid))
             wall = time.perf_counter() - start
         finally:
             process.terminate()
@@ -99,17 +109,20 @@ def main() -> int:
 
     times = [t for t, err in outcomes if t is not None and err is None]
     errors = [err for _, err in outcomes if err is not None]
-    import playwright
+    from importlib.metadata import version
+
     import streamlit
     import torch
 
     print(f"date {dt.datetime.now().isoformat(timespec='seconds')}  machine {platform.machine()} "
           f"{os.cpu_count()} logical CPUs  python {platform.python_version()}  streamlit {streamlit.__version__}  "
-          f"playwright {playwright.__version__}  torch {torch.__version__}")
+          f"playwright {version('playwright')}  torch {torch.__version__}")
     print(f"{args.sessions} concurrent sessions on a cached result ({args.model}, {args.dataset}, {args.samples} images)")
     if times:
         print(f"time to charts on screen: p50 {statistics.median(times):.2f} s  p95 {_percentile(times, 0.95):.2f} s  "
               f"max {max(times):.2f} s  (all {args.sessions} opened within {wall:.1f} s)")
+    print(f"streamlit server CPU time for the burst: {server_cpu:.1f} s ({server_cpu / args.sessions:.2f} s per "
+          f"session); the rest of the machine's time went to the {args.sessions} browser pages themselves")
     print(f"errors: {len(errors)}")
     for err in errors[:10]:
         print(f"  {err}")
