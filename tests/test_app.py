@@ -226,8 +226,13 @@ def test_compress_page_sweeps_energy_and_offers_downloads(app, results):
     assert [d.label for d in at.get("download_button")] == ["CSV", "PARQUET", "JSON"]
 
 
-def test_compress_page_factorizes_evaluates_and_offers_the_model(app, results):
-    at = app.run()
+def test_compress_page_factorizes_evaluates_and_offers_the_model(results, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir = tmp_path / "cache"  # a private copy: the compression adds an analysis and a summary to it
+    shutil.copytree(results.cache_dir, cache_dir)
+    _point_app_at(cache_dir, monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.switch_page("pages/compress.py").run()
     assert at.text_input(key="compress_dataset").value == "fashion-mnist:train"  # the test split stays held out
     assert at.text_input(key="compress_eval_dataset").value == "fashion-mnist:test"
