@@ -241,3 +241,13 @@ def test_cli_compress_prints_and_stores_the_summary_and_sweeps(capsys, folder_id
     assert "kept_fraction" in captured.out and "acc_projected" in captured.out
     assert main(["compress", "--model", TINY_VIT, "--dataset", folder_id, "--sweep", "0.9,abc", "--quiet"]) == 2
     assert "--sweep" in capsys.readouterr().err
+
+
+def test_thin_layers_of_a_compressed_model_keep_their_original_kind(folder_id):
+    report = compress(CompressionRequest(model=TINY_VIT, dataset=folder_id, energy_in=0.9, energy_out=0.9))
+    kinds = {s.name: s.kind for s in describe_layers(report.model)}
+    factorized = [r.layer for r in report.ranks if r.factorized]
+    assert factorized
+    for layer in factorized:
+        original = next(r.kind for r in report.ranks if r.layer == layer)
+        assert kinds[f"{layer}.reduce"] == kinds[f"{layer}.expand"] == original

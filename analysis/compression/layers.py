@@ -26,6 +26,8 @@ from torch import nn
 class FactorizedLinear(nn.Module):
     """``y = expand(reduce(x))``: Linear ``d_in -> r`` (no bias), then Linear ``r -> d_out`` (bias kept)."""
 
+    is_factorized_pair = True  # layer adapters classify .reduce/.expand by this layer's name
+
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -51,6 +53,8 @@ class FactorizedLinear(nn.Module):
 
 class FactorizedConv2d(nn.Module):
     """A k x k convolution to ``rank`` channels (no bias), then a 1 x 1 convolution to ``out_channels``."""
+
+    is_factorized_pair = True  # layer adapters classify .reduce/.expand by this layer's name
 
     def __init__(self, original: nn.Conv2d, rank: int) -> None:
         super().__init__()

@@ -102,7 +102,12 @@ class ArchitectureAdapter:
     def describe(self, model: nn.Module) -> list[LayerSpec]:
         specs = []
         for name, module in analysable_modules(model):
-            kind = "grouped_conv" if _is_grouped(module) else self.classify(name, module, model)
+            parent_name, _, child = name.rpartition(".")
+            if child in ("reduce", "expand") and getattr(model.get_submodule(parent_name), "is_factorized_pair", False):
+                classified = parent_name  # a thin layer of a compressed model keeps its original layer's kind
+            else:
+                classified = name
+            kind = "grouped_conv" if _is_grouped(module) else self.classify(classified, module, model)
             d_in, d_out = _dims(module)
             specs.append(
                 LayerSpec(
