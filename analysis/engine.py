@@ -19,11 +19,11 @@ from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
+from .models import describe_layers, load as load_loaded_model
 from .partial import PartialStore
-from .models import describe_layers, load as load_loaded_model, weight_matrix
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .spectra import eigen_batched, output_second_moment
+from .spectra import eigen_batched, layer_output_second_moment
 from .statistics import MomentCollector
 
 
@@ -218,12 +218,11 @@ def compute(
         return distributed.broadcast_from_rank0(None), {}
 
     start = time.perf_counter()
-    c_out: dict[str, torch.Tensor] = {}
-    for spec in applicable:
-        m = moments[spec.name]
-        bias = spec.module.bias.detach().cpu() if spec.has_bias else None
-        c_out[spec.name] = output_second_moment(weight_matrix(spec.module).detach().cpu(), m.second_moment,
-                                                m.column_sum, m.count, bias)
+    c_out = {
+        spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment, moments[spec.name].column_sum,
+                                              moments[spec.name].count)
+        for spec in applicable
+    }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
     eig_in, eig_in_s = eigen_batched({n: m.second_moment for n, m in moments.items()}, eig_device)
     eig_out, eig_out_s = eigen_batched(c_out, eig_device)

@@ -42,6 +42,15 @@ def output_second_moment(
     return c_out
 
 
+def layer_output_second_moment(spec, c_in: torch.Tensor, column_sum: torch.Tensor, count: int) -> torch.Tensor:
+    """:func:`output_second_moment` of an analysed layer (a :class:`~analysis.models.layers.LayerSpec`): its
+    weight as ``d_out x d_in`` (convolutions flattened like unfold) and its bias, if any, read on the CPU."""
+    from .models.layers import weight_matrix
+
+    bias = spec.module.bias.detach().cpu() if spec.has_bias else None
+    return output_second_moment(weight_matrix(spec.module).detach().cpu(), c_in, column_sum, count, bias)
+
+
 @dataclass
 class Eigen:
     """Descending eigenvalues (float64, >= 0) and matching eigenvectors (columns)."""

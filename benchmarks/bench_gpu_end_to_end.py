@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.models import describe_layers, weight_matrix  # noqa: E402
+from analysis.models import describe_layers  # noqa: E402
 from analysis.models.sources import create_timm  # noqa: E402
-from analysis.spectra import eigen_batched, output_second_moment  # noqa: E402
+from analysis.spectra import eigen_batched, layer_output_second_moment  # noqa: E402
 from analysis.statistics import MomentCollector  # noqa: E402
 
 
@@ -89,12 +89,9 @@ def bench_model(arch: str, batch_size: int, device: torch.device, batches: int, 
             with collector:
                 modes["ours"].append(_timed(model, data, device))
     moments = collector.moments()
-    c_out = {}
-    for spec in specs:
-        m = moments[spec.name]
-        bias = spec.module.bias.detach().float().cpu() if spec.has_bias else None
-        c_out[spec.name] = output_second_moment(weight_matrix(spec.module).detach().float().cpu(), m.second_moment,
-                                                m.column_sum, m.count, bias)
+    c_out = {spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment,
+                                                   moments[spec.name].column_sum, moments[spec.name].count)
+             for spec in specs}
     eig = []
     for _ in range(3):
         _, t_in = eigen_batched({n: m.second_moment for n, m in moments.items()}, device)

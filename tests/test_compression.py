@@ -25,7 +25,7 @@ from analysis.engine import analyze
 from analysis.errors import CheckpointError, DatasetError, SettingsError
 from analysis.models import describe_layers, load, weight_matrix
 from analysis.projection import factorize, project_weight
-from analysis.spectra import eigen_batched, output_second_moment
+from analysis.spectra import eigen_batched, layer_output_second_moment
 from analysis.statistics import MomentCollector
 
 from .helpers import TINY_VIT, make_image_folder
@@ -45,11 +45,8 @@ def _subspaces(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, Layer
             collector.next_batch()
         moments = collector.moments()
     c_in = {s.name: moments[s.name].second_moment for s in specs}
-    c_out = {
-        s.name: output_second_moment(weight_matrix(s.module).detach(), c_in[s.name], moments[s.name].column_sum,
-                                     moments[s.name].count, s.module.bias.detach() if s.has_bias else None)
-        for s in specs
-    }
+    c_out = {s.name: layer_output_second_moment(s, c_in[s.name], moments[s.name].column_sum, moments[s.name].count)
+             for s in specs}
     eig_in, eig_out = eigen_batched(c_in)[0], eigen_batched(c_out)[0]
     return {s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name]) for s in specs}
 

@@ -4,7 +4,7 @@ The analysis result stores eigenvalues only; compression also needs the eigenvec
 They come from the raw statistics (``C_in``, ``s``, ``N`` per layer), which an analysis run with
 ``keep_moments=True`` stores in its cache entry: a second compression of the same model and data reads
 them back instead of re-reading the dataset. ``C_out`` is the exact affine formula of
-:func:`analysis.spectra.output_second_moment`; both are decomposed by :func:`analysis.spectra.eigen_batched`
+:func:`analysis.spectra.layer_output_second_moment`; both are decomposed by :func:`analysis.spectra.eigen_batched`
 (float64, descending).
 """
 
@@ -16,12 +16,12 @@ import torch
 
 from ..cache import ResultCache
 from ..engine import ProgressCallback, compute, plan
-from ..models import describe_layers, weight_matrix
+from ..models import describe_layers
 from ..models.layers import LayerSpec
 from ..models.registry import LoadedModel
 from ..result import Result
 from ..settings import AnalysisSettings
-from ..spectra import Eigen, eigen_batched, output_second_moment
+from ..spectra import Eigen, eigen_batched, layer_output_second_moment
 
 
 @dataclass
@@ -35,9 +35,11 @@ class LayerSubspace:
 
 @dataclass
 class Measured:
-    """A loaded model, its analysis :class:`Result` and the per-layer subspaces (keyed by layer name)."""
+    """A loaded model, the analysed dataset selection (with the model's transform), its analysis
+    :class:`Result` and the per-layer subspaces (keyed by layer name)."""
 
     loaded: LoadedModel
+    dataset: object
     result: Result
     subspaces: dict[str, LayerSubspace]
     from_cache: bool
@@ -68,13 +70,11 @@ def measure(
     model = the_plan.loaded.model
     specs = [s for s in describe_layers(model) if s.applicable]
     c_in = {s.name: moments[f"{s.name}|C_in"] for s in specs}
-    c_out = {}
-    for s in specs:
-        bias = s.module.bias.detach() if s.has_bias else None
-        c_out[s.name] = output_second_moment(weight_matrix(s.module).detach(), c_in[s.name], moments[f"{s.name}|s"],
-                                             int(moments[f"{s.name}|N"][0]), bias)
+    c_out = {s.name: layer_output_second_moment(s, c_in[s.name], moments[f"{s.name}|s"], int(moments[f"{s.name}|N"][0]))
+             for s in specs}
     eig_device = torch.device(device) if str(device).startswith("cuda") else torch.device("cpu")
     eig_in, _ = eigen_batched(c_in, eig_device)
     eig_out, _ = eigen_batched(c_out, eig_device)
     subspaces = {s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name]) for s in specs}
-    return Measured(loaded=the_plan.loaded, result=result, subspaces=subspaces, from_cache=from_cache)
+    return Measured(loaded=the_plan.loaded, dataset=the_plan.dataset, result=result, subspaces=subspaces,
+                    from_cache=from_cache)
