@@ -90,26 +90,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_bar(quiet: bool):
+def _stage_progress(quiet: bool, unit: str = "it"):
+    """``progress(stage, done, total, **postfix)`` as one tqdm bar per stage on stderr."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = {"bar": None}
+    state = {"stage": None, "bar": None}
 
-    def update(p) -> None:
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=p.batches_total, unit="batch", desc="statistics", file=sys.stderr,
-                              dynamic_ncols=True)
-        bar["bar"].n = p.batches_done
-        bar["bar"].set_postfix(images=f"{p.images_done}/{p.images_total}", refresh=False)
-        bar["bar"].refresh()
+    def update(stage: str, done: int, total: int, **postfix: str) -> None:
+        if stage != state["stage"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+            state["stage"], state["bar"] = stage, tqdm(total=total, unit=unit, desc=stage, file=sys.stderr,
+                                                       dynamic_ncols=True)
+        state["bar"].n = done
+        if postfix:
+            state["bar"].set_postfix(postfix, refresh=False)
+        state["bar"].refresh()
 
     def close() -> None:
-        if bar["bar"] is not None:
-            bar["bar"].close()
+        if state["bar"] is not None:
+            state["bar"].close()
 
     return update, close
+
+
+def _progress_bar(quiet: bool):
+    """``progress(Progress)`` of an analysis as one tqdm bar of batches (images in the postfix)."""
+    update, close = _stage_progress(quiet, unit="batch")
+    if update is None:
+        return None, close
+
+    def on_batch(p) -> None:
+        update(p.stage, p.batches_done, p.batches_total, images=f"{p.images_done}/{p.images_total}")
+
+    return on_batch, close
 
 
 def _print_result(result, out=None) -> None:
@@ -233,29 +249,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _stage_progress(quiet: bool):
-    """``progress(stage, done, total)`` as one tqdm bar per stage on stderr."""
-    if quiet:
-        return None, lambda: None
-    from tqdm import tqdm
-
-    state = {"stage": None, "bar": None}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if stage != state["stage"]:
-            if state["bar"] is not None:
-                state["bar"].close()
-            state["stage"], state["bar"] = stage, tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
-        state["bar"].n = done
-        state["bar"].refresh()
-
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-
-    return update, close
-
-
 def _parse_energies(text: str) -> tuple[float, ...]:
     from .result import check_energy
 
@@ -273,8 +266,6 @@ def cmd_compress(args) -> int:
 
     if args.export and not args.export.lower().endswith(".safetensors"):
         raise SettingsError(f"--export must name a .safetensors file, got {args.export!r}")
-    if args.keep is not None and not (0 < args.keep <= 1):
-        raise SettingsError(f"--keep must be a fraction in (0, 1], got {args.keep}")
     request = CompressionRequest(
         model=args.model, dataset=args.dataset, eval_dataset=args.eval_dataset, samples=args.samples,
         eval_samples=args.eval_samples, seed=args.seed, energy_in=args.energy_in, energy_out=args.energy_out,

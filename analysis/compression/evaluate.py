@@ -31,19 +31,12 @@ ProgressFn = Callable[[str, int, int], None]
 
 def check_labelled(dataset, role: str) -> list[str]:
     """The dataset's class names; a clear error when it has none or has unlabelled items."""
-    names = getattr(dataset, "class_names", None) or getattr(getattr(dataset, "source", None), "class_names", None)
-    labels = labels_of(dataset)
-    if not names or (labels < 0).any():
+    if not dataset.class_names or (dataset.labels < 0).any():
         raise DatasetError(
             f"{dataset.dataset_id} has no labels, so it cannot be the {role}; use a labelled dataset "
             f"(fashion-mnist:test, mnist, digits, cifar10:<root>, or a folder with one sub-folder per class)"
         )
-    return list(names)
-
-
-def labels_of(dataset) -> np.ndarray:
-    """Labels of the selected items, in dataset order, without reading images."""
-    return np.asarray(dataset.source.labels())[np.asarray(dataset.indices)]
+    return list(dataset.class_names)
 
 
 def head_label_map(model_classes: list[str] | None, dataset_classes: list[str]) -> np.ndarray | None:
@@ -56,22 +49,23 @@ def head_label_map(model_classes: list[str] | None, dataset_classes: list[str]) 
     return np.array([index[name] for name in dataset_classes], dtype=np.int64)
 
 
-def _batches(dataset, batch_size: int):
-    return make_loader(dataset, batch_size=batch_size)
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier reads: ``forward_head(forward_features(x), pre_logits=True)`` (timm)."""
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise SettingsError(
+            f"{type(model).__name__} has no timm feature interface (forward_features/forward_head), so no linear "
+            f"probe or feature distillation is possible; evaluate it on a dataset in its classifier's label space"
+        )
+    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 @torch.inference_mode()
 def _features(model: nn.Module, dataset, batch_size: int, device: torch.device,
               progress: ProgressFn | None, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-        raise SettingsError(
-            f"{type(model).__name__} has no timm feature interface (forward_features/forward_head), so no linear "
-            f"probe can be fitted; evaluate it on a dataset in its classifier's label space"
-        )
     model.eval().to(device)
     feats, labels, total, done = [], [], len(dataset), 0
-    for images, y in _batches(dataset, batch_size):
-        feats.append(model.forward_head(model.forward_features(images.to(device)), pre_logits=True).float().cpu())
+    for images, y in make_loader(dataset, batch_size=batch_size):
+        feats.append(pre_logits(model, images.to(device)).float().cpu())
         labels.append(y)
         done += len(y)
         if progress:
@@ -124,7 +118,7 @@ class Evaluator:
         model.eval().to(device)
         mapping = torch.as_tensor(self.label_map)
         correct = total = 0
-        for images, labels in _batches(self.eval_data, self.batch_size):
+        for images, labels in make_loader(self.eval_data, batch_size=self.batch_size):
             predicted = model(images.to(device)).argmax(1).cpu()
             correct += int((predicted == mapping[labels]).sum())
             total += len(labels)

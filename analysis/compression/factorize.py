@@ -67,13 +67,11 @@ def choose_ranks(subspaces: dict[str, LayerSubspace], energy_in: float, energy_o
         k_in = metrics.k_at_energy(sub.eig_in.values.numpy(), e_in)
         k_out = metrics.k_at_energy(sub.eig_out.values.numpy(), e_out)
         rank = metrics.utilized_rank(k_in, k_out)
-        thin = rank * (spec.d_in + spec.d_out)
-        factorized = thin < spec.d_in * spec.d_out
-        bias = spec.d_out if spec.has_bias else 0
         ranks.append(LayerRank(
             layer=name, kind=spec.kind, d_in=spec.d_in, d_out=spec.d_out, k_in=k_in, k_out=k_out, rank=rank,
-            factorized=factorized, params_dense=spec.d_in * spec.d_out + bias,
-            params_kept=(thin if factorized else spec.d_in * spec.d_out) + bias,
+            factorized=rank * (spec.d_in + spec.d_out) < spec.d_in * spec.d_out,
+            params_dense=metrics.dense_params(spec.d_in, spec.d_out, spec.has_bias),
+            params_kept=metrics.factorized_params(rank, spec.d_in, spec.d_out, spec.has_bias),
         ))
     return ranks
 
@@ -91,16 +89,21 @@ def energy_for_budget(subspaces: dict[str, LayerSubspace], keep: float) -> float
         raise SettingsError(f"--keep must be a fraction in (0, 1], got {keep!r}") from None
     if not (0.0 < keep <= 1.0):
         raise SettingsError(f"--keep must be a fraction in (0, 1], got {keep}")
-    lo, hi = 0, len(BUDGET_ENERGIES) - 1
-    if kept_fraction(choose_ranks(subspaces, BUDGET_ENERGIES[0], BUDGET_ENERGIES[0])) > keep:
-        floor = kept_fraction(choose_ranks(subspaces, BUDGET_ENERGIES[0], BUDGET_ENERGIES[0]))
+
+    def kept_at(index: int) -> float:
+        energy = BUDGET_ENERGIES[index]
+        return kept_fraction(choose_ranks(subspaces, energy, energy))
+
+    floor = kept_at(0)
+    if floor > keep:
         raise SettingsError(
             f"cannot keep only {keep:.1%} of the parameters: even at energy {BUDGET_ENERGIES[0]} the layers keep "
             f"{floor:.1%}"
         )
+    lo, hi = 0, len(BUDGET_ENERGIES) - 1
     while lo < hi:  # the largest index whose kept fraction fits (monotone in e)
         mid = (lo + hi + 1) // 2
-        if kept_fraction(choose_ranks(subspaces, BUDGET_ENERGIES[mid], BUDGET_ENERGIES[mid])) <= keep:
+        if kept_at(mid) <= keep:
             lo = mid
         else:
             hi = mid - 1

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..data.loader import collate, default_num_workers
 from ..errors import SettingsError
+from .evaluate import pre_logits
 
 OBJECTIVES = ("labels", "distill")
 
@@ -63,10 +64,6 @@ def _lr_at(step: int, total: int, peak: float) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     floor = 0.01 * peak
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
-
-
-def _pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def finetune(
@@ -122,8 +119,8 @@ def finetune(
                 loss = F.cross_entropy(model(x), mapping[labels.to(dev)])
             else:
                 with torch.no_grad():
-                    target = _pre_logits(teacher, x).float()
-                loss = F.mse_loss(_pre_logits(model, x).float(), target) / target.square().mean().clamp_min(1e-12)
+                    target = pre_logits(teacher, x).float()
+                loss = F.mse_loss(pre_logits(model, x).float(), target) / target.square().mean().clamp_min(1e-12)
             if not torch.isfinite(loss):
                 raise SettingsError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower the learning rate")
             opt.zero_grad(set_to_none=True)

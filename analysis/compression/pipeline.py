@@ -89,10 +89,18 @@ class CompressionReport:
     data_config: dict = field(default_factory=dict)
     class_names: list[str] | None = None
 
+    def _export_args(self) -> tuple:
+        """What the file records besides the weights: base model, rank map, preprocessing, classes, summary."""
+        return (self.summary["model"], rank_map(self.ranks), self.data_config, self.class_names,
+                {k: v for k, v in self.summary.items() if k != "layers"})
+
     def export_bytes(self) -> bytes:
         """The factorized model as a safetensors file (see :mod:`analysis.compression.export`)."""
-        return export_bytes(self.model, self.summary["model"], rank_map(self.ranks), self.data_config,
-                            self.class_names, {k: v for k, v in self.summary.items() if k != "layers"})
+        return export_bytes(self.model, *self._export_args())
+
+    def export_file(self, path: str | Path) -> Path:
+        """Write that file (and its ``.ranks.json``) atomically to ``path``."""
+        return export_file(self.model, path, *self._export_args())
 
 
 @dataclass
@@ -112,11 +120,11 @@ def _prepare(request: CompressionRequest, cache_dir: str | None, progress: Progr
     loaded = measured.loaded
     eval_id = request.resolved_eval_dataset()
     eval_data = load_dataset(eval_id, data_config=loaded.data_config, samples=request.eval_samples, seed=request.seed)
-    probe_data = load_dataset(request.dataset, data_config=loaded.data_config, samples=request.samples, seed=request.seed)
-    evaluator = Evaluator.for_model(loaded.class_names, eval_data, probe_data=probe_data, device=request.device)
-    finetune_data = None
+    evaluator = Evaluator.for_model(loaded.class_names, eval_data, probe_data=measured.dataset, device=request.device)
+    finetune_data = None  # fine-tuning reads the whole dataset: the analysed selection when that is all of it
     if request.finetune.steps:
-        finetune_data = load_dataset(request.dataset, data_config=loaded.data_config, samples=None, seed=request.seed)
+        finetune_data = measured.dataset if request.samples is None else load_dataset(
+            request.dataset, data_config=loaded.data_config, samples=None, seed=request.seed)
     return _Prepared(measured, evaluator, finetune_data)
 
 
@@ -204,12 +212,11 @@ def compress(request: CompressionRequest, *, cache_dir: str | None = None, expor
         "layers": layers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    report = CompressionReport(summary=summary, model=compressed, ranks=ranks,
+                               data_config=dict(measured.loaded.data_config), class_names=measured.loaded.class_names)
     if export is not None:
-        path = export_file(compressed, export, measured.loaded.model_id, rank_map(ranks), measured.loaded.data_config,
-                           measured.loaded.class_names, {k: v for k, v in summary.items() if k != "layers"})
-        summary["export"] = str(path)
-    return CompressionReport(summary=summary, model=compressed, ranks=ranks, data_config=dict(measured.loaded.data_config),
-                             class_names=measured.loaded.class_names)
+        summary["export"] = str(report.export_file(export))
+    return report
 
 
 def sweep(request: CompressionRequest, energies: tuple[float, ...] = SWEEP_ENERGIES, *, cache_dir: str | None = None,

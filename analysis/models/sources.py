@@ -132,9 +132,8 @@ class FileSource:
             return self._load_factorized(path, metadata, arch, options)
         if not arch:
             raise SettingsError(f"file:{name} needs ?arch=<timm architecture>, e.g. file:{name}?arch=vit_small_patch16_224")
-        extra = {k: _parse_scalar(v) for k, v in options.items() if k != "arch"}
         state = read_state_dict(path)
-        model = create_timm(arch, pretrained=False, **extra)
+        model = _timm_skeleton(arch, options)
         load_into(model, state, path.name, arch)
         return model, arch, f"{arch} with weights from {path.name}"
 
@@ -147,8 +146,7 @@ class FileSource:
         base, ranks, config, class_names = parse_metadata(metadata, path.name)
         state = read_state_dict(path)
         if arch:
-            extra = {k: _parse_scalar(v) for k, v in options.items() if k != "arch"}
-            model, label = create_timm(arch, pretrained=False, **extra), arch
+            model, label = _timm_skeleton(arch, options), arch
         else:
             if base.startswith("file:") and Path(base[5:].split("?", 1)[0]).expanduser().resolve() == path.resolve():
                 raise SettingsError(f"{path.name} names itself as its base model")
@@ -163,6 +161,11 @@ class FileSource:
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return []
+
+
+def _timm_skeleton(arch: str, options: Mapping[str, str]) -> torch.nn.Module:
+    """``arch`` built by timm without weights, the id's other options passed as keyword arguments."""
+    return create_timm(arch, pretrained=False, **{k: _parse_scalar(v) for k, v in options.items() if k != "arch"})
 
 
 def _int_option(options: Mapping[str, str], key: str, default: int) -> int:
