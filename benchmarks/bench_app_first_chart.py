@@ -73,6 +73,16 @@ def _start_server(cache_dir: str, model: str, dataset: str, samples: int | None,
     raise RuntimeError("streamlit did not answer within 180 s")
 
 
+def _stop_server(process: subprocess.Popen) -> None:
+    """Terminate the streamlit server; kill it if it has not exited within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)
+
+
 def _time_to_chart(page, url: str | None, timeout_ms: int) -> float:
     start = time.perf_counter()
     if url is None:
@@ -126,11 +136,7 @@ def main() -> int:
                 browser_version = browser.version
                 browser.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop_server(process)
 
     import plotly
     import streamlit

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, TINY, _start_server  # noqa: E402
+from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, TINY, _start_server, _stop_server  # noqa: E402
 
 CHART = ".js-plotly-plot .main-svg"
 EXPECTED_CHARTS = 2  # Layers page: utilization bars and the block x kind heatmap
@@ -103,8 +103,7 @@ def main() -> int:
             outcomes, server_cpu = asyncio.run(_run(url, args.sessions, int(args.timeout * 1000), process.pid))
             wall = time.perf_counter() - start
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            _stop_server(process)
         log_tail = (Path(tmp) / "streamlit.log").read_text()[-1500:]
 
     times = [t for t, err in outcomes if t is not None and err is None]

@@ -38,40 +38,36 @@ def check_x(x: object) -> torch.Tensor:
     return x
 
 
+def _check_accumulator(label: str, tensor: object, shape: tuple[int, ...], x: torch.Tensor,
+                       allow_float64: bool) -> torch.Tensor:
+    """The checks ``acc`` and ``colsum`` share: a tensor, an accumulator dtype, ``shape``, x's device."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{label} must be a torch.Tensor or None, got {type(tensor).__name__}")
+    allowed = _accumulator_dtypes(allow_float64)
+    if tensor.dtype not in allowed:
+        names = " or ".join(str(t) for t in allowed)
+        raise ValueError(f"{label} must be {names} for this backend, got {tensor.dtype}")
+    if tuple(tensor.shape) != shape:
+        d = x.shape[1]
+        raise ValueError(f"{label} must have shape {shape} to match x with d={d}, got {tuple(tensor.shape)}")
+    if tensor.device != x.device:
+        raise ValueError(f"{label} is on {tensor.device} but x is on {x.device}; both must be on one device")
+    return tensor
+
+
 def check_acc(acc: torch.Tensor | None, x: torch.Tensor, *, allow_float64: bool) -> torch.Tensor:
     """Validate (or allocate, zeroed float32) the ``d x d`` accumulator for ``x``."""
     d = x.shape[1]
     if acc is None:
         return torch.zeros((d, d), dtype=torch.float32, device=x.device)
-    if not isinstance(acc, torch.Tensor):
-        raise ValueError(f"acc must be a torch.Tensor or None, got {type(acc).__name__}")
-    allowed = _accumulator_dtypes(allow_float64)
-    if acc.dtype not in allowed:
-        names = " or ".join(str(t) for t in allowed)
-        raise ValueError(f"acc must be {names} for this backend, got {acc.dtype}")
-    if tuple(acc.shape) != (d, d):
-        raise ValueError(f"acc must have shape ({d}, {d}) to match x with d={d}, got {tuple(acc.shape)}")
-    if acc.device != x.device:
-        raise ValueError(f"acc is on {acc.device} but x is on {x.device}; both must be on one device")
-    return acc
+    return _check_accumulator("acc", acc, (d, d), x, allow_float64)
 
 
 def check_colsum(colsum: torch.Tensor | None, x: torch.Tensor, *, allow_float64: bool) -> torch.Tensor | None:
     """Validate the optional column-sum vector (length ``d``) for ``x``."""
     if colsum is None:
         return None
-    d = x.shape[1]
-    if not isinstance(colsum, torch.Tensor):
-        raise ValueError(f"colsum must be a torch.Tensor or None, got {type(colsum).__name__}")
-    allowed = _accumulator_dtypes(allow_float64)
-    if colsum.dtype not in allowed:
-        names = " or ".join(str(t) for t in allowed)
-        raise ValueError(f"colsum must be {names} for this backend, got {colsum.dtype}")
-    if tuple(colsum.shape) != (d,):
-        raise ValueError(f"colsum must have shape ({d},) to match x with d={d}, got {tuple(colsum.shape)}")
-    if colsum.device != x.device:
-        raise ValueError(f"colsum is on {colsum.device} but x is on {x.device}; both must be on one device")
-    return colsum
+    return _check_accumulator("colsum", colsum, (x.shape[1],), x, allow_float64)
 
 
 def check_inputs(
