@@ -1,27 +1,19 @@
 """Layers: utilization per layer in depth order (coloured by kind, MLU line), block x kind heatmap, table.
 
-Clicking a bar selects that layer for every page (``st.session_state["selected_layer"]``).
+Clicking a bar, or a heatmap cell (its first layer), selects that layer for every page
+(``st.session_state["selected_layer"]``).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import streamlit as st
 
 from ui import charts, frame, state, text
 
 CHART_KEY = "layers_chart"
-
-
-def _select_from_chart() -> None:
-    """on_select callback: the first clicked bar's layer name (customdata[0]) becomes the selected layer."""
-    selection = st.session_state.get(CHART_KEY, {}).get("selection", {})
-    for point in selection.get("points", []):
-        data = point.get("customdata")
-        name = data[0] if isinstance(data, (list, tuple)) and data else data
-        if isinstance(name, str) and name:
-            st.session_state[state.SELECTED] = name
-            return
-
+HEATMAP_KEY = "layers_heatmap"
 
 frame.intro("Layers", text.LAYERS_INTRO, text.LAYERS_FORMULA, text.LAYERS_OUTRO)
 result = frame.require_result()
@@ -44,7 +36,7 @@ cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="
 selected = state.selected_layer(result)
 st.plotly_chart(
     charts.utilization_bars(table, result.mlu, selected),
-    key=CHART_KEY, on_select=_select_from_chart, selection_mode="points",
+    key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
 )
 left, right = st.columns([2, 3])
 with left:
@@ -57,7 +49,8 @@ with left:
     )
     st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
 with right:
-    st.plotly_chart(charts.block_kind_heatmap(table), key="layers_heatmap")
+    st.plotly_chart(charts.block_kind_heatmap(table), key=HEATMAP_KEY,
+                    on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
 
 with st.expander("Per-layer table", expanded=False):
     st.dataframe(

@@ -472,6 +472,35 @@ def test_charts_colour_each_kind_the_same_everywhere(results):
     assert charts.kind_color("some_new_kind") == charts.kind_color("some_new_kind")
 
 
+def test_heatmap_cells_are_clickable_and_select_their_layer(results):
+    """Heatmap cells send no selection events, so every filled cell has an invisible marker whose
+    customdata[0] is the layer a click selects; the page's callback turns that point into the selection."""
+    import streamlit as st
+
+    from ui import charts, state
+
+    table = results.a.layers
+    fig = charts.block_kind_heatmap(table)
+    heat, picker = fig.data
+    assert heat.hoverinfo == "skip" and picker.marker.opacity == 0.0
+    blocked = table[table["block"].notna()]
+    assert 0 < len(picker.x) == blocked.groupby(["block", "kind"]).ngroups
+    for x, y, (first, names, u) in zip(picker.x, picker.y, picker.customdata):
+        cell = blocked[(blocked["block"].astype(int).astype(str) == x)
+                       & (blocked["kind"].map(charts.kind_label) == y)]
+        assert first == cell["layer"].iloc[0] and names == ", ".join(cell["layer"])
+        assert math.isclose(u, cell["utilization"].mean())
+    # the payload Streamlit stores for a clicked point (customdata as sent by the browser)
+    chosen = list(picker.customdata[-1])
+    st.session_state["test_heatmap"] = {"selection": {"points": [{"x": picker.x[-1], "customdata": chosen}]}}
+    try:
+        state.select_layer_from_chart("test_heatmap")
+        assert st.session_state[state.SELECTED] == chosen[0]
+    finally:
+        for key in ("test_heatmap", state.SELECTED):
+            st.session_state.pop(key, None)
+
+
 def test_chart_builders_follow_the_energies(results):
     from ui import charts
 

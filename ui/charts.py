@@ -169,22 +169,40 @@ def block_kind_heatmap(table: pd.DataFrame) -> go.Figure:
         z[i, j] = group["utilization"].mean()
         names[i, j] = ", ".join(group["layer"])
     text = np.where(np.isnan(z), "", np.vectorize(lambda v: f"{v:.0%}")(np.nan_to_num(z)))
+    x_labels, y_labels = [str(b) for b in blocks], [kind_label(k) for k in kinds]
     fig.add_heatmap(
-        x=[str(b) for b in blocks],
-        y=[kind_label(k) for k in kinds],
+        x=x_labels,
+        y=y_labels,
         z=z,
         zmin=0.0,
         zmax=1.0,
         colorscale="Viridis",
         text=text,
         texttemplate="%{text}",
-        customdata=names,
-        hovertemplate="block %{x}, %{y}<br>utilization %{z:.1%}<br>%{customdata}<extra></extra>",
+        hoverinfo="skip",
         colorbar=dict(title="u", tickformat=".0%"),
+    )
+    # Plotly heatmap cells send no selection events to Streamlit (streamlit/streamlit#8760), so an invisible
+    # marker on every filled cell carries the hover and the click; customdata[0] is the layer a click selects.
+    cells = [(i, j) for i in range(len(kinds)) for j in range(len(blocks)) if names[i, j]]
+    invisible = dict(opacity=0.0)
+    fig.add_scatter(
+        x=[x_labels[j] for _, j in cells],
+        y=[y_labels[i] for i, _ in cells],
+        mode="markers",
+        name="cells",
+        showlegend=False,
+        marker=dict(symbol="square", size=34, opacity=0.0, color="black"),
+        selected=dict(marker=invisible),
+        unselected=dict(marker=invisible),
+        customdata=[[names[i, j].split(", ")[0], names[i, j], z[i, j]] for i, j in cells],
+        hovertemplate="block %{x}, %{y}<br>utilization %{customdata[2]:.1%}<br>%{customdata[1]}"
+                      "<br>click: select %{customdata[0]}<extra></extra>",
     )
     fig.update_xaxes(title="block (depth)", type="category")
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "Utilization by block and layer kind", height=max(260, 70 * len(kinds) + 120))
+    return _layout(fig, "Utilization by block and layer kind", height=max(260, 70 * len(kinds) + 120),
+                   clickmode="event+select")
 
 
 # ------------------------------------------------------------------------------------------ Spectra

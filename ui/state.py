@@ -132,6 +132,18 @@ def selected_layer(result: Result) -> str:
 
 
 # ------------------------------------------------------------------------------------------ URL
+def select_layer_from_chart(chart_key: str) -> None:
+    """``on_select`` callback of a chart whose points carry a layer name in ``customdata[0]``: the first
+    selected point's layer becomes :data:`SELECTED` (other pages follow it)."""
+    selection = (st.session_state.get(chart_key) or {}).get("selection") or {}
+    for point in selection.get("points", []):
+        data = point.get("customdata")
+        name = data[0] if isinstance(data, (list, tuple)) and data else data
+        if isinstance(name, str) and name:
+            st.session_state[SELECTED] = name
+            return
+
+
 def adopt_query_params() -> None:
     """On a fresh session (a reload, a shared link), take the analysis and job from the URL: once, so that a
     job finished or left in this session is not picked up again from a URL not yet rewritten."""
