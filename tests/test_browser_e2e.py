@@ -4,9 +4,8 @@ Set-up installs the browser with ``scripts/install_browser.sh`` (idempotent; the
 reason, only when it cannot be installed), pre-fills a private cache with two analyses of a tiny random ViT,
 points the app's default analysis at the first one, and starts the server on a free loopback port. The
 tests then open the app, check that the Plotly charts render, move an energy slider with the keyboard and
-check that the numbers shown follow, click a bar to select a layer for the Spectra page, visit every page,
-and save a screenshot of each to
-``tests/artifacts/screenshots/<page>.png`` (``docs/screenshots/`` with ``UPDATE_SCREENSHOTS=1``). The server is always terminated.
+check that the numbers shown follow, click a bar and heatmap cells to select a layer for the Spectra page,
+visit every page, and save a screenshot of each to ``tests/artifacts/screenshots/<page>.png`` (``docs/screenshots/`` with ``UPDATE_SCREENSHOTS=1``). The server is always terminated.
 """
 
 from __future__ import annotations
@@ -198,6 +197,26 @@ def test_clicking_a_bar_selects_that_layer(page, server):
         " return i && i.value === 'blocks.0.attn.proj'; }"
     )
     _wait_idle(page)
+
+
+def _click_heatmap_cell(tab, layer: str) -> None:
+    """Click the heatmap cell whose first layer is ``layer`` (its invisible marker, found by customdata)."""
+    heatmap = tab.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").nth(1)
+    index = heatmap.evaluate("(el, name) => el.data[1].customdata.findIndex(c => c[0] === name)", layer)
+    assert index >= 0, f"no heatmap cell starts with {layer}"
+    box = heatmap.locator(".scatterlayer .trace path.point").nth(index).bounding_box()
+    tab.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tab.wait_for_function(
+        "(want) => { const i = document.querySelector(\"[data-testid='stMain'] [data-testid='stSelectbox'] input\");"
+        " return i && i.value === want; }",
+        arg=layer,
+    )
+    _wait_idle(tab)
+
+
+def test_clicking_a_heatmap_cell_selects_its_layer(page, server):
+    _click_heatmap_cell(page, "blocks.1.attn.proj")
+    _click_heatmap_cell(page, "blocks.0.attn.proj")  # back to the bar's layer, which the Spectra test expects
 
 
 def test_moving_an_energy_slider_changes_the_numbers(page, server):
