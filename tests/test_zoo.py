@@ -41,6 +41,7 @@ def test_recipe_runs_one_step_and_writes_loadable_weights(recipe, tmp_path):
     assert recipe.main(argv) == 0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["seed"] == 0 and "python -m analysis.training." in run["recipe_command"]
+    assert run["hyperparameters"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto
     state = read_state_dict(tmp_path / "model.safetensors")
     load_into(build_vit(), state, "model.safetensors", "zoo")  # strict: the full zoo layout
     if recipe is supervised:
@@ -50,6 +51,15 @@ def test_recipe_runs_one_step_and_writes_loadable_weights(recipe, tmp_path):
     if recipe is random_init:
         init = build_vit(seed=0).state_dict()
         assert all(torch.equal(state[k], init[k]) for k in init if not k.startswith("head."))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_recipe_refuses_cuda_without_a_gpu(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        supervised.main(["--out", str(tmp_path), "--device", "cuda", "--max-steps", "1"])
+    assert exc.value.code == 2
+    assert "--device cuda: no CUDA device is available here" in capsys.readouterr().err
+    assert not (tmp_path / "last.pt").exists()
 
 
 def test_augmentations_are_seeded_and_shape_preserving():

@@ -8,6 +8,11 @@ Determinism: every random choice of epoch ``e`` comes from ``torch.Generator().m
 (permutation, crops, flips, masks), the model is built from ``seed``, and ``torch.use_deterministic_algorithms``
 is on. Resuming from the epoch checkpoint therefore replays exactly the same remaining epochs.
 
+Device: ``--device auto`` (the default) trains on the GPU when CUDA is available, else on the CPU. The random
+draws always come from the CPU generator and are moved to the device, so a GPU run sees the same crops, flips,
+masks and batches as a CPU run (its arithmetic differs only by floating-point order). Batches are moved to
+the device one at a time; checkpoints and published weights are written from CPU copies.
+
 Schedule: linear warm-up from 0 to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr``:
 ``lr(t) = min_lr + (lr - min_lr) * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2``.
 """
@@ -82,11 +87,12 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tens
     padded = F.pad(x, (pad, pad, pad, pad), value=fill)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])  # [B, H]
-    cols = (dx[:, None] + torch.arange(w)[None, :])  # [B, W]
-    out = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
+    dev = x.device
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(dev)  # [B, H]
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(dev)  # [B, W]
+    out = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
-    flip = torch.rand(b, generator=gen) < 0.5
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     out[flip] = out[flip].flip(-1)
     return out
 
@@ -119,7 +125,7 @@ def random_resized_crop(
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, x.shape[1], size, size], align_corners=False)
     fill = -FMNIST_MEAN / FMNIST_STD
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
@@ -151,6 +157,8 @@ def base_parser(regime: str, description: str, *, epochs: int, batch_size: int, 
     p.add_argument("--weight-decay", type=float, default=weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=warmup_epochs)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when available, else cpu")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--train-limit", type=int, default=None, help="use the first N training images (smoke tests)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
@@ -164,11 +172,17 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     return args
 
 
 def setup(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads))
+    if args.device == "cuda":  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +239,7 @@ def train_loop(
         t0, sums, n = time.time(), {}, 0
         for i in range(steps_per_epoch):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            out = step_fn(data.images[idx], data.labels[idx], gen, step, total)
+            out = step_fn(data.images[idx].to(args.device), data.labels[idx].to(args.device), gen, step, total)
             step += 1
             n += 1
             for k, v in out.items():
@@ -252,7 +266,7 @@ def train_loop(
     return {"epochs_done": args.epochs, "train_seconds": seconds, "steps": step}
 
 
-def hardware() -> str:
+def hardware(device: str = "cpu") -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -261,7 +275,10 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (shared, niced), torch {torch.__version__} CPU, {torch.get_num_threads()} threads"
+    host = f"{cpu}, {os.cpu_count()} logical CPUs (shared, niced), torch {torch.__version__}"
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (CUDA), {host}"
+    return f"{host} CPU, {torch.get_num_threads()} threads"
 
 
 def write_outputs(args: argparse.Namespace, regime: str, model: torch.nn.Module, loop: dict[str, Any],
@@ -269,7 +286,7 @@ def write_outputs(args: argparse.Namespace, regime: str, model: torch.nn.Module,
     """Write ``<out>/model.safetensors`` (the full zoo-architecture state dict) and ``<out>/run.json``."""
     from safetensors.torch import save_file
 
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = args.out / "model.safetensors"
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"regime": regime, "seed": str(args.seed), "arch": json.dumps(ARCH_KWARGS)})
@@ -285,7 +302,7 @@ def write_outputs(args: argparse.Namespace, regime: str, model: torch.nn.Module,
                             if k not in {"resume", "out", "argv"}},
         "train_seconds": round(loop["train_seconds"], 1),
         "steps": loop["steps"],
-        "hardware": hardware(),
+        "hardware": hardware(getattr(args, "device", "cpu")),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "head": head,
         **(extra or {}),
@@ -308,9 +325,9 @@ def _relative_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def build_model(seed: int, **overrides: Any) -> torch.nn.Module:
-    """The zoo ViT, seeded."""
-    return build_vit(seed=seed, **overrides)
+def build_model(seed: int, device: str | torch.device = "cpu", **overrides: Any) -> torch.nn.Module:
+    """The zoo ViT, seeded (initialised on the CPU, so every device starts from the same weights)."""
+    return build_vit(seed=seed, **overrides).to(device)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

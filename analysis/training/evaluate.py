@@ -30,12 +30,14 @@ from . import common
 
 @torch.inference_mode()
 def features(model: torch.nn.Module, split: common.Split, batch_size: int = 500) -> torch.Tensor:
-    """CLS features ``[N, D]`` (after the final norm) in eval mode."""
+    """CLS features ``[N, D]`` (after the final norm) in eval mode, computed on the model's device, returned on
+    the CPU."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(split), batch_size):
-        x = common.to_input(split.images[i:i + batch_size])
-        out.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+        x = common.to_input(split.images[i:i + batch_size].to(device))
+        out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
     return torch.cat(out)
 
 
@@ -44,10 +46,11 @@ def top1(model: torch.nn.Module, split: common.Split, batch_size: int = 500) -> 
     """Top-1 accuracy of the model's own head on ``split``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(split), batch_size):
-        logits = model(common.to_input(split.images[i:i + batch_size]))
-        correct += int((logits.argmax(1) == split.labels[i:i + batch_size]).sum())
+        logits = model(common.to_input(split.images[i:i + batch_size].to(device)))
+        correct += int((logits.argmax(1).cpu() == split.labels[i:i + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(split))
 

@@ -70,12 +70,12 @@ def encode_masked(model: nn.Module, x: torch.Tensor, keep: int, gen: torch.Gener
     tokens = model.patch_embed(x)  # [B, N, D]
     b, n, d = tokens.shape
     tokens = tokens + model.pos_embed[:, 1:]
-    ids_shuffle = torch.rand(b, n, generator=gen).argsort(dim=1)
+    ids_shuffle = torch.rand(b, n, generator=gen).argsort(dim=1).to(tokens.device)  # drawn on the CPU generator
     ids_restore = ids_shuffle.argsort(dim=1)
     kept = torch.gather(tokens, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
     cls = (model.cls_token + model.pos_embed[:, :1]).expand(b, -1, -1)
     h = model.norm(model.blocks(model.norm_pre(torch.cat([cls, kept], dim=1))))
-    mask = torch.ones(b, n)
+    mask = torch.ones(b, n, device=tokens.device)
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return h, mask, ids_restore
@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse(p, argv)
     common.setup(args)
     train = common.load_split("train", args.train_limit)
-    model = common.build_model(args.seed)
+    model = common.build_model(args.seed, args.device)
     num_patches = model.patch_embed.num_patches
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 1)
-        decoder = MaeDecoder(model.embed_dim, num_patches)
+        decoder = MaeDecoder(model.embed_dim, num_patches).to(args.device)
     keep = max(1, int(round(num_patches * (1 - args.mask_ratio))))
     params = [g for m in (model, decoder) for g in common.param_groups(m, args.weight_decay)]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95))

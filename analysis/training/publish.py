@@ -30,7 +30,7 @@ from .evaluate import evaluate_file
 
 REGIMES: dict[str, dict[str, str]] = {
     "supervised": {"name": "vit-fmnist-supervised",
-                   "command": "python -m analysis.training.supervised --out zoo_logs/supervised --seed 0 --epochs 10"},
+                   "command": "python -m analysis.training.supervised --out zoo_logs/supervised --seed 0 --epochs 25"},
     "mae": {"name": "vit-fmnist-mae", "command": "python -m analysis.training.mae --out zoo_logs/mae --seed 0 --epochs 10"},
     "dino": {"name": "vit-fmnist-dino", "command": "python -m analysis.training.dino --out zoo_logs/dino --seed 0 --epochs 4"},
     "random": {"name": "vit-fmnist-random",

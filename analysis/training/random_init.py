@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.parse(p, argv)
     common.setup(args)
     train = common.load_split("train", args.train_limit)
-    model = common.build_model(args.seed)
+    model = common.build_model(args.seed, args.device)
     model.eval()
     common.log("fitting the linear-probe head on frozen CLS features of the random network")
     install_head(model, *probe_head(model, train.subset(args.probe_limit)))
