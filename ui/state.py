@@ -131,7 +131,6 @@ def selected_layer(result: Result) -> str:
     return chosen
 
 
-# ------------------------------------------------------------------------------------------ URL
 def select_layer_from_chart(chart_key: str) -> None:
     """``on_select`` callback of a chart whose points carry a layer name in ``customdata[0]``: the first
     selected point's layer becomes :data:`SELECTED` (other pages follow it)."""
@@ -144,6 +143,7 @@ def select_layer_from_chart(chart_key: str) -> None:
             return
 
 
+# ------------------------------------------------------------------------------------------ URL
 def adopt_query_params() -> None:
     """On a fresh session (a reload, a shared link), take the analysis and job from the URL: once, so that a
     job finished or left in this session is not picked up again from a URL not yet rewritten."""
