@@ -494,3 +494,52 @@ def test_kernel_compiles_for_hopper_with_the_intended_precision() -> None:
         "ieee-no-tensor-cores": "True",
         "tf32x3-tensor-cores": "True",
     }, proc.stdout
+
+
+@pytest.mark.parametrize("method", ["syrk", "gemm"])
+@pytest.mark.parametrize("acc_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
+def test_torch_backend_keeps_float32_products_under_active_autocast(
+    method: str, acc_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine runs the forward pass (and so the hooks) inside ``torch.autocast(cpu, bfloat16)``; the
+    statistics must still be float32 products (~1e-7 relative), not bf16 ones (~2e-3, the old bug: a bare
+    ``torch.mm`` under autocast multiplies in bf16)."""
+    from kernels import reference
+
+    monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
+    n, d = 2000, 96
+    x = _activations(n, d, torch.float32, _seed("autocast", method, acc_dtype))
+    acc = torch.zeros(d, d, dtype=acc_dtype)
+    colsum = torch.zeros(d, dtype=acc_dtype)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        kernels.second_moment(x, acc, colsum, backend="torch")
+        kernels.second_moment(x[:7], acc, colsum, backend="torch")
+    both = torch.cat([x, x[:7]]).double()
+    ref = both.T @ both
+    err = _lower_rel_err(acc, ref)
+    assert err <= 1e-6, f"{method}: relative error {err:.2e} under autocast (bf16 products give ~2e-3)"
+    assert torch.equal(acc, acc.T), "the torch path fills the full symmetric matrix"
+    assert _vec_rel_err(colsum, both.sum(dim=0), both) <= 1e-6
+
+
+def test_cpu_syrk_and_gemm_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rank-k update (one triangle, mirrored) equals the full GEMM on every element, ragged sizes and a
+    row-strided view included, and falls back to the GEMM when SciPy is missing."""
+    from kernels import reference
+
+    big = _activations(333, 130, torch.bfloat16, _seed("syrk-vs-gemm"))
+    for x in (big, big[::3, 5:122], big[:1, :17]):
+        got = {}
+        for method in ("syrk", "gemm"):
+            monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
+            got[method] = kernels.second_moment(x, torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64),
+                                                backend="torch")
+        ref = x.double().T @ x.double()
+        for method, acc in got.items():
+            assert (acc - ref).norm() / ref.norm() <= 1e-6, method
+        assert torch.equal(got["syrk"], got["syrk"].T)
+    monkeypatch.setattr(reference, "CPU_METHOD", "syrk")
+    monkeypatch.setattr(reference, "_scipy_syrk", lambda: None)
+    x = _activations(50, 9, torch.float32, _seed("no-scipy"))
+    acc = kernels.second_moment(x, backend="torch")
+    assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_FP32
