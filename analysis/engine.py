@@ -20,10 +20,11 @@ from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
 from .models import describe_layers, load as load_loaded_model
+from .models.layers import weight_matrix
 from .partial import PartialStore
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .spectra import eigen_batched, layer_output_second_moment
+from .spectra import AffineLayer, layer_eigen
 from .statistics import MomentCollector
 
 
@@ -168,7 +169,7 @@ def compute(
     resumed = partial.load() if partial is not None else None
     first_batch = resumed.batches_done if resumed is not None else 0
     loader = make_loader(Subset(shard, range(min(len(shard), first_batch * batch_size), len(shard))),
-                         batch_size=batch_size)
+                         batch_size=batch_size, device=device)
     total_batches = -(-len(shard) // batch_size)
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
@@ -218,14 +219,19 @@ def compute(
         return distributed.broadcast_from_rank0(None), {}
 
     start = time.perf_counter()
-    c_out = {
-        spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment, moments[spec.name].column_sum,
-                                              moments[spec.name].count)
+    affine = {
+        spec.name: AffineLayer(weight_matrix(spec.module).detach().cpu(),
+                               spec.module.bias.detach().cpu() if spec.has_bias else None,
+                               moments[spec.name].second_moment, moments[spec.name].column_sum, moments[spec.name].count)
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
-    eig_in, eig_in_s = eigen_batched({n: m.second_moment for n, m in moments.items()}, eig_device)
-    eig_out, eig_out_s = eigen_batched(c_out, eig_device)
+
+    def spectra_progress(done: int, total: int, elapsed_s: float) -> None:
+        if progress is not None:  # layers instead of batches for this stage
+            progress(Progress("spectra", done, total, images, images, elapsed_s))
+
+    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device, progress=spectra_progress)
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
         LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra)
@@ -252,7 +258,7 @@ def compute(
         "device": str(device),
         "batch_size": settings.effective_batch_size(),
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
-        "timings": {"statistics_s": stats_s, "eigen_s": eig_in_s + eig_out_s, "spectra_s": spectra_s},
+        "timings": {"statistics_s": stats_s, "eigen_s": eig_s, "spectra_s": spectra_s},
         "world_size": world_size,
         "resumed_from_batch": first_batch,
         "version": __version__,

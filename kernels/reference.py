@@ -95,16 +95,24 @@ def second_moment_torch(
     x: torch.Tensor,
     acc: torch.Tensor | None = None,
     colsum: torch.Tensor | None = None,
+    *,
+    round_to: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``acc += X^T X`` (full matrix) and ``colsum += X^T 1`` in float32 products; returns ``acc``.
 
-    ``acc``/``colsum`` may be float32 or float64 (see the module docstring). ``n == 0`` leaves both
-    untouched. Raises :class:`ValueError` for inputs outside the contract. Safe under an active autocast.
+    ``acc``/``colsum`` may be float32 or float64 (see the module docstring). ``round_to``
+    (``torch.bfloat16``/``torch.float16``) first rounds float32 ``x`` to that dtype, as the Triton kernel's
+    option of the same name does (16-bit ``x`` is unaffected). ``n == 0`` leaves both untouched. Raises
+    :class:`ValueError` for inputs outside the contract. Safe under an active autocast.
     """
     x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+    if round_to not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"round_to must be None, torch.bfloat16 or torch.float16, got {round_to!r}")
     if x.shape[0] == 0:
         return acc
     with torch.autocast(device_type=x.device.type, enabled=False):
+        if round_to is not None and x.dtype == torch.float32:
+            x = x.to(round_to)
         xf = x.to(torch.float32)
         if x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
             acc.add_(_syrk_lower(xf.contiguous()))
