@@ -141,7 +141,15 @@ _SMEM_PER_SM: int = 228 * 1024
 _THREADS_PER_SM: int = 2048
 
 
+#: Environment variable: ``quick`` restricts autotuning to three configs (the GPU tests use it, to compile
+#: in seconds rather than minutes); anything else, or unset, tunes over the full set. Read at import.
+CONFIGS_ENV: str = "ANALYSIS_TRITON_CONFIGS"
+
+
 def _gpu_configs() -> list[triton.Config]:
+    if os.environ.get(CONFIGS_ENV, "").strip().lower() == "quick":
+        return [triton.Config({"BLOCK_D": bd, "BLOCK_N": bn}, num_warps=w, num_stages=3)
+                for bd, bn, w in ((128, 64, 8), (64, 64, 4), (32, 32, 4))]
     configs = []
     for block_d in (32, 64, 128):
         for block_n in (32, 64, 128):

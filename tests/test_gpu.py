@@ -10,7 +10,7 @@ relative Frobenius norm of the lower triangle. Tolerance: float32 accumulation o
 
 Module state: ``tests/test_kernels.py`` reloads :mod:`kernels.triton_second_moment` in interpreter mode
 (reload keeps the module object, so every holder sees the change). The fixture here reloads it compiled
-for this module's tests and restores interpreter mode afterwards if it found it.
+(with the three-config quick tuning) for this module's tests and restores the mode it found afterwards.
 """
 
 from __future__ import annotations
@@ -38,15 +38,20 @@ def tsm():
 
     was_interpreted = module.INTERPRETED
     saved = os.environ.pop("TRITON_INTERPRET", None)
-    if was_interpreted:
-        module = importlib.reload(module)
+    saved_configs = os.environ.get(module.CONFIGS_ENV)
+    os.environ[module.CONFIGS_ENV] = "quick"  # three configs: compiles in seconds (see the module)
+    module = importlib.reload(module)
     assert not module.INTERPRETED
     try:
         yield module
     finally:
+        if saved_configs is None:
+            os.environ.pop(module.CONFIGS_ENV, None)
+        else:
+            os.environ[module.CONFIGS_ENV] = saved_configs
         if was_interpreted:
             os.environ["TRITON_INTERPRET"] = "1"
-            importlib.reload(module)
+        importlib.reload(module)
         if saved is None:
             os.environ.pop("TRITON_INTERPRET", None)
         else:
