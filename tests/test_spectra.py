@@ -148,3 +148,20 @@ def test_gpu_layer_eigen_matches_cpu() -> None:
         ref_in = eigen_batched({"x": layer.c_in})[0]["x"]
         assert float((gpu_in[name].values - ref_in.values).abs().max()) <= VALUE_TOL * float(ref_in.values[0])
         _check_against_direct(gpu_out[name], _direct(layer), layer)
+
+
+def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
+    """The eigen phase reports ``layer i of n`` with the elapsed time (issue 13 item 7) as stage "spectra"."""
+    from analysis import analyze
+
+    from .helpers import TINY_VIT, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=2)
+    seen = []
+    result = analyze(TINY_VIT, f"folder:{folder}", samples=4, use_cache=False, progress=seen.append)
+    spectra_steps = [p for p in seen if p.stage == "spectra"]
+    layers = len(result.layers)
+    assert [p.batches_done for p in spectra_steps] == list(range(1, layers + 1))
+    assert all(p.batches_total == layers for p in spectra_steps)
+    assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
+    assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")
