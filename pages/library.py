@@ -92,7 +92,7 @@ else:
     st.dataframe(table, hide_index=True)
     labels = {e.key: tables.entry_label(e) for e in entries}
     if st.session_state.get(PICK) not in labels:
-        st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0]["key"]
+        st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0].key
     key = st.selectbox("Analysis", list(labels), key=PICK, format_func=labels.get)
     is_current = key == state.current_key()
     cols = st.columns([1, 1, 1, 1, 1])
