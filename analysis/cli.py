@@ -25,12 +25,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import id_forms
+
+    dataset_forms = ", ".join(id_forms())  # from the dataset-family registry
     parser = _Parser(prog="python -m analysis", description="Layer-utilization analysis of trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
-    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id: {dataset_forms} (default {DEFAULT_DATASET}; see `list datasets`)")
     run.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--energy-in", type=float, default=0.99)
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compress", help="factorize at the utilized rank, evaluate, fine-tune, export")
     comp.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     comp.add_argument("--dataset", default="fashion-mnist:train",
-                      help="analysis + fine-tuning data (default fashion-mnist:train)")
+                      help=f"analysis + fine-tuning data: {dataset_forms} (default fashion-mnist:train)")
     comp.add_argument("--eval-dataset", default=None,
                       help="labelled split for top-1 (default: fashion-mnist:test for fashion-mnist:train, else --dataset)")
     comp.add_argument("--samples", type=int, default=None, help="analysis images (default: the whole dataset)")
@@ -204,12 +207,12 @@ def cmd_list(args) -> int:
             print(f"{entry.model_id:45s} {entry.group:22s} {entry.description}")
         print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>")
     elif args.what == "datasets":
-        from .data import list_datasets
+        from .data import dataset_templates, list_datasets
 
         for dataset_id, description, available, reason in list_datasets():
             state = "available" if available else f"unavailable: {reason}"
             print(f"{dataset_id:28s} {description}  [{state}]")
-        print("also: folder:<path>, cifar10:<root>, cifar100:<root>")
+        print("also: " + ", ".join(template for template, _ in dataset_templates()))
     else:
         from .cache import ResultCache
 

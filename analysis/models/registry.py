@@ -78,13 +78,28 @@ class CatalogueEntry:
     group: str
 
 
+@dataclass
+class SourceModel:
+    """What a :class:`ModelSource` loads: the module (any dtype, any mode: the registry makes it float32 and
+    eval), the architecture name, an honest description of the weights, and optionally the preprocessing
+    (timm-style ``data_config``) and what each classifier output means (``class_names``). A None
+    ``data_config`` is resolved from the module (timm); None ``class_names`` become ImageNet-1k's for a
+    1000-way classifier, else stay None."""
+
+    module: nn.Module
+    arch: str
+    description: str
+    data_config: dict | None = None
+    class_names: list[str] | None = None
+
+
 class ModelSource(Protocol):
-    """What a model source provides. ``load`` returns ``(module, arch, description)``, optionally followed by
-    ``data_config`` and ``class_names`` (either may be None: then they are resolved from the module)."""
+    """What a model source provides: ``load`` the model ``<prefix>:<name>?<options>`` and the ``catalogue`` of
+    ids it can offer on this machine now."""
 
     prefix: str
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple: ...
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel: ...
 
     def catalogue(self) -> Iterable[CatalogueEntry]: ...
 
@@ -138,9 +153,11 @@ def load(model_id: str) -> LoadedModel:
             f"{', '.join(sorted(_SOURCES))}"
         )
     loaded = source.load(parsed.name, parsed.options)
-    module, arch, description = loaded[0], loaded[1], loaded[2]
-    data_config = loaded[3] if len(loaded) > 3 and loaded[3] is not None else resolve_data_config(module)
-    class_names = loaded[4] if len(loaded) > 4 and loaded[4] is not None else _default_class_names(module)
+    if not isinstance(loaded, SourceModel):
+        raise TypeError(f"model source {parsed.source!r} returned {type(loaded).__name__}, not a SourceModel")
+    module = loaded.module
+    data_config = loaded.data_config if loaded.data_config is not None else resolve_data_config(module)
+    class_names = loaded.class_names if loaded.class_names is not None else _default_class_names(module)
     module = module.float().eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -148,8 +165,8 @@ def load(model_id: str) -> LoadedModel:
         model_id=str(parsed),
         model=module,
         data_config=data_config,
-        arch=arch,
-        description=description,
+        arch=loaded.arch,
+        description=loaded.description,
         fingerprint=weights_fingerprint(module),
         class_names=class_names,
     )
