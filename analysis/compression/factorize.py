@@ -126,7 +126,7 @@ def factorize_model(model: nn.Module, subspaces: dict[str, LayerSubspace], ranks
         original = compressed.get_submodule(decision.layer)
         left, right = factorize(weight_matrix(original).detach(), sub.eig_in.vectors, sub.eig_out.vectors,
                                 decision.k_in, decision.k_out, rank=decision.rank)
-        replace_module(compressed, decision.layer, factorized_layer(original, left, right))
+        replace_module(compressed, decision.layer, factorized_layer(original, left, right, decision.kind))
     return compressed.eval()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 from urllib.parse import parse_qsl
 
@@ -105,6 +106,23 @@ class ModelSource(Protocol):
 
 
 _SOURCES: dict[str, ModelSource] = {}
+
+FileLoader = Callable[[Path, Mapping[str, str]], "SourceModel | None"]
+"""A loader of one special checkpoint format behind ``file:``: ``loader(path, options)`` returns the model, or
+None when the file is not in its format (then the next loader, finally the plain state-dict loader, runs)."""
+
+_FILE_LOADERS: dict[str, FileLoader] = {}
+
+
+def register_file_loader(name: str, loader: FileLoader) -> FileLoader:
+    """Register (or replace) the ``file:`` loader called ``name`` (e.g. ``factorized-v1``, registered by
+    :mod:`analysis.compression` for its exports, so this package never imports that one)."""
+    _FILE_LOADERS[name] = loader
+    return loader
+
+
+def file_loaders() -> list[FileLoader]:
+    return list(_FILE_LOADERS.values())
 
 
 def register_source(source: ModelSource) -> ModelSource:
@@ -223,5 +241,3 @@ def _ensure_builtin_sources() -> None:
                     raise
         _builtin_loaded = True
 
-
-ModelLoader = Callable[[str, Mapping[str, str]], tuple]
