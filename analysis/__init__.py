@@ -1,5 +1,5 @@
 """Layer-utilization analysis: how much of the space available to its weights each layer of a trained
-network uses on a given dataset (after Garg et al., 2024, arXiv 2407.04797; definitions in DESIGN.md).
+network uses on a given dataset (after Garg et al., 2024, arXiv 2407.04797; definitions in the README, section Method).
 
 Public API::
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from .errors import CacheError
 from .meta import ResultMeta
@@ -331,7 +330,3 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
     )
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (DESIGN.md section 7).
+"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (README, section Command line).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
 """
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .defaults import DEFAULT_DATASET, DEFAULT_MODEL
+from . import defaults
 from .errors import AnalysisError, SettingsError
 
 SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
@@ -27,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .data import id_forms
 
+    DEFAULT_MODEL, DEFAULT_DATASET = defaults.default_model(), defaults.default_dataset()
     dataset_forms = ", ".join(id_forms())  # from the dataset-family registry
     parser = _Parser(prog="python -m analysis", description="Layer-utilization analysis of trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -170,7 +171,7 @@ def _load_cached(key: str):
 
 def cmd_run(args) -> int:
     from .engine import analyze
-    from .export import export_result, format_from_path
+    from .table_export import export_result, format_from_path
 
     if args.export:
         format_from_path(args.export)  # fail on a bad name before the long run
@@ -245,7 +246,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_result
+    from .table_export import export_result
 
     print(export_result(_load_cached(args.key), args.out, args.format))
     return 0

@@ -1,6 +1,6 @@
 """The analysis pipeline: model -> data -> statistics -> spectra -> metrics -> cache.
 
-:func:`analyze` is the public entry point (DESIGN.md section 7). A cache hit reads no data: the content
+:func:`analyze` is the public entry point (README, section Python). A cache hit reads no data: the content
 key is built from the model's weight fingerprint, the dataset's fingerprint (source identity and selected
 indices), the settings that change statistics and the schema version.
 """

@@ -109,7 +109,7 @@ class LayerSpectrum:
         )
 
     def row(self, energy_in: float, energy_out: float) -> dict:
-        """The table row of DESIGN.md section 4 at the given energies."""
+        """The table row (README, section Method) at the given energies."""
         k_in = metrics.k_at_energy(self.eig_in, energy_in)
         k_out = metrics.k_at_energy(self.eig_out, energy_out)
         rank = metrics.utilized_rank(k_in, k_out)

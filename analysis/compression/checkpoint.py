@@ -32,7 +32,7 @@ from ..models import describe_layers
 from ..models.checkpoints import load_into, read_state_dict
 from ..models.registry import SourceModel, load as load_registered, register_file_loader
 from ..models.sources import timm_skeleton
-from .layers import empty_factorized_layer, replace_module
+from .thin_layers import empty_factorized_layer, replace_module
 
 FORMAT = "factorized-v1"
 
