@@ -11,7 +11,7 @@ import torch
 
 from analysis import defaults, jobs
 from analysis.cache import atomic_write_bytes
-from analysis.data import families, list_datasets
+from analysis.data import list_datasets, registered_families
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.models.sources import check_architecture
@@ -127,7 +127,7 @@ def choose_model() -> str | None:
 def choose_dataset() -> str | None:
     rows = _datasets()
     available = [(d, desc) for d, desc, ok, _ in rows if ok]
-    by_path = {f.path.label: f for f in families().values() if f.path is not None}
+    by_path = {f.path.label: f for f in registered_families().values() if f.path is not None}
     kinds = ["offered here", *by_path, "any dataset id"]
     kind = st.radio("Dataset source", kinds, horizontal=True, key="analyze_dataset_source")
     if kind == "offered here":

@@ -445,7 +445,7 @@ def test_high_depth_and_odd_modes_become_8bit_rgb(tmp_path):
 def test_a_registered_family_is_loadable_listed_and_offered_everywhere(monkeypatch, capsys):
     """A new family is one class plus one register_family call; ids, menus and help follow from the registry."""
     from analysis import cli
-    from analysis.data import registry
+    from analysis.data import families as registry
     from analysis.data.base import ArraySource
 
     class Stripes(ArraySource):
@@ -463,7 +463,7 @@ def test_a_registered_family_is_loadable_listed_and_offered_everywhere(monkeypat
         def catalogue(cls):
             return [("stripes:4", "stripes of width 4", True, "")]
 
-    monkeypatch.setattr(registry, "_FAMILIES", dict(registry.families()))
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry.registered_families()))
     registry.register_family("stripes", Stripes, registry.PathTemplate("stripes:<width>", "stripes", label="stripes"))
     ds = load_dataset("stripes:6", samples=4, seed=0)
     assert len(ds) == 4 and ds.dataset_id == "stripes:6" and ds[0][0].shape == (3, 4, 6)

@@ -1,7 +1,7 @@
 """Compression at the utilized rank: subspaces -> ranks -> factorized model -> evaluation -> fine-tuning -> export.
 
 Module flow: :mod:`.subspaces` (eigenvectors from the analysis' raw moments), :mod:`.factorize` (ranks at
-energies or for a budget, the factorized copy), :mod:`.thin_layers` (the thin layers), :mod:`.evaluate` (top-1 by
+energies or for a budget, the factorized copy), :mod:`.thin_layers` (the thin layers), :mod:`.accuracy` (top-1 by
 the classifier or a linear probe), :mod:`.finetune` (short recovery), :mod:`.checkpoint` (safetensors + rank map,
 loadable as ``file:``), :mod:`.pipeline` (all of it, plus the sweep).
 """

@@ -30,7 +30,7 @@ from ..errors import SettingsError
 from ..paths import cache_root
 from ..progress import Progress, ProgressCallback
 from ..result import check_energy
-from .evaluate import Evaluator
+from .accuracy import Evaluator
 from .checkpoint import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,

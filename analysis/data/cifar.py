@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
-from .registry import PathTemplate, register_family
+from .families import PathTemplate, register_family
 from .safe_pickle import load_plain_pickle
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
 from .idx import read_idx
-from .registry import register_family
+from .families import register_family
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist"
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/fashion-mnist")]

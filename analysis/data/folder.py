@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import ImageSource, sha256_bytes
-from .files import IMAGE_EXTENSIONS, is_hidden, is_image_name, read_image_file
-from .registry import PathTemplate, register_family
+from .image_files import IMAGE_EXTENSIONS, is_hidden, is_image_name, read_image_file
+from .families import PathTemplate, register_family
 
 
 class _Scan:

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 from ..errors import DatasetError
 from .base import ArraySource, ImageSource, sha256_bytes
-from .files import read_image_file
-from .registry import register_family
+from .image_files import read_image_file
+from .families import register_family
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 

@@ -71,7 +71,7 @@ def register_family(name: str, source: type, path: PathTemplate | None = None) -
     return family
 
 
-def families() -> dict[str, DatasetFamily]:
+def registered_families() -> dict[str, DatasetFamily]:
     """Every registered family, built-in ones first (in :data:`BUILTIN_FAMILY_MODULES` order)."""
     _ensure_builtin_families()
     return dict(_FAMILIES)
@@ -92,13 +92,13 @@ def _ensure_builtin_families() -> None:
 
 def id_forms() -> list[str]:
     """One form per family, for help texts: its name, or its path template (``folder:<path>``)."""
-    return [f.path.template if f.path else f.name for f in families().values()]
+    return [f.path.template if f.path else f.name for f in registered_families().values()]
 
 
 def known_ids() -> list[str]:
     """Every concrete id the families offer (available here or not), then the path templates."""
     ids = []
-    for family in families().values():
+    for family in registered_families().values():
         try:
             ids.extend(row[0] for row in family.source.catalogue())
         except Exception:  # a broken installation must not hide the other families
@@ -115,7 +115,7 @@ def parse_dataset_id(dataset_id: str) -> tuple[str, str, dict[str, str]]:
         raise DatasetError(f"dataset id must be a non-empty string, got {dataset_id!r}; known: {', '.join(known_ids())}")
     family, _, arg = dataset_id.strip().partition(":")
     family = family.strip().lower()
-    registered = families()
+    registered = registered_families()
     if family not in registered:
         close = difflib.get_close_matches(family, list(registered), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -133,7 +133,7 @@ def parse_dataset_id(dataset_id: str) -> tuple[str, str, dict[str, str]]:
 def open_source(dataset_id: str) -> ImageSource:
     """The :class:`ImageSource` a dataset id names (reads labels and metadata, not every image)."""
     family, arg, options = parse_dataset_id(dataset_id)
-    return families()[family].source.open(arg, options)
+    return registered_families()[family].source.open(arg, options)
 
 
 def load_dataset(dataset_id: str = DEFAULT_DATASET, data_config: Mapping[str, Any] | None = None,
@@ -160,7 +160,7 @@ def list_datasets() -> list[tuple[str, str, bool, str]]:
     available. Nothing large is loaded. Families that need a path are listed by :func:`dataset_templates`.
     """
     rows: list[tuple[str, str, bool, str]] = []
-    for family in families().values():
+    for family in registered_families().values():
         try:
             rows.extend(family.source.catalogue())
         except Exception as exc:  # a broken installation must not break the menu
@@ -175,4 +175,4 @@ def dataset_templates() -> list[tuple[str, str]]:
 
 def path_templates() -> list[PathTemplate]:
     """The :class:`PathTemplate` of every family that takes a path (for the app's dataset chooser)."""
-    return [f.path for f in families().values() if f.path is not None]
+    return [f.path for f in registered_families().values() if f.path is not None]
