@@ -542,3 +542,39 @@ def discover(model: nn.Module, specs: list[LayerSpec], batch: torch.Tensor) -> d
         model(batch)
     capture.end_discovery()
     return {n: f for n, f in capture.findings.items() if f.calls > 0}
+
+
+def effective_parameters(spec: LayerSpec, finding: LayerFinding | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``d_out x d_in`` weight and the bias the forward applies (float64, CPU): the captured ones, or the
+    module's own when the layer was never reached (only W's data-free spectrum uses them then)."""
+    if finding is not None and finding.weight is not None:
+        return finding.weight, finding.bias
+    from .models.layers import weight_matrix
+
+    weight = weight_matrix(spec.module).detach().to("cpu", torch.float64)
+    bias = spec.module.bias.detach().to("cpu", torch.float64) if spec.has_bias else None
+    return weight, bias
+
+
+def layer_status(spec: LayerSpec, n_samples: int, finding: LayerFinding | None) -> tuple[str, str]:
+    """``(status, reason)`` of one analysed layer after the run (vocabulary of :mod:`analysis.status`;
+    precedence: not reached, not exact, too few samples, ok)."""
+    from . import status
+
+    if n_samples == 0:
+        return status.NOT_REACHED, "no input vector reached its weight"
+    if finding is None or finding.calls == 0:
+        if finding is not None and finding.problem:
+            return status.NOT_EXACT, finding.problem
+        return status.NOT_EXACT, "not verified: no batch was seen by this process's self-check"
+    if finding.problem:
+        return status.NOT_EXACT, finding.problem
+    check = finding.check
+    if check is None:
+        return status.NOT_EXACT, "not verified: the self-check did not run"
+    if not check.passed:
+        return status.NOT_EXACT, (f"self-check failed: relative error {check.relative_error:.3g} of the output "
+                                  f"second moment > tolerance {check.tolerance:.2g}")
+    if n_samples < spec.d_in:
+        return status.TOO_FEW_SAMPLES, f"{n_samples} input vectors < d_in = {spec.d_in}: rank bounded by the sample count"
+    return status.OK, ""

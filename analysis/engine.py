@@ -23,7 +23,8 @@ from .models import describe_layers, load as load_loaded_model
 from .partial import PartialStore
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .spectra import eigen_batched, layer_output_second_moment
+from .capture import effective_parameters, layer_status
+from .spectra import eigen_batched, output_second_moment
 from .statistics import MomentCollector
 
 
@@ -210,6 +211,7 @@ def compute(
             collector.merge_across(distributed.all_reduce_sum)
             images = distributed.all_reduce_int(images, device)
         moments = collector.moments()
+        findings = collector.findings()
     if device.type == "cuda":
         torch.cuda.synchronize()
     stats_s = time.perf_counter() - start
@@ -218,9 +220,11 @@ def compute(
         return distributed.broadcast_from_rank0(None), {}
 
     start = time.perf_counter()
+    effective = {spec.name: effective_parameters(spec, findings.get(spec.name)) for spec in applicable}
+    statuses = {spec.name: layer_status(spec, moments[spec.name].count, findings.get(spec.name)) for spec in applicable}
     c_out = {
-        spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment, moments[spec.name].column_sum,
-                                              moments[spec.name].count)
+        spec.name: output_second_moment(effective[spec.name][0], moments[spec.name].second_moment,
+                                        moments[spec.name].column_sum, moments[spec.name].count, effective[spec.name][1])
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
@@ -228,7 +232,9 @@ def compute(
     eig_out, eig_out_s = eigen_batched(c_out, eig_device)
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
-        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra)
+        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
+                                      weight=effective[spec.name][0], status=statuses[spec.name][0],
+                                      status_reason=statuses[spec.name][1])
         for spec in applicable
     ]
     spectra_s = time.perf_counter() - start
@@ -259,7 +265,7 @@ def compute(
     }
     not_applicable = [
         {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
-         "reason": "depthwise/grouped convolution: each group is too small to analyse"}
+         "status": "not applicable", "reason": "depthwise/grouped convolution: each group is too small to analyse"}
         for s in specs if not s.applicable
     ]
     result = Result(meta=meta, spectra=spectra, not_applicable=not_applicable,

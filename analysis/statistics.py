@@ -184,9 +184,15 @@ class MomentCollector:
         """Replace every running sum by its sum over processes (``reduce_sum`` sums tensors in place)."""
         names = list(self._acc)
         counts = torch.tensor([self._count[n] for n in names], dtype=torch.int64, device=self.device)
-        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts])
-        for name, count in zip(names, counts.tolist()):
+        findings = self.findings()
+        failed = torch.tensor([int(n in findings and (findings[n].problem is not None or
+                                                     (findings[n].check is not None and not findings[n].check.passed)))
+                               for n in names], dtype=torch.int64, device=self.device)
+        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts, failed])
+        for name, count, fails in zip(names, counts.tolist(), failed.tolist()):
             self._count[name] = int(count)
+            if fails and name in findings:
+                findings[name].note("the self-check failed in another process of this run")
 
     def load_state(self, state: dict[str, torch.Tensor], batches_done: int | None = None) -> None:
         """Restore running sums saved by :meth:`state` (and the token-sampling stream's batch position)."""
