@@ -228,6 +228,10 @@ class _CheckSums:
         self.u_acc = 0.0
         self.u_out = 0.0
 
+    @property
+    def device_type(self) -> str:
+        return self.c_in.device.type if self.c_in is not None else "cpu"
+
     def add_input(self, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
         self.u_in = max(self.u_in, operand_unit(x, geometry is not None))
         self.u_acc = max(self.u_acc, _unit(torch.float64 if x.dtype == torch.float64 else torch.float32))
@@ -424,7 +428,7 @@ class LayerCapture:
                 return
             frame = self._stack.pop(index)
             if self.discovering:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast(module.weight.device.type if isinstance(getattr(module, "weight", None), torch.Tensor) else "cpu", enabled=False):
                     self._close_frame(frame, output)
 
         return hook
@@ -461,7 +465,7 @@ class LayerCapture:
         x = as_multiplied(call.input)
         self._busy = True
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 if self.discovering:
                     self._discover(name, call, x, out, frame if via_module else None)
                 if call.groups == 1:
@@ -528,7 +532,8 @@ class LayerCapture:
             if finding.calls == 0:
                 continue
             if finding._sums is not None:
-                finding.check = finding._sums.verdict(finding.weight, finding.bias)
+                with torch.no_grad(), torch.autocast(finding._sums.device_type, enabled=False):
+                    finding.check = finding._sums.verdict(finding.weight, finding.bias)
                 finding._sums = None
             (self._hooked if finding.hookable else self._moded).add(name)
         if not self._moded:

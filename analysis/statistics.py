@@ -145,8 +145,11 @@ class MomentCollector:
         return torch.gather(rows, 1, index.unsqueeze(-1).expand(-1, -1, rows.shape[-1]))
 
     def _accumulate(self, name: str, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
-        """Add the input ``x`` one call of layer ``name`` multiplied (unfolded with ``geometry``)."""
-        with torch.no_grad():
+        """Add the input ``x`` one call of layer ``name`` multiplied (unfolded with ``geometry``).
+
+        Autocast is switched off here: the forward may run under it, and the float32 products of the
+        statistics must not be recast to 16 bits."""
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             if geometry is None and x.dim() <= 2:
                 x = x.reshape(-1, 1, x.shape[-1])  # each row is one image's only vector
             elif geometry is not None and x.dim() == 3:
