@@ -340,3 +340,50 @@ def test_functional_qkv_model_end_to_end_counts_every_block_layer(folder_id):
     assert len(qkv) == 2 and (qkv["n_samples"] == 6 * 17).all()
     assert (qkv["status"] == status.OK).all() and qkv["in_mlu"].all()
     assert set(table["status"]) <= {status.OK, status.TOO_FEW_SAMPLES}
+
+
+# -- compression carries the effective weight --------------------------------------------------------------
+def test_weight_standardised_convs_factorize_into_plain_convs_with_the_effective_weight():
+    import timm.layers
+
+    from analysis.compression.factorize import LayerRank, factorize_model
+    from analysis.compression.subspaces import LayerSubspace, swappable
+    from analysis.spectra import eigen_batched
+
+    torch.manual_seed(6)
+    model = nn.Sequential(timm.layers.StdConv2d(3, 6, 3, padding=1), nn.ReLU(),
+                          timm.layers.StdConv2dSame(6, 6, 3, stride=2), nn.ReLU(),
+                          timm.layers.ScaledStdConv2d(6, 5, 3)).eval()
+    specs = [_spec(model[i], str(i), "conv") for i in (0, 2, 4)]
+    x = torch.randn(2, 3, 11, 11)
+    moments, findings = _run(model, specs, [x])
+    subspaces, ranks = {}, []
+    for spec in specs:
+        m, f = moments[spec.name], findings[spec.name]
+        assert swappable(spec, f)
+        c_out = output_second_moment(f.weight, m.second_moment, m.column_sum, m.count, f.bias)
+        eig_in, eig_out = eigen_batched({"a": m.second_moment})[0]["a"], eigen_batched({"a": c_out})[0]["a"]
+        subspaces[spec.name] = LayerSubspace(spec, eig_in, eig_out, weight=f.weight, bias=f.bias, counted=True)
+        rank = min(spec.d_in, spec.d_out)  # full rank: W' = W, so the thin pairs must reproduce the model
+        ranks.append(LayerRank(spec.name, "conv", spec.d_in, spec.d_out, spec.d_in, spec.d_out, rank, True, 0, 0))
+    compressed = factorize_model(model, subspaces, ranks)
+    for i in (0, 2, 4):
+        assert type(compressed[i].reduce) in (nn.Conv2d, timm.layers.Conv2dSame)  # never re-standardised
+    with torch.no_grad():
+        torch.testing.assert_close(compressed(x), model(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compressed(torch.randn(1, 3, 12, 9)).shape, model(torch.randn(1, 3, 12, 9)).shape)
+
+
+def test_a_functionally_used_layer_is_counted_but_never_swapped():
+    from analysis.compression.factorize import choose_ranks
+    from analysis.compression.subspaces import LayerSubspace, swappable
+    from analysis.spectra import eigen_batched
+
+    model = _Shared()
+    spec = _spec(model.fc, "fc")
+    moments, findings = _run(model, [spec], [torch.randn(30, 6)])
+    assert not swappable(spec, findings["fc"])
+    eig = eigen_batched({"a": moments["fc"].second_moment})[0]["a"]
+    sub = LayerSubspace(spec, eig, eig, counted=True, swappable=False)
+    (decision,) = choose_ranks({"fc": sub}, 0.5, 0.5)
+    assert not decision.factorized and decision.params_kept == decision.params_dense
