@@ -372,6 +372,7 @@ class LayerCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._mode: _Mode | None = None
         self._busy = False
+        self._closed = False
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def __enter__(self) -> "LayerCapture":
@@ -386,6 +387,7 @@ class LayerCapture:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._closed = True  # a mode that could not be popped (another one above it) stays inert
         self._leave_mode()
         for handle in self._handles:
             handle.remove()
@@ -443,7 +445,7 @@ class LayerCapture:
     # -- calls ------------------------------------------------------------------------------------------
     def observe(self, func, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         """One ``F.linear``/``F.conv2d`` call seen by the function mode (its output ``out`` already computed)."""
-        if self._busy:
+        if self._busy or self._closed:
             return
         call = _parse_call(func, args, kwargs)
         if call is None or not isinstance(call.weight, torch.Tensor):
@@ -566,6 +568,8 @@ def layer_status(spec: LayerSpec, n_samples: int, finding: LayerFinding | None) 
     precedence: not reached, not exact, too few samples, ok)."""
     from . import status
 
+    if finding is not None and finding.problem and finding.calls == 0:
+        return status.NOT_EXACT, finding.problem  # its forward ran, but not as a capturable call
     if n_samples == 0:
         return status.NOT_REACHED, "no input vector reached its weight"
     if finding is None or finding.calls == 0:

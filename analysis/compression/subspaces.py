@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Subset
 
 from ..capture import LayerFinding, discover
 from ..cache import ResultCache
@@ -111,7 +112,8 @@ def _discover(model, specs: list[LayerSpec], dataset) -> dict[str, LayerFinding]
     """:func:`analysis.capture.discover` on the first two images of ``dataset`` (on the CPU)."""
     if len(dataset) == 0:
         return {}
-    batch, _ = next(iter(make_loader(dataset, batch_size=min(2, len(dataset)))))
+    first = Subset(dataset, range(min(2, len(dataset))))  # one batch: the loader starts no workers
+    batch, _ = next(iter(make_loader(first, batch_size=len(first))))
     model.cpu().eval()
     return discover(model, specs, batch)
 
