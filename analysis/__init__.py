@@ -15,6 +15,7 @@ from .engine import analyze  # noqa: E402
 from .errors import AnalysisError  # noqa: E402
 from .models import load_model  # noqa: E402
 from .result import Result  # noqa: E402
+from . import compression as _compression  # noqa: E402,F401  registers the file: loader of compressed exports
 
 
 __all__ = ["AnalysisError", "Result", "analyze", "load_model", "__version__"]

@@ -138,7 +138,7 @@ def factorize_model(model: nn.Module, subspaces: dict[str, LayerSubspace], ranks
         weight = sub.weight if sub.weight is not None else weight_matrix(original).detach()
         left, right = factorize(weight, sub.eig_in.vectors, sub.eig_out.vectors,
                                 decision.k_in, decision.k_out, rank=decision.rank)
-        replace_module(compressed, decision.layer, factorized_layer(original, left, right, sub.bias))
+        replace_module(compressed, decision.layer, factorized_layer(original, left, right, decision.kind, sub.bias))
     return compressed.eval()
 
 

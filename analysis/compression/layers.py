@@ -16,6 +16,10 @@ again; timm's dynamic "same" padding (``Conv2dSame``, ``StdConv2dSame`` with ``s
 plain timm ``Conv2dSame``.
 
 State-dict names: ``<layer>.reduce.weight`` (R) and ``<layer>.expand.weight`` / ``<layer>.expand.bias`` (L, b).
+
+Thin-pair protocol (read by the layer adapters of :mod:`analysis.models.layers` with ``getattr``, no import):
+a pair has the attribute ``factorized_from``, the kind of the layer it replaces (``"mlp_fc1"``, or None when
+not known: then the adapter classifies ``reduce``/``expand`` by the pair's own name, the original layer's).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import nn
 class FactorizedLinear(nn.Module):
     """``y = expand(reduce(x))``: Linear ``d_in -> r`` (no bias), then Linear ``r -> d_out`` (bias kept)."""
 
-    is_factorized_pair = True  # layer adapters classify .reduce/.expand by this layer's name
+    factorized_from: str | None = None  # the original layer's kind (see the module docstring)
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool) -> None:
         super().__init__()
@@ -55,7 +59,7 @@ class FactorizedLinear(nn.Module):
 class FactorizedConv2d(nn.Module):
     """A k x k convolution to ``rank`` channels (no bias), then a 1 x 1 convolution to ``out_channels``."""
 
-    is_factorized_pair = True  # layer adapters classify .reduce/.expand by this layer's name
+    factorized_from: str | None = None  # the original layer's kind (see the module docstring)
 
     def __init__(self, original: nn.Conv2d, rank: int) -> None:
         super().__init__()
@@ -101,7 +105,7 @@ def _plain_conv(original: nn.Conv2d, out_channels: int) -> nn.Conv2d:
 
 
 def factorized_layer(original: nn.Module, left: torch.Tensor, right: torch.Tensor,
-                     bias: torch.Tensor | None | str = "module") -> nn.Module:
+                     original_kind: str | None = None, bias: torch.Tensor | None | str = "module") -> nn.Module:
     """The thin replacement of ``original`` (Linear or ungrouped Conv2d) with ``L @ R = W'`` and ``bias``
     (the effective bias the original's forward adds; default ``"module"``: the module's own ``bias``)."""
     dtype = original.weight.dtype
@@ -110,19 +114,25 @@ def factorized_layer(original: nn.Module, left: torch.Tensor, right: torch.Tenso
         bias = original.bias.detach() if original.bias is not None else None
     bias = bias.to(dtype) if bias is not None else None
     if isinstance(original, nn.Linear):
-        return FactorizedLinear.from_factors(left, right, bias)
-    if isinstance(original, nn.Conv2d):
-        return FactorizedConv2d.from_factors(original, left, right, bias)
-    raise TypeError(f"cannot factorize a {type(original).__name__}")
+        layer = FactorizedLinear.from_factors(left, right, bias)
+    elif isinstance(original, nn.Conv2d):
+        layer = FactorizedConv2d.from_factors(original, left, right, bias)
+    else:
+        raise TypeError(f"cannot factorize a {type(original).__name__}")
+    layer.factorized_from = original_kind
+    return layer
 
 
-def empty_factorized_layer(original: nn.Module, rank: int) -> nn.Module:
+def empty_factorized_layer(original: nn.Module, rank: int, original_kind: str | None = None) -> nn.Module:
     """A replacement with the right shapes and uninitialised weights (to load an exported state dict into)."""
     if isinstance(original, nn.Linear):
-        return FactorizedLinear(original.in_features, original.out_features, rank, original.bias is not None)
-    if isinstance(original, nn.Conv2d):
-        return FactorizedConv2d(original, rank)
-    raise TypeError(f"cannot factorize a {type(original).__name__}")
+        layer = FactorizedLinear(original.in_features, original.out_features, rank, original.bias is not None)
+    elif isinstance(original, nn.Conv2d):
+        layer = FactorizedConv2d(original, rank)
+    else:
+        raise TypeError(f"cannot factorize a {type(original).__name__}")
+    layer.factorized_from = original_kind
+    return layer
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -23,10 +23,11 @@ from torch.utils.data import Subset
 from ..capture import LayerFinding, discover
 from ..cache import ResultCache
 from ..data import make_loader
-from ..engine import ProgressCallback, compute, plan
+from ..engine import compute, plan
 from ..models import describe_layers
 from ..models.layers import LayerSpec
 from ..models.registry import LoadedModel
+from ..progress import ProgressCallback
 from ..result import Result
 from ..settings import AnalysisSettings
 from ..spectra import Eigen, eigen_batched, output_second_moment

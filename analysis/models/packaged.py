@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ModelUnavailableError, SettingsError, Unkn
 from . import packaged_dinov2, packaged_efficientnet
 from .checkpoints import load_into, read_state_dict
 from .packaged_cache import ConversionRecord, read_verified, sha256_file, write_converted
-from .registry import CatalogueEntry, register_source
+from .registry import CatalogueEntry, SourceModel, register_source
 from .sources import create_timm
 
 _log = logging.getLogger(__name__)
@@ -230,11 +230,11 @@ class PackagedSource:
 
     prefix = "pkg"
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         if options:
             raise SettingsError(f"pkg:{name} takes no options (got {', '.join(sorted(options))})")
         model, spec, _ = load_packaged(name)
-        return model, spec.arch, spec.description, dict(spec.data_config)
+        return SourceModel(model, spec.arch, spec.description, dict(spec.data_config))
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return [
