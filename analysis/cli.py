@@ -16,7 +16,7 @@ from . import defaults
 from .errors import AnalysisError, SettingsError
 
 SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
-                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank"]
+                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "status"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,7 +140,9 @@ def _print_result(result, out=None) -> None:
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
-          f"(patch embedding and head reported, not counted)", file=out)
+          f"(patch embedding and head reported, not counted"
+          f"{'; ' + str(summary['layers_flagged']) + ' flagged layers not counted' if summary['layers_flagged'] else ''})",
+          file=out)
     print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
           f"({summary['kept']:.1%})", file=out)
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
@@ -149,6 +151,8 @@ def _print_result(result, out=None) -> None:
         names = ", ".join(item["layer"] for item in result.not_applicable[:6])
         more = "" if len(result.not_applicable) <= 6 else f" and {len(result.not_applicable) - 6} more"
         print(f"not applicable (grouped/depthwise convolutions): {names}{more}", file=out)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _with_energies(result, e_in, e_out):
