@@ -7,7 +7,7 @@ forward-only:
 
 - ``forward``: ``model(x)`` under ``torch.inference_mode`` and bf16 autocast;
 - ``naive hook``: a forward hook on every analysed layer doing ``x.float().T @ x.float()`` on its inputs and
-  ``y.float().T @ y.float()`` on its outputs in float32 (the 0.17 baseline of DESIGN.md section 6). The
+  ``y.float().T @ y.float()`` on its outputs in float32 (the 0.17 ratio baseline in benchmarks/RESULTS.md). The
   products run with autocast disabled: under the active bf16 autocast a bare ``@`` would multiply in bf16
   and return bf16, which is neither the baseline's arithmetic nor an acceptable statistic;
 - ``ours``: :class:`analysis.statistics.MomentCollector` (inputs only, Triton second-moment kernel; float32
@@ -45,6 +45,7 @@ from analysis.models.layers import weight_matrix  # noqa: E402
 from analysis.models.sources import create_timm  # noqa: E402
 from analysis.spectra import AffineLayer, eigen_batched, layer_eigen, output_second_moment  # noqa: E402
 from analysis.statistics import MomentCollector  # noqa: E402
+import kernels  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -119,7 +120,7 @@ def bench_model(arch: str, batch_size: int, device: torch.device, batches: int, 
                 h.remove()
 
     def ours_run(batch_list) -> float:
-        with collector:
+        with collector, kernels.layer_precision(torch.bfloat16):  # as the engine declares its precision
             return _timed(model, batch_list, device, collector.next_batch)
 
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):

@@ -595,7 +595,14 @@ def test_dispatcher_rounds_float32_to_the_active_autocast_dtype(backend: str, mo
         monkeypatch.setenv(kernels.FP32_INPUTS_ENV, "sometimes")
         with pytest.raises(ValueError, match=kernels.FP32_INPUTS_ENV):
             kernels.second_moment(x, backend=backend)
+    monkeypatch.delenv(kernels.FP32_INPUTS_ENV, raising=False)
+    # The statistics switch autocast off around their products; the engine declares its precision instead.
+    with kernels.layer_precision(torch.bfloat16), torch.autocast(device_type="cpu", enabled=False):
+        assert kernels.fp32_rounding(x) is torch.bfloat16
+        declared = kernels.second_moment(x, backend=backend)
+    assert kernels.fp32_rounding(x) is None
     exact_ref = x.double().T @ x.double()
+    assert _lower_rel_err(declared, xr.T @ xr) <= RTOL_BF16
     assert _lower_rel_err(outside, exact_ref) <= RTOL_FP32  # no autocast: nothing rounded
     assert _lower_rel_err(inside, xr.T @ xr) <= RTOL_BF16
     assert _lower_rel_err(exact, exact_ref) <= RTOL_FP32
