@@ -161,7 +161,7 @@ def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
     result = analyze(TINY_VIT, f"folder:{folder}", samples=4, use_cache=False, progress=seen.append)
     spectra_steps = [p for p in seen if p.stage == "spectra"]
     layers = len(result.layers)
-    assert [p.batches_done for p in spectra_steps] == list(range(1, layers + 1))
-    assert all(p.batches_total == layers for p in spectra_steps)
+    assert [p.done for p in spectra_steps] == list(range(1, layers + 1))
+    assert all(p.total == layers for p in spectra_steps)
     assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
     assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")
