@@ -108,6 +108,7 @@ def main() -> None:
     with collector:
         _throughput(model, batches[:1], collector)  # warm-up of the hooks (and SciPy's import)
     for _ in range(repeats):
+        print("  repeat", file=sys.stderr, flush=True)
         modes["forward only"].append(_throughput(model, batches))
         for method, label in (("gemm", "forward + statistics (GEMM, before)"), ("syrk", "forward + statistics (syrk, now)")):
             reference.CPU_METHOD = method
@@ -131,8 +132,11 @@ def main() -> None:
         eig.update({f"now ({k} thread{'s' if k > 1 else ''})": [] for k in threads})
         for _ in range(args.eig_repeats):
             eig["before (direct, 1 thread)"].append(_eigen_before(moments, specs))
+            print(f"  eigen before: {eig['before (direct, 1 thread)'][-1]:.2f} s", file=sys.stderr, flush=True)
             for k in threads:
                 eig[f"now ({k} thread{'s' if k > 1 else ''})"].append(_eigen_now(layers, k))
+                print(f"  eigen now, {k} threads: {eig[f'now ({k} thread' + ('s' if k > 1 else '') + ')'][-1]:.2f} s",
+                      file=sys.stderr, flush=True)
     finally:
         if hog is not None:
             hog.kill()
