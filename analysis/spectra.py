@@ -55,7 +55,10 @@ import torch
 JITTER = 1e-12
 
 #: Threads for CPU eigen-decompositions (LAPACK ``syevd`` through ``torch.linalg.eigh``). Measured on this
-#: project's 2-core VM; see ``benchmarks/RESULTS.md`` ("Eigen-decomposition threads").
+#: project's 2-core VM with ``benchmarks/bench_cpu_statistics.py`` (ViT-Ti, all 50 layers' C_in and C_out):
+#: with other work beside it (load 9-14, 2026-11-29) 5.6 s on 1 thread against 87.7 s on 2; earlier, on
+#: 2 busy cores, 6 s against 40 s. Two threads never won on shared cores; a quiet-machine comparison is
+#: still to be taken (``benchmarks/RESULTS.md``).
 CPU_EIGH_THREADS: int = 1
 
 #: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group

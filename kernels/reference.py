@@ -42,10 +42,10 @@ import torch
 
 from ._validation import check_inputs
 
-#: OpenBLAS threads for the CPU ``ssyrk``. Measured on this project's 2-core VM (2026-11-29, torch 2.14.1
-#: MKL forward + SciPy 1.x OpenBLAS 0.3.30 syrk, ViT-Ti batch 32, d = 192 and 768, n = 6304 rows): on
-#: 2 threads OpenBLAS's syrk took 150-340 ms per d = 768 call against 100-105 ms on 1 thread, and 155 ms
-#: against 26 ms at d = 192. Its worker threads busy-wait against torch's OpenMP pool that has just run the
+#: OpenBLAS threads for the CPU ``ssyrk``. Measured on this project's 2-core VM (2026-11-29, load 4-12 from
+#: other work, torch 2.14.1 MKL + SciPy's OpenBLAS 0.3.30, n = 6304 rows = a ViT-Ti batch of 32, methods
+#: alternated, median of 7): on 2 threads OpenBLAS's syrk took 230-370 ms per d = 768 call against
+#: 102-105 ms on 1 thread (MKL's full 2-thread GEMM: 124-239 ms), and 155-335 ms against 20-26 ms at d = 192. Its worker threads busy-wait against torch's OpenMP pool that has just run the
 #: layer (both want both cores), so one thread is faster on two cores, and far faster when the cores are
 #: shared with other work. See ``benchmarks/RESULTS.md`` for the end-to-end figures.
 SYRK_THREADS: int = 1
