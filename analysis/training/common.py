@@ -16,7 +16,8 @@ the device one at a time; checkpoints and published weights are written from CPU
 Checkpoints during training (:class:`Checkpointer`): the backbone is saved at log-spaced points, step 0 (before
 any update), then after epochs 1, 2, 4, 8, ... and after the last epoch (or the last step of a ``--max-steps``
 run), as ``<out>/checkpoints/step_<step:06d>.safetensors`` in float16 (``--checkpoint-dtype``), with the step,
-epoch, regime and seed in the safetensors metadata, and one record per checkpoint (file, step, epoch, sha256,
+epoch, regime, seed and accuracies in the safetensors metadata (so the folder is a ``folder-of-checkpoints:``
+series for :func:`analysis.timeline`), and one record per checkpoint (file, step, epoch, sha256,
 linear-probe and k-NN top-1) in ``<out>/checkpoints.json``. float16 keeps 10 mantissa bits: weights reload to
 within a relative 2^-11 of the float32 values, which changes no analysed rank materially but is not an exact
 reload (the published final model stays float32). A zoo ViT checkpoint is 0.92 MB in float16. The accuracies
@@ -369,7 +370,8 @@ class Checkpointer:
         tmp = path.with_name(path.name + ".tmp")
         save_file(state, str(tmp), metadata={"regime": self.regime, "seed": str(self.args.seed), "step": str(step),
                                              "epoch": str(epoch), "dtype": self.args.checkpoint_dtype,
-                                             "arch": json.dumps(ARCH_KWARGS)})
+                                             "arch": json.dumps(ARCH_KWARGS),
+                                             **{k: str(v) for k, v in (accuracy or {}).items()}})
         os.replace(tmp, path)
         record = {"file": f"{CHECKPOINT_DIR}/{path.name}", "step": step, "epoch": epoch,
                   "sha256": sha256_file(path), "size_bytes": path.stat().st_size, "dtype": self.args.checkpoint_dtype,
