@@ -15,16 +15,24 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui.charts import CHART_HEIGHT, _layout, analysis_color
+from ui.charts import CHART_HEIGHT, analysis_color
 
 INTRO = (
-    "How much of each layer a model uses as it trains: every checkpoint of a training series is a normal "
-    "cached analysis, drawn against its training step, per layer and against its linear-probe accuracy. "
-    "Series are the zoo's regimes (today: their initialisation and final model only, until they are retrained "
-    "with checkpoints) or a folder of your own checkpoints; the sidebar's energies re-threshold every point."
+    "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
+    "of your own checkpoints) is a normal cached analysis, drawn against its training step, layer by layer and "
+    "against its linear-probe accuracy. The zoo's regimes have two points today, their initialisation and their "
+    "final model, until they are retrained with checkpoints; the sidebar's energies re-threshold every point."
 )
 
 STEP0_NOTE = "step 0 (initialisation) is drawn at x = {x0:g} on the log axis"
+
+
+def _layout(fig: go.Figure, title: str, height: int = CHART_HEIGHT) -> go.Figure:
+    """Title at the left, legend above the plot (as on the other pages)."""
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
+                      margin=dict(l=60, r=30, t=60, b=60),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+    return fig
 
 
 def step_zero_position(steps: Sequence[float | int | None]) -> float:
