@@ -48,7 +48,12 @@ def trajectory(name: str, cache_dir: str | None = None) -> tuple[str, int]:
     n = len(mlus)
     middle = mlus[n // 2] if n >= 3 else "-"
     steps = [int(s) for s in table["step"].dropna()]
-    span = f" (steps {min(steps)}-{max(steps)}, {n} points)" if steps else ""
+    if not steps:
+        span = ""
+    elif n == 1:
+        span = f" (step {steps[0]}, 1 point)"
+    else:
+        span = f" (steps {min(steps)}-{max(steps)}, {n} points)"
     if n == 1:
         return f"{mlus[0]} / - / {mlus[0]}{span}", n
     return f"{mlus[0]} / {middle} / {mlus[-1]}{span}", n
