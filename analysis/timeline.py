@@ -124,7 +124,7 @@ def _from_zoo_record(series: str, record: Mapping) -> Checkpoint:
 def _folder_series(spec: str) -> list[Checkpoint]:
     from urllib.parse import parse_qsl
 
-    from .compression.export import read_metadata
+    from .compression.checkpoint import read_metadata
     from .restrictions import check_path
 
     path_text, _, query = spec[len(FOLDER_PREFIX):].partition("?")

@@ -58,7 +58,7 @@ def test_every_recipe_starts_from_build_model_of_its_seed_which_is_the_random_zo
     for name, model in read_manifest()["models"].items():
         first = model["checkpoints"][0]
         assert first["step"] == 0 and first["sha256"] == entry["sha256"], name
-    loaded, *_ = ZooSource().load("vit-fmnist-dino", {"step": "0"})
+    loaded = ZooSource().load("vit-fmnist-dino", {"step": "0"}).module
     assert all(torch.equal(loaded.state_dict()[k], init[k]) for k in backbone)
     with pytest.raises(UnknownModelError, match="no checkpoint at step 7"):
         ZooSource().load("vit-fmnist-dino", {"step": "7"})
@@ -96,7 +96,7 @@ def test_tiny_recipe_run_writes_checkpoints_that_the_manifest_lists_and_loads(tm
     for c in listed[:-1]:
         path = weights / c["file"]
         assert path.is_file() and sha256_file(path) == c["sha256"]
-        model, *_ = source.load("vit-fmnist-supervised", {"step": str(c["step"])})
+        model = source.load("vit-fmnist-supervised", {"step": str(c["step"])}).module
         state = read_state_dict(path)
         assert all(torch.equal(model.state_dict()[k], state[k].float()) for k in state)
     assert sum(c["size_bytes"] for c in listed[:-1]) <= publish.CHECKPOINT_BUDGET_MB * 2**20

@@ -30,13 +30,13 @@ from ..errors import SettingsError
 from ..paths import cache_root
 from ..progress import Progress, ProgressCallback
 from ..result import check_energy
-from .evaluate import Evaluator
-from .export import export_bytes, export_file
+from .accuracy import Evaluator
+from .checkpoint import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
 )
 from .finetune import FinetuneSettings, finetune
-from .layers import parameter_count
+from .thin_layers import parameter_count
 from .subspaces import Measured, measure
 
 PAIRED_EVAL = {"fashion-mnist:train": "fashion-mnist:test"}
@@ -94,7 +94,7 @@ class CompressionReport:
                 {k: v for k, v in self.summary.items() if k != "layers"})
 
     def export_bytes(self) -> bytes:
-        """The factorized model as a safetensors file (see :mod:`analysis.compression.export`)."""
+        """The factorized model as a safetensors file (see :mod:`analysis.compression.checkpoint`)."""
         return export_bytes(self.model, *self._export_args())
 
     def export_file(self, path: str | Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine import Cancelled, plan, run_plan
+from ..environment import env_float
 from ..errors import AnalysisError
 from ..progress import Progress
 from ..settings import AnalysisSettings
@@ -140,10 +141,7 @@ def _settings_from(data: object) -> AnalysisSettings:
 
 def _delay_batches(should_stop: Callable[[], bool]) -> None:
     """Honour :data:`BATCH_DELAY_ENV`: pause after a batch, returning early once a stop is requested."""
-    try:
-        delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
-    except ValueError:
-        delay = 0.0
+    delay = env_float(BATCH_DELAY_ENV, 0.0, minimum=0.0)
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline and not should_stop():
         time.sleep(min(0.05, delay))
