@@ -123,7 +123,7 @@ def _progress_bar(quiet: bool):
         return None, close
 
     def on_batch(p) -> None:
-        update(p.stage, p.batches_done, p.batches_total, images=f"{p.images_done}/{p.images_total}")
+        update(p.stage, p.done, p.total, images=f"{p.items_done}/{p.items_total}")
 
     return on_batch, close
 
@@ -132,7 +132,7 @@ def _print_result(result, out=None) -> None:
     out = out or sys.stdout
     summary = result.summary()
     print(f"key        {summary['key']}", file=out)
-    print(f"model      {summary['model']}  ({result.meta.get('model_description', '')})", file=out)
+    print(f"model      {summary['model']}  ({result.meta.model_description})", file=out)
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
@@ -216,10 +216,9 @@ def cmd_list(args) -> int:
         entries = list(ResultCache().entries())
         if not entries:
             print("no cached analyses")
-        for manifest in entries:
-            meta = manifest["meta"]
-            print(f"{manifest['key']}  {meta['model_id']:35s} {meta['dataset_id']:22s} "
-                  f"{meta['n_images']:>7} images")
+        for entry in entries:
+            meta = entry.meta
+            print(f"{entry.key}  {meta.model_id:35s} {meta.dataset_id:22s} {meta.n_images:>7} images")
     return 0
 
 
@@ -274,11 +273,12 @@ def cmd_compress(args) -> int:
                                   objective=args.objective, seed=args.seed),
     ).validated()
     update, close = _stage_progress(args.quiet)
+    progress = None if update is None else (lambda p: update(p.stage, p.done, p.total))
     try:
         if args.sweep:
-            table = sweep(request, _parse_energies(args.sweep), progress=update)
+            table = sweep(request, _parse_energies(args.sweep), progress=progress)
         else:
-            report = compress(request, export=args.export, progress=update)
+            report = compress(request, export=args.export, progress=progress)
     finally:
         close()
     if args.sweep:

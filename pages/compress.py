@@ -35,7 +35,7 @@ counted = savings[savings["in_mlu"]]
 
 cols = st.columns(4)
 cols[0].metric("Parameters kept", text.pct(params["kept"]),
-               help=f"Of the open analysis ({result.meta.get('dataset_id')}, {text.count(result.meta.get('n_images'))} "
+               help=f"Of the open analysis ({result.meta.dataset_id}, {text.count(result.meta.n_images)} "
                     f"images) at the sidebar's energies; {KEPT_DEFINITION}.")
 cols[1].metric("Parameters saved", text.count(params["params_dense"] - params["params_factorized"]),
                help=f"of {text.count(params['params_dense'])} in the counted layers")

@@ -315,7 +315,7 @@ def test_parameters_kept_has_one_definition_for_the_table_the_ranks_and_the_summ
     ranks = choose_ranks(measure(TINY_VIT, folder_id).subspaces, 0.95, 0.9)
     expected = metrics.kept_fraction(summary["params_kept"], summary["params_dense"])
     assert summary["kept_fraction"] == expected == kept_fraction(ranks) == result.parameters()["kept"]
-    assert summary["analysis_images"] == result.meta["n_images"]  # says which analysis the ranks came from
+    assert summary["analysis_images"] == result.meta.n_images  # says which analysis the ranks came from
     # a layer that would not shrink is counted dense, never larger
     assert all(r.params_kept <= r.params_dense for r in ranks)
     assert metrics.kept_fraction(0, 0) != metrics.kept_fraction(0, 0)  # NaN without counted layers

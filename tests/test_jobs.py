@@ -31,7 +31,7 @@ from analysis.errors import AnalysisError, CacheError, DatasetError, NumericalEr
 from analysis.compression import CompressionRequest, FinetuneSettings, stored_summaries
 from analysis.compression.pipeline import request_key
 from analysis.jobs import api, lock
-from analysis.jobs.compression_job import StageClock, expected_stages, models_dir
+from analysis.jobs.compression_job import JobClock, expected_stages, models_dir
 from analysis.jobs.files import JobFiles, read_json, write_json, write_progress
 from analysis.jobs.worker import HOLD_ENV, describe_error
 from analysis.settings import AnalysisSettings
@@ -217,7 +217,7 @@ def test_concurrent_submits_start_one_worker_that_finishes_done(started):
     assert not files.lock.exists()
     result = ResultCache(started.cache_dir).load(key)
     assert result is not None and len(result.layers) > 0
-    assert result.meta["key"] == key
+    assert result.meta.key == key
 
 
 def test_resubmitting_a_finished_request_starts_nothing(started, monkeypatch):
@@ -324,10 +324,10 @@ def test_list_jobs_shows_failed_and_cancelled_but_not_done(started):
     assert set(s.key for s in jobs.list_jobs(started.cache_dir, kind=None)) == set(listed) | set(compressions)
 
 
-def test_stage_clock_weighs_stages_by_their_work_and_never_goes_back():
+def test_job_clock_weighs_stages_by_their_work_and_never_goes_back():
     request = CompressionRequest(model=MODEL, samples=100, eval_samples=50)
     assert expected_stages(request) == [("analyse", 100.0), ("evaluate dense", 50.0), ("evaluate factorized", 50.0)]
-    clock = StageClock(expected_stages(request), started=0.0)
+    clock = JobClock(expected_stages(request), started=0.0)
     fraction, eta = clock.update("analyse", 50, 100, now=10.0)
     assert fraction == pytest.approx(50 / 200) and eta == pytest.approx(10.0 * 150 / 50)
     assert clock.update("analyse", 100, 100, now=20.0)[0] == pytest.approx(100 / 200)
@@ -338,12 +338,12 @@ def test_stage_clock_weighs_stages_by_their_work_and_never_goes_back():
     assert fraction == pytest.approx(300 / 400)  # its probe part not reported yet: still expected
     assert clock.update("evaluate factorized: probe features", 100, 100, now=60.0)[0] == pytest.approx(1.0)
     # an analysis read from the cache never reports: the evaluations are then the whole job
-    cached = StageClock(expected_stages(request), started=0.0)
+    cached = JobClock(expected_stages(request), started=0.0)
     assert cached.update("evaluate dense", 25, 50, now=5.0)[0] == pytest.approx(25 / 100)
     assert cached.update("evaluate dense", 10, 50, now=6.0)[0] == pytest.approx(25 / 100)  # never backwards
     tuned = CompressionRequest(model=MODEL, samples=100, eval_samples=50,
                                finetune=FinetuneSettings(steps=10, batch_size=4))
-    clock = StageClock(expected_stages(tuned), finetune_step_cost=4 * 3.0, started=0.0)
+    clock = JobClock(expected_stages(tuned), finetune_step_cost=4 * 3.0, started=0.0)
     assert dict(expected_stages(tuned))["fine-tune"] == 10 * 4 * 3.0
     for stage, total in (("analyse", 100), ("evaluate dense", 50), ("evaluate factorized", 50)):
         clock.update(stage, total, total, now=1.0)

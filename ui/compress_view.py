@@ -177,8 +177,8 @@ def _download(result: Result, summaries: list[dict]) -> None:
 
 def section(result: Result, e_in: float, e_out: float) -> None:
     """Draw the form, the followed job, the stored compressions of this model, the chart and the download."""
-    model_id = result.meta.get("model_id", "")
-    analysed = result.meta.get("dataset_id", "")
+    model_id = result.meta.model_id
+    analysed = result.meta.dataset_id
     st.subheader("Factorize, evaluate, fine-tune")
     st.markdown(
         "Replace each counted layer by its two thin factors where that saves parameters, measure top-1 before "

@@ -12,7 +12,8 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from ..cache import ResultCache
-from ..engine import Cancelled, Progress, plan, run_plan
+from ..engine import Cancelled, plan, run_plan
+from ..progress import Progress
 from ..settings import AnalysisSettings
 from .kinds import JobError, RunContext
 
@@ -49,9 +50,9 @@ def pause_after_batch(should_stop) -> None:
 
 
 def _message(progress: Progress) -> str:
-    if progress.batches_total and progress.batches_done >= progress.batches_total:
+    if progress.total and progress.done >= progress.total:
         return "statistics complete; computing spectra and metrics"
-    return f"{progress.stage}: batch {progress.batches_done}/{progress.batches_total}"
+    return f"{progress.stage}: batch {progress.done}/{progress.total}"
 
 
 def run(context: RunContext) -> dict:
@@ -59,9 +60,9 @@ def run(context: RunContext) -> dict:
     request = context.request
 
     def on_batch(progress: Progress) -> None:
-        context.report(_message(progress), stage=progress.stage, batches_done=progress.batches_done,
-                       batches_total=progress.batches_total, images_done=progress.images_done,
-                       images_total=progress.images_total, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s,
+        context.report(_message(progress), stage=progress.stage, batches_done=progress.done,
+                       batches_total=progress.total, images_done=progress.items_done,
+                       images_total=progress.items_total, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s,
                        fraction=progress.fraction)
         pause_after_batch(context.should_stop)
 

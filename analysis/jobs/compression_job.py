@@ -8,8 +8,9 @@ is (:func:`~analysis.compression.store_summary`), with ``job_key`` added; the fa
 ``<cache>/compressions/models/<key>.safetensors`` (``summary["export"]``). The final record names the summary
 file (``result``), which is what :func:`has_result` checks.
 
-Progress: the pipeline reports ``(stage, done, total)`` per stage; :class:`StageClock` turns that into one
-fraction and an ETA for the whole run from the stages the request implies (see its docstring).
+Progress: the pipeline reports one :class:`~analysis.progress.Progress` per step of each stage;
+:class:`JobClock` turns them into one fraction and an ETA for the whole run from the stages the request
+implies (see its docstring).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ..compression.pipeline import CompressionRequest, compress, job_key, store_summary, summaries_dir
 from ..engine import Cancelled
+from ..progress import Progress
 from .analysis_job import pause_after_batch
 from .kinds import JobError, RunContext
 
@@ -44,7 +46,7 @@ def expected_stages(request: CompressionRequest) -> list[tuple[str, float]]:
     return stages
 
 
-class StageClock:
+class JobClock:
     """One fraction and ETA over consecutive stages that each report ``(done, total)``.
 
     Work is counted in image-forwards: a stage's report of ``done`` items is ``done * cost`` units (cost 1,
@@ -126,11 +128,12 @@ def request_from(record: dict) -> CompressionRequest:
 def run(context: RunContext) -> dict:
     """Compress, store the summary (with ``job_key``) and export the factorized model."""
     request = request_from(context.request)
-    clock = StageClock(expected_stages(request), request.finetune.batch_size * FINETUNE_COST)
+    clock = JobClock(expected_stages(request), request.finetune.batch_size * FINETUNE_COST)
 
-    def progress(stage: str, done: int, total: int) -> None:
-        fraction, eta = clock.update(stage, done, total)
-        context.report(f"{stage}: {done:,} / {total:,}", stage=stage, batches_done=done, batches_total=total,
+    def progress(p: Progress) -> None:
+        fraction, eta = clock.update(p.stage, p.done, p.total)
+        context.report(f"{p.stage}: {p.done:,} / {p.total:,}", stage=p.stage, batches_done=p.done,
+                       batches_total=p.total, images_done=p.items_done, images_total=p.items_total,
                        elapsed_s=clock.elapsed(), eta_s=eta, fraction=fraction)
         pause_after_batch(context.should_stop)
         if context.should_stop():

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..engine import Cancelled
 from ..errors import AnalysisError
 from . import lock
-from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV
+from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV  # noqa: F401 - re-exported: callers set them for workers
 from .files import JobFiles, cache_root_of, read_json, write_progress
 from .kinds import JobError, RunContext, get_kind, kind_name
 
