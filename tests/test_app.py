@@ -581,7 +581,7 @@ def test_display_labels_are_short_and_unique():
 
 
 def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fits_its_axes():
-    from analysis.compression.accuracy import accuracy_points
+    from analysis.compression.summaries import accuracy_points
     from ui import charts
 
     def summary(n, kept, acc, dense, created):

@@ -252,7 +252,7 @@ def test_thin_layers_of_a_compressed_model_keep_their_original_kind(folder_id):
 
 # ------------------------------------------------------------------------- reading summaries honestly
 def test_wilson_interval_matches_the_closed_form_and_known_values():
-    from analysis.compression.accuracy import Z95, wilson_interval
+    from analysis.compression.summaries import Z95, wilson_interval
 
     low, high = wilson_interval(14, 16)
     assert (round(low, 4), round(high, 4)) == (0.6398, 0.9650)
@@ -269,7 +269,7 @@ def test_wilson_interval_matches_the_closed_form_and_known_values():
 
 
 def test_top1_is_shown_with_its_interval_and_evaluation_size():
-    from analysis.compression.accuracy import Top1, top1_text
+    from analysis.compression.summaries import Top1, top1_text
 
     assert Top1.of(14 / 16, 16).text() == "87.5 % ± 16 (n = 16)"
     assert Top1.of(0.9022, 10_000).text() == "90.22 % ± 0.58 (n = 10,000)"
@@ -286,7 +286,7 @@ def _summary(eval_samples: int, kept: float, acc: float, dense: float = 0.9, cre
 
 
 def test_runs_are_grouped_by_evaluation_set_and_each_set_has_its_dense_reference():
-    from analysis.compression.accuracy import accuracy_points, evaluation_set, set_labels
+    from analysis.compression.summaries import accuracy_points, evaluation_set, set_labels
 
     summaries = [_summary(16, 0.3, 14 / 16, dense=15 / 16, created="1"), _summary(500, 0.3, 0.85, created="2"),
                  _summary(500, 0.5, 0.88, created="3", tuned=0.89), _summary(16, 0.5, 15 / 16, dense=1.0, created="4")]

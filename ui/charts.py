@@ -386,7 +386,7 @@ def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad
 
 
 def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
-    """Top-1 against parameters kept, from :func:`analysis.compression.accuracy.accuracy_points`.
+    """Top-1 against parameters kept, from :func:`analysis.compression.summaries.accuracy_points`.
 
     One colour per evaluation set; points are connected only within a set (factorized runs, by parameters
     kept); fine-tuned runs are diamonds; every point has its Wilson 95 % interval as an error bar; each

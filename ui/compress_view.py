@@ -7,7 +7,7 @@ another tab) adopts the newest live compression of this model. A fragment polls 
 (progress, ETA, cancel); when it is done its summary is already stored in ``<cache>/compressions/``.
 
 Every stored compression of this model is drawn by evaluation set (points connected only within one set),
-with top-1 as ``87.5 % ± 16 (n = 16)`` (Wilson 95 % interval, :mod:`analysis.compression.accuracy`), and
+with top-1 as ``87.5 % ± 16 (n = 16)`` (Wilson 95 % interval, :mod:`analysis.compression.summaries`), and
 the newest exported factorized model can be downloaded.
 """
 
@@ -19,7 +19,7 @@ import streamlit as st
 
 from analysis import jobs
 from analysis.compression import CompressionRequest, FinetuneSettings, stored_summaries
-from analysis.compression.accuracy import accuracy_points, evaluation_set, set_labels, top1_text
+from analysis.compression.summaries import accuracy_points, evaluation_set, set_labels, top1_text
 from analysis.compression.pipeline import PAIRED_EVAL
 from analysis.errors import AnalysisError
 from analysis.metrics import KEPT_DEFINITION
@@ -112,8 +112,8 @@ def _finish(key: str, status) -> None:
 
 def progress_line(status) -> str:
     """``evaluate dense: 512 / 2,000 · elapsed 12 s · ETA 1 min 05 s`` (or what the worker is doing first)."""
-    step = status.message if status.stage else (status.message or "starting")
-    return f"{step} · elapsed {text.duration(status.elapsed_s)} · ETA {text.duration(status.eta_s)}"
+    return (f"{status.message or 'starting'} · elapsed {text.duration(status.elapsed_s)} · "
+            f"ETA {text.duration(status.eta_s)}")
 
 
 @st.fragment(run_every=POLL_SECONDS)
