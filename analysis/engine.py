@@ -1,6 +1,6 @@
 """The analysis pipeline: model -> data -> statistics -> spectra -> metrics -> cache.
 
-:func:`analyze` is the public entry point (DESIGN.md section 7). A cache hit reads no data: the content
+:func:`analyze` is the public entry point (README, section Python). A cache hit reads no data: the content
 key is built from the model's weight fingerprint, the dataset's fingerprint (source identity and selected
 indices), the settings that change statistics and the schema version.
 """
@@ -26,7 +26,8 @@ from .partial import PartialStore
 from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .spectra import eigen_batched, layer_output_second_moment
+from .capture import effective_parameters, layer_status
+from .spectra import eigen_batched, output_second_moment
 from .statistics import LayerMoments, MomentCollector
 
 __all__ = ["Cancelled", "Plan", "Progress", "ProgressCallback", "analyze", "compute", "plan", "run_plan"]
@@ -249,12 +250,18 @@ def merge_across_processes(streamed: Streamed, device: torch.device) -> Streamed
 def compute_spectra(
     applicable: list[LayerSpec], streamed: Streamed, device: torch.device, settings: AnalysisSettings,
 ) -> tuple[list[LayerSpectrum], Timings]:
-    """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored."""
+    """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored.
+
+    W and b are the effective ones the forward applied, and each layer gets its status (ok / not reached /
+    not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`)."""
     moments = streamed.moments
     start = time.perf_counter()
+    findings = streamed.collector.findings()
+    effective = {spec.name: effective_parameters(spec, findings.get(spec.name)) for spec in applicable}
+    statuses = {spec.name: layer_status(spec, moments[spec.name].count, findings.get(spec.name)) for spec in applicable}
     c_out = {
-        spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment, moments[spec.name].column_sum,
-                                              moments[spec.name].count)
+        spec.name: output_second_moment(effective[spec.name][0], moments[spec.name].second_moment,
+                                        moments[spec.name].column_sum, moments[spec.name].count, effective[spec.name][1])
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
@@ -262,7 +269,9 @@ def compute_spectra(
     eig_out, eig_out_s = eigen_batched(c_out, eig_device)
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
-        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra)
+        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
+                                      weight=effective[spec.name][0], status=statuses[spec.name][0],
+                                      status_reason=statuses[spec.name][1])
         for spec in applicable
     ]
     timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_in_s + eig_out_s,
@@ -302,7 +311,7 @@ def not_applicable_layers(specs: list[LayerSpec]) -> list[dict]:
     """The layers reported but not analysed, with the reason."""
     return [
         {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
-         "reason": "depthwise/grouped convolution: each group is too small to analyse"}
+         "status": "not applicable", "reason": "depthwise/grouped convolution: each group is too small to analyse"}
         for s in specs if not s.applicable
     ]
 

@@ -32,14 +32,14 @@ from ..paths import cache_root
 from ..progress import Progress, ProgressCallback
 from ..result import check_energy
 from ..settings import AnalysisSettings
-from .evaluate import Evaluator
-from .export import export_bytes, export_file
+from .accuracy import Evaluator
+from .checkpoint import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
 )
 from .finetune import FinetuneSettings, finetune
-from .layers import parameter_count
 from .subspaces import Measured, measure, measure_settings
+from .thin_layers import parameter_count
 
 PAIRED_EVAL = {"fashion-mnist:train": "fashion-mnist:test"}
 """Analysis dataset -> the held-out split evaluated by default."""
@@ -134,7 +134,7 @@ class CompressionReport:
                 {k: v for k, v in self.summary.items() if k != "layers"})
 
     def export_bytes(self) -> bytes:
-        """The factorized model as a safetensors file (see :mod:`analysis.compression.export`)."""
+        """The factorized model as a safetensors file (see :mod:`analysis.compression.checkpoint`)."""
         return export_bytes(self.model, *self._export_args())
 
     def export_file(self, path: str | Path) -> Path:

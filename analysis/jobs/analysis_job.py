@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..cache import ResultCache
 from ..engine import Cancelled, plan, run_plan
+from ..environment import env_float
 from ..progress import Progress
 from ..settings import AnalysisSettings
 from .kinds import JobError, RunContext
@@ -37,10 +38,7 @@ def settings_from(data: object) -> AnalysisSettings:
 
 def pause_after_batch(should_stop) -> None:
     """Honour :data:`BATCH_DELAY_ENV` and :data:`HOLD_ENV`, returning early once a stop is requested."""
-    try:
-        delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
-    except ValueError:
-        delay = 0.0
+    delay = env_float(BATCH_DELAY_ENV, 0.0, minimum=0.0)
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline and not should_stop():
         time.sleep(min(0.05, delay))

@@ -44,6 +44,7 @@ def export_bytes(result: Result, fmt: str) -> bytes:
         "meta": result.meta.to_dict(),
         "layers": records,
         "not_applicable": result.not_applicable,
+        "warnings": result.warnings,
     }
     return json.dumps(document, indent=1, default=str).encode()
 
