@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tokens-per-image", type=int, default=None, help="sub-sample tokens per image (seeded)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     run.add_argument("--keep-moments", action="store_true", help="also store the raw second moments (large)")
+    run.add_argument("--max-width", type=int, default=None,
+                     help="skip layers with max(d_in, d_out) above N (their statistics would not fit)")
+    run.add_argument("--layers", default=None,
+                     help="analyse only layers whose names match PATTERN[,PATTERN] (shell globs, e.g. 'blocks.*.attn.*')")
     run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
     run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -144,7 +148,21 @@ def _print_result(result, out=None) -> None:
     if result.not_applicable:
         names = ", ".join(item["layer"] for item in result.not_applicable[:6])
         more = "" if len(result.not_applicable) <= 6 else f" and {len(result.not_applicable) - 6} more"
-        print(f"not applicable (grouped/depthwise convolutions): {names}{more}", file=out)
+        print(f"not analysed (grouped/depthwise convolutions, or left out by --layers/--max-width): {names}{more}",
+              file=out)
+    print(coverage_line(result.meta), file=out)
+
+
+def coverage_line(meta) -> str:
+    """``weights    92.3 % of the parameters analysed; skipped: CondConv2d (10.7M), LSTM (11.1M)``."""
+    get = meta.get if isinstance(meta, dict) else lambda k, d=None: getattr(meta, k, d)
+    fraction, skipped = get("weights_analysed_fraction"), get("skipped_module_types") or {}
+    if fraction is None:
+        return "weights    analysed fraction not recorded (result from an older version)"
+    listed = ", ".join(f"{name} ({count / 1e6:.2g}M)" if count >= 1e5 else f"{name} ({count:,})"
+                       for name, count in list(skipped.items())[:6])
+    more = "" if len(skipped) <= 6 else f" and {len(skipped) - 6} more"
+    return f"weights    {fraction:.1%} of the parameters analysed" + (f"; skipped: {listed}{more}" if listed else "")
 
 
 def _with_energies(result, e_in, e_out):
@@ -181,7 +199,7 @@ def cmd_run(args) -> int:
             args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
             energy_out=args.energy_out, device=device, batch_size=args.batch_size,
             tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
-            use_cache=not args.no_cache, progress=update,
+            max_width=args.max_width, layers=args.layers, use_cache=not args.no_cache, progress=update,
         )
     finally:
         close()

@@ -19,7 +19,9 @@ from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
+from .cost import guard_plan
 from .models import describe_layers, load as load_loaded_model
+from .models.layers import coverage, select_layers
 from .partial import PartialStore
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
@@ -97,6 +99,8 @@ def analyze(
     tokens_per_image: int | None = None,
     precision: str = "fp32",
     keep_moments: bool = False,
+    max_width: int | None = None,
+    layers: str | tuple[str, ...] | None = None,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
@@ -106,6 +110,7 @@ def analyze(
     settings = AnalysisSettings(
         samples=samples, seed=seed, energy_in=energy_in, energy_out=energy_out, device=device,
         batch_size=batch_size, tokens_per_image=tokens_per_image, precision=precision, keep_moments=keep_moments,
+        max_width=max_width, layers=layers,
     )
     return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
                     progress=progress, should_stop=should_stop)
@@ -133,6 +138,7 @@ def run_plan(
         cached = distributed.broadcast_from_rank0(cached)
         if cached is not None:
             return cached.at_energy(settings.energy_in, settings.energy_out)
+    guard_plan(the_plan)  # refuse a run that cannot fit before any data is read
     partial = None
     if use_cache:
         if rank == 0:
@@ -160,7 +166,8 @@ def compute(
     settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
     device = torch.device(settings.device)
     model = loaded.model.to(device)
-    specs = describe_layers(model)
+    all_specs = describe_layers(model)
+    specs, deselected = select_layers(all_specs, settings.max_width, settings.layers)
     applicable = [s for s in specs if s.applicable]
     rank, world_size = distributed.world()
     shard = distributed.shard(dataset, rank, world_size)
@@ -233,6 +240,7 @@ def compute(
     ]
     spectra_s = time.perf_counter() - start
     model.to("cpu")
+    covered = coverage(model, applicable)
 
     meta = {
         "key": the_plan.key,
@@ -256,11 +264,17 @@ def compute(
         "world_size": world_size,
         "resumed_from_batch": first_batch,
         "version": __version__,
+        "weights_analysed_fraction": covered.fraction,
+        "skipped_module_types": covered.skipped,
     }
     not_applicable = [
         {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
          "reason": "depthwise/grouped convolution: each group is too small to analyse"}
         for s in specs if not s.applicable
+    ] + [
+        {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
+         "reason": deselected[s.name]}
+        for s in all_specs if s.name in deselected
     ]
     result = Result(meta=meta, spectra=spectra, not_applicable=not_applicable,
                     energy_in=settings.energy_in, energy_out=settings.energy_out)
