@@ -236,9 +236,15 @@ def check_fits(estimate_: CostEstimate, specs: list[LayerSpec], model_id: str, r
         suggestion += " or choose layers with --layers PATTERN"
     raise CostError(
         f"{model_id} would need about {_gb(need)} of {where} but {_gb(limit or 0)} is available; its widest layer "
-        f"{estimate_.widest_layer} (d {estimate_.widest_d}) alone needs about {_gb(48 * estimate_.widest_d ** 2)}: "
+        f"{estimate_.widest_layer} (d {estimate_.widest_d}) alone needs about {_gb(_alone(estimate_))}: "
         f"{suggestion}"
     )
+
+
+def _alone(estimate_: CostEstimate) -> int:
+    """The widest layer's own statistics, vectors and eigen-solver workspace."""
+    layer = next((c for c in estimate_.layers if c.name == estimate_.widest_layer), None)
+    return (layer.memory_bytes if layer else 0) + 16 * estimate_.widest_d ** 2
 
 
 def estimate_run(model_id: str, dataset_id: str, settings) -> CostEstimate:
