@@ -74,7 +74,7 @@ CASES: tuple[FamilyCase, ...] = (
     _case("cait", "cait_xxs24_224", f"{_VIT}&depth_token_only=1", "class_attn_qkv class_attn_proj attn_qkv"),
     _case("xcit", "xcit_nano_12_p16_224", "img_size=32&depth=2&cls_attn_layers=1&embed_dim=48&num_heads=2",
           "class_attn_qkv attn_qkv pos_embed", skipped="Conv2d"),
-    _case("crossvit", "crossvit_tiny_240", "", "class_attn_qkv attn_qkv mlp_fc1"),
+    _case("crossvit", "crossvit_tiny_240", "", "class_attn_qkv attn_qkv mlp_fc1", max_width=300),
     _case("maxvit", "maxvit_rmlp_pico_rw_256", "", "attn_qkv squeeze_excite mlp_fc1"),
     _case("maxvit", "coatnet_nano_rw_224", "", "attn_qkv squeeze_excite downsample"),
     _case("pit", "pit_ti_224", "img_size=64", "attn_qkv downsample"),
