@@ -127,7 +127,7 @@ def _progress_bar(quiet: bool):
         return None, close
 
     def on_batch(p) -> None:
-        update(p.stage, p.batches_done, p.batches_total, images=f"{p.images_done}/{p.images_total}")
+        update(p.stage, p.done, p.total, images=f"{p.items_done}/{p.items_total}")
 
     return on_batch, close
 
@@ -136,7 +136,7 @@ def _print_result(result, out=None) -> None:
     out = out or sys.stdout
     summary = result.summary()
     print(f"key        {summary['key']}", file=out)
-    print(f"model      {summary['model']}  ({result.meta.get('model_description', '')})", file=out)
+    print(f"model      {summary['model']}  ({result.meta.model_description})", file=out)
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
@@ -155,8 +155,7 @@ def _print_result(result, out=None) -> None:
 
 def coverage_line(meta) -> str:
     """``weights    92.3 % of the parameters analysed; skipped: CondConv2d (10.7M), LSTM (11.1M)``."""
-    get = meta.get if isinstance(meta, dict) else lambda k, d=None: getattr(meta, k, d)
-    fraction, skipped = get("weights_analysed_fraction"), get("skipped_module_types") or {}
+    fraction, skipped = meta.weights_analysed_fraction, meta.skipped_module_types or {}
     if fraction is None:
         return "weights    analysed fraction not recorded (result from an older version)"
     listed = ", ".join(f"{name} ({count / 1e6:.2g}M)" if count >= 1e5 else f"{name} ({count:,})"
@@ -234,10 +233,9 @@ def cmd_list(args) -> int:
         entries = list(ResultCache().entries())
         if not entries:
             print("no cached analyses")
-        for manifest in entries:
-            meta = manifest["meta"]
-            print(f"{manifest['key']}  {meta['model_id']:35s} {meta['dataset_id']:22s} "
-                  f"{meta['n_images']:>7} images")
+        for entry in entries:
+            meta = entry.meta
+            print(f"{entry.key}  {meta.model_id:35s} {meta.dataset_id:22s} {meta.n_images:>7} images")
     return 0
 
 
@@ -292,11 +290,12 @@ def cmd_compress(args) -> int:
                                   objective=args.objective, seed=args.seed),
     ).validated()
     update, close = _stage_progress(args.quiet)
+    progress = None if update is None else (lambda p: update(p.stage, p.done, p.total))
     try:
         if args.sweep:
-            table = sweep(request, _parse_energies(args.sweep), progress=update)
+            table = sweep(request, _parse_energies(args.sweep), progress=progress)
         else:
-            report = compress(request, export=args.export, progress=update)
+            report = compress(request, export=args.export, progress=progress)
     finally:
         close()
     if args.sweep:

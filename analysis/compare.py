@@ -9,7 +9,7 @@ from .result import Result
 
 def label_of(result: Result) -> str:
     """A short label: the model id, plus the dataset when it is not the default."""
-    return f"{result.meta.get('model_id')} on {result.meta.get('dataset_id')}"
+    return f"{result.meta.model_id} on {result.meta.dataset_id}"
 
 
 def compare_results(results: list[Result]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -25,7 +25,7 @@ def compare_results(results: list[Result]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "mlu": r.mlu,
                 "mlu_delta": r.mlu - first_mlu,
                 "kept": r.parameters()["kept"],
-                "images": r.meta.get("n_images"),
+                "images": r.meta.n_images,
             }
             for label, r in zip(labels, results)
         ]

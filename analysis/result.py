@@ -24,6 +24,7 @@ import torch
 
 from . import metrics
 from .errors import SettingsError
+from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
 from .projection import preservation_error_table, projected_singular_values, rotated_weight
 from .spectra import Eigen
@@ -150,7 +151,7 @@ class LayerSpectrum:
 class Result:
     """One analysis at one pair of energies. ``meta`` holds ids, fingerprints, settings and timings."""
 
-    meta: dict
+    meta: ResultMeta
     spectra: list[LayerSpectrum]
     not_applicable: list[dict] = field(default_factory=list)
     energy_in: float = 0.99
@@ -159,7 +160,7 @@ class Result:
 
     @property
     def key(self) -> str | None:
-        return self.meta.get("key")
+        return self.meta.key
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -201,9 +202,9 @@ class Result:
         params = self.parameters()
         return {
             "key": self.key,
-            "model": self.meta.get("model_id"),
-            "dataset": self.meta.get("dataset_id"),
-            "images": self.meta.get("n_images"),
+            "model": self.meta.model_id,
+            "dataset": self.meta.dataset_id,
+            "images": self.meta.n_images,
             "energy_in": self.energy_in,
             "energy_out": self.energy_out,
             "mlu": self.mlu,

@@ -206,6 +206,6 @@ if ready:
 current = state.current_result()
 if current is not None:
     st.divider()
-    st.markdown(f"**Open now:** `{current.meta.get('model_id')}` on `{current.meta.get('dataset_id')}` "
-                f"({text.count(current.meta.get('n_images'))} images), MLU {text.pct(current.mlu)}.")
+    st.markdown(f"**Open now:** `{current.meta.model_id}` on `{current.meta.dataset_id}` "
+                f"({text.count(current.meta.n_images)} images), MLU {text.pct(current.mlu)}.")
     st.page_link("pages/layers.py", label="See it on the Layers page", icon=":material/bar_chart:")

@@ -80,7 +80,7 @@ def _preset_progress(keys: list[str]) -> None:
 frame.intro("Compare", text.COMPARE_INTRO)
 
 entries = list(state.cache().entries())
-labels = {m["key"]: tables.entry_label(m) for m in entries}
+labels = {e.key: tables.entry_label(e) for e in entries}
 
 if SELECTION not in st.session_state:
     st.session_state[SELECTION] = [state.current_key()] if state.current_key() in labels else []
@@ -124,7 +124,7 @@ summary, per_layer = compare_results(results)
 short = tables.display_labels(list(summary["analysis"]))
 summary, per_layer = tables.relabel(summary, tables.depth_order(per_layer, results), short)
 
-datasets = {r.meta.get("dataset_id") for r in results}
+datasets = {r.meta.dataset_id for r in results}
 st.caption(f"At e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}"
            + (f"; all on {next(iter(datasets))}." if len(datasets) == 1 else "."))
 metric_cols = st.columns(len(results))

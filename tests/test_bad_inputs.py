@@ -204,7 +204,7 @@ def test_mixed_grey_rgba_and_palette_images_are_analysed_as_rgb(guard):
     Image.new("RGBA", (40, 36), (10, 200, 30, 128)).save(folder / "rgba.png")
     Image.new("P", (32, 32), 3).save(folder / "palette.png")
     result = analyze(TINY_VIT, f"folder:{folder}")  # not an error: every image becomes 3-channel RGB
-    assert result.meta["n_images"] == 3
+    assert result.meta.n_images == 3
 
 
 def test_fewer_images_than_requested(guard):
@@ -327,7 +327,7 @@ def test_restricted_mode_refuses_datasets_and_checkpoints_outside_the_allowed_fo
     with pytest.raises(SettingsError, match="outside the folders"):
         analyze(TINY_VIT, f"folder:{allowed}/../../..")
     inside = make_image_folder(allowed / "images", per_class=2)
-    assert analyze(TINY_VIT, f"folder:{inside}", cache_dir=str(tmp_path / "c")).meta["n_images"] == 4
+    assert analyze(TINY_VIT, f"folder:{inside}", cache_dir=str(tmp_path / "c")).meta.n_images == 4
 
 
 def test_restricted_mode_limits_upload_size(monkeypatch):

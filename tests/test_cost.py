@@ -90,8 +90,8 @@ def test_layers_and_max_width_select_layers_and_change_the_key(folder):
     result = analyze(TINY_VIT, folder, samples=4, max_width=150, use_cache=False)
     assert (result.layers[["d_in", "d_out"]].max(axis=1) <= 150).all()
     assert "--max-width 150" in {item["layer"]: item["reason"] for item in result.not_applicable}["blocks.0.mlp.fc1"]
-    assert 0 < result.meta["weights_analysed_fraction"] < 0.6
-    assert "Linear (not selected)" in result.meta["skipped_module_types"]
+    assert 0 < result.meta.weights_analysed_fraction < 0.6
+    assert "Linear (not selected)" in result.meta.skipped_module_types
 
 
 def test_a_pattern_that_matches_nothing_is_a_clear_error(folder):

@@ -71,8 +71,8 @@ def test_family(case):
     assert table["block_label"].notna().all()
 
     # coverage: the analysed share of the weights and the skipped parameter-holding module types
-    fraction = result.meta["weights_analysed_fraction"]
-    skipped = result.meta["skipped_module_types"]
+    fraction = result.meta.weights_analysed_fraction
+    skipped = result.meta.skipped_module_types
     assert 0.0 < fraction <= 1.0
     for wanted in case.skipped_types:
         assert any(name.startswith(wanted) for name in skipped), f"{wanted} not in {list(skipped)}"

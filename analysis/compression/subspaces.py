@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from ..cache import ResultCache
-from ..engine import ProgressCallback, compute, plan
+from ..engine import compute, plan
 from ..models import describe_layers
 from ..models.layers import LayerSpec
 from ..models.registry import LoadedModel
+from ..progress import ProgressCallback
 from ..result import Result
 from ..settings import AnalysisSettings
 from ..spectra import Eigen, eigen_batched, layer_output_second_moment

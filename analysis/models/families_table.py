@@ -99,17 +99,16 @@ def row_for(case: FamilyCase, result, family: str) -> dict[str, str]:
     """The README row of one analysed case (``result``: the :class:`analysis.result.Result`)."""
     table = result.layers
     meta = result.meta
-    get = meta.get if isinstance(meta, dict) else lambda k, d=None: getattr(meta, k, d)
     specific = sorted(({str(k) for k in table["kind"]} | {item["kind"] for item in result.not_applicable})
                       - {k.value for k in GENERIC_KINDS}, key=lambda k: (Kind.of(k).order if Kind.of(k) else 99, k))
-    skipped = [name for name in (get("skipped_module_types") or {}) if not name.endswith("(not selected)")]
+    skipped = [name for name in (meta.skipped_module_types or {}) if not name.endswith("(not selected)")]
     counted = table[table["in_mlu"]]
     return {
         "family": family,
         "model": f"`{case.model_id.split('?', 1)[0]}`",
         "kinds": ", ".join(specific) or "-",
         "layers": f"{len(counted)} / {len(table)}",
-        "weights": f"{get('weights_analysed_fraction', 0.0):.1%}",
+        "weights": f"{meta.weights_analysed_fraction or 0.0:.1%}",
         "skipped": ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "") or "-",
         "status": status_of(table),
     }
