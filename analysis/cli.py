@@ -140,7 +140,7 @@ def _print_result(result, out=None) -> None:
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
-          f"(patch embedding and head reported, not counted)", file=out)
+          f"({_flagged_labels()} reported, not counted)", file=out)
     print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
           f"({summary['kept']:.1%})", file=out)
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
@@ -151,6 +151,14 @@ def _print_result(result, out=None) -> None:
         print(f"not analysed (grouped/depthwise convolutions, or left out by --layers/--max-width): {names}{more}",
               file=out)
     print(coverage_line(result.meta), file=out)
+
+
+def _flagged_labels() -> str:
+    """``patch embedding / stem, position encoding MLP and classifier head`` (from the kinds registry)."""
+    from .models.kinds import FLAGGED_KINDS, KIND_NAMES, kind_label
+
+    labels = [kind_label(k) for k in KIND_NAMES if k in FLAGGED_KINDS]
+    return ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else "".join(labels)
 
 
 def coverage_line(meta) -> str:
