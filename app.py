@@ -25,6 +25,7 @@ PAGES = [
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:", default=True),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/timeline.py", title="Timeline", icon=":material/timeline:"),
     st.Page("pages/compress.py", title="Compress", icon=":material/compress:"),
     st.Page("pages/library.py", title="Library", icon=":material/folder_open:"),
     st.Page("pages/docs.py", title="Documentation", icon=":material/menu_book:"),

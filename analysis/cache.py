@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from .errors import CacheError
 from .meta import ResultMeta
 from .paths import cache_root
 from .result import LayerSpectrum, Result, WPRIME_ENERGIES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 ENTRY_FILES = ("spectra.npz", "layers.parquet", "layers.csv")
 
@@ -286,6 +285,8 @@ def _layer_info(spectrum: LayerSpectrum) -> dict:
         "has_bias": spectrum.has_bias,
         "in_mlu": spectrum.in_mlu,
         "n_samples": spectrum.n_samples,
+        "status": spectrum.status,
+        "status_reason": spectrum.status_reason,
     }
 
 
@@ -332,8 +333,6 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
         block_label=info.get("block_label", ""),
+        status=info["status"],
+        status_reason=info["status_reason"],
     )
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (DESIGN.md section 7).
+"""Command line: ``python -m analysis run | list | show | compare | export | compress | timeline`` (README,
+section Command line).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
 """
@@ -12,11 +13,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from .defaults import DEFAULT_DATASET, DEFAULT_MODEL
+from . import defaults
 from .errors import AnalysisError, SettingsError
 
 SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
-                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank"]
+                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "status"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,12 +26,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import id_forms
+
+    DEFAULT_MODEL, DEFAULT_DATASET = defaults.default_model(), defaults.default_dataset()
+    dataset_forms = ", ".join(id_forms())  # from the dataset-family registry
     parser = _Parser(prog="python -m analysis", description="Layer-utilization analysis of trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
-    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id: {dataset_forms} (default {DEFAULT_DATASET}; see `list datasets`)")
     run.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--energy-in", type=float, default=0.99)
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compress", help="factorize at the utilized rank, evaluate, fine-tune, export")
     comp.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     comp.add_argument("--dataset", default="fashion-mnist:train",
-                      help="analysis + fine-tuning data (default fashion-mnist:train)")
+                      help=f"analysis + fine-tuning data: {dataset_forms} (default fashion-mnist:train)")
     comp.add_argument("--eval-dataset", default=None,
                       help="labelled split for top-1 (default: fashion-mnist:test for fashion-mnist:train, else --dataset)")
     comp.add_argument("--samples", type=int, default=None, help="analysis images (default: the whole dataset)")
@@ -91,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--export", default=None, help="write the factorized model to PATH.safetensors (+ .ranks.json)")
     comp.add_argument("--summary", default=None, help="also write the JSON summary to PATH (always stored in the cache)")
     comp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    tl = sub.add_parser("timeline", help="analyse every checkpoint of a training series (cached)")
+    tl.add_argument("--series", action="append", required=True,
+                    help="zoo:<name>, folder-of-checkpoints:<path>?arch=<timm arch>, or a model id (repeatable)")
+    tl.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    tl.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--energy-in", type=float, default=0.99)
+    tl.add_argument("--energy-out", type=float, default=0.99)
+    tl.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    tl.add_argument("--batch-size", type=int, default=None)
+    tl.add_argument("--layers", action="store_true", help="also print the per-layer utilization (long format)")
+    tl.add_argument("--export", default=None, help="also write the wide table to PATH.csv|.parquet|.json")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -140,7 +159,9 @@ def _print_result(result, out=None) -> None:
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
-          f"({_flagged_labels()} reported, not counted)", file=out)
+          f"({_flagged_labels()} reported, not counted"
+          f"{'; ' + str(summary['layers_flagged']) + ' flagged layers not counted' if summary['layers_flagged'] else ''})",
+          file=out)
     print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
           f"({summary['kept']:.1%})", file=out)
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
@@ -151,6 +172,8 @@ def _print_result(result, out=None) -> None:
         print(f"not analysed (grouped/depthwise convolutions, or left out by --layers/--max-width): {names}{more}",
               file=out)
     print(coverage_line(result.meta), file=out)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _flagged_labels() -> str:
@@ -192,7 +215,7 @@ def _load_cached(key: str):
 
 def cmd_run(args) -> int:
     from .engine import analyze
-    from .export import export_result, format_from_path
+    from .table_export import export_result, format_from_path
 
     if args.export:
         format_from_path(args.export)  # fail on a bad name before the long run
@@ -229,12 +252,12 @@ def cmd_list(args) -> int:
             print(f"{entry.model_id:45s} {entry.group:22s} {entry.description}")
         print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>")
     elif args.what == "datasets":
-        from .data import list_datasets
+        from .data import dataset_templates, list_datasets
 
         for dataset_id, description, available, reason in list_datasets():
             state = "available" if available else f"unavailable: {reason}"
             print(f"{dataset_id:28s} {description}  [{state}]")
-        print("also: folder:<path>, cifar10:<root>, cifar100:<root>")
+        print("also: " + ", ".join(template for template, _ in dataset_templates()))
     else:
         from .cache import ResultCache
 
@@ -267,7 +290,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_result
+    from .table_export import export_result
 
     print(export_result(_load_cached(args.key), args.out, args.format))
     return 0
@@ -321,8 +344,43 @@ def cmd_compress(args) -> int:
     return 0
 
 
+TIMELINE_COLUMNS = ["series", "checkpoint", "step", "epoch", "linear_probe_top1", "knn_top1", "mlu", "kept", "images",
+                    "status"]
+
+
+def cmd_timeline(args) -> int:
+    """Print the timeline table; exit 2 (after the table) when any checkpoint could not be analysed, with one
+    ``error: ...`` line per such checkpoint on stderr."""
+    from .table_export import format_from_path, write_table
+    from .timeline import timeline
+
+    if args.export:
+        format_from_path(args.export)
+    update, close = _progress_bar(args.quiet)
+    try:
+        result = timeline(args.series, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
+                          energy_out=args.energy_out, device=args.device, batch_size=args.batch_size, progress=update)
+    finally:
+        close()
+    table = result.table
+    print(f"dataset    {args.dataset}  energies in {result.energy_in:g} out {result.energy_out:g}")
+    with pd.option_context("display.max_rows", 500, "display.width", 250, "display.max_colwidth", 60,
+                           "display.float_format", "{:.4g}".format):
+        shown = table[TIMELINE_COLUMNS].assign(status=table["status"].str.slice(0, 60))
+        print(shown.to_string(index=False))
+        if args.layers:
+            print()
+            print(result.layers().to_string(index=False))
+    if args.export:
+        print(f"exported   {write_table(table, args.export)}")
+    failed = [e for e in result.errors if e]
+    for error in failed:
+        print(f"error: {error}", file=sys.stderr)
+    return 2 if failed else 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export,
-            "compress": cmd_compress}
+            "compress": cmd_compress, "timeline": cmd_timeline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

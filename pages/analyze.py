@@ -11,7 +11,7 @@ import torch
 
 from analysis import defaults, jobs
 from analysis.cache import atomic_write_bytes
-from analysis.data import list_datasets
+from analysis.data import list_datasets, registered_families
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.models.sources import check_architecture
@@ -127,7 +127,8 @@ def choose_model() -> str | None:
 def choose_dataset() -> str | None:
     rows = _datasets()
     available = [(d, desc) for d, desc, ok, _ in rows if ok]
-    kinds = ["offered here", "image folder", "CIFAR-10 root", "CIFAR-100 root", "any dataset id"]
+    by_path = {f.path.label: f for f in registered_families().values() if f.path is not None}
+    kinds = ["offered here", *by_path, "any dataset id"]
     kind = st.radio("Dataset source", kinds, horizontal=True, key="analyze_dataset_source")
     if kind == "offered here":
         ids = [d for d, _ in available]
@@ -142,11 +143,9 @@ def choose_dataset() -> str | None:
     if kind == "any dataset id":
         value = st.text_input("Dataset id", value=defaults.DEFAULT_DATASET, key="analyze_any_dataset")
         return value.strip() or None
-    prefix = {"image folder": "folder", "CIFAR-10 root": "cifar10", "CIFAR-100 root": "cifar100"}[kind]
-    path = st.text_input(f"{kind} path", key=f"analyze_path_{prefix}",
-                         help="A folder of images (class sub-folders or flat)" if prefix == "folder"
-                         else "The folder that holds the cifar-*-python data")
-    return f"{prefix}:{path.strip()}" if path.strip() else None
+    family = by_path[kind]
+    path = st.text_input(f"{kind} path", key=f"analyze_path_{family.name}", help=family.path.help or None)
+    return f"{family.name}:{path.strip()}" if path.strip() else None
 
 
 def choose_settings() -> AnalysisSettings:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from analysis import jobs
 from analysis.errors import AnalysisError
-from analysis.export import export_bytes
+from analysis.table_export import export_bytes
 from ui import frame, jobs_view, state, tables, text
 
 PICK = "library_pick"

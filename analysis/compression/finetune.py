@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ..data.loader import collate, default_num_workers
 from ..errors import SettingsError
 from ..progress import ProgressCallback, StageClock
-from .evaluate import pre_logits
+from .accuracy import pre_logits
 
 OBJECTIVES = ("labels", "distill")
 

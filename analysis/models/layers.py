@@ -275,8 +275,8 @@ class ArchitectureAdapter:
         logical_names = []
         for name, _module in layers:
             parent_name, _, child = name.rpartition(".")
-            pair = child in ("reduce", "expand") and getattr(model.get_submodule(parent_name), "is_factorized_pair", False)
-            # a thin layer of a compressed model keeps its original layer's kind
+            owner = model.get_submodule(parent_name) if child in ("reduce", "expand") else None
+            pair = hasattr(owner, "factorized_from")  # the thin-pair protocol of analysis.compression
             logical_names.append(parent_name if pair else name)
         distinct_logical = list(dict.fromkeys(logical_names))
         kinds = []
@@ -286,7 +286,9 @@ class ArchitectureAdapter:
                 kinds.append(Kind.GROUPED_CONV.value)
             elif _under(logical, heads):
                 kinds.append(Kind.HEAD.value)
-            else:  # a factorized pair is classified by its first (original-shaped) factor
+            elif logical != name and getattr(model.get_submodule(logical), "factorized_from", None):
+                kinds.append(model.get_submodule(logical).factorized_from)  # a thin layer keeps its original's kind
+            else:  # a factorized pair without a recorded kind is classified by its first (original-shaped) factor
                 kinds.append(self.classify(logical, kind_module, model, distinct_logical))
         units = [None if k == Kind.HEAD.value else self.block_unit(n) for n, k in zip(logical_names, kinds)]
         first_block = next((i for i, u in enumerate(units) if u is not None), len(units))
