@@ -279,6 +279,7 @@ def _layer_info(spectrum: LayerSpectrum) -> dict:
         "name": spectrum.name,
         "kind": spectrum.kind,
         "block": spectrum.block,
+        "block_label": spectrum.block_label,
         "d_in": spectrum.d_in,
         "d_out": spectrum.d_out,
         "has_bias": spectrum.has_bias,
@@ -331,6 +332,7 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_out=arrays[f"{i}|pres_k_out"],
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
+        block_label=info.get("block_label", ""),
         status=info["status"],
         status_reason=info["status_reason"],
     )

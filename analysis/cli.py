@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tokens-per-image", type=int, default=None, help="sub-sample tokens per image (seeded)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     run.add_argument("--keep-moments", action="store_true", help="also store the raw second moments (large)")
+    run.add_argument("--max-width", type=int, default=None,
+                     help="skip layers with max(d_in, d_out) above N (their statistics would not fit)")
+    run.add_argument("--layers", default=None,
+                     help="analyse only layers whose names match PATTERN[,PATTERN] (shell globs, e.g. 'blocks.*.attn.*')")
     run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
     run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -155,7 +159,7 @@ def _print_result(result, out=None) -> None:
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
-          f"(patch embedding and head reported, not counted"
+          f"({_flagged_labels()} reported, not counted"
           f"{'; ' + str(summary['layers_flagged']) + ' flagged layers not counted' if summary['layers_flagged'] else ''})",
           file=out)
     print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
@@ -165,9 +169,30 @@ def _print_result(result, out=None) -> None:
     if result.not_applicable:
         names = ", ".join(item["layer"] for item in result.not_applicable[:6])
         more = "" if len(result.not_applicable) <= 6 else f" and {len(result.not_applicable) - 6} more"
-        print(f"not applicable (grouped/depthwise convolutions): {names}{more}", file=out)
+        print(f"not analysed (grouped/depthwise convolutions, or left out by --layers/--max-width): {names}{more}",
+              file=out)
+    print(coverage_line(result.meta), file=out)
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
+
+
+def _flagged_labels() -> str:
+    """``patch embedding / stem, position encoding MLP and classifier head`` (from the kinds registry)."""
+    from .models.kinds import FLAGGED_KINDS, KIND_NAMES, kind_label
+
+    labels = [kind_label(k) for k in KIND_NAMES if k in FLAGGED_KINDS]
+    return ", ".join(labels[:-1]) + " and " + labels[-1] if len(labels) > 1 else "".join(labels)
+
+
+def coverage_line(meta) -> str:
+    """``weights    92.3 % of the parameters analysed; skipped: CondConv2d (10.7M), LSTM (11.1M)``."""
+    fraction, skipped = meta.weights_analysed_fraction, meta.skipped_module_types or {}
+    if fraction is None:
+        return "weights    analysed fraction not recorded (result from an older version)"
+    listed = ", ".join(f"{name} ({count / 1e6:.2g}M)" if count >= 1e5 else f"{name} ({count:,})"
+                       for name, count in list(skipped.items())[:6])
+    more = "" if len(skipped) <= 6 else f" and {len(skipped) - 6} more"
+    return f"weights    {fraction:.1%} of the parameters analysed" + (f"; skipped: {listed}{more}" if listed else "")
 
 
 def _with_energies(result, e_in, e_out):
@@ -204,7 +229,7 @@ def cmd_run(args) -> int:
             args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
             energy_out=args.energy_out, device=device, batch_size=args.batch_size,
             tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
-            use_cache=not args.no_cache, progress=update,
+            max_width=args.max_width, layers=args.layers, use_cache=not args.no_cache, progress=update,
         )
     finally:
         close()

@@ -21,9 +21,10 @@ from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
+from .cost import guard_plan
 from .meta import ResultMeta, Timings
 from .models import describe_layers, load as load_loaded_model
-from .models.layers import LayerSpec
+from .models.layers import Coverage, LayerSpec, coverage, select_layers
 from .partial import PartialStore
 from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
@@ -80,6 +81,8 @@ def analyze(
     tokens_per_image: int | None = None,
     precision: str = "fp32",
     keep_moments: bool = False,
+    max_width: int | None = None,
+    layers: str | tuple[str, ...] | None = None,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
@@ -89,6 +92,7 @@ def analyze(
     settings = AnalysisSettings(
         samples=samples, seed=seed, energy_in=energy_in, energy_out=energy_out, device=device,
         batch_size=batch_size, tokens_per_image=tokens_per_image, precision=precision, keep_moments=keep_moments,
+        max_width=max_width, layers=layers,
     )
     return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
                     progress=progress, should_stop=should_stop)
@@ -116,6 +120,7 @@ def run_plan(
         cached = distributed.broadcast_from_rank0(cached)
         if cached is not None:
             return cached.at_energy(settings.energy_in, settings.energy_out)
+    guard_plan(the_plan)  # refuse a run that cannot fit before any data is read
     partial = None
     if use_cache:
         if rank == 0:
@@ -144,7 +149,8 @@ def compute(
     device = torch.device(the_plan.settings.device)
     model = the_plan.loaded.model.to(device)
     try:
-        specs = describe_layers(model)
+        all_specs = describe_layers(model)
+        specs, deselected = select_layers(all_specs, the_plan.settings.max_width, the_plan.settings.layers)
         applicable = [s for s in specs if s.applicable]
         streamed = stream_statistics(the_plan, model, applicable, device, progress=progress,
                                      should_stop=should_stop, partial=partial)
@@ -154,8 +160,8 @@ def compute(
         spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress)
     finally:
         model.to("cpu")
-    result = Result(meta=result_meta(the_plan, streamed, timings), spectra=spectra,
-                    not_applicable=not_applicable_layers(specs),
+    result = Result(meta=result_meta(the_plan, streamed, timings, coverage(model, applicable)), spectra=spectra,
+                    not_applicable=not_applicable_layers(specs, deselected, all_specs),
                     energy_in=the_plan.settings.energy_in, energy_out=the_plan.settings.energy_out)
     return distributed.broadcast_from_rank0(result), raw_moments(streamed.moments)
 
@@ -283,8 +289,8 @@ def compute_spectra(
     return spectra, timings
 
 
-def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings) -> ResultMeta:
-    """Ids, fingerprints, settings and timings of the analysis."""
+def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: Coverage | None = None) -> ResultMeta:
+    """Ids, fingerprints, settings and timings of the analysis (and the share of the weights analysed)."""
     settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
     return ResultMeta(
         key=the_plan.key,
@@ -308,15 +314,24 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings) -> ResultM
         world_size=distributed.world()[1],
         resumed_from_batch=streamed.first_batch,
         version=__version__,
+        weights_analysed_fraction=covered.fraction if covered is not None else None,
+        skipped_module_types=dict(covered.skipped) if covered is not None else {},
     )
 
 
-def not_applicable_layers(specs: list[LayerSpec]) -> list[dict]:
-    """The layers reported but not analysed, with the reason."""
+def not_applicable_layers(specs: list[LayerSpec], deselected: dict[str, str] | None = None,
+                          all_specs: list[LayerSpec] | None = None) -> list[dict]:
+    """The layers reported but not analysed, with the reason (grouped convolutions; layers left out by
+    ``--layers``/``--max-width``: ``deselected`` maps their names to the reason)."""
+    deselected = deselected or {}
     return [
         {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
          "status": "not applicable", "reason": "depthwise/grouped convolution: each group is too small to analyse"}
         for s in specs if not s.applicable
+    ] + [
+        {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
+         "reason": deselected[s.name]}
+        for s in (all_specs or specs) if s.name in deselected
     ]
 
 

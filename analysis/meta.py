@@ -54,6 +54,10 @@ class ResultMeta:
     world_size: int = 1
     resumed_from_batch: int = 0
     version: str = ""
+    weights_analysed_fraction: float | None = None
+    """Parameters of the analysed layers (W and b) over all the model's parameters."""
+    skipped_module_types: dict = field(default_factory=dict)
+    """Parameter-holding module types not analysed -> their parameter count (CondConv2d, LSTM, ...)."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists when dumped)."""

@@ -43,7 +43,7 @@ WPRIME_ENERGIES: tuple[float, ...] = (0.9, 0.95, 0.99, 0.995, 0.999)
 """Energies (``e_in = e_out``) at which the singular values of W' are stored."""
 
 TABLE_COLUMNS = [
-    "layer", "kind", "block", "d_in", "d_out", "n_samples", "k_in", "k_out", "rank", "utilization",
+    "layer", "kind", "block", "block_label", "d_in", "d_out", "n_samples", "k_in", "k_out", "rank", "utilization",
     "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "w_effective_rank",
     "energy_in", "energy_out", "in_mlu", "status", "status_reason",
 ]
@@ -81,6 +81,8 @@ class LayerSpectrum:
     pres_error: np.ndarray
     status: str = layer_status.OK
     status_reason: str = ""
+    block_label: str = ""
+    """``stage.block`` name of the block (``"2.3"``), empty outside blocks."""
 
     @classmethod
     def from_statistics(
@@ -115,6 +117,7 @@ class LayerSpectrum:
             has_bias=spec.has_bias, in_mlu=spec.in_mlu and status == layer_status.OK, n_samples=n_samples,
             eig_in=lam_in, eig_out=lam_out, w_singular=w_singular, wprime_singular=wprime,
             pres_k_out=k_out_set, pres_k_in=k_in_set, pres_error=table, status=status, status_reason=status_reason,
+            block_label=spec.block_label,
         )
 
     def row(self, energy_in: float, energy_out: float) -> dict:
@@ -126,6 +129,7 @@ class LayerSpectrum:
             "layer": self.name,
             "kind": self.kind,
             "block": self.block,
+            "block_label": self.block_label,
             "d_in": self.d_in,
             "d_out": self.d_out,
             "n_samples": self.n_samples,

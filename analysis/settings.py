@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -19,6 +19,9 @@ class AnalysisSettings:
     ``samples`` None means the whole dataset. ``tokens_per_image`` None means every token/position.
     ``precision`` is the forward pass's autocast dtype (statistics always accumulate in float32 or better).
     ``energy_in``/``energy_out`` only threshold the stored spectra: they are not part of the cache key.
+    ``max_width`` skips layers with ``max(d_in, d_out)`` above it; ``layers`` keeps only layers whose names
+    match one of its shell globs (``"blocks.*.attn.qkv"``; a comma-separated string is accepted). Both change
+    which layers are analysed, so both are part of the cache key.
     """
 
     samples: int | None = None
@@ -30,6 +33,8 @@ class AnalysisSettings:
     tokens_per_image: int | None = None
     precision: str = "fp32"
     keep_moments: bool = False
+    max_width: int | None = None
+    layers: tuple[str, ...] | None = None
 
     def validated(self) -> "AnalysisSettings":
         check_energy(self.energy_in, "energy_in")
@@ -48,11 +53,13 @@ class AnalysisSettings:
             raise SettingsError(f"device must be cpu or cuda[:N], got {device!r}")
         if self.precision == "fp16" and device == "cpu":
             raise SettingsError("fp16 autocast is not supported on the CPU; use fp32 or bf16")
-        return self
+        _positive_or_none(self.max_width, "max_width")
+        return replace(self, layers=_layer_patterns(self.layers))
 
     def key_parts(self) -> dict:
         """The settings that change the statistics (and therefore the cache entry)."""
         parts = asdict(self)
+        parts["layers"] = list(self.layers) if self.layers else None
         for name in ("energy_in", "energy_out", "device", "batch_size"):
             parts.pop(name)
         return parts
@@ -68,3 +75,14 @@ def _positive_or_none(value: object, label: str) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise SettingsError(f"{label} must be a positive integer, got {value!r}")
+
+
+def _layer_patterns(value: object) -> tuple[str, ...] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")``; None or empty -> None."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
+        raise SettingsError(f"layers must be layer-name patterns such as 'blocks.*.attn.qkv', got {value!r}")
+    patterns = tuple(p.strip() for p in items if p.strip())
+    return patterns or None

@@ -170,7 +170,11 @@ def test_resnet_and_efficientnet_layers_are_analysed_or_listed(image_folder):
     # narrow variants keep the eigen-decompositions small (the layer structure is the full models')
     result = analyze("random:resnet18?channels=8,16,32,64&stem_width=8", dataset_id, samples=4, batch_size=4)
     kinds = set(result.layers["kind"])
-    assert {"conv", "pointwise_conv", "patch_embed", "head"} <= kinds
+    # the 1x1 projection shortcuts are ResNet-18's pointwise convolutions; issue 13 names them downsample layers
+    assert {"conv", "downsample", "patch_embed", "head"} <= kinds
+    shortcuts = result.layers[result.layers["kind"] == "downsample"]
+    assert list(shortcuts["layer"]) == [f"layer{i}.0.downsample.0" for i in (1, 2, 3, 4)]
+    assert list(shortcuts["d_in"]) == [64, 8, 16, 32]  # 1x1: channel vectors, d_in = in_channels (stem gives 64)
     assert not result.not_applicable
     effnet = analyze("random:mobilenetv3_small_050", dataset_id, samples=2, batch_size=2)  # EfficientNet-family adapter
     assert effnet.not_applicable and all(item["kind"] == "grouped_conv" for item in effnet.not_applicable)

@@ -81,6 +81,55 @@ def test_unknown_ids_are_specific():
         load("random:resnet181")
 
 
+def test_fine_tuned_checkpoint_with_another_number_of_classes_loads_without_options(tmp_path):
+    """A checkpoint fine-tuned to 7 classes loads as ``file:...?arch=resnet18`` (num_classes from the classifier's
+    weight); an explicit wrong num_classes is explained with the option to use."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=7)
+    torch.save(model.state_dict(), tmp_path / "ft.pth")
+    loaded = load(f"file:{tmp_path / 'ft.pth'}?arch=resnet18")
+    assert loaded.model.fc.out_features == 7 and torch.equal(loaded.model.fc.weight, model.fc.weight)
+    with pytest.raises(CheckpointError, match=r"classifier has 7 outputs: use &num_classes=7"):
+        load(f"file:{tmp_path / 'ft.pth'}?arch=resnet18&num_classes=3")
+
+
+def test_distilled_vit_checkpoint_infers_both_heads(tmp_path):
+    from safetensors.torch import save_file
+
+    options = "img_size=32&patch_size=8&depth=1&embed_dim=48&num_heads=2"
+    model = timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=1, embed_dim=48,
+                              num_heads=2, num_classes=4)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "d.safetensors"))
+    loaded = load(f"file:{tmp_path / 'd.safetensors'}?arch=deit_tiny_distilled_patch16_224&{options}")
+    kinds = {s.name: s.kind for s in describe_layers(loaded.model)}
+    assert loaded.model.head.out_features == 4 and kinds["head"] == kinds["head_dist"] == "head"
+
+
+def test_heads_come_from_the_model_for_levit_and_efficientformer():
+    """LeViT's heads are BN+Linear modules (``head.linear``, ``head_dist.linear``); EfficientFormer's are
+    ``head`` and ``head_dist``: all found through ``get_classifier()`` / ``pretrained_cfg['classifier']``."""
+    for arch, expected in (("levit_128s", {"head.linear", "head_dist.linear"}),
+                           ("efficientformer_l1", {"head", "head_dist"})):
+        specs = describe_layers(timm.create_model(arch, num_classes=3))
+        assert {s.name for s in specs if s.kind == "head"} == expected
+        assert not any(s.in_mlu for s in specs if s.kind == "head")
+
+
+def test_layer_kinds_have_one_source():
+    """Every kind has a label, an order and an MLU flag in analysis.models.kinds; the charts only add colours."""
+    from analysis.models.kinds import FLAGGED_KINDS, KIND_NAMES, Kind, kind_label, kinds_in_order
+    from analysis.models.layers import LayerSpec
+    from ui import charts
+
+    assert set(charts.KIND_COLORS) == set(KIND_NAMES)
+    assert charts.kind_label("attn_qkv") == kind_label("attn_qkv") == Kind.ATTN_QKV.label
+    assert kinds_in_order(["head", "mlp_fc1", "patch_embed", "zzz"]) == ["patch_embed", "mlp_fc1", "head", "zzz"]
+    assert FLAGGED_KINDS == {"patch_embed", "pos_embed", "head"}
+    spec = LayerSpec("x", "grouped_conv", None, torch.nn.Identity(), 4, 4, False)
+    assert not spec.applicable and not spec.in_mlu
+    assert LayerSpec("x", "class_attn_qkv", 0, torch.nn.Identity(), 4, 4, False).in_mlu
+
+
 def test_a_registered_source_returns_one_typed_model(monkeypatch):
     from analysis.models import registry
     from analysis.models.registry import CatalogueEntry, SourceModel

@@ -20,40 +20,36 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import metrics
+from analysis.models.kinds import KIND_NAMES
+from analysis.models.kinds import kind_label as _kind_label
+from analysis.models.kinds import kinds_in_order as _kinds_in_order
 from analysis.result import WPRIME_ENERGIES, LayerSpectrum
 
-KIND_ORDER: tuple[str, ...] = (
-    "patch_embed", "attn_qkv", "attn_proj", "mlp_fc1", "mlp_fc2", "conv", "pointwise_conv", "linear",
-    "grouped_conv", "head",
-)
-"""Kinds in the order a network meets them (legends, heatmap rows)."""
+KIND_ORDER: tuple[str, ...] = KIND_NAMES
+"""Kinds in the order a network meets them (legends, heatmap rows): :class:`analysis.models.kinds.Kind`."""
 
 KIND_COLORS: dict[str, str] = {
     "patch_embed": "#7f7f7f",
+    "pos_embed": "#c7c7c7",
     "attn_qkv": "#1f77b4",
     "attn_proj": "#17becf",
+    "class_attn_qkv": "#aec7e8",
+    "class_attn_proj": "#9edae5",
+    "token_mix_fc1": "#ffbb78",
+    "token_mix_fc2": "#ff9896",
+    "token_mix": "#dbdb8d",
     "mlp_fc1": "#ff7f0e",
     "mlp_fc2": "#d62728",
     "conv": "#2ca02c",
     "pointwise_conv": "#9467bd",
+    "squeeze_excite": "#98df8a",
+    "downsample": "#c5b0d5",
     "linear": "#8c564b",
     "grouped_conv": "#e377c2",
     "head": "#bcbd22",
 }
-"""The colour of each layer kind, used by every chart that colours layers."""
-
-KIND_LABELS: dict[str, str] = {
-    "patch_embed": "patch embedding",
-    "attn_qkv": "attention q,k,v",
-    "attn_proj": "attention output",
-    "mlp_fc1": "MLP expand (fc1)",
-    "mlp_fc2": "MLP contract (fc2)",
-    "conv": "convolution",
-    "pointwise_conv": "1x1 convolution",
-    "linear": "linear",
-    "grouped_conv": "grouped convolution",
-    "head": "classifier head",
-}
+"""The colour of each layer kind, used by every chart that colours layers (names, labels and order live in
+:mod:`analysis.models.kinds`)."""
 
 _FALLBACK_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 
@@ -74,14 +70,12 @@ def kind_color(kind: str) -> str:
 
 
 def kind_label(kind: str) -> str:
-    return KIND_LABELS.get(kind, kind)
+    return _kind_label(kind)
 
 
 def kinds_in_order(kinds: Iterable[str]) -> list[str]:
-    """Distinct kinds, known ones in :data:`KIND_ORDER`, unknown ones after them alphabetically."""
-    present = set(kinds)
-    known = [k for k in KIND_ORDER if k in present]
-    return known + sorted(present - set(KIND_ORDER))
+    """Distinct kinds, known ones in data-flow order, unknown ones after them alphabetically."""
+    return _kinds_in_order(kinds)
 
 
 def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:

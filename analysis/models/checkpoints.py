@@ -60,8 +60,9 @@ def _flatten_state_dict(obj: object, label: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"checkpoint {label!r} holds no tensors in a state dict")
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, arch: str) -> None:
-    """Load ``state`` strictly into ``model``; explain missing, unexpected and mis-shaped keys."""
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, arch: str, hint: str = "") -> None:
+    """Load ``state`` strictly into ``model``; explain missing, unexpected and mis-shaped keys (``hint``: what
+    to change, appended to the message)."""
     own = model.state_dict()
     state = {k.removeprefix("module."): v for k, v in state.items()}
     missing = [k for k in own if k not in state]
@@ -80,7 +81,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], label: str, a
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
         raise CheckpointError(
-            f"checkpoint {label!r} does not fit architecture {arch!r}: " + "; ".join(parts)
+            f"checkpoint {label!r} does not fit architecture {arch!r}: " + "; ".join(parts) + (f"; {hint}" if hint else "")
         )
     for key, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -1,35 +1,49 @@
-"""Which layers of a model are analysed, and what each one is.
+"""Which layers of a model are analysed, what each one is, and where it sits in the data flow.
 
-One small adapter class per architecture family (the SliceGPT pattern) names and classifies layers:
+Every ``nn.Linear`` and ``nn.Conv2d`` (timm's ``Conv2dSame``/``StdConv2d`` subclass it) is a layer
+``y = W x + b``. Its kind (:class:`analysis.models.kinds.Kind`) comes from generic rules, read from the
+model itself rather than from per-name if-chains:
 
-==================  ===============================================================================
-kind                meaning
-==================  ===============================================================================
-``attn_qkv``        attention input projection (fused q,k,v, or one of q/k/v)
-``attn_proj``       attention output projection
-``mlp_fc1``         first MLP layer (expansion)
-``mlp_fc2``         second MLP layer (contraction)
-``conv``            spatial convolution (k x k, k > 1), analysed on unfolded patches
-``pointwise_conv``  1 x 1 convolution, analysed on channel vectors
-``linear``          any other Linear layer
-``patch_embed``     the patch embedding / stem convolution (reported, flagged: not in MLU by default)
-``head``            the classifier (reported, flagged: not in MLU by default)
-``grouped_conv``    depthwise / grouped convolution: listed, "not applicable" (each group is tiny)
-==================  ===============================================================================
+- **head**: the classifier the model names itself (timm ``get_classifier()``, which may be a tuple for
+  distilled models; ``pretrained_cfg["classifier"]``, a name or a tuple such as ``("head", "head_dist")``),
+  every layer under it (LeViT's BN+Linear heads);
+- **stem** (``patch_embed``): every layer met before the first block (patch embedding, conv stem);
+- the nearest enclosing module decides the rest: an attention module (class name ending in ``Attention``,
+  ``Attn``, ``XCA``...) makes its ``q/k/v/qkv/kv`` children ``attn_qkv`` and ``proj`` ``attn_proj``
+  (``class_attn_*`` in CaiT/XCiT class attention and CrossViT's CLS cross-attention); an MLP module
+  (``Mlp``, ``ConvMlp``, ``GluMlp``, ``LevitMlp``...) makes its last layer ``mlp_fc2`` and the others
+  ``mlp_fc1``, and ``token_mix_*`` when the path names tokens (``mlp_tokens``, ``linear_tokens``,
+  ``rnn_tokens``); squeeze-excitation modules give ``squeeze_excite``; ``downsample``/``reduction``/
+  ``transition``/``pool``/``shortcut``/HRNet ``fuse_layers`` give ``downsample``; relative-position MLPs
+  give ``pos_embed``;
+- otherwise a 1x1 convolution is ``pointwise_conv``, a k x k one ``conv``, a grouped one ``grouped_conv``
+  (not applicable), anything else ``linear``.
+
+Depth: ``block`` is the index of the layer's block in forward order and ``block_label`` its
+``stage.block`` name for hierarchical models (``"2.3"``), from one table of block patterns
+(:data:`BLOCK_PATTERNS`) that covers the timm families; a family whose names these rules do not fit gets a
+small :class:`ArchitectureAdapter` subclass registered by its model class name (timm style, see
+:data:`ADAPTERS`).
 
 Layer names are the module's qualified name in the model (``blocks.3.attn.qkv``), as in TransformerLens.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 from torch import nn
 
-FLAGGED_KINDS = frozenset({"patch_embed", "head"})
-NOT_APPLICABLE_KINDS = frozenset({"grouped_conv"})
+from .kinds import FLAGGED_KINDS, NOT_APPLICABLE_KINDS, Kind, counts_in_mlu, is_applicable
+
+__all__ = [
+    "ADAPTERS", "BLOCK_PATTERNS", "FLAGGED_KINDS", "NOT_APPLICABLE_KINDS", "ArchitectureAdapter", "LayerSpec",
+    "Coverage", "adapter_for", "classifier_names", "coverage", "describe_layers", "register_adapter",
+    "select_layers", "weight_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -37,8 +51,9 @@ class LayerSpec:
     """One analysed (or listed) layer: ``y = W x + b`` with W of shape ``d_out x d_in``.
 
     For a convolution ``d_in = in_channels * kh * kw`` (the unfolded patch), ``d_out = out_channels``.
-    ``block`` is the depth index of the transformer block / CNN block the layer sits in (None outside).
-    ``in_mlu`` is False for flagged layers (patch embedding, classifier head) and not-applicable ones.
+    ``block`` is the depth index (forward order) of the block the layer sits in (None outside blocks);
+    ``block_label`` names it as ``stage.block`` for hierarchical models (``"2.3"``), ``"5"`` for flat ones.
+    ``in_mlu`` is False for flagged kinds (stem, head, ...) and not-applicable ones.
     """
 
     name: str
@@ -48,14 +63,20 @@ class LayerSpec:
     d_in: int
     d_out: int
     has_bias: bool
+    block_label: str = ""
 
     @property
     def in_mlu(self) -> bool:
-        return self.kind not in FLAGGED_KINDS and self.kind not in NOT_APPLICABLE_KINDS
+        return counts_in_mlu(self.kind)
 
     @property
     def applicable(self) -> bool:
-        return self.kind not in NOT_APPLICABLE_KINDS
+        return is_applicable(self.kind)
+
+    @property
+    def width(self) -> int:
+        """The larger side of W: the statistics hold ``d_in x d_in`` and ``d_out x d_out`` matrices."""
+        return max(self.d_in, self.d_out)
 
 
 def weight_matrix(module: nn.Module):
@@ -70,10 +91,6 @@ def _dims(module: nn.Module) -> tuple[int, int]:
     return int(w[0].numel()), int(w.shape[0])
 
 
-def _is_grouped(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1
-
-
 def analysable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every Linear and Conv2d (timm's Conv2dSame subclasses Conv2d) in module order."""
     for name, module in model.named_modules():
@@ -81,205 +98,361 @@ def analysable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-class ArchitectureAdapter:
-    """Base adapter: names and classifies the layers of one architecture family."""
-
-    family: ClassVar[str] = "generic"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        raise NotImplementedError
-
-    def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
-        """The layer kind of one Linear/Conv2d (see the module docstring)."""
-        raise NotImplementedError
-
-    def block_index(self, name: str) -> int | None:
-        """Depth index of the block containing ``name`` (None outside blocks)."""
-        match = re.match(r"^(?:blocks|layers|stages)\.(\d+)\.", name)
-        return int(match.group(1)) if match else None
-
-    def describe(self, model: nn.Module) -> list[LayerSpec]:
-        specs = []
-        for name, module in analysable_modules(model):
-            parent_name, _, child = name.rpartition(".")
-            owner = model.get_submodule(parent_name) if child in ("reduce", "expand") else None
-            thin = hasattr(owner, "factorized_from")  # the thin-pair protocol of analysis.compression
-            original_kind = getattr(owner, "factorized_from", None)  # a thin layer keeps its original's kind
-            kind = "grouped_conv" if _is_grouped(module) else (
-                original_kind or self.classify(parent_name if thin else name, module, model))
-            d_in, d_out = _dims(module)
-            specs.append(
-                LayerSpec(
-                    name=name,
-                    kind=kind,
-                    block=self.block_index(name),
-                    module=module,
-                    d_in=d_in,
-                    d_out=d_out,
-                    has_bias=getattr(module, "bias", None) is not None,
-                )
-            )
-        return specs
+# ------------------------------------------------------------------------------------------ heads
+def _modules_of(obj) -> list[nn.Module]:
+    if isinstance(obj, (tuple, list, nn.ModuleList)):
+        return [m for item in obj for m in _modules_of(item)]
+    return [obj] if isinstance(obj, nn.Module) else []
 
 
-def _conv_kind(module: nn.Module) -> str:
-    if isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1):
-        return "pointwise_conv"
-    return "conv" if isinstance(module, nn.Conv2d) else "linear"
+def classifier_names(model: nn.Module) -> list[str]:
+    """Qualified names of the classifier modules the model names itself (empty when it has none).
 
-
-def _is_classifier(name: str, model: nn.Module) -> bool:
+    Sources: timm ``get_classifier()`` (a module, or a tuple for distilled models), the pretrained
+    config's ``classifier`` (a name or tuple of names). A module without parameters (``Identity`` of a
+    headless model) is not a classifier. Without either source, the conventional names
+    ``head``/``fc``/``classifier``/``head_dist`` are used.
+    """
+    found: list[nn.Module] = []
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):
         try:
-            classifier = get_classifier()
+            found.extend(_modules_of(get_classifier()))
         except Exception:  # some timm models raise when the head was removed
-            classifier = None
-        if isinstance(classifier, nn.Module):
-            for qualified, module in model.named_modules():
-                if module is classifier:
-                    return name == qualified or name.startswith(qualified + ".")
-    return name in {"head", "fc", "classifier", "head.fc"}
+            pass
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    configured = cfg.get("classifier") if isinstance(cfg, dict) else None
+    for name in (configured,) if isinstance(configured, str) else tuple(configured or ()):
+        try:
+            found.append(model.get_submodule(name))
+        except (AttributeError, TypeError):
+            pass
+    ids = {id(m) for m in found if any(True for _ in m.parameters())}
+    names = [n for n, m in model.named_modules() if id(m) in ids and n]
+    if names or callable(get_classifier):
+        return names
+    return [n for n, _ in model.named_modules() if n in {"head", "fc", "classifier", "head.fc", "head_dist"}]
 
 
-class ViTAdapter(ArchitectureAdapter):
-    """timm ViT / DeiT / DINOv2-style ViTs: ``patch_embed``, ``blocks.N.{attn,mlp}.*``, ``head``."""
-
-    family = "vit"
-    _NAMES = {
-        "attn.qkv": "attn_qkv",
-        "attn.q": "attn_qkv",
-        "attn.k": "attn_qkv",
-        "attn.v": "attn_qkv",
-        "attn.q_proj": "attn_qkv",
-        "attn.k_proj": "attn_qkv",
-        "attn.v_proj": "attn_qkv",
-        "attn.kv": "attn_qkv",
-        "attn.proj": "attn_proj",
-        "attn.out_proj": "attn_proj",
-        "mlp.fc1": "mlp_fc1",
-        "mlp.fc1_g": "mlp_fc1",
-        "mlp.fc1_x": "mlp_fc1",
-        "mlp.w12": "mlp_fc1",
-        "mlp.fc2": "mlp_fc2",
-        "mlp.w3": "mlp_fc2",
-    }
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return hasattr(model, "blocks") and hasattr(model, "patch_embed")
-
-    def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
-        if name.startswith("patch_embed."):
-            return "patch_embed"
-        if _is_classifier(name, model):
-            return "head"
-        suffix = re.sub(r"^blocks\.\d+\.", "", name)
-        return self._NAMES.get(suffix, _conv_kind(module))
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-class _NumberedBlocksAdapter(ArchitectureAdapter):
-    """Blocks named by a pattern (``layer2.1``, ``blocks.3.0``) are numbered in depth order across stages."""
+# ------------------------------------------------------------------------------------------ blocks
+BLOCK_PATTERNS: tuple[str, ...] = (
+    r"layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # Swin, SwinV2
+    r"(?P<stage_down>layers\.(?P<stage>\d+)\.downsample)",  # Swin patch merging
+    r"stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # ConvNeXt, MaxViT, CoAtNet, LeViT, EfficientFormer, ResNetV2, Sequencer
+    r"(?P<stage_down>stages\.(?P<stage>\d+)\.downsample)",
+    r"stages\.(?P<stage>\d+)\.(?P<block>\d+)",  # NFNet / NF-RegNet, CSP-style
+    r"transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # PiT
+    r"(?P<stage_down>transformers\.(?P<stage>\d+)\.pool)",
+    r"s(?P<stage>\d+)\.b(?P<block>\d+)",  # RegNet
+    r"features\.denseblock(?P<stage>\d+)\.denselayer(?P<block>\d+)",  # DenseNet
+    r"(?P<stage_down>features\.transition(?P<stage>\d+))",
+    r"layer(?P<stage>\d+)\.(?P<block>\d+)",  # ResNet, HRNet stage 1
+    r"(?P<stage_down>transition(?P<stage>\d+))",  # HRNet
+    r"stage(?P<stage>\d+)\.(?P<block>\d+)",  # HRNet
+    r"(?P<neck>incre_modules|downsamp_modules|final_layer)",  # HRNet neck: one unit (its parts interleave)
+    r"Mixed_(?P<stage>\d+)(?P<block>[a-z])",  # Inception
+    r"blocks\.(?P<stage>\d+)\.(?P<block>\d+)",  # EfficientNet / MobileNet (stage.block)
+    r"(?P<tail>blocks_token_only|cls_attn_blocks)\.(?P<block>\d+)",  # CaiT, XCiT class-attention blocks
+    r"blocks\.(?P<block>\d+)",  # ViT, DeiT, BEiT, EVA, CaiT, XCiT, Mixer, TNT, CrossViT
+    r"features\.(?P<block>\d+)",  # VGG: every convolution is a depth step
+)
+"""Regexes (anchored at the start of a layer name, followed by ``.``) naming the block a layer belongs to;
+the first that matches wins. ``stage`` and ``block`` groups give the ``stage.block`` label; a
+``stage_down`` group marks a stage's downsampling/transition unit (label ``"<stage>.down"``); a ``neck``
+group puts all its matches into one unit (label ``"neck"``)."""
 
-    BLOCK_PATTERN: ClassVar[str] = ""
-
-    def __init__(self, model: nn.Module | None = None) -> None:
-        self._block_order: dict[str, int] = {}
-        if model is not None:
-            names = [n for n, _ in model.named_modules() if re.fullmatch(self.BLOCK_PATTERN, n)]
-            self._block_order = {n: i for i, n in enumerate(names)}
-
-    def block_index(self, name: str) -> int | None:
-        match = re.match(rf"^({self.BLOCK_PATTERN})\.", name)
-        return self._block_order.get(match.group(1)) if match else None
-
-
-class ResNetAdapter(_NumberedBlocksAdapter):
-    """timm ResNets: stem ``conv1``, ``layerS.B.convN`` and ``downsample.0``, head ``fc``.
-
-    Blocks are numbered in depth order across the four stages (``layer1.0`` is block 0).
-    """
-
-    family = "resnet"
-    BLOCK_PATTERN = r"layer\d+\.\d+"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return all(hasattr(model, attr) for attr in ("conv1", "layer1", "layer4", "fc"))
-
-    def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
-        if name.startswith("conv1"):
-            return "patch_embed"
-        if _is_classifier(name, model):
-            return "head"
-        return _conv_kind(module)
+_COMPILED = tuple(re.compile(rf"^(?:{p})(?=\.|$)") for p in BLOCK_PATTERNS)
 
 
-class EfficientNetAdapter(_NumberedBlocksAdapter):
-    """timm EfficientNet / MobileNet family: ``conv_stem``, ``blocks.S.B.*``, ``conv_head``, ``classifier``.
+def _block_unit(name: str, patterns=_COMPILED) -> tuple[str, str] | None:
+    """``(unit prefix, label)`` of the block containing ``name``, or None outside blocks."""
+    for pattern in patterns:
+        match = pattern.match(name)
+        if match is None:
+            continue
+        groups = {k: v for k, v in match.groupdict().items() if v is not None}
+        if "neck" in groups:
+            return "neck", "neck"
+        if "stage_down" in groups:
+            label = f"{groups['stage']}.down"
+        elif "tail" in groups:
+            label = f"{groups['tail']}.{groups['block']}"
+        elif "stage" in groups:
+            label = f"{groups['stage']}.{groups['block']}"
+        else:
+            label = groups["block"]
+        return match.group(0), label
+    return None
 
-    Blocks are numbered in depth order across stages (``blocks.0.0`` is block 0). Depthwise convolutions
-    are listed as not applicable; squeeze-excitation 1x1 convolutions are pointwise layers.
-    """
 
-    family = "efficientnet"
-    BLOCK_PATTERN = r"blocks\.\d+\.\d+"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return hasattr(model, "conv_stem") and hasattr(model, "blocks")
-
-    def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
-        if name.startswith("conv_stem"):
-            return "patch_embed"
-        if _is_classifier(name, model):
-            return "head"
-        return _conv_kind(module)
+# ------------------------------------------------------------------------------------------ kinds
+_ATTENTION_CLASS = re.compile(r"(Attention|Attn|XCA)(Cl|2d|1d|Downsample)?$")
+_CLASS_ATTENTION_CLASS = re.compile(r"^(ClassAttn|ClassAttention|CrossAttention)$")
+_MLP_CLASS = re.compile(r"(Mlp|FeedForward|SwiGLU|FFN)(WithNorm|2d|1d)?$")
+_SE_CLASS = re.compile(r"(SqueezeExcite|SEModule|SqueezeExcitation|EffectiveSE|SEBlock|SELayer)")
+_POS_PARTS = re.compile(r"^(cpb_mlp|rpb_mlp|pos_embed|rel_pos|pos_block|rel_pos_mlp)$")
+_POS_CLASS = re.compile(r"(PositionalEncoding|RelPosMlp|PosConv)")
+_DOWN_PARTS = re.compile(r"^(downsample|downsamp_modules|reduction|transition\d*|fuse_layers|pool|shortcut|patch_merging)$")
+_DOWN_CLASS = re.compile(r"(Downsample|PatchMerging|Transition)")
+_QKV_PARTS = {"qkv", "q", "k", "v", "kv", "qk", "wq", "wk", "wv", "q_proj", "k_proj", "v_proj", "query", "key",
+              "value", "to_qkv", "to_q", "to_k", "to_v", "in_proj"}
+_PROJ_PARTS = {"proj", "out_proj", "o_proj", "out", "to_out"}
 
 
-class GenericAdapter(ArchitectureAdapter):
-    """Any module made of Linear/Conv2d layers: the first conv is the stem, the classifier is the head."""
+def _conv_kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1:
+            return Kind.GROUPED_CONV.value
+        return Kind.POINTWISE_CONV.value if tuple(module.kernel_size) == (1, 1) else Kind.CONV.value
+    return Kind.LINEAR.value
 
-    family = "generic"
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return True
+class ArchitectureAdapter:
+    """Names, classifies and orders the layers of one architecture family (generic rules; see the module
+    docstring). Subclasses override :attr:`block_patterns` or :meth:`classify_extra` only where their
+    family's names need it, and register with :func:`register_adapter`."""
+
+    family: ClassVar[str] = "generic"
+    block_patterns: ClassVar[tuple[re.Pattern, ...]] = _COMPILED
 
     def __init__(self, model: nn.Module | None = None) -> None:
-        self._stem: str | None = None
-        if model is not None:
-            for name, module in analysable_modules(model):
-                self._stem = name if isinstance(module, nn.Conv2d) else None
-                break
+        self._model = model
 
-    def block_index(self, name: str) -> int | None:
-        match = re.search(r"(?:^|\.)(\d+)\.", name)
-        return int(match.group(1)) if match else None
+    # ---- overridable hooks
+    def classify_extra(self, name: str, module: nn.Module, model: nn.Module) -> str | None:
+        """A family-specific kind for ``name`` (None: the generic rules decide)."""
+        return None
 
-    def classify(self, name: str, module: nn.Module, model: nn.Module) -> str:
-        if name == self._stem:
-            return "patch_embed"
-        if _is_classifier(name, model):
-            return "head"
+    def block_unit(self, name: str) -> tuple[str, str] | None:
+        return _block_unit(name, self.block_patterns)
+
+    # ---- generic machinery
+    def classify(self, name: str, module: nn.Module, model: nn.Module, logical: list[str] | None = None) -> str:
+        """The kind of layer ``name`` (its logical name for a factorized pair) from the rules above."""
+        extra = self.classify_extra(name, module, model)
+        if extra is not None:
+            return extra
+        modules = dict(model.named_modules())
+        parts = name.split(".")
+        tokens = any("tokens" in part for part in parts)
+        for depth in range(len(parts) - 1, 0, -1):  # nearest enclosing module first
+            ancestor_name = ".".join(parts[:depth])
+            ancestor = modules.get(ancestor_name)
+            if ancestor is None:
+                continue
+            part, cls = parts[depth - 1], type(ancestor).__name__
+            child = parts[depth]
+            if _POS_PARTS.match(part) or _POS_CLASS.search(cls):
+                return Kind.POS_EMBED.value
+            if _ATTENTION_CLASS.search(cls):
+                class_attn = bool(_CLASS_ATTENTION_CLASS.match(cls))
+                if child in _QKV_PARTS:
+                    return (Kind.CLASS_ATTN_QKV if class_attn else Kind.ATTN_QKV).value
+                if child in _PROJ_PARTS:
+                    return (Kind.CLASS_ATTN_PROJ if class_attn else Kind.ATTN_PROJ).value
+                return _conv_kind(module)
+            if _MLP_CLASS.search(cls):
+                inside = [n for n in (logical or []) if n.startswith(ancestor_name + ".")]
+                last = bool(inside) and inside[-1] == name
+                if tokens:
+                    return (Kind.TOKEN_MIX_FC2 if last else Kind.TOKEN_MIX_FC1).value
+                return (Kind.MLP_FC2 if last else Kind.MLP_FC1).value
+            if _SE_CLASS.search(cls):
+                return Kind.SQUEEZE_EXCITE.value
+            if _DOWN_PARTS.match(part) or _DOWN_CLASS.search(cls):
+                return Kind.DOWNSAMPLE.value
+        if tokens:
+            return Kind.TOKEN_MIX.value
         return _conv_kind(module)
 
+    def describe(self, model: nn.Module) -> list[LayerSpec]:
+        layers = list(analysable_modules(model))
+        heads = classifier_names(model)
+        logical_names = []
+        for name, _module in layers:
+            parent_name, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent_name) if child in ("reduce", "expand") else None
+            pair = hasattr(owner, "factorized_from")  # the thin-pair protocol of analysis.compression
+            logical_names.append(parent_name if pair else name)
+        distinct_logical = list(dict.fromkeys(logical_names))
+        kinds = []
+        for (name, module), logical in zip(layers, logical_names):
+            kind_module = model.get_submodule(logical + ".reduce") if logical != name else module
+            if isinstance(module, nn.Conv2d) and module.groups > 1:
+                kinds.append(Kind.GROUPED_CONV.value)
+            elif _under(logical, heads):
+                kinds.append(Kind.HEAD.value)
+            elif logical != name and getattr(model.get_submodule(logical), "factorized_from", None):
+                kinds.append(model.get_submodule(logical).factorized_from)  # a thin layer keeps its original's kind
+            else:  # a factorized pair without a recorded kind is classified by its first (original-shaped) factor
+                kinds.append(self.classify(logical, kind_module, model, distinct_logical))
+        units = [None if k == Kind.HEAD.value else self.block_unit(n) for n, k in zip(logical_names, kinds)]
+        first_block = next((i for i, u in enumerate(units) if u is not None), len(units))
+        for i, kind in enumerate(kinds):
+            if kind in (Kind.HEAD.value, Kind.POS_EMBED.value):
+                continue
+            before_blocks = i < first_block and first_block < len(units)
+            first_conv = i == 0 and first_block == 0 and len(layers) > 1 and isinstance(layers[0][1], nn.Conv2d)
+            if before_blocks or first_conv:  # the stem: everything the data meets before the first block
+                kinds[i], units[i] = Kind.PATCH_EMBED.value, None
+        unit_index: dict[str, int] = {}
+        for unit in units:
+            if unit is not None and unit[0] not in unit_index:
+                unit_index[unit[0]] = len(unit_index)
+        specs = []
+        for (name, module), kind, unit in zip(layers, kinds, units):
+            d_in, d_out = _dims(module)
+            specs.append(LayerSpec(
+                name=name, kind=kind, block=unit_index[unit[0]] if unit else None, module=module,
+                d_in=d_in, d_out=d_out, has_bias=getattr(module, "bias", None) is not None,
+                block_label=unit[1] if unit else "",
+            ))
+        return specs
 
-ADAPTERS: tuple[type[ArchitectureAdapter], ...] = (ViTAdapter, ResNetAdapter, EfficientNetAdapter, GenericAdapter)
+
+# ------------------------------------------------------------------------------------------ families
+ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
+"""Model class name (``type(model).__name__``) -> adapter class. Unknown classes get the generic adapter."""
+
+
+def register_adapter(*class_names: str):
+    """Class decorator: use this adapter for models of the given class names."""
+
+    def wrap(cls: type[ArchitectureAdapter]) -> type[ArchitectureAdapter]:
+        for class_name in class_names:
+            ADAPTERS[class_name] = cls
+        return cls
+
+    return wrap
+
+
+def _family(name: str, *class_names: str) -> type[ArchitectureAdapter]:
+    """A family that the generic rules already cover: only its name (for reports) and its classes."""
+    return register_adapter(*class_names)(type(f"{name.title().replace('_', '')}Adapter", (ArchitectureAdapter,),
+                                               {"family": name, "__doc__": f"{name}: generic rules."}))
+
+
+ViTAdapter = _family("vit", "VisionTransformer", "VisionTransformerDistilled", "VisionTransformerRelPos")
+BeitAdapter = _family("beit", "Beit")
+EvaAdapter = _family("eva", "Eva")
+CaitAdapter = _family("cait", "Cait")
+XcitAdapter = _family("xcit", "Xcit")
+TNTAdapter = _family("tnt", "TNT")
+CrossViTAdapter = _family("crossvit", "CrossVit")
+PiTAdapter = _family("pit", "PoolingVisionTransformer", "DistilledPoolingVisionTransformer")
+SwinAdapter = _family("swin", "SwinTransformer", "SwinTransformerV2")
+ConvNeXtAdapter = _family("convnext", "ConvNeXt")
+MixerAdapter = _family("mlp_mixer", "MlpMixer")
+SequencerAdapter = _family("sequencer", "Sequencer2d")
+MaxViTAdapter = _family("maxvit", "MaxxVit")
+LevitAdapter = _family("levit", "Levit", "LevitDistilled")
+EfficientFormerAdapter = _family("efficientformer", "EfficientFormer", "EfficientFormerV2")
+ResNetAdapter = _family("resnet", "ResNet")
+ResNetV2Adapter = _family("resnetv2", "ResNetV2")
+NFNetAdapter = _family("nfnet", "NormFreeNet")
+RegNetAdapter = _family("regnet", "RegNet")
+DenseNetAdapter = _family("densenet", "DenseNet")
+HRNetAdapter = _family("hrnet", "HighResolutionNet", "HighResolutionNetFeatures")
+@register_adapter("InceptionV3")
+class InceptionAdapter(ArchitectureAdapter):
+    """Inception v3: the grid-reduction modules (``Mixed_6a``, ``Mixed_7a``) halve the resolution with their
+    stride-2 convolutions, which are therefore ``downsample`` layers; the rest follows the generic rules."""
+
+    family = "inception"
+    _REDUCTION_CLASSES = ("InceptionB", "InceptionD")
+
+    def classify_extra(self, name: str, module: nn.Module, model: nn.Module) -> str | None:
+        block = name.split(".", 1)[0]
+        reduction = type(getattr(model, block, None)).__name__ in self._REDUCTION_CLASSES
+        if reduction and isinstance(module, nn.Conv2d) and max(module.stride) > 1:
+            return Kind.DOWNSAMPLE.value
+        return None
+VGGAdapter = _family("vgg", "VGG")
+EfficientNetAdapter = _family("efficientnet", "EfficientNet", "MobileNetV3", "MobileNetV4")
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The first adapter whose ``matches`` accepts the model (Generic always does)."""
-    for adapter_cls in ADAPTERS:
-        if adapter_cls.matches(model):
-            try:
-                return adapter_cls(model)  # type: ignore[call-arg]
-            except TypeError:
-                return adapter_cls()
-    raise AssertionError("GenericAdapter matches every model")
+    """The adapter registered for the model's class (the generic one for any other model)."""
+    return ADAPTERS.get(type(model).__name__, ArchitectureAdapter)(model)
 
 
 def describe_layers(model: nn.Module) -> list[LayerSpec]:
     """Every Linear/Conv2d layer of ``model`` with its kind, block and dimensions, in module order."""
     return adapter_for(model).describe(model)
+
+
+# ------------------------------------------------------------------------------------------ selection
+def select_layers(
+    specs: list[LayerSpec], max_width: int | None = None, patterns: Iterable[str] | None = None
+) -> tuple[list[LayerSpec], dict[str, str]]:
+    """The layers to analyse, and ``{name: reason}`` for applicable layers left out by the options.
+
+    ``max_width`` skips layers whose ``max(d_in, d_out)`` exceeds it; ``patterns`` (shell globs on layer
+    names, e.g. ``blocks.*.attn.qkv``) keeps only matching layers. Not-applicable layers are returned as
+    they are (the caller lists them)."""
+    patterns = [p for p in (patterns or ()) if p]
+    kept, skipped = [], {}
+    for spec in specs:
+        if spec.applicable and patterns and not any(fnmatch.fnmatchcase(spec.name, p) for p in patterns):
+            skipped[spec.name] = f"not selected by --layers {','.join(patterns)}"
+        elif spec.applicable and max_width is not None and spec.width > max_width:
+            skipped[spec.name] = f"wider than --max-width {max_width} (d_in {spec.d_in}, d_out {spec.d_out})"
+        else:
+            kept.append(spec)
+    return kept, skipped
+
+
+# ------------------------------------------------------------------------------------------ coverage
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the model the analysis covers.
+
+    ``fraction`` = (parameters of the analysed layers' W and b) / (all parameters of the model).
+    ``skipped`` maps each parameter-holding module type left out (``CondConv2d``, ``LSTM``,
+    ``Conv2d (grouped)``, ``VisionTransformer.pos_embed`` for a model's own tensors, ...) to its parameter
+    count; normalisation layers and per-channel vectors (layer scales, separate q/v biases) are counted in
+    the total but not listed.
+    """
+
+    fraction: float
+    analysed_params: int
+    total_params: int
+    skipped: dict[str, int]
+
+
+def coverage(model: nn.Module, analysed: Iterable[LayerSpec]) -> Coverage:
+    analysed_ids = {id(s.module) for s in analysed}
+    total = analysed_params = 0
+    skipped: dict[str, int] = {}
+    for module in model.modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        count = sum(p.numel() for _, p in own)
+        total += count
+        if id(module) in analysed_ids:
+            analysed_params += count
+            continue
+        cls = type(module).__name__
+        if "Norm" in cls or cls in ("Affine", "LayerScale", "LayerScale2d"):
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            key = f"{cls} (grouped)"
+            skipped[key] = skipped.get(key, 0) + count
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            key = f"{cls} (not selected)"
+            skipped[key] = skipped.get(key, 0) + count
+        elif any(True for _ in module.children()):  # a container's own tensors: tokens, embeddings
+            for pname, p in own:
+                if p.dim() < 2:  # per-channel scales and biases (layer scale, q/v biases): not a layer
+                    continue
+                key = f"{cls}.{pname}"
+                skipped[key] = skipped.get(key, 0) + p.numel()
+        else:
+            skipped[cls] = skipped.get(cls, 0) + count
+    ordered = dict(sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Coverage(analysed_params / total if total else 0.0, analysed_params, total, ordered)

@@ -154,9 +154,13 @@ def resolve_data_config(model: nn.Module) -> dict:
 
     config = dict(timm_resolve({}, model=model))
     # a ViT built with another img_size keeps its pretrained config's size: the patch grid is the truth
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None and not getattr(model.patch_embed, "dynamic_img_size", False):
-        config["input_size"] = (config["input_size"][0], *tuple(img_size))
+    for attr in ("patch_embed", "stem", "pixel_embed"):  # ViTs; MLP-Mixer/ResMLP's stem; TNT's pixel embedding
+        embed = getattr(model, attr, None)
+        img_size = getattr(embed, "img_size", None)
+        if img_size is not None and not getattr(embed, "dynamic_img_size", False):
+            size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+            config["input_size"] = (config["input_size"][0], *size)
+            break
     return config
 
 

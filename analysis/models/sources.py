@@ -132,8 +132,8 @@ class FileSource:
         if not arch:
             raise SettingsError(f"file:{name} needs ?arch=<timm architecture>, e.g. file:{name}?arch=vit_small_patch16_224")
         state = read_state_dict(path)
-        model = timm_skeleton(arch, options)
-        load_into(model, state, path.name, arch)
+        model = _skeleton_for_state(arch, options, state)
+        load_into(model, state, path.name, arch, hint=_num_classes_hint(model, state, options))
         return SourceModel(model, arch, f"{arch} with weights from {path.name}")
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
@@ -143,6 +143,46 @@ class FileSource:
 def timm_skeleton(arch: str, options: Mapping[str, str]) -> torch.nn.Module:
     """``arch`` built by timm without weights, the id's other options passed as keyword arguments."""
     return create_timm(arch, pretrained=False, **{k: _parse_scalar(v) for k, v in options.items() if k != "arch"})
+
+
+def _checkpoint_num_classes(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+    """Outputs of the checkpoint's classifier: the first dimension of the weight under the classifier the
+    model names (``head.weight``, ``head.fc.weight``, LeViT's ``head.linear.weight``); 0 for a checkpoint
+    without any classifier tensor (a headless backbone); None when the model names no classifier."""
+    from .layers import classifier_names
+
+    heads = classifier_names(model)
+    if not heads:
+        return None
+    keys = {k.removeprefix("module."): v for k, v in state.items()}
+    for head in heads:
+        own = model.get_submodule(head)
+        for pname, param in own.named_parameters():
+            tensor = keys.get(f"{head}.{pname}")
+            if tensor is not None and param.dim() >= 2 and tensor.dim() == param.dim():
+                return int(tensor.shape[0])
+    if not any(k == h or k.startswith(h + ".") for k in keys for h in heads):
+        return 0
+    return None
+
+
+def _skeleton_for_state(arch: str, options: Mapping[str, str], state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """``arch`` built to fit ``state``: a fine-tuned checkpoint's classifier size is taken from its weights
+    unless the id sets ``num_classes`` itself."""
+    model = timm_skeleton(arch, options)
+    if "num_classes" in options:
+        return model
+    found = _checkpoint_num_classes(model, state)
+    if found is not None and found != getattr(model, "num_classes", found):
+        model = timm_skeleton(arch, {**options, "num_classes": str(found)})
+    return model
+
+
+def _num_classes_hint(model: torch.nn.Module, state: Mapping[str, torch.Tensor], options: Mapping[str, str]) -> str:
+    found = _checkpoint_num_classes(model, state)
+    if found is not None and found != getattr(model, "num_classes", found):
+        return f"the checkpoint's classifier has {found} outputs: use &num_classes={found} in the model id"
+    return ""
 
 
 def _int_option(options: Mapping[str, str], key: str, default: int) -> int:

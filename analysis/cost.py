@@ -1,0 +1,300 @@
+"""What a run will cost, estimated from the layer shapes before any data is read or any forward is run.
+
+For the analysed layers (``d_in``, ``d_out``, and ``T`` input vectors per image) and the settings:
+
+Memory (bytes, peak of the run):
+
+- running statistics: ``C_in`` (``d_in^2``) and ``s`` per layer, float64 on the CPU, float32 on a GPU
+  (where the float64 CPU copy, ``8 d_in^2``, is made once the pass is over);
+- after the pass, all at once: ``C_in`` (float64 CPU), ``C_out = W C_in W^T + ...`` (``8 d_out^2``) and the
+  eigenvectors of both (``8 (d_in^2 + d_out^2)``), plus the eigen-solver's stacked copy and workspace of the
+  largest matrix (``2 * 8 d^2``);
+- transient unfold of a convolution's input in one chunk: ``rows x d_in`` float32, twice (unfold and its
+  contiguous copy), with ``rows = min(B T, max(65536, T))`` (the collector's chunking);
+- the model's parameters (float32).
+
+Time (seconds, rough): statistics ``sum_layers N T d_in^2 / R_stats`` and eigen-decompositions
+``sum_layers (d_in^3 + d_out^3) / R_eig``, with rates measured on a busy 2-core CPU (about 4e9 and 1e9 per
+second) and nominal GPU rates. The figures are meant for "about X s, Y GB" and for refusing runs that cannot
+fit; they are not benchmarks.
+
+``T`` comes from a shape-only pass: the model runs once on a meta-device input (no memory, no arithmetic),
+hooks record each layer's input shape; if a model cannot run on the meta device, a convolution is assumed
+to see ``H W / 16`` positions and a Linear layer ``H W / 256`` tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import AnalysisError
+from .models.layers import LayerSpec
+
+MAX_ROWS_PER_CHUNK = 1 << 16
+"""The statistics collector's chunk of unfolded rows (kept equal to :mod:`analysis.statistics`)."""
+
+RATES = {
+    "cpu": {"stats": 4e9, "eig": 1e9},
+    "cuda": {"stats": 5e11, "eig": 2e10},
+}
+"""Rough throughputs: rows*d^2 per second for statistics, d^3 per second for eigen-decompositions."""
+
+USABLE_FRACTION = 0.85
+"""A run may plan to use at most this share of the memory available now."""
+
+
+class CostError(AnalysisError):
+    """A run that would not fit the machine (refused before any work)."""
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    d_in: int
+    d_out: int
+    tokens_per_image: int
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Estimated peak memory (bytes) and time (seconds) of one run, and the layers that dominate them."""
+
+    memory_bytes: int
+    gpu_memory_bytes: int
+    seconds: float
+    stats_seconds: float
+    eigen_seconds: float
+    widest_layer: str
+    widest_d: int
+    layers: tuple[LayerCost, ...] = field(default=(), repr=False)
+    available_bytes: int | None = None
+    available_gpu_bytes: int | None = None
+
+    @property
+    def fits(self) -> bool:
+        cpu_ok = self.available_bytes is None or self.memory_bytes <= USABLE_FRACTION * self.available_bytes
+        gpu_ok = self.available_gpu_bytes is None or self.gpu_memory_bytes <= USABLE_FRACTION * self.available_gpu_bytes
+        return cpu_ok and gpu_ok
+
+    def summary(self) -> str:
+        """One line: ``about 12 s, 0.4 GB (widest layer blocks.0.mlp.fc1, d 3072)``."""
+        gpu = f" + {_gb(self.gpu_memory_bytes)} on the GPU" if self.gpu_memory_bytes else ""
+        return (f"about {_duration(self.seconds)}, {_gb(self.memory_bytes)}{gpu} "
+                f"(widest layer {self.widest_layer}, d {self.widest_d})")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available now (``MemAvailable`` of /proc/meminfo, or psutil), None if unknown."""
+    try:
+        import psutil  # type: ignore[import-not-found]
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def available_gpu_memory(device: str) -> int | None:
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def tokens_per_image(model: nn.Module, specs: list[LayerSpec], input_size: tuple[int, int, int]) -> dict[str, int]:
+    """Input vectors one image gives each layer, from a shape-only (meta-device) forward; see the module doc."""
+    from torch.func import functional_call
+
+    channels, height, width = (int(v) for v in input_size)
+    found: dict[str, int] = {}
+
+    def hook_for(spec: LayerSpec):
+        def hook(module, args):
+            x = args[0]
+            if isinstance(module, nn.Conv2d):
+                h, w = x.shape[-2:]
+                kh, kw = module.kernel_size
+                sh, sw = module.stride
+                ph, pw = (module.padding if isinstance(module.padding, tuple) else (0, 0))
+                out_h = max(1, (int(h) + 2 * int(ph) - kh) // sh + 1)
+                out_w = max(1, (int(w) + 2 * int(pw) - kw) // sw + 1)
+                found.setdefault(spec.name, out_h * out_w)
+            else:
+                found.setdefault(spec.name, max(1, int(x[0].numel()) // int(x.shape[-1])) if x.dim() > 1 else 1)
+        return hook
+
+    handles = [s.module.register_forward_pre_hook(hook_for(s)) for s in specs]
+    try:
+        meta = {name: torch.empty_like(t, device="meta") for name, t in
+                list(model.named_parameters()) + list(model.named_buffers())}
+        with torch.no_grad():
+            functional_call(model, meta, (torch.empty(1, channels, height, width, device="meta"),), strict=False)
+    except Exception:  # a model that cannot run on the meta device: the fallback below
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    for spec in specs:
+        if spec.name not in found:
+            conv = isinstance(spec.module, nn.Conv2d)
+            found[spec.name] = max(1, height * width // (16 if conv else 256))
+    return found
+
+
+def estimate(
+    model: nn.Module,
+    specs: list[LayerSpec],
+    *,
+    input_size: tuple[int, int, int],
+    images: int,
+    batch_size: int,
+    device: str = "cpu",
+    tokens_cap: int | None = None,
+    tokens: dict[str, int] | None = None,
+) -> CostEstimate:
+    """The cost of analysing ``specs`` (applicable, selected layers) of ``model`` on ``images`` images
+    (``tokens``: :func:`tokens_per_image` when already known)."""
+    specs = [s for s in specs if s.applicable]
+    on_gpu = str(device).startswith("cuda")
+    if tokens is None:
+        tokens = tokens_per_image(model, specs, input_size) if specs else {}
+    acc_bytes = 4  # the GPU accumulator (the CPU one is the float64 C_in counted below)
+    params = sum(p.numel() for p in model.parameters()) * 4
+    layers, resident, gpu_resident, transient, largest = [], 0, 0, 0, 0
+    stats_work = eig_work = 0.0
+    for spec in specs:
+        t = tokens.get(spec.name, 1)
+        used = min(t, tokens_cap) if tokens_cap else t
+        sq_in, sq_out = spec.d_in ** 2, spec.d_out ** 2
+        # C_in (+ its float64 CPU copy on a GPU run), C_out, eigenvectors of both
+        cpu_bytes = 8 * sq_in + 8 * sq_out + 8 * (sq_in + sq_out)
+        gpu_resident += acc_bytes * sq_in if on_gpu else 0
+        resident += cpu_bytes
+        largest = max(largest, 16 * max(sq_in, sq_out))
+        if isinstance(spec.module, nn.Conv2d):
+            rows = min(batch_size * t, max(MAX_ROWS_PER_CHUNK, t))
+            transient = max(transient, 2 * 4 * rows * spec.d_in)
+        stats_work += images * used * sq_in
+        eig_work += spec.d_in ** 3 + spec.d_out ** 3
+        layers.append(LayerCost(spec.name, spec.d_in, spec.d_out, t, cpu_bytes))
+    memory = int(resident + largest + transient + params)
+    rates = RATES["cuda" if on_gpu else "cpu"]
+    stats_s, eig_s = stats_work / rates["stats"], eig_work / rates["eig"]
+    widest = max(specs, key=lambda s: s.width, default=None)
+    return CostEstimate(
+        memory_bytes=memory, gpu_memory_bytes=int(gpu_resident + (transient if on_gpu else 0)),
+        seconds=stats_s + eig_s, stats_seconds=stats_s, eigen_seconds=eig_s,
+        widest_layer=widest.name if widest else "", widest_d=widest.width if widest else 0,
+        layers=tuple(layers), available_bytes=available_memory(), available_gpu_bytes=available_gpu_memory(device),
+    )
+
+
+def check_fits(estimate_: CostEstimate, specs: list[LayerSpec], model_id: str, rebuild) -> None:
+    """Raise :class:`CostError` with a one-line message when ``estimate_`` does not fit this machine.
+
+    ``rebuild(max_width)`` returns the estimate with layers wider than ``max_width`` skipped; it is used to
+    name the largest ``--max-width`` that fits."""
+    if estimate_.fits:
+        return
+    limit = estimate_.available_bytes if estimate_.memory_bytes > USABLE_FRACTION * (estimate_.available_bytes or 0) \
+        else estimate_.available_gpu_bytes
+    where = "RAM" if limit == estimate_.available_bytes else "GPU memory"
+    need = estimate_.memory_bytes if where == "RAM" else estimate_.gpu_memory_bytes
+    widths = sorted({s.width for s in specs if s.applicable}, reverse=True)
+    suggestion = None
+    for width in widths[1:]:
+        if rebuild(width).fits:
+            skipped = sum(1 for s in specs if s.applicable and s.width > width)
+            suggestion = f"add --max-width {width} (max_width={width}; skips {skipped} layer{'s' * (skipped != 1)})"
+            break
+    if suggestion is None:
+        suggestion = "analyse a subset with --layers PATTERN (layers=...), or use a machine with more memory"
+    else:
+        suggestion += " or choose layers with --layers PATTERN"
+    raise CostError(
+        f"{model_id} would need about {_gb(need)} of {where} but {_gb(limit or 0)} is available; its widest layer "
+        f"{estimate_.widest_layer} (d {estimate_.widest_d}) alone needs about {_gb(_alone(estimate_))}: "
+        f"{suggestion}"
+    )
+
+
+def _alone(estimate_: CostEstimate) -> int:
+    """The widest layer's own statistics, vectors and eigen-solver workspace."""
+    layer = next((c for c in estimate_.layers if c.name == estimate_.widest_layer), None)
+    return (layer.memory_bytes if layer else 0) + 16 * estimate_.widest_d ** 2
+
+
+def estimate_run(model_id: str, dataset_id: str, settings) -> CostEstimate:
+    """The cost of ``analyze(model_id, dataset_id, settings)`` (loads the model and the dataset handle, reads
+    no image): for showing "about X s, Y GB" before a run."""
+    from .engine import plan
+
+    the_plan = plan(model_id, dataset_id, settings)
+    return estimate_plan(the_plan)
+
+
+def estimate_plan(the_plan, specs: list[LayerSpec] | None = None, tokens: dict[str, int] | None = None) -> CostEstimate:
+    """The cost of a :class:`analysis.engine.Plan` (its selected layers, or ``specs``)."""
+    from .models import describe_layers
+    from .models.layers import select_layers
+
+    settings = the_plan.settings
+    if specs is None:
+        specs, _skipped = select_layers(describe_layers(the_plan.loaded.model), settings.max_width, settings.layers)
+    return estimate(
+        the_plan.loaded.model, specs, input_size=tuple(the_plan.loaded.data_config["input_size"]),
+        images=len(the_plan.dataset), batch_size=settings.effective_batch_size(), device=str(settings.device),
+        tokens_cap=settings.tokens_per_image, tokens=tokens,
+    )
+
+
+def guard_plan(the_plan) -> CostEstimate:
+    """Estimate the plan's cost and refuse it at once (:class:`CostError`) if it cannot fit this machine."""
+    from .models import describe_layers
+    from .models.layers import select_layers
+
+    settings = the_plan.settings
+    all_specs = describe_layers(the_plan.loaded.model)
+    selected, _ = select_layers(all_specs, settings.max_width, settings.layers)
+    if not any(s.applicable for s in selected):
+        from .errors import SettingsError
+
+        raise SettingsError(
+            f"no layer of {the_plan.loaded.model_id} is left to analyse with "
+            + " and ".join(o for o in (settings.layers and f"--layers {','.join(settings.layers)}",
+                                       settings.max_width and f"--max-width {settings.max_width}") if o)
+            + f"; its layers are named like {next((s.name for s in all_specs if s.applicable), '?')}"
+        )
+    tokens = tokens_per_image(the_plan.loaded.model, [s for s in selected if s.applicable],
+                              tuple(the_plan.loaded.data_config["input_size"]))
+    result = estimate_plan(the_plan, selected, tokens)
+
+    def rebuild(width: int) -> CostEstimate:
+        narrower = min(width, settings.max_width) if settings.max_width else width
+        return estimate_plan(the_plan, select_layers(all_specs, narrower, settings.layers)[0], tokens)
+
+    check_fits(result, selected, the_plan.loaded.model_id, rebuild)
+    return result
