@@ -581,3 +581,51 @@ def test_display_labels_are_short_and_unique():
     assert short[0].startswith("A: ") and short[1].startswith("B: ")
     assert len(set(short)) == 2 and all(len(s) <= 60 for s in short)
     assert all(DATASET not in s for s in short)  # the common dataset is stated once on the page
+
+
+# ------------------------------------------------------------------------------------------ the classroom demo
+def test_a_fresh_clone_opens_on_the_zoo_regimes_with_accuracy_and_caveat(monkeypatch, tmp_path):
+    """Real defaults, empty cache: the shipped entries make the regimes comparison appear at once."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.regimes import training_facts
+
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "fresh"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert at.title[0].value == "Compare"
+    assert "job_key" not in at.session_state  # nothing to compute: the default is shipped too
+    zoo = list(defaults.DEFAULT_COMPARISON)
+    assert len(at.session_state["compare_keys"]) == len(zoo) == 4
+    assert [m.label[:3] for m in at.main.metric] == ["A: ", "B: ", "C: ", "D: "]
+    text = " ".join(m.value for m in at.main.markdown)
+    for model_id in zoo:
+        facts = training_facts(model_id)
+        assert f"**{facts.label}**" in text, model_id
+        assert f"linear probe **{_pct(facts.linear_probe)}**" in text, model_id
+        assert facts.budget in text, model_id
+    caveats = [w.value for w in at.warning if "fell short" in w.value]
+    assert len(caveats) == 1 and "zoo:vit-fmnist-dino" in caveats[0] and "74.3%" in caveats[0]
+    deltas = [m.proto.delta for m in at.main.metric][1:]
+    assert all(d.endswith(" pp") for d in deltas)  # percentage points, not percent
+
+
+def test_zero_images_is_refused_with_a_message(app):
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    assert at.checkbox(key="analyze_all").value is False
+    at.number_input(key="analyze_samples").set_value(0).run()
+    assert not at.exception
+    assert at.number_input(key="analyze_samples").value == 0  # kept as typed, not silently replaced
+    assert any("samples must be a positive integer, got 0" in e.value for e in at.error)
+    assert at.button(key="analyze_launch").disabled
+
+
+def test_analyze_preselects_the_default_model_in_the_zoo(app, monkeypatch):
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL", "zoo:vit-fmnist-supervised")
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    _ok(at)
+    assert "zoo" in at.radio(key="analyze_model_source").value  # the zoo group comes first
+    group = at.radio(key="analyze_model_source").value
+    assert at.selectbox(key=f"analyze_model_{group}").value.model_id == "zoo:vit-fmnist-supervised"
