@@ -141,38 +141,46 @@ def _chosen_changed() -> None:
     st.session_state[SELECTION] = list(st.session_state[WIDGET])
 
 
-busy = bool(st.session_state.get(RUNNING))
-pick, full_button, quick_button = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
-with pick:
-    chosen = st.multiselect(
-        "Analyses to compare (two to four, from the Library)", options=list(labels), key=WIDGET,
-        on_change=_chosen_changed, format_func=lambda k: labels.get(k, k), max_selections=MAX_ANALYSES,
-    )
-with full_button:
-    st.button("Regimes: full test set", on_click=_start_preset, args=(defaults.DEFAULT_SAMPLES,), type="primary",
-              icon=":material/science:", key="compare_preset", disabled=busy, width="stretch",
-              help="The zoo's regimes (" + ", ".join(defaults.DEFAULT_COMPARISON) + f") on {defaults.DEFAULT_DATASET}; "
-                   "cached ones open at once.")
-with quick_button:
-    st.button(f"Quick: {QUICK_IMAGES:,} images", on_click=_start_preset, args=(QUICK_IMAGES,), icon=":material/bolt:",
-              key="compare_quick", disabled=busy, width="stretch", help=_estimate_line())
-if st.session_state.get(MISSING):
-    st.warning("Not available on this machine (left out): " + ", ".join(f"`{m}`" for m in st.session_state[MISSING]))
-if busy:
-    with st.container(border=True):
-        st.caption(_estimate_line())
-        _preset_progress()
+def _controls() -> None:
+    """What to compare: the analyses, the two regimes buttons (full test set, quick), their progress."""
+    busy = bool(st.session_state.get(RUNNING))
+    pick, full_button, quick_button = st.columns([4, 1.3, 1.3], vertical_alignment="bottom")
+    with pick:
+        st.multiselect(
+            "Analyses to compare (two to four, from the Library)", options=list(labels), key=WIDGET,
+            on_change=_chosen_changed, format_func=lambda k: labels.get(k, k), max_selections=MAX_ANALYSES,
+        )
+    with full_button:
+        st.button("Regimes: full set", on_click=_start_preset, args=(defaults.DEFAULT_SAMPLES,), type="primary",
+                  icon=":material/science:", key="compare_preset", disabled=busy, width="stretch",
+                  help="The zoo's regimes (" + ", ".join(defaults.DEFAULT_COMPARISON) + f") on "
+                       f"{defaults.DEFAULT_DATASET}; cached ones open at once.")
+    with quick_button:
+        st.button(f"Quick: {QUICK_IMAGES:,} images", on_click=_start_preset, args=(QUICK_IMAGES,),
+                  icon=":material/bolt:", key="compare_quick", disabled=busy, width="stretch", help=_estimate_line())
+    st.caption(_estimate_line())
+    if st.session_state.get(MISSING):
+        st.warning("Not available on this machine (left out): "
+                   + ", ".join(f"`{m}`" for m in st.session_state[MISSING]))
+    if busy:
+        with st.container(border=True):
+            _preset_progress()
+    job = st.session_state.get(state.JOB)
+    if state.is_key(job):  # e.g. the default analysis on a first launch whose shipped results are stale
+        if job == st.session_state.get(state.DEFAULT_JOB):
+            st.info(f"First launch: computing the embedded default analysis ({defaults.DEFAULT_MODEL} on "
+                    f"{defaults.DEFAULT_DATASET}) once; it is cached for next time.")
+        jobs_view.job_panel()
 
-job = st.session_state.get(state.JOB)
-if state.is_key(job):  # e.g. the default analysis on a first launch whose shipped results are stale
-    if job == st.session_state.get(state.DEFAULT_JOB):
-        st.info(f"First launch: computing the embedded default analysis ({defaults.DEFAULT_MODEL} on "
-                f"{defaults.DEFAULT_DATASET}) once; it is cached for next time.")
-    jobs_view.job_panel()
 
+chosen = list(st.session_state[WIDGET])
 if len(chosen) < 2:
+    _controls()
     st.info("Choose at least two analyses, or press a Regimes button, to compare them.")
     st.stop()
+if st.session_state.get(RUNNING):
+    st.caption(f"Running {st.session_state[RUNNING][0]}: its progress is under the buttons below; it joins the "
+               "comparison when done.")
 
 e_in, e_out = state.energies()
 results = [state.load_result(k) for k in chosen]
@@ -197,9 +205,9 @@ for col, row in zip(metric_cols, facts.itertuples()):
         st.metric(row.analysis, text.pct(row.mlu),
                   delta=None if row.Index == 0 else format_pp(row.mlu_delta_pp / 100), delta_color="off",
                   help=f"{row.model_id} · {text.count(row.images)} images · parameters kept {text.pct(row.kept)}")
-        st.markdown(f"**{row.regime}**  \n{row.budget}  \n"
-                    f"linear probe **{text.pct(row.linear_probe)}**"
+        st.markdown(f"**{row.regime}** · linear probe **{text.pct(row.linear_probe)}**"
                     + (f" · top-1 {text.pct(row.top1)}" if row.top1 is not None and row.top1 == row.top1 else ""))
+        st.caption(f"training: {row.budget}")
 for row in facts.itertuples():
     if row.caveat:
         st.warning(row.caveat, icon=":material/warning:")
@@ -212,6 +220,8 @@ with top_left:
 with top_right:
     st.plotly_chart(charts.compare_lines(per_layer, short, height=height), key="compare_lines")
 st.plotly_chart(charts.delta_bars(per_layer, short), key="compare_delta")
+st.subheader("Change the comparison")
+_controls()
 with st.expander("Tables", expanded=False):
     st.dataframe(facts.drop(columns=["falls_short"]), hide_index=True)
     st.dataframe(long_table(results, short), hide_index=True)

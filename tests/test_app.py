@@ -598,7 +598,7 @@ def test_a_fresh_clone_opens_on_the_zoo_regimes_with_accuracy_and_caveat(monkeyp
     zoo = list(defaults.DEFAULT_COMPARISON)
     assert len(at.session_state["compare_keys"]) == len(zoo) == 4
     assert [m.label[:3] for m in at.main.metric] == ["A: ", "B: ", "C: ", "D: "]
-    text = " ".join(m.value for m in at.main.markdown)
+    text = " ".join(m.value for m in at.main.markdown) + " ".join(c.value for c in at.main.caption)
     for model_id in zoo:
         facts = training_facts(model_id)
         assert f"**{facts.label}**" in text, model_id

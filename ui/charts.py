@@ -97,11 +97,12 @@ def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
         height=kwargs.pop("height", CHART_HEIGHT),
         margin=kwargs.pop("margin", _MARGIN),
         font=dict(size=FONT_SIZE, color="#222"),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0, font=dict(size=FONT_SIZE - 1)),
+        legend=kwargs.pop("legend", dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0,
+                                         font=dict(size=FONT_SIZE - 1))),
         **kwargs,
     )
-    fig.update_xaxes(tickfont=dict(size=FONT_SIZE - 2, color="#222"), title_font=dict(size=FONT_SIZE))
-    fig.update_yaxes(tickfont=dict(size=FONT_SIZE - 1, color="#222"), title_font=dict(size=FONT_SIZE))
+    fig.update_xaxes(tickfont=dict(size=FONT_SIZE - 2, color="#222"), title_font=dict(size=FONT_SIZE, color="#222"))
+    fig.update_yaxes(tickfont=dict(size=FONT_SIZE - 1, color="#222"), title_font=dict(size=FONT_SIZE, color="#222"))
     return fig
 
 
@@ -314,15 +315,19 @@ def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out:
     k_in = metrics.k_at_energy(spectrum.eig_in, energy_in)
     k_out = metrics.k_at_energy(spectrum.eig_out, energy_out)
     rank = metrics.utilized_rank(k_in, k_out)
-    fig.add_hline(y=ZERO_FLOOR, line_dash="dot", line_color="#555", line_width=2,
-                  annotation_text="zero beyond r", annotation_position="bottom right",
-                  annotation_font=dict(size=FONT_SIZE - 1))
-    fig.add_vline(x=rank, line_dash="dash", line_color="#555", line_width=2, annotation_text=f"r = {rank}",
-                  annotation_position="top right", annotation_font=dict(size=FONT_SIZE))
+    # lines without add_*line's annotations: Plotly places those at the linear value on a log axis
+    fig.add_hline(y=ZERO_FLOOR, line_dash="dot", line_color="#555", line_width=2)
+    fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(ZERO_FLOOR), yref="y", yanchor="bottom",
+                       text="zero beyond r", showarrow=False, font=dict(size=FONT_SIZE, color="#333"))
+    fig.add_vline(x=rank, line_dash="dash", line_color="#555", line_width=2)
+    fig.add_annotation(x=rank, xref="x", xanchor="left", y=1.0, yref="paper", yanchor="top", text=f" r = {rank}",
+                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#333"))
     fig.update_xaxes(title="index i (descending)")
     fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power",
                      range=[np.log10(ZERO_FLOOR) - 0.5, 0.3])
-    return _layout(fig, f"Singular values of W and W' — {spectrum.name}", height=height)
+    return _layout(fig, f"Singular values of W and W' — {spectrum.name}", height=height,
+                   legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02, font=dict(size=FONT_SIZE - 1)),
+                   margin=dict(l=70, r=30, t=60, b=60))
 
 
 def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4",
@@ -346,11 +351,15 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
                     customdata=cumulative[keep],
                     hovertemplate="k = %{x}<br>held %{customdata:.4%}, not held %{y:.2e}<extra></extra>",
                     secondary_y=True)
-    fig.add_hline(y=1.0 - energy, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True,
-                  annotation_text=f"threshold 1 − e = {1.0 - energy:.3g} (e = {energy:g})",
-                  annotation_position="top right", annotation_font=dict(size=FONT_SIZE - 1, color="#c00"))
-    fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2, annotation_text=f"k = {k} of {d}",
-                  annotation_position="bottom left", annotation_font=dict(size=FONT_SIZE))
+    threshold = 1.0 - energy
+    if threshold > 0:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True)
+        fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
+                           text=f"1 − e = {threshold:.3g}", showarrow=False,
+                           font=dict(size=FONT_SIZE, color="#c00"))
+    fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
+    fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom", text=f" k = {k} of {d}",
+                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#222"))
     fig.update_xaxes(title="index i / number of directions k")
     fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
     fig.update_yaxes(type="log", dtick=1, title="energy not held (1 − cumulative)", exponentformat="power",
@@ -560,8 +569,7 @@ def learn_points_chart(points: np.ndarray, vectors: np.ndarray, values: np.ndarr
                         marker=dict(size=[0, 12], symbol="arrow", angleref="previous"))
     fig.update_xaxes(title="x₁", zeroline=True, scaleanchor="y", scaleratio=1)
     fig.update_yaxes(title="x₂", zeroline=True)
-    return _layout(fig, f"Inputs of a layer with d_in = 2: k = {k} direction{'s' if k != 1 else ''} hold the energy",
-                   height=480)
+    return _layout(fig, "Inputs x and their directions", height=480)
 
 
 def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
@@ -576,5 +584,4 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
                   annotation_position="top left", annotation_font=dict(size=FONT_SIZE))
     fig.update_xaxes(title="k (directions kept)", type="category")
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
-    return _layout(fig, f"k(e) = {k}: the fewest directions holding a fraction e of the energy", showlegend=False,
-                   height=480)
+    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)

@@ -47,19 +47,35 @@ def check() -> list[str]:
     return problems
 
 
-def regenerate(log=print) -> dict:
-    """Recompute every demo entry into the seed folder and rewrite the index; returns the index."""
+def compute_entry(model_id: str, dataset_id: str, settings: AnalysisSettings, log=print) -> dict:
+    """Compute one demo analysis from scratch (no cache read) and store it into the seed folder."""
+    start = time.perf_counter()
+    the_plan = plan(model_id, dataset_id, settings)
+    result, _ = compute(the_plan)
+    ResultCache(SEED_ROOT).store(the_plan.key, result)
+    log(f"{model_id} on {dataset_id}: key {the_plan.key}, MLU {result.mlu:.4f} "
+        f"({time.perf_counter() - start:.0f} s)")
+    return _index_row(the_plan.key, model_id, dataset_id, settings, float(result.mlu))
+
+
+def _index_row(key: str, model_id: str, dataset_id: str, settings: AnalysisSettings, mlu: float) -> dict:
+    return {"key": key, "model_id": model_id, "dataset_id": dataset_id, "samples": settings.samples,
+            "mlu": round(mlu, 6)}
+
+
+def regenerate(missing_only: bool = False, log=print) -> dict:
+    """Recompute every demo entry into the seed folder (with ``missing_only``, only those whose key has no
+    intact entry there: to finish an interrupted regeneration), remove the others, rewrite the index."""
     seeds = ResultCache(SEED_ROOT)
     entries = []
     for model_id, dataset_id, settings in demo_analyses():
-        start = time.perf_counter()
-        the_plan = plan(model_id, dataset_id, settings)
-        result, _ = compute(the_plan)
-        seeds.store(the_plan.key, result)
-        entries.append({"key": the_plan.key, "model_id": model_id, "dataset_id": dataset_id,
-                        "samples": settings.samples, "mlu": round(float(result.mlu), 6)})
-        log(f"{model_id} on {dataset_id}: key {the_plan.key}, MLU {result.mlu:.4f} "
-            f"({time.perf_counter() - start:.0f} s)")
+        key = plan(model_id, dataset_id, settings).key
+        kept = seeds.load(key) if missing_only else None
+        if kept is not None:
+            log(f"{model_id} on {dataset_id}: key {key} kept (intact)")
+            entries.append(_index_row(key, model_id, dataset_id, settings, float(kept.mlu)))
+            continue
+        entries.append(compute_entry(model_id, dataset_id, settings, log))
     wanted = {e["key"] for e in entries}
     for folder in SEED_ROOT.iterdir():
         if folder.is_dir() and (KEY_PATTERN.fullmatch(folder.name) and folder.name not in wanted
@@ -75,6 +91,8 @@ def regenerate(log=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.demo_results", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="report stale or missing entries; exit 1 if any")
+    parser.add_argument("--missing", action="store_true",
+                        help="keep intact entries of the current keys, compute only the others (resume)")
     args = parser.parse_args(argv)
     if args.check:
         problems = check()
@@ -85,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("shipped demo entries are current")
         return 0
-    regenerate()
+    regenerate(missing_only=args.missing)
     return 0
 
 
