@@ -127,9 +127,9 @@ entries = list(state.cache().entries())
 labels = {m["key"]: tables.entry_label(m) for m in entries}
 
 if SELECTION not in st.session_state:
-    ready = _cached(defaults.DEFAULT_SAMPLES)
-    if len(ready) >= 2 and all(ready):  # the regimes comparison is there (shipped or computed): open on it
-        st.session_state[SELECTION] = list(ready)
+    ready = [k for k in _cached(defaults.DEFAULT_SAMPLES) if k]
+    if len(ready) >= 2:  # the regimes comparison is there (shipped or computed): open on what is ready
+        st.session_state[SELECTION] = ready
         entries = list(state.cache().entries())
         labels = {m["key"]: tables.entry_label(m) for m in entries}
     else:

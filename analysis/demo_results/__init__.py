@@ -19,6 +19,7 @@ Regenerate (deterministic: same keys, same numbers; one command, after any chang
 
     python -m analysis.demo_results          # recompute every entry into this folder, rewrite index.json
     python -m analysis.demo_results --check  # exit 1 when a shipped entry is stale or missing
+    python -m analysis.demo_results --missing  # resume: keep intact entries of the current keys
 """
 
 from __future__ import annotations
