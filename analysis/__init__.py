@@ -1,5 +1,5 @@
 """Layer-utilization analysis: how much of the space available to its weights each layer of a trained
-network uses on a given dataset (after Garg et al., 2024, arXiv 2407.04797; definitions in DESIGN.md).
+network uses on a given dataset (after Garg et al., 2024, arXiv 2407.04797; definitions in the README, section Method).
 
 Public API::
 
@@ -15,6 +15,7 @@ from .engine import analyze  # noqa: E402
 from .errors import AnalysisError  # noqa: E402
 from .models import load_model  # noqa: E402
 from .result import Result  # noqa: E402
+from . import compression as _compression  # noqa: E402,F401  registers the file: loader of compressed exports
 
 
 __all__ = ["AnalysisError", "Result", "analyze", "load_model", "__version__"]

@@ -28,19 +28,33 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from .demo_results import SEED_ROOT, seed_entry
 from .errors import CacheError
+from .meta import ResultMeta
 from .paths import cache_root
 from .result import LayerSpectrum, Result, WPRIME_ENERGIES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KEY_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 ENTRY_FILES = ("spectra.npz", "layers.parquet", "layers.csv")
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """What a listing shows of one intact entry, read from its manifest alone (no arrays)."""
+
+    key: str
+    created: float
+    meta: ResultMeta
+    energy_in: float
+    energy_out: float
+    n_layers: int
+    n_not_applicable: int
 
 
 def content_key(parts: dict) -> str:
@@ -90,7 +104,10 @@ class ResultCache:
 
     # ----------------------------------------------------------------------------------------- reading
     def manifest(self, key: str) -> dict | None:
-        """The manifest of a complete, intact entry, else None."""
+        """The manifest of a complete, intact entry, else None.
+
+        Its ``meta`` must read as a :class:`ResultMeta` (unknown keys are ignored, missing ones take their
+        defaults); a malformed one makes the entry absent."""
         folder = self.entry_dir(key)
         if not (folder / "manifest.json").exists():
             self._adopt_seed(key)
@@ -102,6 +119,10 @@ class ResultCache:
             return None
         files = manifest.get("files", {})
         if not all(name in files for name in ENTRY_FILES):
+            return None
+        try:
+            ResultMeta.from_dict(manifest.get("meta"))
+        except ValueError:
             return None
         for name, digest in files.items():
             try:
@@ -129,6 +150,11 @@ class ResultCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def entry(self, key: str) -> CacheEntry | None:
+        """The listing of an intact entry, else None."""
+        manifest = self.manifest(key)
+        return None if manifest is None else _entry_from_manifest(manifest)
+
     def has(self, key: str) -> bool:
         return self.manifest(key) is not None
 
@@ -143,7 +169,7 @@ class ResultCache:
         except (OSError, ValueError, KeyError):
             return None
         return Result(
-            meta=manifest["meta"],
+            meta=ResultMeta.from_dict(manifest["meta"]),
             spectra=spectra,
             not_applicable=manifest.get("not_applicable", []),
             energy_in=manifest["energy_in"],
@@ -168,10 +194,10 @@ class ResultCache:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and KEY_PATTERN.fullmatch(p.name))
 
-    def entries(self) -> Iterator[dict]:
-        """Manifests of every intact entry, newest first."""
-        manifests = [m for m in (self.manifest(k) for k in self.keys()) if m is not None]
-        yield from sorted(manifests, key=lambda m: m.get("created", 0), reverse=True)
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every intact entry, newest first."""
+        entries = [e for e in (self.entry(k) for k in self.keys()) if e is not None]
+        yield from sorted(entries, key=lambda e: e.created, reverse=True)
 
     def resolve(self, prefix: str) -> str:
         """A full key from a unique prefix (as users type in the CLI)."""
@@ -211,7 +237,7 @@ class ResultCache:
                 "schema": SCHEMA_VERSION,
                 "key": key,
                 "created": time.time(),
-                "meta": result.meta,
+                "meta": result.meta.to_dict(),
                 "energy_in": result.energy_in,
                 "energy_out": result.energy_out,
                 "layers": [_layer_info(s) for s in result.spectra],
@@ -259,6 +285,19 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot store {type(value).__name__} in a manifest")
 
 
+def _entry_from_manifest(manifest: dict) -> CacheEntry:
+    created = manifest.get("created", 0.0)
+    return CacheEntry(
+        key=manifest["key"],
+        created=float(created) if isinstance(created, (int, float)) else 0.0,
+        meta=ResultMeta.from_dict(manifest["meta"]),
+        energy_in=manifest.get("energy_in", 0.99),
+        energy_out=manifest.get("energy_out", 0.99),
+        n_layers=len(manifest.get("layers", [])),
+        n_not_applicable=len(manifest.get("not_applicable", [])),
+    )
+
+
 def _layer_info(spectrum: LayerSpectrum) -> dict:
     return {
         "name": spectrum.name,
@@ -269,6 +308,8 @@ def _layer_info(spectrum: LayerSpectrum) -> dict:
         "has_bias": spectrum.has_bias,
         "in_mlu": spectrum.in_mlu,
         "n_samples": spectrum.n_samples,
+        "status": spectrum.status,
+        "status_reason": spectrum.status_reason,
     }
 
 
@@ -314,8 +355,6 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_out=arrays[f"{i}|pres_k_out"],
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
+        status=info["status"],
+        status_reason=info["status_reason"],
     )
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(path)

@@ -3,7 +3,8 @@
 - the model catalogue grouped and ordered for menus (project zoo first, then package weights, cached timm
   weights, random initialisations, anything else), and the default choice in it;
 - which model ids can be tried on this machine (:func:`offered`);
-- model and dataset ids built from what a user typed (:func:`checkpoint_model_id`, :func:`path_dataset_id`);
+- model and dataset ids built from what a user typed (:func:`checkpoint_model_id`, :func:`path_dataset_id`, the
+  latter over the dataset registry's path-taking families);
 - a fast check that a ``timm:`` id's pretrained weights can be had (:func:`check_timm_weights`): the local
   Hugging Face cache first, then a short connection probe, instead of timm's own retries (about 50 s offline).
 """
@@ -25,8 +26,12 @@ GROUP_ORDER: tuple[str, ...] = ("zoo", "package", "timm", "random")
 CATALOGUE_ONLY_SOURCES: tuple[str, ...] = ("zoo", "pkg")
 """Sources whose models exist only when the catalogue lists them (a zoo model not trained yet is absent)."""
 
-DATASET_PREFIXES: dict[str, str] = {"image folder": "folder", "CIFAR-10 root": "cifar10", "CIFAR-100 root": "cifar100"}
-"""Dataset families given by a path, by the label the Analyze page shows."""
+def path_families() -> dict:
+    """Dataset families given by a path (``folder:``, ``cifar10:``...), by the label the Analyze page shows:
+    derived from the dataset registry (:func:`analysis.data.registered_families`), never listed here."""
+    from .data import registered_families
+
+    return {f.path.label: f for f in registered_families().values() if f.path is not None}
 
 HUB_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0
@@ -91,13 +96,14 @@ def checkpoint_model_id(path: str, arch: str, options: str = "") -> str:
 
 
 def path_dataset_id(label: str, path: str) -> str:
-    """``folder:<path>``, ``cifar10:<root>`` or ``cifar100:<root>`` for a family in :data:`DATASET_PREFIXES`."""
-    if label not in DATASET_PREFIXES:
-        raise AnalysisError(f"unknown dataset family {label!r}; one of {', '.join(DATASET_PREFIXES)}")
+    """``<family>:<path>`` for the path-taking family shown as ``label`` (e.g. ``folder:/data/x``)."""
+    by_label = path_families()
+    if label not in by_label:
+        raise AnalysisError(f"unknown dataset family {label!r}; one of {', '.join(by_label)}")
     path = (path or "").strip()
     if not path:
         raise AnalysisError(f"give the {label} path")
-    return f"{DATASET_PREFIXES[label]}:{path}"
+    return f"{by_label[label].name}:{path}"
 
 
 def upload_file_name(name: str, digest: str) -> str:

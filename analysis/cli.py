@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (DESIGN.md section 7).
+"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (README, section Command line).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
 """
@@ -12,11 +12,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from .defaults import DEFAULT_DATASET, DEFAULT_MODEL
+from . import defaults
 from .errors import AnalysisError, SettingsError
 
 SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
-                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank"]
+                 "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "status"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,12 +25,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import id_forms
+
+    DEFAULT_MODEL, DEFAULT_DATASET = defaults.default_model(), defaults.default_dataset()
+    dataset_forms = ", ".join(id_forms())  # from the dataset-family registry
     parser = _Parser(prog="python -m analysis", description="Layer-utilization analysis of trained networks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
-    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id: {dataset_forms} (default {DEFAULT_DATASET}; see `list datasets`)")
     run.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--energy-in", type=float, default=0.99)
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compress", help="factorize at the utilized rank, evaluate, fine-tune, export")
     comp.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     comp.add_argument("--dataset", default="fashion-mnist:train",
-                      help="analysis + fine-tuning data (default fashion-mnist:train)")
+                      help=f"analysis + fine-tuning data: {dataset_forms} (default fashion-mnist:train)")
     comp.add_argument("--eval-dataset", default=None,
                       help="labelled split for top-1 (default: fashion-mnist:test for fashion-mnist:train, else --dataset)")
     comp.add_argument("--samples", type=int, default=None, help="analysis images (default: the whole dataset)")
@@ -123,7 +127,7 @@ def _progress_bar(quiet: bool):
         return None, close
 
     def on_batch(p) -> None:
-        update(p.stage, p.batches_done, p.batches_total, images=f"{p.images_done}/{p.images_total}")
+        update(p.stage, p.done, p.total, images=f"{p.items_done}/{p.items_total}")
 
     return on_batch, close
 
@@ -132,11 +136,13 @@ def _print_result(result, out=None) -> None:
     out = out or sys.stdout
     summary = result.summary()
     print(f"key        {summary['key']}", file=out)
-    print(f"model      {summary['model']}  ({result.meta.get('model_description', '')})", file=out)
+    print(f"model      {summary['model']}  ({result.meta.model_description})", file=out)
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
     print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
-          f"(patch embedding and head reported, not counted)", file=out)
+          f"(patch embedding and head reported, not counted"
+          f"{'; ' + str(summary['layers_flagged']) + ' flagged layers not counted' if summary['layers_flagged'] else ''})",
+          file=out)
     print(f"parameters {summary['params_factorized']:,} of {summary['params_dense']:,} kept if factorized "
           f"({summary['kept']:.1%})", file=out)
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
@@ -145,6 +151,8 @@ def _print_result(result, out=None) -> None:
         names = ", ".join(item["layer"] for item in result.not_applicable[:6])
         more = "" if len(result.not_applicable) <= 6 else f" and {len(result.not_applicable) - 6} more"
         print(f"not applicable (grouped/depthwise convolutions): {names}{more}", file=out)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _with_energies(result, e_in, e_out):
@@ -167,7 +175,7 @@ def _load_cached(key: str):
 
 def cmd_run(args) -> int:
     from .engine import analyze
-    from .export import export_result, format_from_path
+    from .table_export import export_result, format_from_path
 
     if args.export:
         format_from_path(args.export)  # fail on a bad name before the long run
@@ -204,22 +212,21 @@ def cmd_list(args) -> int:
             print(f"{entry.model_id:45s} {entry.group:22s} {entry.description}")
         print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>")
     elif args.what == "datasets":
-        from .data import list_datasets
+        from .data import dataset_templates, list_datasets
 
         for dataset_id, description, available, reason in list_datasets():
             state = "available" if available else f"unavailable: {reason}"
             print(f"{dataset_id:28s} {description}  [{state}]")
-        print("also: folder:<path>, cifar10:<root>, cifar100:<root>")
+        print("also: " + ", ".join(template for template, _ in dataset_templates()))
     else:
         from .cache import ResultCache
 
         entries = list(ResultCache().entries())
         if not entries:
             print("no cached analyses")
-        for manifest in entries:
-            meta = manifest["meta"]
-            print(f"{manifest['key']}  {meta['model_id']:35s} {meta['dataset_id']:22s} "
-                  f"{meta['n_images']:>7} images")
+        for entry in entries:
+            meta = entry.meta
+            print(f"{entry.key}  {meta.model_id:35s} {meta.dataset_id:22s} {meta.n_images:>7} images")
     return 0
 
 
@@ -243,7 +250,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_result
+    from .table_export import export_result
 
     print(export_result(_load_cached(args.key), args.out, args.format))
     return 0
@@ -274,11 +281,12 @@ def cmd_compress(args) -> int:
                                   objective=args.objective, seed=args.seed),
     ).validated()
     update, close = _stage_progress(args.quiet)
+    progress = None if update is None else (lambda p: update(p.stage, p.done, p.total))
     try:
         if args.sweep:
-            table = sweep(request, _parse_energies(args.sweep), progress=update)
+            table = sweep(request, _parse_energies(args.sweep), progress=progress)
         else:
-            report = compress(request, export=args.export, progress=update)
+            report = compress(request, export=args.export, progress=progress)
     finally:
         close()
     if args.sweep:

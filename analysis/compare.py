@@ -22,17 +22,9 @@ WORKER_START_S = 8.0
 about 5-10 s on the 2-core machine."""
 
 
-def meta_value(result: Result, name: str, default=None):
-    """A field of ``result.meta`` whether the meta is a mapping or an object with attributes."""
-    meta = result.meta
-    if isinstance(meta, dict):
-        return meta.get(name, default)
-    return getattr(meta, name, default)
-
-
 def label_of(result: Result) -> str:
     """A short label: the model id on the dataset id."""
-    return f"{meta_value(result, 'model_id')} on {meta_value(result, 'dataset_id')}"
+    return f"{result.meta.model_id} on {result.meta.dataset_id}"
 
 
 def format_pp(delta: float, digits: int = 1) -> str:
@@ -57,7 +49,7 @@ def compare_results(results: list[Result]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "mlu_delta": r.mlu - first_mlu,
                 "mlu_delta_pp": 100 * (r.mlu - first_mlu),
                 "kept": r.parameters()["kept"],
-                "images": meta_value(r, "n_images"),
+                "images": r.meta.n_images,
             }
             for label, r in zip(labels, results)
         ]
@@ -85,7 +77,7 @@ def long_table(results: Sequence[Result], labels: Sequence[str] | None = None) -
     frames = []
     for label, r in zip(labels, results):
         t = r.layers[["layer", "kind", "block", "utilization"]].copy()
-        t.insert(0, "model_id", meta_value(r, "model_id"))
+        t.insert(0, "model_id", r.meta.model_id)
         t.insert(0, "analysis", label)
         t["depth"] = t["layer"].map(depth)
         t["delta_pp"] = 100 * (t["utilization"] - t["layer"].map(base))
@@ -104,14 +96,14 @@ def regimes_table(results: Sequence[Result], labels: Sequence[str] | None = None
     rows = []
     first = results[0].mlu if results else float("nan")
     for label, r in zip(labels, results):
-        facts: TrainingFacts = training_facts(str(meta_value(r, "model_id")))
+        facts: TrainingFacts = training_facts(r.meta.model_id)
         rows.append({
             "analysis": label, "model_id": facts.model_id, "regime": facts.label, "family": facts.family,
             "budget": facts.budget, "linear_probe": facts.linear_probe, "top1": facts.top1,
             "target": facts.target.value if facts.target else None, "measured": facts.measured,
             "falls_short": facts.falls_short, "caveat": facts.caveat(),
             "mlu": r.mlu, "mlu_delta_pp": 100 * (r.mlu - first), "kept": r.parameters()["kept"],
-            "images": meta_value(r, "n_images"),
+            "images": r.meta.n_images,
         })
     return pd.DataFrame(rows)
 
@@ -119,16 +111,14 @@ def regimes_table(results: Sequence[Result], labels: Sequence[str] | None = None
 def seconds_per_image(result: Result) -> float | None:
     """Measured data-pass (statistics) time per image of a stored analysis (None when not recorded)."""
     seconds = _timing(result, "statistics_s")
-    images = meta_value(result, "n_images") or 0
+    images = result.meta.n_images or 0
     if seconds <= 0 or images <= 0:
         return None
     return seconds / images
 
 
 def _timing(result: Result, name: str) -> float:
-    timings = meta_value(result, "timings") or {}
-    value = timings.get(name) if isinstance(timings, dict) else getattr(timings, name, None)
-    return float(value or 0.0)
+    return float(getattr(result.meta.timings, name, 0.0) or 0.0)
 
 
 def estimate_seconds(references: Sequence[Result], images: int, parallel: int = 1) -> float | None:

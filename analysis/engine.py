@@ -1,6 +1,6 @@
 """The analysis pipeline: model -> data -> statistics -> spectra -> metrics -> cache.
 
-:func:`analyze` is the public entry point (DESIGN.md section 7). A cache hit reads no data: the content
+:func:`analyze` is the public entry point (README, section Python). A cache hit reads no data: the content
 key is built from the model's weight fingerprint, the dataset's fingerprint (source identity and selected
 indices), the settings that change statistics and the schema version.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -19,41 +19,22 @@ from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
+from .meta import ResultMeta, Timings
 from .models import describe_layers, load as load_loaded_model
+from .models.layers import LayerSpec
 from .partial import PartialStore
+from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .spectra import eigen_batched, layer_output_second_moment
-from .statistics import MomentCollector
+from .capture import effective_parameters, layer_status
+from .spectra import eigen_batched, output_second_moment
+from .statistics import LayerMoments, MomentCollector
 
-
-@dataclass
-class Progress:
-    """What a running analysis reports after each batch."""
-
-    stage: str
-    batches_done: int
-    batches_total: int
-    images_done: int
-    images_total: int
-    elapsed_s: float
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.batches_done == 0 or self.batches_total == 0:
-            return None
-        return self.elapsed_s / self.batches_done * (self.batches_total - self.batches_done)
-
-    @property
-    def fraction(self) -> float:
-        return self.batches_done / self.batches_total if self.batches_total else 0.0
+__all__ = ["Cancelled", "Plan", "Progress", "ProgressCallback", "analyze", "compute", "plan", "run_plan"]
 
 
 class Cancelled(AnalysisError):
     """The caller asked the analysis to stop."""
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -155,72 +136,132 @@ def compute(
 ) -> tuple[Result, dict[str, torch.Tensor]]:
     """The data pass and everything after it (no cache involved; ``partial`` checkpoints the running sums).
 
-    Under torchrun each rank sums its shard, the sums are all-reduced, rank 0 computes the spectra and
-    every rank returns rank 0's result (the raw moments are only returned on rank 0)."""
-    settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
-    device = torch.device(settings.device)
-    model = loaded.model.to(device)
-    specs = describe_layers(model)
-    applicable = [s for s in specs if s.applicable]
+    Steps: :func:`stream_statistics` (this process's shard) -> :func:`merge_across_processes` (under torchrun)
+    -> :func:`compute_spectra` (rank 0) -> :func:`result_meta`. Every rank returns rank 0's result; the raw
+    moments (``{"<layer>|C_in" | "<layer>|s" | "<layer>|N": tensor}``) are only returned on rank 0."""
+    device = torch.device(the_plan.settings.device)
+    model = the_plan.loaded.model.to(device)
+    try:
+        specs = describe_layers(model)
+        applicable = [s for s in specs if s.applicable]
+        streamed = stream_statistics(the_plan, model, applicable, device, progress=progress,
+                                     should_stop=should_stop, partial=partial)
+        streamed = merge_across_processes(streamed, device)
+        if distributed.world()[0] != 0:
+            return distributed.broadcast_from_rank0(None), {}
+        spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings)
+    finally:
+        model.to("cpu")
+    result = Result(meta=result_meta(the_plan, streamed, timings), spectra=spectra,
+                    not_applicable=not_applicable_layers(specs),
+                    energy_in=the_plan.settings.energy_in, energy_out=the_plan.settings.energy_out)
+    return distributed.broadcast_from_rank0(result), raw_moments(streamed.moments)
+
+
+@dataclass
+class Streamed:
+    """The statistics of one data pass: per-layer moments, images seen, where it resumed, seconds spent."""
+
+    collector: MomentCollector
+    moments: dict[str, LayerMoments]
+    images: int
+    first_batch: int
+    seconds: float
+
+
+def stream_statistics(
+    the_plan: Plan,
+    model: torch.nn.Module,
+    applicable: list[LayerSpec],
+    device: torch.device,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    partial: PartialStore | None = None,
+) -> Streamed:
+    """Run ``model`` over this process's shard, summing each applicable layer's input moments.
+
+    Resumes from ``partial``'s checkpoint when there is one; a checkpoint of other layers or shapes is
+    discarded and the pass starts from the first batch. Moments are per shard (not yet merged)."""
+    settings, dataset = the_plan.settings, the_plan.dataset
     rank, world_size = distributed.world()
     shard = distributed.shard(dataset, rank, world_size)
     batch_size = settings.effective_batch_size()
-    resumed = partial.load() if partial is not None else None
+    while True:
+        resumed = partial.load() if partial is not None else None
+        collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed)
+        if resumed is not None:
+            try:
+                collector.load_state(resumed.state, batches_done=resumed.batches_done)
+            except (KeyError, RuntimeError):  # a checkpoint of other layers or shapes: start over
+                partial.clear()
+                continue
+        break
     first_batch = resumed.batches_done if resumed is not None else 0
+    images = resumed.images_done if resumed is not None else 0
     loader = make_loader(Subset(shard, range(min(len(shard), first_batch * batch_size), len(shard))),
                          batch_size=batch_size)
-    total_batches = -(-len(shard) // batch_size)
+    clock = StageClock(progress, "statistics", total=-(-len(shard) // batch_size), items_total=len(shard))
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
-
-    start = time.perf_counter()
-    images = resumed.images_done if resumed is not None else 0
-    with MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed) as collector:
-        if resumed is not None:
-            try:
-                collector.load_state(resumed.state, batches_done=first_batch)
-            except (KeyError, RuntimeError):  # a checkpoint of other layers or shapes: start over
-                partial.clear()
-                return compute(the_plan, progress=progress, should_stop=should_stop, partial=partial)
-        with torch.inference_mode(), autocast:
-            for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("analysis cancelled")
-                try:
-                    model(batch.to(device, non_blocking=True))
-                except (RuntimeError, AssertionError, ValueError) as exc:
-                    if isinstance(exc, AnalysisError):
-                        raise
-                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise ForwardError(
-                        f"{loaded.model_id} failed on a batch of {dataset.dataset_id} "
-                        f"(input {tuple(batch.shape)}): {reason}"
-                    ) from exc
-                collector.next_batch()
-                images += batch.shape[0]
-                if partial is not None and partial.due(batch_index + 1):
-                    partial.save(collector.state(), batch_index + 1, images)
-                if progress is not None:
-                    progress(Progress("statistics", batch_index + 1, total_batches, images, len(shard),
-                                      time.perf_counter() - start))
-        collector.next_batch()  # final finiteness check of the running sums
-        if world_size > 1:
-            collector.merge_across(distributed.all_reduce_sum)
-            images = distributed.all_reduce_int(images, device)
-        moments = collector.moments()
+    with collector, torch.inference_mode(), autocast:
+        for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
+            if should_stop is not None and should_stop():
+                raise Cancelled("analysis cancelled")
+            _forward(model, batch.to(device, non_blocking=True), the_plan)
+            collector.next_batch()
+            images += batch.shape[0]
+            if partial is not None and partial.due(batch_index + 1):
+                partial.save(collector.state(), batch_index + 1, images)
+            clock.report(batch_index + 1, images)
+    collector.next_batch()  # final finiteness check of the running sums
     if device.type == "cuda":
         torch.cuda.synchronize()
-    stats_s = time.perf_counter() - start
-    if rank != 0:
-        model.to("cpu")
-        return distributed.broadcast_from_rank0(None), {}
+    return Streamed(collector, {}, images, first_batch, time.perf_counter() - clock.start)
 
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, the_plan: Plan) -> None:
+    """One forward pass; a failure of the model on this input becomes a one-line :class:`ForwardError`."""
+    try:
+        model(batch)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        if isinstance(exc, AnalysisError):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ForwardError(
+            f"{the_plan.loaded.model_id} failed on a batch of {the_plan.dataset.dataset_id} "
+            f"(input {tuple(batch.shape)}): {reason}"
+        ) from exc
+
+
+def merge_across_processes(streamed: Streamed, device: torch.device) -> Streamed:
+    """Sum every rank's running sums and image count (a no-op in one process); then read the moments."""
     start = time.perf_counter()
+    images = streamed.images
+    if distributed.world()[1] > 1:
+        streamed.collector.merge_across(distributed.all_reduce_sum)
+        images = distributed.all_reduce_int(images, device)
+    moments = streamed.collector.moments()
+    return replace(streamed, moments=moments, images=images, seconds=streamed.seconds + time.perf_counter() - start)
+
+
+def compute_spectra(
+    applicable: list[LayerSpec], streamed: Streamed, device: torch.device, settings: AnalysisSettings,
+) -> tuple[list[LayerSpectrum], Timings]:
+    """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored.
+
+    W and b are the effective ones the forward applied, and each layer gets its status (ok / not reached /
+    not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`)."""
+    moments = streamed.moments
+    start = time.perf_counter()
+    findings = streamed.collector.findings()
+    effective = {spec.name: effective_parameters(spec, findings.get(spec.name)) for spec in applicable}
+    statuses = {spec.name: layer_status(spec, moments[spec.name].count, findings.get(spec.name)) for spec in applicable}
     c_out = {
-        spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment, moments[spec.name].column_sum,
-                                              moments[spec.name].count)
+        spec.name: output_second_moment(effective[spec.name][0], moments[spec.name].second_moment,
+                                        moments[spec.name].column_sum, moments[spec.name].count, effective[spec.name][1])
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
@@ -228,45 +269,58 @@ def compute(
     eig_out, eig_out_s = eigen_batched(c_out, eig_device)
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
-        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra)
+        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
+                                      weight=effective[spec.name][0], status=statuses[spec.name][0],
+                                      status_reason=statuses[spec.name][1])
         for spec in applicable
     ]
-    spectra_s = time.perf_counter() - start
-    model.to("cpu")
+    timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_in_s + eig_out_s,
+                      spectra_s=time.perf_counter() - start)
+    return spectra, timings
 
-    meta = {
-        "key": the_plan.key,
-        "key_parts": the_plan.key_parts,
-        "model_id": loaded.model_id,
-        "model_description": loaded.description,
-        "arch": loaded.arch,
-        "weights_fingerprint": loaded.fingerprint,
-        "dataset_id": dataset.dataset_id,
-        "dataset_description": getattr(dataset, "description", dataset.dataset_id),
-        "dataset_fingerprint": dataset.fingerprint,
-        "n_images": images,
-        "samples": settings.samples,
-        "seed": settings.seed,
-        "tokens_per_image": settings.tokens_per_image,
-        "precision": settings.precision,
-        "device": str(device),
-        "batch_size": settings.effective_batch_size(),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
-        "timings": {"statistics_s": stats_s, "eigen_s": eig_in_s + eig_out_s, "spectra_s": spectra_s},
-        "world_size": world_size,
-        "resumed_from_batch": first_batch,
-        "version": __version__,
-    }
-    not_applicable = [
+
+def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings) -> ResultMeta:
+    """Ids, fingerprints, settings and timings of the analysis."""
+    settings, loaded, dataset = the_plan.settings, the_plan.loaded, the_plan.dataset
+    return ResultMeta(
+        key=the_plan.key,
+        key_parts=the_plan.key_parts,
+        model_id=loaded.model_id,
+        model_description=loaded.description,
+        arch=loaded.arch,
+        weights_fingerprint=loaded.fingerprint,
+        dataset_id=dataset.dataset_id,
+        dataset_description=getattr(dataset, "description", dataset.dataset_id),
+        dataset_fingerprint=dataset.fingerprint,
+        n_images=streamed.images,
+        samples=settings.samples,
+        seed=settings.seed,
+        tokens_per_image=settings.tokens_per_image,
+        precision=settings.precision,
+        device=str(torch.device(settings.device)),
+        batch_size=settings.effective_batch_size(),
+        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
+        timings=timings,
+        world_size=distributed.world()[1],
+        resumed_from_batch=streamed.first_batch,
+        version=__version__,
+    )
+
+
+def not_applicable_layers(specs: list[LayerSpec]) -> list[dict]:
+    """The layers reported but not analysed, with the reason."""
+    return [
         {"layer": s.name, "kind": s.kind, "block": s.block, "d_in": s.d_in, "d_out": s.d_out,
-         "reason": "depthwise/grouped convolution: each group is too small to analyse"}
+         "status": "not applicable", "reason": "depthwise/grouped convolution: each group is too small to analyse"}
         for s in specs if not s.applicable
     ]
-    result = Result(meta=meta, spectra=spectra, not_applicable=not_applicable,
-                    energy_in=settings.energy_in, energy_out=settings.energy_out)
+
+
+def raw_moments(moments: dict[str, LayerMoments]) -> dict[str, torch.Tensor]:
+    """``{"<layer>|C_in": C_in, "<layer>|s": column sums, "<layer>|N": [count]}`` (what ``keep_moments`` stores)."""
     raw = {}
     for name, m in moments.items():
         raw[f"{name}|C_in"] = m.second_moment
         raw[f"{name}|s"] = m.column_sum
         raw[f"{name}|N"] = torch.tensor([m.count], dtype=torch.int64)
-    return distributed.broadcast_from_rank0(result), raw
+    return raw

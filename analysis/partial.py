@@ -12,7 +12,6 @@ result is in the cache. A checkpoint that is unreadable or from other settings i
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .cache import atomic_write_bytes, check_key
+from .environment import env_float, env_int
 
 FORMAT = "partial-statistics-v1"
 
@@ -31,17 +31,6 @@ class Resumed:
     state: dict[str, torch.Tensor]
 
 
-def _env_number(name: str, default: float | None) -> float | None:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
 class PartialStore:
     """The checkpoint file of one analysis key (one per rank in a distributed run)."""
 
@@ -49,8 +38,8 @@ class PartialStore:
         suffix = "" if world_size == 1 else f".rank{rank}of{world_size}"
         self.path = Path(root) / ".partial" / f"{check_key(key)}{suffix}.safetensors"
         self.key, self.batch_size, self.rank, self.world_size = key, batch_size, rank, world_size
-        self.every_batches = _env_number("ANALYSIS_CHECKPOINT_BATCHES", None)
-        self.every_seconds = _env_number("ANALYSIS_CHECKPOINT_SECONDS", 60.0)
+        self.every_batches = env_int("ANALYSIS_CHECKPOINT_BATCHES", None, minimum=1)
+        self.every_seconds = env_float("ANALYSIS_CHECKPOINT_SECONDS", 60.0, positive=True)
         self._last_save = time.monotonic()
         self._last_batches = 0
         self.disabled = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .environment import env_float
 from .errors import SettingsError
 from .paths import cache_root
 
@@ -47,11 +48,7 @@ def check_path(path: str | Path, what: str) -> Path:
 
 
 def max_upload_bytes() -> int:
-    raw = os.environ.get("ANALYSIS_MAX_UPLOAD_MB", "").strip()
-    try:
-        megabytes = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
-    except ValueError:
-        megabytes = DEFAULT_MAX_UPLOAD_MB
+    megabytes = env_float("ANALYSIS_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB, positive=True)
     return int(megabytes * 1024 * 1024)
 
 

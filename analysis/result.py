@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics
+from . import metrics, status as layer_status
 from .errors import SettingsError
+from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
 from .projection import preservation_error_table, projected_singular_values, rotated_weight
 from .spectra import Eigen
@@ -44,7 +45,7 @@ WPRIME_ENERGIES: tuple[float, ...] = (0.9, 0.95, 0.99, 0.995, 0.999)
 TABLE_COLUMNS = [
     "layer", "kind", "block", "d_in", "d_out", "n_samples", "k_in", "k_out", "rank", "utilization",
     "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "w_effective_rank",
-    "energy_in", "energy_out", "in_mlu",
+    "energy_in", "energy_out", "in_mlu", "status", "status_reason",
 ]
 
 
@@ -78,6 +79,8 @@ class LayerSpectrum:
     pres_k_out: np.ndarray
     pres_k_in: np.ndarray
     pres_error: np.ndarray
+    status: str = layer_status.OK
+    status_reason: str = ""
 
     @classmethod
     def from_statistics(
@@ -87,8 +90,15 @@ class LayerSpectrum:
         eig_in: Eigen,
         eig_out: Eigen,
         extra_energies: Iterable[float] = (),
+        *,
+        weight: torch.Tensor | None = None,
+        status: str = layer_status.OK,
+        status_reason: str = "",
     ) -> "LayerSpectrum":
-        weight = weight_matrix(spec.module).detach().cpu()
+        """``weight``: the effective ``d_out x d_in`` weight the forward applies (:mod:`analysis.capture`;
+        default: the module's own). ``in_mlu`` holds only for layers the adapter counts whose ``status`` is ok."""
+        if weight is None:
+            weight = weight_matrix(spec.module).detach().cpu()
         w_singular = torch.linalg.svdvals(weight.to(torch.float64)).numpy()
         rotated = rotated_weight(weight, eig_in.vectors, eig_out.vectors)
         lam_in, lam_out = eig_in.values.numpy(), eig_out.values.numpy()
@@ -102,13 +112,13 @@ class LayerSpectrum:
         }
         return cls(
             name=spec.name, kind=spec.kind, block=spec.block, d_in=spec.d_in, d_out=spec.d_out,
-            has_bias=spec.has_bias, in_mlu=spec.in_mlu, n_samples=n_samples,
+            has_bias=spec.has_bias, in_mlu=spec.in_mlu and status == layer_status.OK, n_samples=n_samples,
             eig_in=lam_in, eig_out=lam_out, w_singular=w_singular, wprime_singular=wprime,
-            pres_k_out=k_out_set, pres_k_in=k_in_set, pres_error=table,
+            pres_k_out=k_out_set, pres_k_in=k_in_set, pres_error=table, status=status, status_reason=status_reason,
         )
 
     def row(self, energy_in: float, energy_out: float) -> dict:
-        """The table row of DESIGN.md section 4 at the given energies."""
+        """The table row (README, section Method) at the given energies."""
         k_in = metrics.k_at_energy(self.eig_in, energy_in)
         k_out = metrics.k_at_energy(self.eig_out, energy_out)
         rank = metrics.utilized_rank(k_in, k_out)
@@ -131,6 +141,8 @@ class LayerSpectrum:
             "energy_in": energy_in,
             "energy_out": energy_out,
             "in_mlu": self.in_mlu,
+            "status": self.status,
+            "status_reason": self.status_reason,
         }
 
     def preservation_error(self, k_out: int, k_in: int) -> float:
@@ -147,7 +159,7 @@ class LayerSpectrum:
 class Result:
     """One analysis at one pair of energies. ``meta`` holds ids, fingerprints, settings and timings."""
 
-    meta: dict
+    meta: ResultMeta
     spectra: list[LayerSpectrum]
     not_applicable: list[dict] = field(default_factory=list)
     energy_in: float = 0.99
@@ -156,7 +168,7 @@ class Result:
 
     @property
     def key(self) -> str | None:
-        return self.meta.get("key")
+        return self.meta.key
 
     @property
     def layers(self) -> pd.DataFrame:
@@ -188,6 +200,11 @@ class Result:
         e_out = check_energy(e_in if energy_out is None else energy_out, "energy_out")
         return replace(self, energy_in=e_in, energy_out=e_out, _table=None)
 
+    @property
+    def warnings(self) -> list[str]:
+        """One line per flagged status (:mod:`analysis.status`) naming the layers withheld from the MLU."""
+        return layer_status.status_warnings([(s.name, s.status, s.status_reason) for s in self.spectra])
+
     def layer(self, name: str) -> LayerSpectrum:
         for spectrum in self.spectra:
             if spectrum.name == name:
@@ -198,13 +215,14 @@ class Result:
         params = self.parameters()
         return {
             "key": self.key,
-            "model": self.meta.get("model_id"),
-            "dataset": self.meta.get("dataset_id"),
-            "images": self.meta.get("n_images"),
+            "model": self.meta.model_id,
+            "dataset": self.meta.dataset_id,
+            "images": self.meta.n_images,
             "energy_in": self.energy_in,
             "energy_out": self.energy_out,
             "mlu": self.mlu,
             "layers_in_mlu": int(self.layers["in_mlu"].sum()),
             "layers_not_applicable": len(self.not_applicable),
+            "layers_flagged": int(sum(s.status in layer_status.FLAGGED_STATUSES for s in self.spectra)),
             **params,
         }

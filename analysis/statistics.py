@@ -12,6 +12,14 @@ kernel row, then kernel column, matching ``W.reshape(d_out, -1)``) for a convolu
 use the channel vectors directly. Output statistics are never hooked: they follow exactly from these
 (see :mod:`analysis.spectra`).
 
+Where the inputs come from: :mod:`analysis.capture` routes to each layer the tensor its weight really
+multiplies (also when a model calls ``F.linear(x, layer.weight, ...)`` itself, or pads inside a
+convolution's forward), unfolded with the geometry of the real call; it also records the effective weight
+and bias and runs the first batch's self-check (:meth:`MomentCollector.findings`).
+
+Finiteness: :meth:`MomentCollector.check_finite` (run by :meth:`~MomentCollector.next_batch`) checks every
+layer's running column sum for NaN/inf with one fused reduction and one device synchronisation per batch.
+
 Precision: each batch's ``X^T X`` is formed in float32 (or better) and added into the running sum; on the
 CPU the running sums are float64, on CUDA they are float32 accumulated by :mod:`kernels`. Partial sums are
 never rounded to 16 bits.
@@ -25,16 +33,14 @@ which changes no eigen-*fraction* used by the method.
 from __future__ import annotations
 
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import kernels
 
+from .capture import ConvGeometry, LayerCapture, LayerFinding, rows_per_image, vectors_per_image
 from .errors import NumericalError
 from .models.layers import LayerSpec
 
@@ -53,37 +59,8 @@ class LayerMoments:
     count: int
 
 
-def _conv_rows(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Unfold a convolution's input into rows ``(B * L, C * kh * kw)``, one per output position."""
-    kernel = tuple(module.kernel_size)
-    stride = tuple(module.stride)
-    dilation = tuple(module.dilation)
-    if type(module).__name__.endswith("Conv2dSame"):
-        from timm.layers import pad_same
-
-        x = pad_same(x, kernel, stride, dilation)
-    elif any(module._reversed_padding_repeated_twice):
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-    if kernel == (1, 1):
-        x = x[:, :, :: stride[0], :: stride[1]]
-        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-    cols = F.unfold(x, kernel, dilation=dilation, padding=0, stride=stride)  # (B, C*kh*kw, L)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-def _rows_per_image(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """Input vectors grouped by image: ``(B, T, d_in)``."""
-    if isinstance(module, nn.Conv2d):
-        rows = _conv_rows(module, x)
-        return rows.reshape(x.shape[0], -1, rows.shape[-1])
-    if x.dim() == 2:
-        return x.unsqueeze(1)
-    return x.reshape(x.shape[0], -1, x.shape[-1])
-
-
 class MomentCollector:
-    """Context manager that hooks the given layers and accumulates their input statistics.
+    """Context manager that captures the given layers' real inputs and accumulates their statistics.
 
     Hooks are registered on ``__enter__`` and always removed on ``__exit__``, even on error::
 
@@ -111,43 +88,49 @@ class MomentCollector:
         self._acc = {s.name: torch.zeros(s.d_in, s.d_in, dtype=acc_dtype, device=self.device) for s in self.specs}
         self._sum = {s.name: torch.zeros(s.d_in, dtype=acc_dtype, device=self.device) for s in self.specs}
         self._count = {s.name: 0 for s in self.specs}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._capture: LayerCapture | None = None
         self._batch = 0
 
     def __enter__(self) -> "MomentCollector":
-        try:
-            for spec in self.specs:
-                self._handles.append(spec.module.register_forward_pre_hook(self._hook_for(spec.name)))
-        except BaseException:
-            self._remove()
-            raise
+        self._capture = LayerCapture(self.specs, self._accumulate)
+        self._capture.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._remove()
+        if self._capture is not None:
+            self._capture.__exit__(*exc_info)
 
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def check_finite(self) -> None:
+        """Raise :class:`NumericalError` if any layer's running sums hold NaN or inf.
+
+        One fused reduction over every layer's column sum and one device synchronisation (a NaN or inf
+        anywhere in an input vector reaches its column sum); the offending layer is located only on failure."""
+        if not self._sum:
+            return
+        sums = list(self._sum.values())
+        if bool(torch.isfinite(torch.cat(sums)).all()):
+            return
+        name = next(n for n, colsum in self._sum.items() if not torch.isfinite(colsum).all())
+        raise NumericalError(
+            f"layer {name!r} received NaN or inf activations (batch {self._batch}); "
+            "the model is numerically broken on this data or precision"
+        )
 
     def next_batch(self) -> None:
-        """Advance the token-sampling stream (call once per batch) and check for non-finite inputs."""
-        for name, colsum in self._sum.items():
-            if not torch.isfinite(colsum).all():
-                raise NumericalError(
-                    f"layer {name!r} received NaN or inf activations (batch {self._batch}); "
-                    "the model is numerically broken on this data or precision"
-                )
+        """Call once after each batch: checks finiteness (:meth:`check_finite`), ends discovery and runs the
+        self-check after the first batch (:mod:`analysis.capture`), and advances the token-sampling stream."""
+        self.check_finite()
+        if self._capture is not None and self._capture.discovering:
+            self._capture.end_discovery()
         self._batch += 1
 
-    def _hook_for(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            with torch.no_grad():
-                self._accumulate(name, module, x)
-
-        return hook
+    def findings(self) -> dict[str, LayerFinding]:
+        """What discovery learned about each layer the forward used (effective weight and bias, geometry,
+        self-check); layers never reached are absent. Ends discovery if no batch was closed yet."""
+        if self._capture is None:
+            return {}
+        self._capture.end_discovery()
+        return {n: f for n, f in self._capture.findings.items() if f.calls > 0 or f.problem is not None}
 
     def _sample_tokens(self, rows: torch.Tensor, name: str) -> torch.Tensor:
         """``(B, T, d)`` -> ``(B, t, d)`` with ``t = tokens_per_image`` random tokens per image."""
@@ -160,13 +143,22 @@ class MomentCollector:
         index = keys.argsort(dim=1)[:, : self.tokens_per_image].to(rows.device)
         return torch.gather(rows, 1, index.unsqueeze(-1).expand(-1, -1, rows.shape[-1]))
 
-    def _accumulate(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
-        images_per_chunk = max(1, MAX_ROWS_PER_CHUNK // max(1, _rows_per_image_count(module, x)))
-        for start in range(0, x.shape[0], images_per_chunk):
-            rows = _rows_per_image(x[start : start + images_per_chunk], module)
-            rows = self._sample_tokens(rows, name).reshape(-1, rows.shape[-1])
-            kernels.second_moment(rows, self._acc[name], self._sum[name], backend=self.backend)
-            self._count[name] += rows.shape[0]
+    def _accumulate(self, name: str, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
+        """Add the input ``x`` one call of layer ``name`` multiplied (unfolded with ``geometry``).
+
+        Autocast is switched off here: the forward may run under it, and the float32 products of the
+        statistics must not be recast to 16 bits."""
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            if geometry is None and x.dim() <= 2:
+                x = x.reshape(-1, 1, x.shape[-1])  # each row is one image's only vector
+            elif geometry is not None and x.dim() == 3:
+                x = x.unsqueeze(0)  # an unbatched convolution input
+            images_per_chunk = max(1, MAX_ROWS_PER_CHUNK // vectors_per_image(x, geometry))
+            for start in range(0, x.shape[0], images_per_chunk):
+                rows = rows_per_image(x[start : start + images_per_chunk], geometry)
+                rows = self._sample_tokens(rows, name).reshape(-1, rows.shape[-1])
+                kernels.second_moment(rows, self._acc[name], self._sum[name], backend=self.backend)
+                self._count[name] += rows.shape[0]
 
     def moments(self) -> dict[str, LayerMoments]:
         """Symmetrized float64 CPU statistics of every hooked layer."""
@@ -194,9 +186,15 @@ class MomentCollector:
         """Replace every running sum by its sum over processes (``reduce_sum`` sums tensors in place)."""
         names = list(self._acc)
         counts = torch.tensor([self._count[n] for n in names], dtype=torch.int64, device=self.device)
-        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts])
-        for name, count in zip(names, counts.tolist()):
+        findings = self.findings()
+        failed = torch.tensor([int(n in findings and (findings[n].problem is not None or
+                                                     (findings[n].check is not None and not findings[n].check.passed)))
+                               for n in names], dtype=torch.int64, device=self.device)
+        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts, failed])
+        for name, count, fails in zip(names, counts.tolist(), failed.tolist()):
             self._count[name] = int(count)
+            if fails and name in findings:
+                findings[name].note("the self-check failed in another process of this run")
 
     def load_state(self, state: dict[str, torch.Tensor], batches_done: int | None = None) -> None:
         """Restore running sums saved by :meth:`state` (and the token-sampling stream's batch position)."""
@@ -206,19 +204,3 @@ class MomentCollector:
             self._acc[name].copy_(state[f"{name}|acc"])
             self._sum[name].copy_(state[f"{name}|sum"])
             self._count[name] = int(state[f"{name}|count"])
-
-
-def _rows_per_image_count(module: nn.Module, x: torch.Tensor) -> int:
-    """Number of input vectors one image gives this layer (without building them)."""
-    if isinstance(module, nn.Conv2d):
-        h, w = x.shape[-2:]
-        sh, sw = module.stride
-        return max(1, (h // sh) * (w // sw))
-    return int(x[0].numel() // x.shape[-1]) if x.dim() > 1 else 1
-
-
-@contextmanager
-def collecting(specs: list[LayerSpec], device: torch.device | str = "cpu", **kwargs) -> Iterator[MomentCollector]:
-    """Functional spelling of :class:`MomentCollector`."""
-    with MomentCollector(specs, device, **kwargs) as collector:
-        yield collector

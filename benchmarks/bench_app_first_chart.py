@@ -146,7 +146,7 @@ def main() -> int:
     print(f"date {dt.datetime.now().isoformat(timespec='seconds')} | {platform.node()} | {os.cpu_count()} CPUs | "
           f"load average {os.getloadavg()[0]:.1f} | chromium {browser_version} | streamlit {streamlit.__version__} | "
           f"plotly {plotly.__version__} | torch {torch.__version__}")
-    print(f"default analysis: {args.model} on {args.dataset}, {result.meta.get('n_images')} images, "
+    print(f"default analysis: {args.model} on {args.dataset}, {result.meta.n_images} images, "
           f"{len(result.layers)} layers (cache prepared in {prepare_s:.1f} s, not timed)")
     print()
     print(f"| {'scenario':<24} | runs | median s | min s | max s |")

@@ -6,7 +6,7 @@ median images/s of each and the ratios to forward-only:
 
 - ``forward``: ``model(x)`` under ``torch.inference_mode`` and bf16 autocast;
 - ``naive hook``: a forward hook on every analysed layer doing ``x.float().T @ x`` on its inputs and
-  ``y.float().T @ y`` on its outputs (the 0.17 baseline of DESIGN.md section 6);
+  ``y.float().T @ y`` on its outputs (the 0.17 s baseline in benchmarks/RESULTS.md);
 - ``ours``: :class:`analysis.statistics.MomentCollector` (inputs only, Triton second-moment kernel,
   analytic output moments later), every token used.
 

@@ -12,8 +12,8 @@ import torch
 
 from analysis import defaults, jobs
 from analysis.cache import atomic_write_bytes
-from analysis.catalogue import (DATASET_PREFIXES, check_timm_weights, checkpoint_model_id, default_index, grouped,
-                                path_dataset_id, timm_weights_cached, upload_file_name)
+from analysis.catalogue import (check_timm_weights, checkpoint_model_id, default_index, grouped, path_dataset_id,
+                                path_families, timm_weights_cached, upload_file_name)
 from analysis.data import list_datasets
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
@@ -126,7 +126,8 @@ def choose_model() -> str | None:
 def choose_dataset() -> str | None:
     rows = _datasets()
     available = [(d, desc) for d, desc, ok, _ in rows if ok]
-    kinds = ["offered here", *DATASET_PREFIXES, "any dataset id"]
+    by_path = path_families()
+    kinds = ["offered here", *by_path, "any dataset id"]
     kind = st.radio("Dataset source", kinds, horizontal=True, key="analyze_dataset_source")
     if kind == "offered here":
         ids = [d for d, _ in available]
@@ -141,10 +142,8 @@ def choose_dataset() -> str | None:
     if kind == "any dataset id":
         value = st.text_input("Dataset id", value=defaults.DEFAULT_DATASET, key="analyze_any_dataset")
         return value.strip() or None
-    prefix = DATASET_PREFIXES[kind]
-    path = st.text_input(f"{kind} path", key=f"analyze_path_{prefix}",
-                         help="A folder of images (class sub-folders or flat)" if prefix == "folder"
-                         else "The folder that holds the cifar-*-python data")
+    family = by_path[kind]
+    path = st.text_input(f"{kind} path", key=f"analyze_path_{family.name}", help=family.path.help or None)
     return path_dataset_id(kind, path) if path.strip() else None
 
 
@@ -214,6 +213,6 @@ if following:
 current = state.current_result()
 if current is not None:
     st.divider()
-    st.markdown(f"**Open now:** `{current.meta.get('model_id')}` on `{current.meta.get('dataset_id')}` "
-                f"({text.count(current.meta.get('n_images'))} images), MLU {text.pct(current.mlu)}.")
+    st.markdown(f"**Open now:** `{current.meta.model_id}` on `{current.meta.dataset_id}` "
+                f"({text.count(current.meta.n_images)} images), MLU {text.pct(current.mlu)}.")
     st.page_link("pages/layers.py", label="See it on the Layers page", icon=":material/bar_chart:")

@@ -10,8 +10,8 @@ import streamlit as st
 
 from analysis import defaults, jobs
 from analysis.catalogue import offered
-from analysis.compare import (QUICK_IMAGES, compare_results, estimate_seconds, format_pp, long_table, meta_value,
-                              planned_keys, regimes_table)
+from analysis.compare import (QUICK_IMAGES, compare_results, estimate_seconds, format_pp, long_table, planned_keys,
+                              regimes_table)
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.settings import AnalysisSettings
@@ -124,14 +124,14 @@ def _estimate_line() -> str:
 frame.intro("Compare", text.COMPARE_INTRO, lead=text.COMPARE_LEAD)
 
 entries = list(state.cache().entries())
-labels = {m["key"]: tables.entry_label(m) for m in entries}
+labels = {e.key: tables.entry_label(e) for e in entries}
 
 if SELECTION not in st.session_state:
     ready = [k for k in _cached(defaults.DEFAULT_SAMPLES) if k]
     if len(ready) >= 2:  # the regimes comparison is there (shipped or computed): open on what is ready
         st.session_state[SELECTION] = ready
         entries = list(state.cache().entries())
-        labels = {m["key"]: tables.entry_label(m) for m in entries}
+        labels = {e.key: tables.entry_label(e) for e in entries}
     else:
         st.session_state[SELECTION] = [state.current_key()] if state.current_key() in labels else []
 st.session_state[WIDGET] = [k for k in st.session_state[SELECTION] if k in labels][:MAX_ANALYSES]
@@ -193,7 +193,7 @@ short = tables.display_labels(list(summary["analysis"]))
 summary, per_layer = tables.relabel(summary, tables.depth_order(per_layer, results), short)
 facts = regimes_table(results, short)
 
-datasets = {str(meta_value(r, 'dataset_id')) for r in results}
+datasets = {r.meta.dataset_id for r in results}
 images = {int(n) for n in summary["images"] if n is not None}
 st.caption(f"At e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}"
            + (f"; all on {next(iter(datasets))}" if len(datasets) == 1 else "")

@@ -8,7 +8,7 @@ from functools import partial
 
 import streamlit as st
 
-from analysis.export import export_bytes
+from analysis.table_export import export_bytes
 from analysis.result import Result
 from ui import charts, compress_view, frame, state, tables, text
 

@@ -24,6 +24,8 @@ table = result.layers
 params = result.parameters()
 e_in, e_out = state.energies()
 counted = int(table["in_mlu"].sum())
+for line in result.warnings:  # flagged layers (not reached / not exact / too few samples): never in the MLU
+    st.warning(line, icon=":material/warning:")
 
 cols = st.columns(4)
 cols[0].metric("MLU", text.pct(result.mlu), help="Mean of u over the layers counted (inside the blocks).")

@@ -10,7 +10,7 @@ import streamlit as st
 
 from analysis import jobs
 from analysis.errors import AnalysisError
-from analysis.export import export_bytes
+from analysis.table_export import export_bytes
 from ui import frame, jobs_view, state, tables, text
 
 PICK = "library_pick"
@@ -88,11 +88,11 @@ entries = list(state.cache().entries())
 if not entries:
     st.info("The cache is empty: run an analysis on the Analyze page.")
 else:
-    table = pd.DataFrame([tables.manifest_row(m) for m in entries])
+    table = pd.DataFrame([tables.entry_row(e) for e in entries])
     st.dataframe(table, hide_index=True)
-    labels = {m["key"]: tables.entry_label(m) for m in entries}
+    labels = {e.key: tables.entry_label(e) for e in entries}
     if st.session_state.get(PICK) not in labels:
-        st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0]["key"]
+        st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0].key
     key = st.selectbox("Analysis", list(labels), key=PICK, format_func=labels.get)
     is_current = key == state.current_key()
     cols = st.columns([1, 1, 1, 1, 1])

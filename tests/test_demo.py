@@ -109,12 +109,15 @@ def test_regimes_table_puts_the_facts_beside_each_mlu(tiny):
 
 
 def test_time_estimate_scales_the_measured_time():
-    timed = Result(meta={"n_images": 1000, "timings": {"statistics_s": 10.0, "eigen_s": 1.5, "spectra_s": 0.5}}, spectra=[])
+    from analysis.meta import ResultMeta, Timings
+
+    timed = Result(meta=ResultMeta(n_images=1000, timings=Timings(statistics_s=10.0, eigen_s=1.5, spectra_s=0.5)),
+                   spectra=[])
     from analysis.compare import WORKER_START_S
 
     assert estimate_seconds([timed], 100) == pytest.approx(WORKER_START_S + 1.0 + 2.0)
     assert estimate_seconds([timed, timed], 100, parallel=2) == pytest.approx(WORKER_START_S + 3.0)
-    assert estimate_seconds([Result(meta={"n_images": 10}, spectra=[])], 100) is None
+    assert estimate_seconds([Result(meta=ResultMeta(n_images=10), spectra=[])], 100) is None
 
 
 def test_planned_keys_match_the_engine_and_name_unplannable_models(tiny):

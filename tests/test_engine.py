@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +14,9 @@ from torch import nn
 from analysis import analyze, load_model, metrics
 from analysis.cache import ResultCache
 from analysis.data import load_dataset, make_loader
+from analysis.engine import Progress
 from analysis.errors import SettingsError
+from analysis.meta import ResultMeta, Timings
 from analysis.models import describe_layers
 from analysis.result import TABLE_COLUMNS
 
@@ -170,3 +175,57 @@ def test_resnet_and_efficientnet_layers_are_analysed_or_listed(image_folder):
     effnet = analyze("random:mobilenetv3_small_050", dataset_id, samples=2, batch_size=2)  # EfficientNet-family adapter
     assert effnet.not_applicable and all(item["kind"] == "grouped_conv" for item in effnet.not_applicable)
     assert "grouped_conv" not in set(effnet.layers["kind"])
+
+
+def test_result_meta_round_trips_through_the_manifest_and_old_entries_still_load(image_folder):
+    dataset_id = f"folder:{image_folder}"
+    first = analyze(TINY_VIT, dataset_id, samples=9, seed=4)
+    cache = ResultCache()
+    assert cache.load(first.key).meta == first.meta
+    assert first.meta.n_images == 9 and first.meta.dataset_id == dataset_id and first.meta.key == first.key
+    assert first.meta.timings.statistics_s > 0
+    (listed,) = [e for e in cache.entries() if e.key == first.key]
+    assert listed.meta == first.meta and listed.n_layers == len(first.spectra)
+
+    manifest_path = cache.entry_dir(first.key) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # an entry from before a field existed, or from a newer version with a field this one does not know
+    del manifest["meta"]["world_size"]
+    manifest["meta"]["a_field_from_the_future"] = [1, 2]
+    manifest_path.write_text(json.dumps(manifest))
+    old = cache.load(first.key)
+    assert old is not None and old.meta.world_size == 1 and old.meta.n_images == 9
+    # a malformed field: the entry is absent (and recomputed), never shown with a wrong value
+    manifest["meta"]["n_images"] = "nine"
+    manifest_path.write_text(json.dumps(manifest))
+    assert cache.load(first.key) is None and first.key not in {e.key for e in cache.entries()}
+    again = analyze(TINY_VIT, dataset_id, samples=9, seed=4)
+    assert again.meta.n_images == 9 and cache.load(first.key) is not None
+
+
+def test_result_meta_takes_new_optional_fields_without_breaking_the_json_form():
+    @dataclass(frozen=True)
+    class Extended(ResultMeta):
+        warnings: tuple[str, ...] = ()
+        analysed_fraction: float | None = None
+
+    meta = Extended(model_id="m", n_images=3, warnings=("a", "b"), analysed_fraction=0.5,
+                    timings=Timings(statistics_s=1.5))
+    assert Extended.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+    assert Extended.from_dict({"model_id": "m"}).warnings == ()
+    assert ResultMeta.from_dict(meta.to_dict()).timings.statistics_s == 1.5  # unknown keys ignored
+    with pytest.raises(ValueError, match="Timings.statistics_s"):
+        ResultMeta.from_dict({"timings": {"statistics_s": "slow"}})
+    with pytest.raises(ValueError):
+        ResultMeta.from_dict(["not", "an", "object"])
+
+
+def test_progress_reports_every_batch_and_ends_at_the_total(image_folder):
+    seen: list[Progress] = []
+    analyze(TINY_VIT, f"folder:{image_folder}", samples=10, batch_size=4, use_cache=False, progress=seen.append)
+    assert [p.done for p in seen] == [1, 2, 3] and {p.total for p in seen} == {3}
+    assert [p.items_done for p in seen] == [4, 8, 10] and {p.items_total for p in seen} == {10}
+    assert seen[-1].fraction == 1.0 and seen[-1].eta_s == 0.0 and seen[0].stage == "statistics"
+    # eta: the remaining steps at the mean time per finished step
+    assert Progress("x", 2, 5, elapsed_s=4.0).eta_s == pytest.approx(6.0)
+    assert Progress("x", 0, 5).eta_s is None and Progress("x", 0, 0).fraction == 0.0

@@ -190,7 +190,7 @@ def test_concurrent_submits_start_one_worker_that_finishes_done(started):
     assert not files.lock.exists()
     result = ResultCache(started.cache_dir).load(key)
     assert result is not None and len(result.layers) > 0
-    assert result.meta["key"] == key
+    assert result.meta.key == key
 
 
 def test_resubmitting_a_finished_request_starts_nothing(started, monkeypatch):

@@ -1,4 +1,4 @@
-"""Known answers for the method (DESIGN.md section 1), on synthetic layers with exactly known structure."""
+"""Known answers for the method (README, section Method), on synthetic layers with exactly known structure."""
 
 from __future__ import annotations
 

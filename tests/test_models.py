@@ -79,3 +79,38 @@ def test_unknown_ids_are_specific():
         load("resnet18")
     with pytest.raises(UnknownModelError, match="did you mean"):
         load("random:resnet181")
+
+
+def test_a_registered_source_returns_one_typed_model(monkeypatch):
+    from analysis.models import registry
+    from analysis.models.registry import CatalogueEntry, SourceModel
+
+    class Tiny:
+        prefix = "tiny"
+
+        def load(self, name, options):
+            torch.manual_seed(int(options.get("seed", 0)))
+            return SourceModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, int(name))), "mlp",
+                               f"a {name}-way MLP", data_config={"input_size": (3, 2, 2)}, class_names=None)
+
+        def catalogue(self):
+            return [CatalogueEntry("tiny:3", "a 3-way MLP", "tests")]
+
+    registry.catalogue()  # the built-in sources first, so the patched dict holds them
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    registry.register_source(Tiny())
+    loaded = load("tiny:3?seed=1")
+    assert loaded.arch == "mlp" and loaded.data_config == {"input_size": (3, 2, 2)} and loaded.class_names is None
+    assert loaded.model.training is False and not any(p.requires_grad for p in loaded.model.parameters())
+    assert [s.d_out for s in describe_layers(loaded.model)] == [3]
+    assert "tiny:3" in {e.model_id for e in registry.catalogue()}
+
+    class Untyped(Tiny):
+        prefix = "untyped"
+
+        def load(self, name, options):
+            return tuple(vars(super().load(name, options)).values())
+
+    registry.register_source(Untyped())
+    with pytest.raises(TypeError, match="not a SourceModel"):
+        load("untyped:3")

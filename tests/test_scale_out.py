@@ -50,7 +50,7 @@ def test_torchrun_two_processes_give_the_single_process_statistics_and_table(fol
     key = done.stdout.split("key", 1)[1].split()[0]
     cache = ResultCache(cache_dir)
     distributed_result, distributed_moments = cache.load(key), cache.load_moments(key)
-    assert distributed_result.meta["world_size"] == 2 and distributed_result.meta["n_images"] == 31
+    assert distributed_result.meta.world_size == 2 and distributed_result.meta.n_images == 31
 
     settings = AnalysisSettings(samples=31, batch_size=4, keep_moments=True)
     the_plan = plan(TINY_VIT, folder_id, settings)
@@ -83,7 +83,7 @@ def test_partial_statistics_resume_to_the_uninterrupted_result(folder_id, tmp_pa
         compute(the_plan, partial=store, should_stop=stop_after_three)
     assert store.load().batches_done == 3
     resumed, _ = compute(plan(TINY_VIT, folder_id, settings), partial=PartialStore(tmp_path, the_plan.key, 4))
-    assert resumed.meta["resumed_from_batch"] == 3 and resumed.meta["n_images"] == 30
+    assert resumed.meta.resumed_from_batch == 3 and resumed.meta.n_images == 30
     uninterrupted, _ = compute(plan(TINY_VIT, folder_id, settings))
     for a, b in zip(resumed.spectra, uninterrupted.spectra):
         np.testing.assert_array_equal(a.eig_in, b.eig_in)
@@ -129,7 +129,7 @@ def test_a_job_killed_with_sigkill_resumes_and_ends_with_the_uninterrupted_resul
     final = jobs.wait(key, timeout_s=300)
     assert final.state == "done", final.message
     resumed = ResultCache(cache_dir).load(key)
-    assert resumed.meta["resumed_from_batch"] >= done_before
+    assert resumed.meta.resumed_from_batch >= done_before
     assert not partial.exists()
     uninterrupted = analyze(TINY_VIT, folder_id, samples=33, batch_size=3, use_cache=False)
     for a, b in zip(resumed.spectra, uninterrupted.spectra):

@@ -144,11 +144,12 @@ def _tiny_zoo(tmp_path: Path) -> ZooSource:
 
 def test_zoo_source_loads_verifies_and_explains(tmp_path):
     source = _tiny_zoo(tmp_path)
-    module, arch, description, data_config, class_names = source.load("vit-fmnist-random", {})
-    assert data_config == DATA_CONFIG and "random" in description
-    assert class_names[0] == "T-shirt/top" and len(class_names) == 10  # the head's outputs are Fashion-MNIST's
+    loaded = source.load("vit-fmnist-random", {})
+    assert loaded.data_config == DATA_CONFIG and "random" in loaded.description
+    # the head's outputs are Fashion-MNIST's
+    assert loaded.class_names[0] == "T-shirt/top" and len(loaded.class_names) == 10
     ref = build_vit(seed=1).state_dict()
-    assert all(torch.equal(module.state_dict()[k], ref[k]) for k in ref)
+    assert all(torch.equal(loaded.module.state_dict()[k], ref[k]) for k in ref)
     assert [e.model_id for e in source.catalogue()] == ["zoo:vit-fmnist-random"]
     with pytest.raises(UnknownModelError, match="vit-fmnist-random"):
         source.load("vit-fmnist-nope", {})

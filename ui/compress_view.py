@@ -13,6 +13,7 @@ import streamlit as st
 from analysis.compression import CompressionRequest, FinetuneSettings, compress, store_summary, stored_summaries
 from analysis.compression.pipeline import PAIRED_EVAL
 from analysis.errors import AnalysisError
+from analysis.progress import Progress
 from analysis.result import Result
 
 from . import charts, state, text
@@ -39,8 +40,8 @@ def summary_rows(summaries: list[dict]) -> list[dict]:
 def _run(request: CompressionRequest) -> None:
     bar = st.progress(0.0, text="starting")
 
-    def progress(stage: str, done: int, total: int) -> None:
-        bar.progress(min(1.0, done / total) if total else 0.0, text=f"{stage}: {done:,} / {total:,}")
+    def progress(p: Progress) -> None:
+        bar.progress(p.fraction, text=f"{p.stage}: {p.done:,} / {p.total:,}")
 
     try:
         report = compress(request, progress=progress)
@@ -61,8 +62,8 @@ def _run(request: CompressionRequest) -> None:
 
 def section(result: Result, e_in: float, e_out: float) -> None:
     """Draw the form, the stored compressions of this model, the accuracy chart and the download."""
-    model_id = result.meta.get("model_id", "")
-    analysed = result.meta.get("dataset_id", "")
+    model_id = result.meta.model_id
+    analysed = result.meta.dataset_id
     st.subheader("Factorize, evaluate, fine-tune")
     st.markdown(
         "Replace each counted layer by its two thin factors where that saves parameters, measure top-1 before "

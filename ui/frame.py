@@ -57,9 +57,9 @@ def sidebar() -> None:
         else:
             meta = result.meta
             st.markdown(
-                f"**Model** `{meta.get('model_id')}`  \n"
-                f"**Dataset** `{meta.get('dataset_id')}`  \n"
-                f"**Images** {text.count(meta.get('n_images'))} · key `{text.short_key(result.key)}`"
+                f"**Model** `{meta.model_id}`  \n"
+                f"**Dataset** `{meta.dataset_id}`  \n"
+                f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`"
             )
             st.metric("MLU", text.pct(result.mlu), help="Mean layer utilization at the energies below.")
         if st.session_state.get(state.DEFAULT_ERROR) and result is not None and \

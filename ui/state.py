@@ -194,8 +194,8 @@ def ensure_default() -> None:
         st.session_state[DEFAULT_ERROR] = str(exc)
         newest = next(iter(cache().entries()), None)
         if newest is not None:
-            open_analysis(newest["key"])
-            st.session_state[DEFAULT_FALLBACK] = newest["key"]
+            open_analysis(newest.key)
+            st.session_state[DEFAULT_FALLBACK] = newest.key
         return
     if entry_exists(key):
         open_analysis(key)

@@ -7,6 +7,7 @@ import datetime as _dt
 import numpy as np
 import pandas as pd
 
+from analysis.cache import CacheEntry
 from analysis.result import Result
 from analysis.sweep import energy_sweep  # noqa: F401  (re-exported: pages import it from here)
 
@@ -21,33 +22,31 @@ def layer_savings(result: Result) -> pd.DataFrame:
     return out
 
 
-def manifest_row(manifest: dict) -> dict:
-    """One Library row from a cache manifest (its settings and ids, no arrays read)."""
-    meta = manifest.get("meta", {})
-    parts = meta.get("key_parts", {})
-    created = manifest.get("created")
+def entry_row(entry: CacheEntry) -> dict:
+    """One Library row from a cache entry's listing (its settings and ids, no arrays read)."""
+    meta = entry.meta
     return {
-        "key": (manifest.get("key") or "")[:8],
-        "model": meta.get("model_id"),
-        "dataset": meta.get("dataset_id"),
-        "images": meta.get("n_images"),
-        "samples": "all" if meta.get("samples") is None else meta.get("samples"),
-        "seed": meta.get("seed"),
-        "tokens/image": "all" if meta.get("tokens_per_image") is None else meta.get("tokens_per_image"),
-        "precision": meta.get("precision"),
-        "device": meta.get("device"),
-        "layers": len(manifest.get("layers", [])),
-        "statistics s": _round(meta.get("timings", {}).get("statistics_s")),
-        "created": _dt.datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M") if created else "",
-        "code": parts.get("code", meta.get("version")),
-        "full key": manifest.get("key"),
+        "key": entry.key[:8],
+        "model": meta.model_id,
+        "dataset": meta.dataset_id,
+        "images": meta.n_images,
+        "samples": "all" if meta.samples is None else meta.samples,
+        "seed": meta.seed,
+        "tokens/image": "all" if meta.tokens_per_image is None else meta.tokens_per_image,
+        "precision": meta.precision,
+        "device": meta.device,
+        "layers": entry.n_layers,
+        "statistics s": _round(meta.timings.statistics_s),
+        "created": _dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
+        "code": meta.key_parts.get("code", meta.version),
+        "full key": entry.key,
     }
 
 
-def entry_label(manifest: dict) -> str:
+def entry_label(entry: CacheEntry) -> str:
     """A label for menus: key prefix first (always visible), then model on dataset and images."""
-    meta = manifest.get("meta", {})
-    return f"{manifest.get('key', '')[:8]} · {meta.get('model_id')} on {meta.get('dataset_id')} · {meta.get('n_images')} images"
+    meta = entry.meta
+    return f"{entry.key[:8]} · {meta.model_id} on {meta.dataset_id} · {meta.n_images} images"
 
 
 def _round(value):

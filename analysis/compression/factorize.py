@@ -11,6 +11,11 @@ weight (projecting without saving would only lose accuracy). Model-level "parame
 ``sum params_kept / sum params_dense`` over the counted layers, the same count as the analysis table's
 ``params_factorized`` column.
 
+``W`` is the effective weight the forward applies (:mod:`analysis.capture`): a weight-standardised
+convolution becomes a pair of plain convolutions carrying it. Only layers whose analysis status is ok are
+counted; a counted layer that cannot be swapped for a thin pair (its weight is used through ``F.linear`` by
+another module, as BEiT's fused qkv) stays dense and keeps all its parameters.
+
 Budget mode: "parameters kept" is non-decreasing in the energy ``e = e_in = e_out``, so the largest energy on a
 fine grid whose count fits the budget is the least lossy choice with one energy for every layer.
 """
@@ -28,7 +33,7 @@ from ..errors import SettingsError
 from ..models import weight_matrix
 from ..projection import factorize, preservation_error_table, rotated_weight
 from ..result import ENERGY_GRID, check_energy
-from .layers import factorized_layer, replace_module
+from .thin_layers import factorized_layer, replace_module
 from .subspaces import LayerSubspace
 
 BUDGET_ENERGIES: tuple[float, ...] = tuple(
@@ -62,16 +67,17 @@ def choose_ranks(subspaces: dict[str, LayerSubspace], energy_in: float, energy_o
     ranks = []
     for name, sub in subspaces.items():
         spec = sub.spec
-        if not spec.in_mlu:
+        if not sub.is_counted:
             continue
         k_in = metrics.k_at_energy(sub.eig_in.values.numpy(), e_in)
         k_out = metrics.k_at_energy(sub.eig_out.values.numpy(), e_out)
         rank = metrics.utilized_rank(k_in, k_out)
         ranks.append(LayerRank(
             layer=name, kind=spec.kind, d_in=spec.d_in, d_out=spec.d_out, k_in=k_in, k_out=k_out, rank=rank,
-            factorized=rank * (spec.d_in + spec.d_out) < spec.d_in * spec.d_out,
+            factorized=sub.swappable and rank * (spec.d_in + spec.d_out) < spec.d_in * spec.d_out,
             params_dense=metrics.dense_params(spec.d_in, spec.d_out, spec.has_bias),
-            params_kept=metrics.factorized_params(rank, spec.d_in, spec.d_out, spec.has_bias),
+            params_kept=(metrics.factorized_params(rank, spec.d_in, spec.d_out, spec.has_bias) if sub.swappable
+                         else metrics.dense_params(spec.d_in, spec.d_out, spec.has_bias)),
         ))
     return ranks
 
@@ -112,8 +118,13 @@ def energy_for_budget(subspaces: dict[str, LayerSubspace], keep: float) -> float
 
 def preservation_error(sub: LayerSubspace, k_in: int, k_out: int) -> float:
     """Exact ``||(W - W') X||^2 / ||W X||^2`` on the analysed data (see :mod:`analysis.projection`)."""
-    rotated = rotated_weight(weight_matrix(sub.spec.module).detach().cpu(), sub.eig_in.vectors, sub.eig_out.vectors)
+    rotated = rotated_weight(_weight(sub), sub.eig_in.vectors, sub.eig_out.vectors)
     return float(preservation_error_table(rotated, sub.eig_in.values, np.array([k_out]), np.array([k_in]))[0, 0])
+
+
+def _weight(sub: LayerSubspace):
+    """The effective ``d_out x d_in`` weight of a layer (the module's own when none was captured)."""
+    return sub.weight if sub.weight is not None else weight_matrix(sub.spec.module).detach().cpu()
 
 
 def factorize_model(model: nn.Module, subspaces: dict[str, LayerSubspace], ranks: list[LayerRank]) -> nn.Module:
@@ -124,9 +135,10 @@ def factorize_model(model: nn.Module, subspaces: dict[str, LayerSubspace], ranks
             continue
         sub = subspaces[decision.layer]
         original = compressed.get_submodule(decision.layer)
-        left, right = factorize(weight_matrix(original).detach(), sub.eig_in.vectors, sub.eig_out.vectors,
+        weight = sub.weight if sub.weight is not None else weight_matrix(original).detach()
+        left, right = factorize(weight, sub.eig_in.vectors, sub.eig_out.vectors,
                                 decision.k_in, decision.k_out, rank=decision.rank)
-        replace_module(compressed, decision.layer, factorized_layer(original, left, right))
+        replace_module(compressed, decision.layer, factorized_layer(original, left, right, decision.kind, sub.bias))
     return compressed.eval()
 
 

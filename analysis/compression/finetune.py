@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..data.loader import collate, default_num_workers
 from ..errors import SettingsError
-from .evaluate import pre_logits
+from ..progress import ProgressCallback, StageClock
+from .accuracy import pre_logits
 
 OBJECTIVES = ("labels", "distill")
 
@@ -74,7 +75,7 @@ def finetune(
     teacher: nn.Module | None = None,
     label_map=None,
     device: str = "cpu",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place; returns ``{"steps", "loss_first", "loss_last", "seconds"}``.
@@ -106,6 +107,7 @@ def finetune(
                         collate_fn=collate, num_workers=workers, drop_last=len(train_data) > settings.batch_size,
                         persistent_workers=False)
     start, step, losses = time.perf_counter(), 0, []
+    clock = StageClock(progress, "fine-tune", total=settings.steps)
     while step < settings.steps:
         for images, labels in loader:
             if should_stop is not None and should_stop():
@@ -129,8 +131,7 @@ def finetune(
             opt.step()
             losses.append(loss.item())
             step += 1
-            if progress:
-                progress("fine-tune", step, settings.steps)
+            clock.report(step)
             if step >= settings.steps:
                 break
     model.eval()

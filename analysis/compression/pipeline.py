@@ -28,22 +28,21 @@ from ..cache import atomic_write_bytes
 from ..data import load_dataset
 from ..errors import SettingsError
 from ..paths import cache_root
+from ..progress import Progress, ProgressCallback
 from ..result import check_energy
-from .evaluate import Evaluator
-from .export import export_bytes, export_file
+from .accuracy import Evaluator
+from .checkpoint import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
 )
 from .finetune import FinetuneSettings, finetune
-from .layers import parameter_count
+from .thin_layers import parameter_count
 from .subspaces import Measured, measure
 
 PAIRED_EVAL = {"fashion-mnist:train": "fashion-mnist:test"}
 """Analysis dataset -> the held-out split evaluated by default."""
 
 SWEEP_ENERGIES: tuple[float, ...] = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class CompressionReport:
                 {k: v for k, v in self.summary.items() if k != "layers"})
 
     def export_bytes(self) -> bytes:
-        """The factorized model as a safetensors file (see :mod:`analysis.compression.export`)."""
+        """The factorized model as a safetensors file (see :mod:`analysis.compression.checkpoint`)."""
         return export_bytes(self.model, *self._export_args())
 
     def export_file(self, path: str | Path) -> Path:
@@ -110,11 +109,11 @@ class _Prepared:
     finetune_data: object | None
 
 
-def _prepare(request: CompressionRequest, cache_dir: str | None, progress: Progress | None) -> _Prepared:
+def _prepare(request: CompressionRequest, cache_dir: str | None, progress: ProgressCallback | None) -> _Prepared:
     analysis_progress = None
     if progress is not None:
-        def analysis_progress(p) -> None:
-            progress("analyse", p.images_done, p.images_total)
+        def analysis_progress(p: Progress) -> None:  # the analysis counts batches; compression shows images
+            progress(Progress("analyse", p.items_done, p.items_total, p.items_done, p.items_total, p.elapsed_s))
     measured = measure(request.model, request.dataset, request.samples, request.seed, device=request.device,
                        batch_size=request.batch_size, cache_dir=cache_dir, progress=analysis_progress)
     loaded = measured.loaded
@@ -144,7 +143,7 @@ def _finetune_settings(request: CompressionRequest, evaluator: Evaluator) -> Fin
 
 
 def compress(request: CompressionRequest, *, cache_dir: str | None = None, export: str | Path | None = None,
-             progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> CompressionReport:
+             progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> CompressionReport:
     """Run the whole compression of ``request`` (see the module docstring)."""
     request = request.validated()
     timings: dict[str, float] = {}
@@ -184,7 +183,7 @@ def compress(request: CompressionRequest, *, cache_dir: str | None = None, expor
     params_kept = sum(r.params_kept for r in ranks)
     summary = {
         "model": measured.loaded.model_id,
-        "dataset": measured.result.meta.get("dataset_id", request.dataset),
+        "dataset": measured.result.meta.dataset_id or request.dataset,
         "eval_dataset": evaluator.eval_data.dataset_id,
         "evaluated_on_analysis_data": evaluator.eval_data.dataset_id == request.dataset,
         "evaluation_method": evaluator.method,
@@ -220,7 +219,7 @@ def compress(request: CompressionRequest, *, cache_dir: str | None = None, expor
 
 
 def sweep(request: CompressionRequest, energies: tuple[float, ...] = SWEEP_ENERGIES, *, cache_dir: str | None = None,
-          progress: Progress | None = None) -> pd.DataFrame:
+          progress: ProgressCallback | None = None) -> pd.DataFrame:
     """Accuracy against parameters kept for ``e_in = e_out = e`` over ``energies`` (one analysis, one dense
     evaluation). With ``request.finetune.steps > 0`` every point is also fine-tuned from its projection."""
     request = request.validated()

@@ -4,8 +4,13 @@ The analysis result stores eigenvalues only; compression also needs the eigenvec
 They come from the raw statistics (``C_in``, ``s``, ``N`` per layer), which an analysis run with
 ``keep_moments=True`` stores in its cache entry: a second compression of the same model and data reads
 them back instead of re-reading the dataset. ``C_out`` is the exact affine formula of
-:func:`analysis.spectra.layer_output_second_moment`; both are decomposed by :func:`analysis.spectra.eigen_batched`
-(float64, descending).
+:func:`analysis.spectra.output_second_moment` with the *effective* weight and bias the forward applies; both
+are decomposed by :func:`analysis.spectra.eigen_batched` (float64, descending).
+
+The effective weights (weight standardisation, parametrizations, a bias built inside an attention block)
+come from :func:`analysis.capture.discover`: one forward of the model on a couple of the analysed images,
+which also tells whether a layer can be swapped for a thin pair: only when its own forward is how the model
+uses it (a weight used through ``F.linear`` by another module, as BEiT's qkv, stays dense).
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Subset
 
+from ..capture import LayerFinding, discover
 from ..cache import ResultCache
-from ..engine import ProgressCallback, compute, plan
+from ..data import make_loader
+from ..engine import compute, plan
 from ..models import describe_layers
 from ..models.layers import LayerSpec
 from ..models.registry import LoadedModel
+from ..progress import ProgressCallback
 from ..result import Result
 from ..settings import AnalysisSettings
-from ..spectra import Eigen, eigen_batched, layer_output_second_moment
+from ..spectra import Eigen, eigen_batched, output_second_moment
 
 
 @dataclass
@@ -31,6 +40,18 @@ class LayerSubspace:
     spec: LayerSpec
     eig_in: Eigen
     eig_out: Eigen
+    weight: torch.Tensor | None = None
+    """The effective ``d_out x d_in`` weight (float64); None: the module's own."""
+    bias: torch.Tensor | None | str = "module"
+    """The effective bias; ``"module"``: the module's own."""
+    counted: bool | None = None
+    """Whether the layer counts (its analysis status is ok and the adapter counts it); None: ``spec.in_mlu``."""
+    swappable: bool = True
+    """Whether the module can be replaced by a thin pair (its own forward is how the model uses it)."""
+
+    @property
+    def is_counted(self) -> bool:
+        return self.spec.in_mlu if self.counted is None else self.counted
 
 
 @dataclass
@@ -69,12 +90,51 @@ def measure(
         cache.store(the_plan.key, result, moments)
     model = the_plan.loaded.model
     specs = [s for s in describe_layers(model) if s.applicable]
+    findings = _discover(model, specs, the_plan.dataset)
     c_in = {s.name: moments[f"{s.name}|C_in"] for s in specs}
-    c_out = {s.name: layer_output_second_moment(s, c_in[s.name], moments[f"{s.name}|s"], int(moments[f"{s.name}|N"][0]))
+    effective = {s.name: effective_weight(s, findings.get(s.name)) for s in specs}
+    c_out = {s.name: output_second_moment(effective[s.name][0], c_in[s.name], moments[f"{s.name}|s"],
+                                          int(moments[f"{s.name}|N"][0]), effective[s.name][1])
              for s in specs}
     eig_device = torch.device(device) if str(device).startswith("cuda") else torch.device("cpu")
     eig_in, _ = eigen_batched(c_in, eig_device)
     eig_out, _ = eigen_batched(c_out, eig_device)
-    subspaces = {s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name]) for s in specs}
+    counted = {s.name: s.in_mlu for s in result.spectra}
+    subspaces = {
+        s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name], weight=effective[s.name][0], bias=effective[s.name][1],
+                              counted=counted.get(s.name, False), swappable=swappable(s, findings.get(s.name)))
+        for s in specs
+    }
     return Measured(loaded=the_plan.loaded, dataset=the_plan.dataset, result=result, subspaces=subspaces,
                     from_cache=from_cache)
+
+
+def _discover(model, specs: list[LayerSpec], dataset) -> dict[str, LayerFinding]:
+    """:func:`analysis.capture.discover` on the first two images of ``dataset`` (on the CPU)."""
+    if len(dataset) == 0:
+        return {}
+    first = Subset(dataset, range(min(2, len(dataset))))  # one batch: the loader starts no workers
+    batch, _ = next(iter(make_loader(first, batch_size=len(first))))
+    model.cpu().eval()
+    return discover(model, specs, batch)
+
+
+def effective_weight(spec: LayerSpec, finding: LayerFinding | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Effective ``(W, b)`` (float64, CPU) of one layer (:func:`analysis.capture.effective_parameters`)."""
+    from ..capture import effective_parameters
+
+    return effective_parameters(spec, finding)
+
+
+def swappable(spec: LayerSpec, finding: LayerFinding | None) -> bool:
+    """Whether replacing the module by a thin pair reproduces what the model computes with it: every call
+    came from the module's own forward, the affine model holds, the input reaching the call is the forward's
+    own (or padded by timm's dynamic "same" padding, which the thin pair keeps) and a bias is added exactly
+    when the module has one."""
+    if finding is None or finding.calls == 0 or finding.functional or finding.problem is not None:
+        return False
+    module = spec.module
+    if finding.input_transformed and not (type(module).__name__ == "Conv2dSame" or getattr(module, "same_pad", False)
+                                          or getattr(module, "padding_mode", "zeros") != "zeros"):
+        return False
+    return (finding.bias is not None) == spec.has_bias

@@ -1,6 +1,6 @@
 """Datasets for analysis: ids, seeded sub-sampling, each model's own transform, streaming batches.
 
-Public API (DESIGN.md sections 3 and 7)::
+Public API (README, sections Python and Command line)::
 
     from analysis.data import load_dataset, make_loader, list_datasets, AnalysisDataset
     ds = load_dataset("fashion-mnist:test", data_config=cfg, samples=2000, seed=0)
@@ -10,23 +10,26 @@ Public API (DESIGN.md sections 3 and 7)::
     for images, labels in make_loader(ds, batch_size=64): ...
     list_datasets()                   # [(dataset_id, description, available, reason), ...]
     dataset_templates()               # [("folder:<path>", description), ...]: ids that take a path
+    register_family("name", SourceClass, PathTemplate(...) or None)   # a new family of ids
 
-Modules: :mod:`.registry` (ids and dispatch), :mod:`.base` (the dataset object, sub-sampling,
+Modules: :mod:`.families` (the family registry, ids and dispatch), :mod:`.base` (the dataset object, sub-sampling,
 fingerprints), :mod:`.transforms` (PIL conversion and the timm transform), :mod:`.loader` (DataLoader),
-one module per source family (:mod:`.fashion_mnist`, :mod:`.packaged`, :mod:`.folder`, :mod:`.cifar`),
-and :mod:`.files`, :mod:`.safe_pickle`, :mod:`.idx` for reading files.
+one module per source family, each registering itself (:mod:`.fashion_mnist`, :mod:`.package_datasets`, :mod:`.folder`,
+:mod:`.cifar`),
+and :mod:`.image_files`, :mod:`.safe_pickle`, :mod:`.idx` for reading files.
 """
 
 from __future__ import annotations
 
 from .base import AnalysisDataset, ImageSource, select_indices
 from .loader import make_loader
-from .registry import (DEFAULT_DATASET, FAMILIES, dataset_templates, list_datasets, load_dataset, open_source,
-                       parse_dataset_id)
+from .families import (DEFAULT_DATASET, DatasetFamily, PathTemplate, dataset_templates, id_forms, known_ids,
+                       list_datasets, load_dataset, open_source, parse_dataset_id, path_templates, register_family,
+                       registered_families)
 from .transforms import ImageTransform
 
 __all__ = [
-    "AnalysisDataset", "DEFAULT_DATASET", "FAMILIES", "ImageSource", "ImageTransform", "dataset_templates",
-    "list_datasets",
-    "load_dataset", "make_loader", "open_source", "parse_dataset_id", "select_indices",
+    "AnalysisDataset", "DEFAULT_DATASET", "DatasetFamily", "ImageSource", "ImageTransform", "PathTemplate",
+    "dataset_templates", "id_forms", "known_ids", "list_datasets", "load_dataset", "make_loader",
+    "open_source", "parse_dataset_id", "path_templates", "register_family", "registered_families", "select_indices",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
+from .families import PathTemplate, register_family
 from .safe_pickle import load_plain_pickle
 
 
@@ -82,8 +83,6 @@ class CifarSource(ArraySource):
     """One split of CIFAR-10 or CIFAR-100, loaded into memory as 32x32 RGB uint8."""
 
     layout: CifarLayout = CIFAR10
-    TEMPLATE = ("cifar10:<root>", "CIFAR-10 from a local root (cifar-10-batches-py/): test split, ?split=train "
-                "for the training split")
 
     def __init__(self, root: str | Path, split: str = "test"):
         layout = self.layout
@@ -136,10 +135,16 @@ class CifarSource(ArraySource):
 
     @classmethod
     def catalogue(cls) -> list[tuple[str, str, bool, str]]:
-        return []  # needs a root: offered as TEMPLATE, not as a concrete dataset
+        return []  # needs a root: offered as a path template, not as a concrete dataset
 
 
 class Cifar100Source(CifarSource):
     layout = CIFAR100
-    TEMPLATE = ("cifar100:<root>", "CIFAR-100 from a local root (cifar-100-python/, fine labels): test split, "
-                "?split=train for the training split")
+
+
+register_family("cifar10", CifarSource, PathTemplate(
+    "cifar10:<root>", "CIFAR-10 from a local root (cifar-10-batches-py/): test split, ?split=train for the training split",
+    label="CIFAR-10 root", help="The folder that holds the cifar-*-python data"))
+register_family("cifar100", Cifar100Source, PathTemplate(
+    "cifar100:<root>", "CIFAR-100 from a local root (cifar-100-python/, fine labels): test split, ?split=train for "
+    "the training split", label="CIFAR-100 root", help="The folder that holds the cifar-*-python data"))

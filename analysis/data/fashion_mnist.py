@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
 from .idx import read_idx
+from .families import register_family
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist"
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/fashion-mnist")]
@@ -143,3 +144,6 @@ class FashionMNISTSource(ArraySource):
             rows.append((f"fashion-mnist:{split}", f"Fashion-MNIST {name} ({count:,} images, {where})",
                          found is not None, "" if found else missing_reason(split)))
         return rows
+
+
+register_family("fashion-mnist", FashionMNISTSource)

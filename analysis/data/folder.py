@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import ImageSource, sha256_bytes
-from .files import IMAGE_EXTENSIONS, is_hidden, is_image_name, read_image_file
+from .image_files import IMAGE_EXTENSIONS, is_hidden, is_image_name, read_image_file
+from .families import PathTemplate, register_family
 
 
 class _Scan:
@@ -144,8 +145,11 @@ class FolderSource(ImageSource):
         check_path(arg, "dataset folder")
         return cls(arg)
 
-    TEMPLATE = ("folder:<path>", "any image folder: class sub-folders (ImageNet-val layout) or flat, unlabelled")
-
     @classmethod
     def catalogue(cls) -> list[tuple[str, str, bool, str]]:
-        return []  # needs a path: offered as TEMPLATE, not as a concrete dataset
+        return []  # needs a path: offered as a path template, not as a concrete dataset
+
+
+register_family("folder", FolderSource, PathTemplate(
+    "folder:<path>", "any image folder: class sub-folders (ImageNet-val layout) or flat, unlabelled",
+    label="image folder", help="A folder of images (class sub-folders or flat)"))

@@ -1,4 +1,4 @@
-"""Analyses run in worker processes, outside the UI (DESIGN.md section 4).
+"""Analyses run in worker processes, outside the UI (README, section The app).
 
 ::
 

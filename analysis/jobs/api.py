@@ -97,11 +97,10 @@ def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
         record.get("batches_done") == record.get("batches_total")
     if record.get("state") == "done" or finishing:
         return _from_record(key, "done", record, message="done")
-    manifest = cache.manifest(key) or {}
-    meta = manifest.get("meta", {}) if isinstance(manifest.get("meta"), dict) else {}
-    n_images = _number(meta.get("n_images"), int, 0)
-    cached = {"model_id": meta.get("model_id", ""), "dataset_id": meta.get("dataset_id", ""),
-              "images_done": n_images, "images_total": n_images, "updated": manifest.get("created", 0.0)}
+    entry = cache.entry(key)
+    cached = {} if entry is None else {
+        "model_id": entry.meta.model_id, "dataset_id": entry.meta.dataset_id, "images_done": entry.meta.n_images,
+        "images_total": entry.meta.n_images, "updated": entry.created}
     return _from_record(key, "done", cached, message="done (cached)")
 
 

@@ -16,8 +16,10 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable
 
-from ..engine import Cancelled, Progress, plan, run_plan
+from ..engine import Cancelled, plan, run_plan
+from ..environment import env_float
 from ..errors import AnalysisError
+from ..progress import Progress
 from ..settings import AnalysisSettings
 from . import lock
 from .files import JobFiles, cache_root_of, read_json, write_progress
@@ -111,18 +113,18 @@ class _Reporter:
         write_progress(
             self.files, state=state, message=message, token=self.token, pid=os.getpid(),
             model_id=self.model_id, dataset_id=self.dataset_id, started=self.started,
-            stage=p.stage if p else "", batches_done=p.batches_done if p else 0,
-            batches_total=p.batches_total if p else 0, images_done=p.images_done if p else 0,
-            images_total=p.images_total if p else 0, elapsed_s=p.elapsed_s if p else time.time() - self.started,
+            stage=p.stage if p else "", batches_done=p.done if p else 0,
+            batches_total=p.total if p else 0, images_done=p.items_done if p else 0,
+            images_total=p.items_total if p else 0, elapsed_s=p.elapsed_s if p else time.time() - self.started,
             eta_s=p.eta_s if p else None, fraction=p.fraction if p else 0.0,
         )
 
     def on_batch(self, progress: Progress) -> None:
         self.last = progress
-        if progress.batches_total and progress.batches_done >= progress.batches_total:
+        if progress.total and progress.done >= progress.total:
             message = "statistics complete; computing spectra and metrics"
         else:
-            message = f"{progress.stage}: batch {progress.batches_done}/{progress.batches_total}"
+            message = f"{progress.stage}: batch {progress.done}/{progress.total}"
         self.write("running", message, progress)
 
 
@@ -139,10 +141,7 @@ def _settings_from(data: object) -> AnalysisSettings:
 
 def _delay_batches(should_stop: Callable[[], bool]) -> None:
     """Honour :data:`BATCH_DELAY_ENV`: pause after a batch, returning early once a stop is requested."""
-    try:
-        delay = float(os.environ.get(BATCH_DELAY_ENV, "0") or 0)
-    except ValueError:
-        delay = 0.0
+    delay = env_float(BATCH_DELAY_ENV, 0.0, minimum=0.0)
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline and not should_stop():
         time.sleep(min(0.05, delay))

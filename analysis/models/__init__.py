@@ -2,13 +2,16 @@
 per-family adapters that name and classify each model's layers."""
 
 from .layers import LayerSpec, adapter_for, describe_layers, weight_matrix
-from .registry import CatalogueEntry, LoadedModel, ModelId, catalogue, load, load_model, register_source
+from .registry import (CatalogueEntry, LoadedModel, ModelId, ModelSource, SourceModel, catalogue, load, load_model,
+                       register_source)
 
 __all__ = [
     "CatalogueEntry",
     "LayerSpec",
     "LoadedModel",
     "ModelId",
+    "ModelSource",
+    "SourceModel",
     "adapter_for",
     "catalogue",
     "describe_layers",

@@ -103,11 +103,11 @@ class ArchitectureAdapter:
         specs = []
         for name, module in analysable_modules(model):
             parent_name, _, child = name.rpartition(".")
-            if child in ("reduce", "expand") and getattr(model.get_submodule(parent_name), "is_factorized_pair", False):
-                classified = parent_name  # a thin layer of a compressed model keeps its original layer's kind
-            else:
-                classified = name
-            kind = "grouped_conv" if _is_grouped(module) else self.classify(classified, module, model)
+            owner = model.get_submodule(parent_name) if child in ("reduce", "expand") else None
+            thin = hasattr(owner, "factorized_from")  # the thin-pair protocol of analysis.compression
+            original_kind = getattr(owner, "factorized_from", None)  # a thin layer keeps its original's kind
+            kind = "grouped_conv" if _is_grouped(module) else (
+                original_kind or self.classify(parent_name if thin else name, module, model))
             d_in, d_out = _dims(module)
             specs.append(
                 LayerSpec(

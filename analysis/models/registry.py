@@ -1,6 +1,6 @@
 """One registry for every model id the product accepts.
 
-A model id is ``<source>:<name>[?key=value&...]`` (DESIGN.md section 7), for example
+A model id is ``<source>:<name>[?key=value&...]`` (README, section Command line), for example
 ``timm:vit_base_patch16_224.dino``, ``random:vit_tiny_patch16_224?seed=3``,
 ``file:/ckpt/model.safetensors?arch=vit_small_patch16_224``, ``zoo:vit-fmnist-supervised`` or
 ``pkg:efficientnet-lite0-in1k``. Each source is a small :class:`ModelSource` object registered under its
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
 from urllib.parse import parse_qsl
 
@@ -78,18 +79,50 @@ class CatalogueEntry:
     group: str
 
 
+@dataclass
+class SourceModel:
+    """What a :class:`ModelSource` loads: the module (any dtype, any mode: the registry makes it float32 and
+    eval), the architecture name, an honest description of the weights, and optionally the preprocessing
+    (timm-style ``data_config``) and what each classifier output means (``class_names``). A None
+    ``data_config`` is resolved from the module (timm); None ``class_names`` become ImageNet-1k's for a
+    1000-way classifier, else stay None."""
+
+    module: nn.Module
+    arch: str
+    description: str
+    data_config: dict | None = None
+    class_names: list[str] | None = None
+
+
 class ModelSource(Protocol):
-    """What a model source provides. ``load`` returns ``(module, arch, description)``, optionally followed by
-    ``data_config`` and ``class_names`` (either may be None: then they are resolved from the module)."""
+    """What a model source provides: ``load`` the model ``<prefix>:<name>?<options>`` and the ``catalogue`` of
+    ids it can offer on this machine now."""
 
     prefix: str
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple: ...
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel: ...
 
     def catalogue(self) -> Iterable[CatalogueEntry]: ...
 
 
 _SOURCES: dict[str, ModelSource] = {}
+
+FileLoader = Callable[[Path, Mapping[str, str]], "SourceModel | None"]
+"""A loader of one special checkpoint format behind ``file:``: ``loader(path, options)`` returns the model, or
+None when the file is not in its format (then the next loader, finally the plain state-dict loader, runs)."""
+
+_FILE_LOADERS: dict[str, FileLoader] = {}
+
+
+def register_file_loader(name: str, loader: FileLoader) -> FileLoader:
+    """Register (or replace) the ``file:`` loader called ``name`` (e.g. ``factorized-v1``, registered by
+    :mod:`analysis.compression` for its exports, so this package never imports that one)."""
+    _FILE_LOADERS[name] = loader
+    return loader
+
+
+def file_loaders() -> list[FileLoader]:
+    return list(_FILE_LOADERS.values())
 
 
 def register_source(source: ModelSource) -> ModelSource:
@@ -138,9 +171,11 @@ def load(model_id: str) -> LoadedModel:
             f"{', '.join(sorted(_SOURCES))}"
         )
     loaded = source.load(parsed.name, parsed.options)
-    module, arch, description = loaded[0], loaded[1], loaded[2]
-    data_config = loaded[3] if len(loaded) > 3 and loaded[3] is not None else resolve_data_config(module)
-    class_names = loaded[4] if len(loaded) > 4 and loaded[4] is not None else _default_class_names(module)
+    if not isinstance(loaded, SourceModel):
+        raise TypeError(f"model source {parsed.source!r} returned {type(loaded).__name__}, not a SourceModel")
+    module = loaded.module
+    data_config = loaded.data_config if loaded.data_config is not None else resolve_data_config(module)
+    class_names = loaded.class_names if loaded.class_names is not None else _default_class_names(module)
     module = module.float().eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -148,8 +183,8 @@ def load(model_id: str) -> LoadedModel:
         model_id=str(parsed),
         model=module,
         data_config=data_config,
-        arch=arch,
-        description=description,
+        arch=loaded.arch,
+        description=loaded.description,
         fingerprint=weights_fingerprint(module),
         class_names=class_names,
     )
@@ -206,5 +241,3 @@ def _ensure_builtin_sources() -> None:
                     raise
         _builtin_loaded = True
 
-
-ModelLoader = Callable[[str, Mapping[str, str]], tuple]

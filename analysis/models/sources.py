@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ModelUnavailableError, SettingsError, UnknownModelError
 from .checkpoints import load_into, read_state_dict
-from .registry import CatalogueEntry, register_source
+from .registry import CatalogueEntry, SourceModel, file_loaders, register_source
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +48,7 @@ class TimmSource:
 
     prefix = "timm"
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         import timm
 
         check_architecture(name)
@@ -65,7 +65,7 @@ class TimmSource:
                 f"({type(exc).__name__}); run once with internet (they are cached under ~/.cache/huggingface), "
                 f"or save them and use file:<path>.safetensors?arch={name.split('.')[0]}"
             ) from None
-        return model, name, f"timm pretrained weights {name}"
+        return SourceModel(model, name, f"timm pretrained weights {name}")
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return [
@@ -98,14 +98,14 @@ class RandomSource:
 
     prefix = "random"
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         seed = _int_option(options, "seed", 0)
         arch = check_architecture(name)
         extra = {k: _parse_scalar(v) for k, v in options.items() if k != "seed"}
         with _SEEDED_INIT, torch.random.fork_rng(devices=[]):  # the global RNG: one seeded init at a time
             torch.manual_seed(seed)
             model = create_timm(arch, pretrained=False, **extra)
-        return model, arch, f"{arch} at random initialisation (seed {seed})"
+        return SourceModel(model, arch, f"{arch} at random initialisation (seed {seed})")
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return [
@@ -119,51 +119,28 @@ class FileSource:
 
     prefix = "file"
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         arch = options.get("arch")
         path = Path(name).expanduser()
-        from ..compression.export import is_factorized, read_metadata
         from ..restrictions import check_path
 
         check_path(path, "checkpoint")
-
-        metadata = read_metadata(path)
-        if is_factorized(metadata):
-            return self._load_factorized(path, metadata, arch, options)
+        for loader in file_loaders():  # special formats first (a compressed model's export, ...)
+            loaded = loader(path, options)
+            if loaded is not None:
+                return loaded
         if not arch:
             raise SettingsError(f"file:{name} needs ?arch=<timm architecture>, e.g. file:{name}?arch=vit_small_patch16_224")
         state = read_state_dict(path)
-        model = _timm_skeleton(arch, options)
+        model = timm_skeleton(arch, options)
         load_into(model, state, path.name, arch)
-        return model, arch, f"{arch} with weights from {path.name}"
-
-    @staticmethod
-    def _load_factorized(path: Path, metadata: Mapping[str, str], arch: str | None, options: Mapping[str, str]) -> tuple:
-        """A file written by :func:`analysis.compression.export.export_file` (see that module)."""
-        from ..compression.export import apply_rank_map, parse_metadata
-        from .registry import load as load_registered
-
-        base, ranks, config, class_names = parse_metadata(metadata, path.name)
-        state = read_state_dict(path)
-        if arch:
-            model, label = _timm_skeleton(arch, options), arch
-        else:
-            if base.startswith("file:") and Path(base[5:].split("?", 1)[0]).expanduser().resolve() == path.resolve():
-                raise SettingsError(f"{path.name} names itself as its base model")
-            base_loaded = load_registered(base)
-            model, label = base_loaded.model, base_loaded.arch
-            config = config or base_loaded.data_config
-            class_names = class_names if class_names is not None else base_loaded.class_names
-        apply_rank_map(model, ranks)
-        load_into(model, state, path.name, label)
-        description = f"{base} factorized at the utilized rank ({len(ranks)} thin layers), weights from {path.name}"
-        return model, label, description, config, class_names
+        return SourceModel(model, arch, f"{arch} with weights from {path.name}")
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return []
 
 
-def _timm_skeleton(arch: str, options: Mapping[str, str]) -> torch.nn.Module:
+def timm_skeleton(arch: str, options: Mapping[str, str]) -> torch.nn.Module:
     """``arch`` built by timm without weights, the id's other options passed as keyword arguments."""
     return create_timm(arch, pretrained=False, **{k: _parse_scalar(v) for k, v in options.items() if k != "arch"})
 

@@ -21,7 +21,7 @@ Why ``in_chans=3``: the product turns every grey image into 3 identical channels
 pipeline for timm, packaged and zoo models). The zoo models are trained on exactly that input, so the
 analysis sees what training saw. Consequence, reported honestly: ``patch_embed.proj`` has ``d_in = 48`` but its
 inputs span at most 16 dimensions (the three channels are equal), so its input utilization is at most 1/3 by
-construction; the patch embedding is a flagged layer in the MLU anyway (DESIGN.md section 1).
+construction; the patch embedding is a flagged layer in the MLU anyway (README, section Method).
 
 Loading verifies the file's sha256 against the manifest (:class:`CheckpointError` on mismatch); an unknown
 name raises :class:`UnknownModelError` listing the zoo; a model in the manifest whose file is absent (or not
@@ -40,7 +40,7 @@ import torch
 from ..data.fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from ..errors import CheckpointError, ModelUnavailableError, UnknownModelError
 from .checkpoints import load_into, read_state_dict
-from .registry import CatalogueEntry, register_source
+from .registry import CatalogueEntry, SourceModel, register_source
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo_weights"
 MANIFEST_PATH = ZOO_DIR / "manifest.json"
@@ -130,7 +130,7 @@ class ZooSource:
     def _entries(self) -> dict[str, dict[str, Any]]:
         return read_manifest(self.manifest_path)["models"]
 
-    def load(self, name: str, options: Mapping[str, str]) -> tuple:
+    def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
         entries = self._entries()
         entry = entries.get(name)
         if entry is None:
@@ -153,7 +153,7 @@ class ZooSource:
         model = build_vit(**dict(entry.get("arch_kwargs") or {}))
         load_into(model, state, path.name, ARCH_NAME)
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in (entry.get("data_config") or DATA_CONFIG).items()}
-        return model, ARCH_NAME, self._describe(name, entry), config, list(FASHION_MNIST_CLASSES)
+        return SourceModel(model, ARCH_NAME, self._describe(name, entry), config, list(FASHION_MNIST_CLASSES))
 
     @staticmethod
     def _describe(name: str, entry: Mapping[str, Any]) -> str:

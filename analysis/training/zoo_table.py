@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..defaults import DEFAULT_DATASET
+from ..defaults import default_dataset
 from ..models.zoo import MANIFEST_PATH, ZOO_NAMES, read_manifest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -43,7 +43,7 @@ def render(manifest_path: Path = MANIFEST_PATH, cache_dir: str | None = None) ->
                         f"| | | | | |")
             continue
         acc = entry.get("accuracy") or {}
-        result = analyze(f"zoo:{name}", DEFAULT_DATASET, energy_in=ENERGY, energy_out=ENERGY, cache_dir=cache_dir)
+        result = analyze(f"zoo:{name}", default_dataset(), energy_in=ENERGY, energy_out=ENERGY, cache_dir=cache_dir)
         training = f"{entry.get('epochs')} epochs" if entry.get("epochs") else "none (initialisation)"
         rows.append(
             f"| `zoo:{name}` | {entry.get('regime')} | {training} | {_pct(acc.get('top1'))} | "
@@ -52,7 +52,7 @@ def render(manifest_path: Path = MANIFEST_PATH, cache_dir: str | None = None) ->
         )
     rows.append("")
     rows.append(f"Accuracies: `analysis/models/zoo_weights/manifest.json` (measured by `python -m analysis.training.publish`). "
-                f"MLU and parameters kept: `python -m analysis run --model zoo:<name>` on `{DEFAULT_DATASET}` "
+                f"MLU and parameters kept: `python -m analysis run --model zoo:<name>` on `{default_dataset()}` "
                 f"(10k images). Regenerate with `python -m analysis.training.zoo_table`.")
     return "\n".join(rows)
 

@@ -27,8 +27,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from .layers import empty_factorized_layer, replace_module
+from ..errors import CheckpointError, SettingsError
+from ..models import describe_layers
+from ..models.checkpoints import load_into, read_state_dict
+from ..models.registry import SourceModel, load as load_registered, register_file_loader
+from ..models.sources import timm_skeleton
+from .thin_layers import empty_factorized_layer, replace_module
 
 FORMAT = "factorized-v1"
 
@@ -91,7 +95,9 @@ def is_factorized(metadata: Mapping[str, str]) -> bool:
 
 
 def apply_rank_map(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
-    """Replace each named layer by an empty thin pair of the given rank (shapes only)."""
+    """Replace each named layer by an empty thin pair of the given rank (shapes only); each pair records its
+    original layer's kind (``factorized_from``), so the compressed model's layers keep their kinds."""
+    kinds = {spec.name: spec.kind for spec in describe_layers(model)}
     for name, rank in ranks.items():
         try:
             original = model.get_submodule(name)
@@ -99,7 +105,7 @@ def apply_rank_map(model: nn.Module, ranks: Mapping[str, int]) -> nn.Module:
             raise CheckpointError(f"the rank map names layer {name!r}, which the base model does not have") from None
         if not isinstance(rank, int) or rank < 0:
             raise CheckpointError(f"the rank map gives layer {name!r} an invalid rank {rank!r}")
-        replace_module(model, name, empty_factorized_layer(original, rank))
+        replace_module(model, name, empty_factorized_layer(original, rank, kinds.get(name)))
     return model
 
 
@@ -117,3 +123,29 @@ def parse_metadata(metadata: Mapping[str, str], label: str) -> tuple[str, dict[s
     if config is not None:
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     return base, ranks, config, names
+
+
+def load_factorized(path: Path, options: Mapping[str, str]) -> SourceModel | None:
+    """The ``file:`` loader of these exports (registered with the model registry); None for any other file."""
+    metadata = read_metadata(path)
+    if not is_factorized(metadata):
+        return None
+    arch = options.get("arch")
+    base, ranks, config, class_names = parse_metadata(metadata, path.name)
+    state = read_state_dict(path)
+    if arch:
+        model, label = timm_skeleton(arch, options), arch
+    else:
+        if base.startswith("file:") and Path(base[5:].split("?", 1)[0]).expanduser().resolve() == path.resolve():
+            raise SettingsError(f"{path.name} names itself as its base model")
+        base_loaded = load_registered(base)
+        model, label = base_loaded.model, base_loaded.arch
+        config = config or base_loaded.data_config
+        class_names = class_names if class_names is not None else base_loaded.class_names
+    apply_rank_map(model, ranks)
+    load_into(model, state, path.name, label)
+    description = f"{base} factorized at the utilized rank ({len(ranks)} thin layers), weights from {path.name}"
+    return SourceModel(model, label, description, config, class_names)
+
+
+register_file_loader(FORMAT, load_factorized)

@@ -16,7 +16,6 @@ dataset's classes are:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,9 +23,7 @@ from torch import nn
 
 from ..data import make_loader
 from ..errors import DatasetError, SettingsError
-
-ProgressFn = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``."""
+from ..progress import ProgressCallback, StageClock
 
 
 def check_labelled(dataset, role: str) -> list[str]:
@@ -61,15 +58,15 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def _features(model: nn.Module, dataset, batch_size: int, device: torch.device,
-              progress: ProgressFn | None, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+              progress: ProgressCallback | None, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval().to(device)
-    feats, labels, total, done = [], [], len(dataset), 0
+    feats, labels, done = [], [], 0
+    clock = StageClock(progress, stage, total=len(dataset), items_total=len(dataset))
     for images, y in make_loader(dataset, batch_size=batch_size):
         feats.append(pre_logits(model, images.to(device)).float().cpu())
         labels.append(y)
         done += len(y)
-        if progress:
-            progress(stage, done, total)
+        clock.report(done, done)
     return torch.cat(feats), torch.cat(labels)
 
 
@@ -101,7 +98,7 @@ class Evaluator:
             )
         return cls(eval_data, "linear-probe", probe_data=probe_data, batch_size=batch_size, device=device)
 
-    def accuracy(self, model: nn.Module, progress: ProgressFn | None = None, stage: str = "evaluate") -> float:
+    def accuracy(self, model: nn.Module, progress: ProgressCallback | None = None, stage: str = "evaluate") -> float:
         """Top-1 of ``model`` on the evaluation dataset (fraction in [0, 1])."""
         device = torch.device(self.device)
         if self.method == "head":
@@ -114,14 +111,14 @@ class Evaluator:
         return float(((test_f @ w.T + b).argmax(1) == test_y).float().mean())
 
     @torch.inference_mode()
-    def _head_accuracy(self, model: nn.Module, device: torch.device, progress: ProgressFn | None, stage: str) -> float:
+    def _head_accuracy(self, model: nn.Module, device: torch.device, progress: ProgressCallback | None, stage: str) -> float:
         model.eval().to(device)
         mapping = torch.as_tensor(self.label_map)
         correct = total = 0
+        clock = StageClock(progress, stage, total=len(self.eval_data), items_total=len(self.eval_data))
         for images, labels in make_loader(self.eval_data, batch_size=self.batch_size):
             predicted = model(images.to(device)).argmax(1).cpu()
             correct += int((predicted == mapping[labels]).sum())
             total += len(labels)
-            if progress:
-                progress(stage, total, len(self.eval_data))
+            clock.report(total, total)
         return correct / total if total else float("nan")

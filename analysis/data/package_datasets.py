@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 from ..errors import DatasetError
 from .base import ArraySource, ImageSource, sha256_bytes
-from .files import read_image_file
+from .image_files import read_image_file
+from .families import register_family
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -192,3 +193,8 @@ class PhotosSource(ImageSource):
         count = len(available_photos())
         return [("photos", f"scikit-image sample photos ({count} images, colour and grey, unlabelled)", count > 0,
                  "" if count else "needs scikit-image with its bundled sample images (pip install scikit-image)")]
+
+
+register_family("mnist", MnistSource)
+register_family("digits", DigitsSource)
+register_family("photos", PhotosSource)

@@ -41,9 +41,10 @@ def export_bytes(result: Result, fmt: str) -> bytes:
     records = [{k: _clean(v) for k, v in row.items()} for row in table.astype(object).where(table.notna(), None).to_dict("records")]
     document = {
         "summary": {k: _clean(v) for k, v in result.summary().items()},
-        "meta": result.meta,
+        "meta": result.meta.to_dict(),
         "layers": records,
         "not_applicable": result.not_applicable,
+        "warnings": result.warnings,
     }
     return json.dumps(document, indent=1, default=str).encode()
 

@@ -1,0 +1,589 @@
+"""What the forward pass really computes for each analysed layer: its real input, effective weight and bias.
+
+A layer ``y = W x + b`` is only measured exactly if the statistics see the tensor ``x`` its weight really
+multiplies, and the method uses the ``W`` and ``b`` really applied. Hooking ``nn.Linear``/``nn.Conv2d``
+modules is not enough for every network:
+
+- attention blocks may call ``F.linear(x, self.qkv.weight, qkv_bias)`` themselves (BEiT, EVA, SwinV2):
+  the Linear's own forward never runs, and the bias applied is ``cat(q_bias, 0, v_bias)``;
+- weight-standardised convolutions (timm ``StdConv2d``, ``ScaledStdConv2d``) call ``F.conv2d`` with a
+  transformed weight, and "same"-padding variants pad the input inside their forward;
+- ``torch.nn.utils.parametrize`` computes ``weight`` on access (weight norm, spectral norm).
+
+**Discovery** (the first batch): a :class:`torch.overrides.TorchFunctionMode` sees every ``F.linear`` and
+``F.conv2d`` call. A call belongs to an analysed layer if (a) the weight tensor passed *is* that layer's
+``weight`` parameter (functional use), or else (b) it is made while that layer's own forward is running
+(tracked with a forward pre-hook / forward hook per layer) and its weight has the layer's shape. From the
+call it records the effective weight (as passed, reshaped ``d_out x d_in``, float64 CPU copy), the
+effective bias (as passed), the convolution geometry actually used (kernel, stride, explicit padding,
+dilation) and whether the call's input is the very tensor the layer's forward received.
+
+**Steady state** (later batches): a layer whose every discovery call came from its own forward, with the
+forward's input passed unchanged and the same geometry, is captured by its cheap forward pre-hook (with the
+geometry of the real call). Any other layer that was reached keeps being captured inside the function
+mode, which stays active only while at least one layer needs it. A layer never seen is "not reached".
+
+**What is multiplied**: under autocast, ``F.linear``/``F.conv2d`` cast a float32 input to the autocast
+dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`). A layer used
+several times per forward (shared weights) accumulates every call.
+
+**Self-check** (first batch, every run): for each layer, in float64 on the activations' device, the analytic
+
+    C_out = W C_in W^T + W s b^T + b s^T W^T + N b b^T        (that batch's C_in, s, N; effective W, b)
+
+is compared with ``Y^T Y`` of the layer's real outputs on the same batch (the module's output when the call
+came from the layer's own forward, else the call's output). With ``E`` the expected size of the rounding
+error of the real outputs ``Y`` (Frobenius norm over the batch),
+
+    E = (sqrt(2) u_in + sqrt(d_in) u_acc) T + u_out ||Y||_F,   T^2 = sum_i ||W[:, i]||^2 C_in[i, i] + N ||b||^2,
+
+(``u_in``: unit roundoff of the multiplied operands: bfloat16 2^-8 and float16 2^-11 under autocast,
+TF32 2^-11 for CUDA convolutions and for CUDA matmuls unless ``float32_matmul_precision`` is "highest",
+float32 2^-24 otherwise; ``u_acc`` = 2^-24, the float32 accumulation, whose error grows like sqrt(d_in);
+``u_out``: unit roundoff of the output dtype; ``T`` is the root-sum-square of the individual products, so
+cancellation inside a dot product, as after weight standardisation, widens the bound as it should), and
+``C_real - C_out = Ŷ^T E + E^T Ŷ + E^T E`` bounded by ``2 ||Y|| E + E^2``, the check passes when
+
+    ||C_out - C_real||_F  <=  SAFETY * (2 ||Y||_F E + E^2),   SAFETY = 8.
+
+Reported: ``relative error = ||C_out - C_real||_F / ||C_real||_F`` and the tolerance on the same scale.
+In float32 on a random Linear this tolerance is about 1e-5 relative; under bfloat16 autocast about 0.15; a
+wrong weight, bias or input gives errors of order 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .models.layers import LayerSpec
+
+SAFETY = 8.0
+"""Safety factor of the self-check tolerance (see the module docstring)."""
+
+MAX_CHECK_ROWS = 1 << 15
+"""Rows per float64 chunk in the self-check (bounds its transient memory)."""
+
+TF32_UNIT = 2.0**-11
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The geometry of one real ``F.conv2d`` call: the input is padded by ``padding`` (``F.pad`` order:
+    left, right, top, bottom) and unfolded with ``kernel``, ``stride``, ``dilation`` and no padding."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+
+    @classmethod
+    def of_module(cls, module: nn.Conv2d) -> "ConvGeometry":
+        """The geometry a plain ``nn.Conv2d`` (zeros padding mode) applies to its own input."""
+        return cls.of_call(module.weight.shape, module.stride, module.padding, module.dilation)
+
+    @classmethod
+    def of_call(cls, weight_shape, stride, padding, dilation) -> "ConvGeometry":
+        kh, kw = int(weight_shape[-2]), int(weight_shape[-1])
+        stride, dilation = _pair(stride), _pair(dilation)
+        if isinstance(padding, str):
+            if padding == "valid":
+                pads = (0, 0, 0, 0)
+            elif padding == "same":  # as torch: the odd extra pixel goes right / bottom
+                th, tw = dilation[0] * (kh - 1), dilation[1] * (kw - 1)
+                pads = (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+            else:
+                raise ValueError(f"unknown convolution padding {padding!r}")
+        else:
+            ph, pw = _pair(padding)
+            pads = (pw, pw, ph, ph)
+        return cls(kernel=(kh, kw), stride=stride, padding=pads, dilation=dilation)
+
+    def positions(self, height: int, width: int) -> int:
+        """Output positions per image for an input of ``height x width``."""
+        h = (height + self.padding[2] + self.padding[3] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+        w = (width + self.padding[0] + self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+        return max(1, h) * max(1, w)
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+
+def conv_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """Unfold a convolution's input into rows per image ``(B, L, C * kh * kw)`` (``F.unfold`` order:
+    channel-major, then kernel row, then kernel column, matching ``W.reshape(d_out, -1)``)."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if any(geometry.padding):
+        x = F.pad(x, geometry.padding)
+    if geometry.kernel == (1, 1):
+        x = x[:, :, :: geometry.stride[0], :: geometry.stride[1]]
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+    cols = F.unfold(x, geometry.kernel, dilation=geometry.dilation, padding=0, stride=geometry.stride)
+    return cols.transpose(1, 2)
+
+
+def rows_per_image(x: torch.Tensor, geometry: ConvGeometry | None) -> torch.Tensor:
+    """Input vectors grouped by image, ``(B, T, d_in)``: unfolded patches for a convolution (``geometry``),
+    the last axis for a linear layer."""
+    if geometry is not None:
+        return conv_rows(x, geometry)
+    if x.dim() <= 2:
+        return x.reshape(-1, 1, x.shape[-1])
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def vectors_per_image(x: torch.Tensor, geometry: ConvGeometry | None) -> int:
+    """Number of input vectors one image gives (without building them)."""
+    if geometry is not None:
+        return geometry.positions(x.shape[-2], x.shape[-1])
+    return int(x[0].numel() // x.shape[-1]) if x.dim() > 2 else 1
+
+
+def output_rows(y: torch.Tensor, is_conv: bool) -> torch.Tensor:
+    """A layer's outputs as rows ``(n, d_out)`` (channels last for a convolution)."""
+    if is_conv:
+        y = y.unsqueeze(0) if y.dim() == 3 else y
+        return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+    return y.reshape(-1, y.shape[-1])
+
+
+def as_multiplied(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``F.linear``/``F.conv2d`` multiply it: cast to the autocast dtype when autocast is on."""
+    device_type = x.device.type
+    if x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+        return x.to(torch.get_autocast_dtype(device_type))
+    return x
+
+
+def _unit(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def operand_unit(x: torch.Tensor, is_conv: bool) -> float:
+    """Unit roundoff of the operands the real call multiplies (``x`` as multiplied)."""
+    if x.dtype == torch.float64:
+        return _unit(torch.float64)
+    if x.dtype != torch.float32:
+        return _unit(x.dtype)
+    if x.device.type == "cuda" and (is_conv or torch.get_float32_matmul_precision() != "highest"):
+        return TF32_UNIT
+    return _unit(torch.float32)
+
+
+@dataclass
+class _Call:
+    input: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    geometry: ConvGeometry | None
+    groups: int
+
+
+def _parse_call(func, args: tuple, kwargs: dict) -> _Call | None:
+    if func is F.linear:
+        bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
+        return _Call(bound["input"], bound["weight"], bound.get("bias"), None, 1)
+    if func is F.conv2d:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        bound = dict(zip(names, args), **kwargs)
+        weight = bound["weight"]
+        geometry = ConvGeometry.of_call(weight.shape, bound.get("stride", 1), bound.get("padding", 0),
+                                        bound.get("dilation", 1))
+        return _Call(bound["input"], weight, bound.get("bias"), geometry, int(bound.get("groups", 1)))
+    return None
+
+
+@dataclass
+class SelfCheck:
+    """The first batch's comparison of the analytic and the real output second moment."""
+
+    relative_error: float
+    tolerance: float
+    passed: bool
+    n_vectors: int
+
+
+class _CheckSums:
+    """float64 sums of one layer on the discovery batch: ``C_in, s, N`` of its inputs, ``Y^T Y`` of its
+    real outputs, and the largest unit roundoffs seen."""
+
+    def __init__(self) -> None:
+        self.c_in: torch.Tensor | None = None
+        self.s: torch.Tensor | None = None
+        self.n = 0
+        self.c_real: torch.Tensor | None = None
+        self.n_out = 0
+        self.u_in = 0.0
+        self.u_acc = 0.0
+        self.u_out = 0.0
+
+    @property
+    def device_type(self) -> str:
+        return self.c_in.device.type if self.c_in is not None else "cpu"
+
+    def add_input(self, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
+        self.u_in = max(self.u_in, operand_unit(x, geometry is not None))
+        self.u_acc = max(self.u_acc, _unit(torch.float64 if x.dtype == torch.float64 else torch.float32))
+        per_image = max(1, MAX_CHECK_ROWS // max(1, vectors_per_image(x, geometry)))
+        batched = x if (geometry is None and x.dim() > 2) or (geometry is not None and x.dim() == 4) else x.unsqueeze(0)
+        for start in range(0, batched.shape[0], per_image):
+            rows = rows_per_image(batched[start : start + per_image], geometry)
+            rows = rows.reshape(-1, rows.shape[-1]).to(torch.float64)
+            if self.c_in is None:
+                d = rows.shape[1]
+                self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
+                self.s = torch.zeros(d, dtype=torch.float64, device=rows.device)
+            self.c_in.addmm_(rows.T, rows)
+            self.s += rows.sum(0)
+            self.n += rows.shape[0]
+
+    def add_output(self, y: torch.Tensor, is_conv: bool) -> None:
+        self.u_out = max(self.u_out, _unit(y.dtype) if y.is_floating_point() else 0.0)
+        rows = output_rows(y, is_conv)
+        for chunk in rows.split(MAX_CHECK_ROWS):
+            chunk = chunk.to(torch.float64)
+            if self.c_real is None:
+                self.c_real = torch.zeros(chunk.shape[1], chunk.shape[1], dtype=torch.float64, device=chunk.device)
+            self.c_real.addmm_(chunk.T, chunk)
+            self.n_out += chunk.shape[0]
+
+    def verdict(self, weight: torch.Tensor, bias: torch.Tensor | None) -> SelfCheck:
+        from .spectra import output_second_moment
+
+        if self.c_in is None or self.c_real is None:
+            return SelfCheck(float("nan"), float("nan"), False, self.n)
+        device = self.c_in.device
+        w = weight.to(device)
+        b = bias.to(device) if bias is not None else None
+        c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
+        if c_out.shape != self.c_real.shape or self.n_out != self.n:
+            return SelfCheck(float("inf"), 0.0, False, self.n)
+        diff = torch.linalg.matrix_norm(c_out - self.c_real)
+        reference = torch.linalg.matrix_norm(self.c_real)
+        terms = (w.square().sum(0) * torch.diagonal(self.c_in)).sum()
+        if b is not None:
+            terms = terms + self.n * b.square().sum()
+        y_norm = torch.diagonal(self.c_real).sum().clamp_min(0).sqrt()
+        d_in = w.shape[1]
+        error = (math.sqrt(2.0) * self.u_in + math.sqrt(d_in) * self.u_acc) * terms.clamp_min(0).sqrt() + self.u_out * y_norm
+        allowed = SAFETY * (2 * y_norm * error + error**2)
+        diff, reference, allowed = (float(v) for v in torch.stack([diff, reference, allowed]).cpu())
+        if reference > 0:
+            relative, tolerance = diff / reference, allowed / reference
+        else:
+            relative, tolerance = (0.0 if diff == 0 else float("inf")), 0.0
+        return SelfCheck(relative, tolerance, diff <= allowed and math.isfinite(diff), self.n)
+
+
+@dataclass
+class LayerFinding:
+    """What discovery learned about one analysed layer.
+
+    ``weight`` (``d_out x d_in``) and ``bias`` are float64 CPU copies of what the real call multiplied and
+    added; ``geometry`` the convolution geometry of the call (None for a linear layer); ``calls`` the number
+    of calls on the discovery batch; ``functional`` whether some call came from outside the layer's own
+    forward; ``problem`` a reason the affine model does not describe the layer (None when it does);
+    ``check`` the self-check."""
+
+    name: str
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    geometry: ConvGeometry | None = None
+    calls: int = 0
+    functional: bool = False
+    input_transformed: bool = False
+    geometry_varies: bool = False
+    problem: str | None = None
+    check: SelfCheck | None = None
+    _sums: _CheckSums | None = field(default=None, repr=False)
+
+    @property
+    def hookable(self) -> bool:
+        """Whether the layer's forward pre-hook sees exactly what every call multiplies."""
+        return (self.calls > 0 and not self.functional and not self.input_transformed
+                and not self.geometry_varies and self.problem is None)
+
+    def note(self, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+
+
+@dataclass
+class _Frame:
+    name: str
+    input: object
+    calls: int = 0
+    outputs: list = field(default_factory=list)
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, capture: "LayerCapture") -> None:
+        super().__init__()
+        self.capture = capture
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is F.linear or func is F.conv2d:
+            self.capture.observe(func, args, kwargs, out)
+        return out
+
+
+def _shape_fits(spec: LayerSpec, weight: torch.Tensor, is_conv: bool) -> bool:
+    if is_conv != isinstance(spec.module, nn.Conv2d):
+        return False
+    return weight.dim() >= 2 and int(weight.shape[0]) == spec.d_out and int(weight[0].numel()) == spec.d_in
+
+
+class LayerCapture:
+    """Routes each analysed layer's real input to ``on_input(name, x, geometry)`` (see the module docstring).
+
+    ``__enter__`` registers one forward pre-hook and one forward hook per layer and enters the function
+    mode; :meth:`end_discovery` (after the first batch) runs the self-check and leaves the mode unless some
+    layer needs it; ``__exit__`` removes everything, even on error. ``check=False`` skips the self-check
+    sums (discovery of effective weights only)."""
+
+    def __init__(self, specs: list[LayerSpec], on_input: Callable[[str, torch.Tensor, ConvGeometry | None], None],
+                 *, check: bool = True) -> None:
+        self.specs = {s.name: s for s in specs}
+        self._on_input = on_input
+        self._check = check
+        self._by_param: dict[int, str] = {}
+        for spec in specs:
+            param = spec.module._parameters.get("weight")
+            if param is not None:
+                self._by_param[id(param)] = spec.name
+        self.discovering = True
+        self.findings: dict[str, LayerFinding] = {}
+        self._hooked: set[str] = set()
+        self._moded: set[str] = set()
+        self._stack: list[_Frame] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._mode: _Mode | None = None
+        self._busy = False
+        self._closed = False
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "LayerCapture":
+        try:
+            for spec in self.specs.values():
+                self._handles.append(spec.module.register_forward_pre_hook(self._pre_hook(spec.name)))
+                self._handles.append(spec.module.register_forward_hook(self._post_hook(spec.name), always_call=True))
+            self._enter_mode()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._closed = True  # a mode that could not be popped (another one above it) stays inert
+        self._leave_mode()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._stack.clear()
+
+    def _enter_mode(self) -> None:
+        if self._mode is None:
+            self._mode = _Mode(self)
+            self._mode.__enter__()
+
+    def _leave_mode(self) -> None:
+        if self._mode is None:
+            return
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and stack[-1] is self._mode:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        # else: another mode was entered above ours; ours stays as a pass-through until it can be popped
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    def _pre_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if self._busy:
+                return
+            if self.discovering or name in self._moded:
+                self._stack.append(_Frame(name, args[0] if args else None))
+            elif name in self._hooked:
+                with torch.no_grad():
+                    self._feed(name, as_multiplied(args[0]), self.findings[name].geometry)
+
+        return hook
+
+    def _post_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output) -> None:
+            if self._busy or not self._stack:
+                return
+            index = next((i for i in range(len(self._stack) - 1, -1, -1) if self._stack[i].name == name), None)
+            if index is None:
+                return
+            frame = self._stack.pop(index)
+            if self.discovering:
+                with torch.no_grad(), torch.autocast(module.weight.device.type if isinstance(getattr(module, "weight", None), torch.Tensor) else "cpu", enabled=False):
+                    self._close_frame(frame, output)
+
+        return hook
+
+    def _feed(self, name: str, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
+        self._busy = True
+        try:
+            self._on_input(name, x, geometry)
+        finally:
+            self._busy = False
+
+    # -- calls ------------------------------------------------------------------------------------------
+    def observe(self, func, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """One ``F.linear``/``F.conv2d`` call seen by the function mode (its output ``out`` already computed)."""
+        if self._busy or self._closed:
+            return
+        call = _parse_call(func, args, kwargs)
+        if call is None or not isinstance(call.weight, torch.Tensor):
+            return
+        is_conv = call.geometry is not None
+        frame = self._stack[-1] if self._stack else None
+        name = self._by_param.get(id(call.weight))
+        if name is not None and self.specs[name].module._parameters.get("weight") is not call.weight:
+            name = None  # a recycled id
+        via_module = False
+        if name is not None:
+            via_module = frame is not None and frame.name == name
+        elif frame is not None and _shape_fits(self.specs[frame.name], call.weight, is_conv):
+            name, via_module = frame.name, True
+        if name is None or not _shape_fits(self.specs[name], call.weight, is_conv):
+            return
+        if not self.discovering and name not in self._moded:
+            return
+        x = as_multiplied(call.input)
+        self._busy = True
+        try:
+            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+                if self.discovering:
+                    self._discover(name, call, x, out, frame if via_module else None)
+                if call.groups == 1:
+                    self._on_input(name, x, call.geometry)
+        finally:
+            self._busy = False
+        if via_module:
+            frame.calls += 1
+
+    def _discover(self, name: str, call: _Call, x: torch.Tensor, out: torch.Tensor, frame: _Frame | None) -> None:
+        spec = self.specs[name]
+        finding = self.findings.setdefault(name, LayerFinding(name))
+        weight = call.weight.detach().reshape(spec.d_out, spec.d_in).to("cpu", torch.float64)
+        bias = call.bias.detach().to("cpu", torch.float64) if isinstance(call.bias, torch.Tensor) else None
+        if finding.calls == 0:
+            finding.weight, finding.bias, finding.geometry = weight, bias, call.geometry
+        else:
+            same_bias = (bias is None and finding.bias is None) or (
+                bias is not None and finding.bias is not None and torch.equal(bias, finding.bias))
+            if not torch.equal(weight, finding.weight) or not same_bias:
+                finding.note("the weight or bias it applies differs between its calls")
+            if call.geometry != finding.geometry:
+                finding.geometry_varies = True
+        finding.calls += 1
+        if call.groups != 1:
+            finding.note(f"a call uses groups={call.groups}")
+        if frame is None:
+            finding.functional = True
+        elif call.input is not frame.input:
+            finding.input_transformed = True
+        if self._check and call.groups == 1:
+            if finding._sums is None:
+                finding._sums = _CheckSums()
+            finding._sums.add_input(x, call.geometry)
+            if frame is None:
+                finding._sums.add_output(out, call.geometry is not None)
+        if frame is not None:
+            frame.outputs.append(out)
+
+    def _close_frame(self, frame: _Frame, output) -> None:
+        finding = self.findings.setdefault(frame.name, LayerFinding(frame.name))
+        is_conv = isinstance(self.specs[frame.name].module, nn.Conv2d)
+        if frame.calls == 0:
+            finding.note("its forward makes no F.linear/F.conv2d call with its weight (input not capturable)")
+            return
+        if frame.calls > 1:
+            finding.note(f"its forward makes {frame.calls} linear/convolution calls")
+        if finding._sums is None:
+            return
+        if frame.calls == 1 and isinstance(output, torch.Tensor) and output.shape == frame.outputs[0].shape:
+            finding._sums.add_output(output, is_conv)  # the module's own output: also catches post-processing
+        else:
+            for out in frame.outputs:
+                finding._sums.add_output(out, is_conv)
+
+    # -- after the first batch --------------------------------------------------------------------------
+    def end_discovery(self) -> None:
+        """Run the self-checks, choose each layer's steady-state capture, leave the mode if unneeded."""
+        if not self.discovering:
+            return
+        self.discovering = False
+        self._stack.clear()
+        for name, finding in self.findings.items():
+            if finding.calls == 0:
+                continue
+            if finding._sums is not None:
+                with torch.no_grad(), torch.autocast(finding._sums.device_type, enabled=False):
+                    finding.check = finding._sums.verdict(finding.weight, finding.bias)
+                finding._sums = None
+            (self._hooked if finding.hookable else self._moded).add(name)
+        if not self._moded:
+            self._leave_mode()
+
+
+def discover(model: nn.Module, specs: list[LayerSpec], batch: torch.Tensor) -> dict[str, LayerFinding]:
+    """Effective weight, bias and geometry of every layer from one forward of ``model`` on ``batch``
+    (no statistics, no self-check); layers the forward never used are absent."""
+    with LayerCapture(specs, lambda *_: None, check=False) as capture, torch.inference_mode():
+        model(batch)
+    capture.end_discovery()
+    return {n: f for n, f in capture.findings.items() if f.calls > 0}
+
+
+def effective_parameters(spec: LayerSpec, finding: LayerFinding | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``d_out x d_in`` weight and the bias the forward applies (float64, CPU): the captured ones, or the
+    module's own when the layer was never reached (only W's data-free spectrum uses them then)."""
+    if finding is not None and finding.weight is not None:
+        return finding.weight, finding.bias
+    from .models.layers import weight_matrix
+
+    weight = weight_matrix(spec.module).detach().to("cpu", torch.float64)
+    bias = spec.module.bias.detach().to("cpu", torch.float64) if spec.has_bias else None
+    return weight, bias
+
+
+def layer_status(spec: LayerSpec, n_samples: int, finding: LayerFinding | None) -> tuple[str, str]:
+    """``(status, reason)`` of one analysed layer after the run (vocabulary of :mod:`analysis.status`;
+    precedence: not reached, not exact, too few samples, ok)."""
+    from . import status
+
+    if finding is not None and finding.problem and finding.calls == 0:
+        return status.NOT_EXACT, finding.problem  # its forward ran, but not as a capturable call
+    if n_samples == 0:
+        return status.NOT_REACHED, "no input vector reached its weight"
+    if finding is None or finding.calls == 0:
+        if finding is not None and finding.problem:
+            return status.NOT_EXACT, finding.problem
+        return status.NOT_EXACT, "not verified: no batch was seen by this process's self-check"
+    if finding.problem:
+        return status.NOT_EXACT, finding.problem
+    check = finding.check
+    if check is None:
+        return status.NOT_EXACT, "not verified: the self-check did not run"
+    if not check.passed:
+        return status.NOT_EXACT, (f"self-check failed: relative error {check.relative_error:.3g} of the output "
+                                  f"second moment > tolerance {check.tolerance:.2g}")
+    if n_samples < spec.d_in:
+        return status.TOO_FEW_SAMPLES, f"{n_samples} input vectors < d_in = {spec.d_in}: rank bounded by the sample count"
+    return status.OK, ""
