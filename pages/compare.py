@@ -208,9 +208,6 @@ for col, row in zip(metric_cols, facts.itertuples()):
         st.markdown(f"**{row.regime}** · linear probe **{text.pct(row.linear_probe)}**"
                     + (f" · top-1 {text.pct(row.top1)}" if row.top1 is not None and row.top1 == row.top1 else ""))
         st.caption(f"training: {row.budget}")
-for row in facts.itertuples():
-    if row.caveat:
-        st.warning(row.caveat, icon=":material/warning:")
 
 captions = [f"{r.regime}<br>probe {text.pct(r.linear_probe)}" for r in facts.itertuples()]
 height = frame.chart_height()
@@ -219,6 +216,9 @@ with top_left:
     st.plotly_chart(charts.mlu_bars(summary, captions, height=height), key="compare_mlu")
 with top_right:
     st.plotly_chart(charts.compare_lines(per_layer, short, height=height), key="compare_lines")
+for row in facts.itertuples():  # right under the charts, before anything else is read
+    if row.caveat:
+        st.warning(row.caveat, icon=":material/warning:")
 st.plotly_chart(charts.delta_bars(per_layer, short), key="compare_delta")
 st.subheader("Change the comparison")
 _controls()

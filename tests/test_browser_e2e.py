@@ -282,11 +282,11 @@ def test_next_and_previous_step_through_the_layers(page, server):
 
 
 def test_moving_an_energy_slider_changes_the_numbers(page, server):
-    expected = server.a.at_energy(0.98, 0.99)
+    expected = server.a.at_energy(0.99, 0.98)  # this model's ranks are set by k_out: move e_out
     assert _pct(expected.mlu) != _pct(server.a.mlu)
-    thumb = page.locator("[data-testid='stSidebar'] input[type='range']").first
+    thumb = page.locator("[data-testid='stSidebar'] input[type='range']").nth(1)
     thumb.focus()
-    thumb.press("ArrowLeft")  # e_in: 0.99 -> 0.98 (the previous grid value)
+    thumb.press("ArrowLeft")  # e_out: 0.99 -> 0.98 (the previous grid value)
     page.wait_for_function(
         "(want) => { const m = document.querySelector(\"[data-testid='stSidebar'] [data-testid='stMetricValue']\");"
         " return m && m.innerText.trim() === want; }",
@@ -296,7 +296,7 @@ def test_moving_an_energy_slider_changes_the_numbers(page, server):
     page.wait_for_function(
         "(want) => Array.from(document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stMetricValue']\"))"
         ".some(m => m.innerText.trim() === want)",
-        arg="0.98 / 0.99",
+        arg="0.99 / 0.98",
     )
     main_metrics = page.locator("[data-testid='stMain'] [data-testid='stMetricValue']").all_inner_texts()
     assert _pct(expected.mlu) in [m.strip() for m in main_metrics]
@@ -307,7 +307,7 @@ def test_spectra_page_and_the_energy_sweep_plays(page, server):
     assert _charts_rendered(page, 4) == 4
     layer = "blocks.0.attn.proj"  # selected by the clicks on the Layers page
     assert page.get_by_text(f"Singular values of W and W' — {layer}").count() >= 1
-    assert _sidebar_mlu(page) == _pct(server.a.at_energy(0.98, 0.99).mlu)  # the energies stay shared
+    assert _sidebar_mlu(page) == _pct(server.a.at_energy(0.99, 0.98).mlu)  # the energies stay shared
     assert _first_chart_top(page) < SMALL["height"]
     _shot(page, "spectra")
     sweep = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").nth(1)
