@@ -27,6 +27,7 @@ PAGES = [
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
     st.Page("pages/analyze.py", title="Analyze", icon=":material/play_circle:"),
+    st.Page("pages/timeline.py", title="Timeline", icon=":material/timeline:"),
     st.Page("pages/compress.py", title="Compress", icon=":material/compress:"),
     st.Page("pages/library.py", title="Library", icon=":material/folder_open:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),

@@ -7,6 +7,11 @@ Public API::
     model, data_config = load_model("zoo:vit-fmnist-supervised")
     result = analyze("zoo:vit-fmnist-supervised", "fashion-mnist:test", samples=2000)
     result.layers, result.mlu, result.at_energy(0.95, 0.999)
+    from analysis import timeline
+    timeline("zoo:vit-fmnist-dino", "fashion-mnist:test", samples=2000).table   # one row per checkpoint
+
+``analysis.timeline`` is the function; its module's other names import as ``from analysis.timeline import
+Timeline, series_checkpoints``.
 """
 
 __version__ = "0.1.0"
@@ -16,6 +21,7 @@ from .errors import AnalysisError  # noqa: E402
 from .models import load_model  # noqa: E402
 from .result import Result  # noqa: E402
 from . import compression as _compression  # noqa: E402,F401  registers the file: loader of compressed exports
+from .timeline import timeline  # noqa: E402  (rebinds the package attribute from the module to the function)
 
 
-__all__ = ["AnalysisError", "Result", "analyze", "load_model", "__version__"]
+__all__ = ["AnalysisError", "Result", "analyze", "load_model", "timeline", "__version__"]

@@ -1,4 +1,5 @@
-"""Command line: ``python -m analysis run | list | show | compare | export | compress`` (README, section Command line).
+"""Command line: ``python -m analysis run | list | show | compare | export | compress | timeline`` (README,
+section Command line).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
 """
@@ -91,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--export", default=None, help="write the factorized model to PATH.safetensors (+ .ranks.json)")
     comp.add_argument("--summary", default=None, help="also write the JSON summary to PATH (always stored in the cache)")
     comp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    tl = sub.add_parser("timeline", help="analyse every checkpoint of a training series (cached)")
+    tl.add_argument("--series", action="append", required=True,
+                    help="zoo:<name>, folder-of-checkpoints:<path>?arch=<timm arch>, or a model id (repeatable)")
+    tl.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
+    tl.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--energy-in", type=float, default=0.99)
+    tl.add_argument("--energy-out", type=float, default=0.99)
+    tl.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    tl.add_argument("--batch-size", type=int, default=None)
+    tl.add_argument("--layers", action="store_true", help="also print the per-layer utilization (long format)")
+    tl.add_argument("--export", default=None, help="also write the wide table to PATH.csv|.parquet|.json")
+    tl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -304,8 +319,43 @@ def cmd_compress(args) -> int:
     return 0
 
 
+TIMELINE_COLUMNS = ["series", "checkpoint", "step", "epoch", "linear_probe_top1", "knn_top1", "mlu", "kept", "images",
+                    "status"]
+
+
+def cmd_timeline(args) -> int:
+    """Print the timeline table; exit 2 (after the table) when any checkpoint could not be analysed, with one
+    ``error: ...`` line per such checkpoint on stderr."""
+    from .table_export import format_from_path, write_table
+    from .timeline import timeline
+
+    if args.export:
+        format_from_path(args.export)
+    update, close = _progress_bar(args.quiet)
+    try:
+        result = timeline(args.series, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
+                          energy_out=args.energy_out, device=args.device, batch_size=args.batch_size, progress=update)
+    finally:
+        close()
+    table = result.table
+    print(f"dataset    {args.dataset}  energies in {result.energy_in:g} out {result.energy_out:g}")
+    with pd.option_context("display.max_rows", 500, "display.width", 250, "display.max_colwidth", 60,
+                           "display.float_format", "{:.4g}".format):
+        shown = table[TIMELINE_COLUMNS].assign(status=table["status"].str.slice(0, 60))
+        print(shown.to_string(index=False))
+        if args.layers:
+            print()
+            print(result.layers().to_string(index=False))
+    if args.export:
+        print(f"exported   {write_table(table, args.export)}")
+    failed = [e for e in result.errors if e]
+    for error in failed:
+        print(f"error: {error}", file=sys.stderr)
+    return 2 if failed else 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export,
-            "compress": cmd_compress}
+            "compress": cmd_compress, "timeline": cmd_timeline}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch.utils.data import Subset
 
+import kernels
+
 from . import __version__, distributed
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
@@ -27,7 +29,7 @@ from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
 from .capture import effective_parameters, layer_status
-from .spectra import eigen_batched, output_second_moment
+from .spectra import AffineLayer, layer_eigen
 from .statistics import LayerMoments, MomentCollector
 
 __all__ = ["Cancelled", "Plan", "Progress", "ProgressCallback", "analyze", "compute", "plan", "run_plan"]
@@ -149,7 +151,7 @@ def compute(
         streamed = merge_across_processes(streamed, device)
         if distributed.world()[0] != 0:
             return distributed.broadcast_from_rank0(None), {}
-        spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings)
+        spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress)
     finally:
         model.to("cpu")
     result = Result(meta=result_meta(the_plan, streamed, timings), spectra=spectra,
@@ -200,13 +202,13 @@ def stream_statistics(
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
     loader = make_loader(Subset(shard, range(min(len(shard), first_batch * batch_size), len(shard))),
-                         batch_size=batch_size)
+                         batch_size=batch_size, device=device)
     clock = StageClock(progress, "statistics", total=-(-len(shard) // batch_size), items_total=len(shard))
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
-    with collector, torch.inference_mode(), autocast:
+    with collector, torch.inference_mode(), autocast, kernels.layer_precision(autocast_dtype):
         for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
@@ -249,24 +251,26 @@ def merge_across_processes(streamed: Streamed, device: torch.device) -> Streamed
 
 def compute_spectra(
     applicable: list[LayerSpec], streamed: Streamed, device: torch.device, settings: AnalysisSettings,
+    progress: ProgressCallback | None = None,
 ) -> tuple[list[LayerSpectrum], Timings]:
     """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored.
 
     W and b are the effective ones the forward applied, and each layer gets its status (ok / not reached /
-    not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`)."""
+    not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`). The eigen phase
+    reports stage ``"spectra"``, layer i of n (:func:`analysis.spectra.layer_eigen`)."""
     moments = streamed.moments
     start = time.perf_counter()
     findings = streamed.collector.findings()
     effective = {spec.name: effective_parameters(spec, findings.get(spec.name)) for spec in applicable}
     statuses = {spec.name: layer_status(spec, moments[spec.name].count, findings.get(spec.name)) for spec in applicable}
-    c_out = {
-        spec.name: output_second_moment(effective[spec.name][0], moments[spec.name].second_moment,
-                                        moments[spec.name].column_sum, moments[spec.name].count, effective[spec.name][1])
+    affine = {
+        spec.name: AffineLayer(effective[spec.name][0], effective[spec.name][1], moments[spec.name].second_moment,
+                               moments[spec.name].column_sum, moments[spec.name].count)
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
-    eig_in, eig_in_s = eigen_batched({n: m.second_moment for n, m in moments.items()}, eig_device)
-    eig_out, eig_out_s = eigen_batched(c_out, eig_device)
+    clock = StageClock(progress, "spectra", total=len(affine))
+    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device, progress=lambda done, _total, _s: clock.report(done))
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
         LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
@@ -274,7 +278,7 @@ def compute_spectra(
                                       status_reason=statuses[spec.name][1])
         for spec in applicable
     ]
-    timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_in_s + eig_out_s,
+    timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_s,
                       spectra_s=time.perf_counter() - start)
     return spectra, timings
 

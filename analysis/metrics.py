@@ -51,6 +51,24 @@ def factorized_params(rank: int, d_in: int, d_out: int, has_bias: bool) -> int:
     return min(rank * (d_in + d_out), d_in * d_out) + (d_out if has_bias else 0)
 
 
+KEPT_DEFINITION = (
+    "parameters kept = the counted layers' parameters after factorizing each at its utilized rank (only where "
+    "that is smaller), divided by their dense parameters; layers outside the MLU (patch embedding, head) are in "
+    "neither count"
+)
+"""The one definition of "parameters kept" that every page, table and summary uses (see :func:`kept_fraction`)."""
+
+
+def kept_fraction(params_kept: int, params_dense: int) -> float:
+    """``sum factorized_params / sum dense_params`` over the counted layers (NaN when there are none).
+
+    Both sums are over the same layers: those counted in the MLU, each counted by :func:`factorized_params`
+    (so a layer that would not shrink keeps its dense count). This is :data:`KEPT_DEFINITION`; two numbers
+    computed by it differ only if their analyses (data, images, energies) differ.
+    """
+    return params_kept / params_dense if params_dense else float("nan")
+
+
 def stable_rank(singular_values: np.ndarray) -> float:
     s = np.asarray(singular_values, dtype=np.float64)
     if s.size == 0 or s[0] <= 0:

@@ -192,7 +192,7 @@ class Result:
         table = self.layers[self.layers["in_mlu"]] if counted_only else self.layers
         dense = int(table["params_dense"].sum())
         factorized = int(table["params_factorized"].sum())
-        return {"params_dense": dense, "params_factorized": factorized, "kept": factorized / dense if dense else float("nan")}
+        return {"params_dense": dense, "params_factorized": factorized, "kept": metrics.kept_fraction(factorized, dense)}
 
     def at_energy(self, energy_in: float, energy_out: float | None = None) -> "Result":
         """The same result re-thresholded from stored eigenvalues (no data pass)."""

@@ -1,18 +1,45 @@
-"""Second moments to spectra: the analytic output moment and symmetric eigen-decompositions.
+r"""Second moments to spectra: the analytic output moment and symmetric eigen-decompositions.
 
 Output second moment of an affine layer ``y = W x + b`` over the same N inputs, exactly, with no hook:
 
-    C_out = sum_x (W x + b)(W x + b)^T = W C_in W^T + W s b^T + b s^T W^T + N b b^T
+    C_out = sum_x (W x + b)(W x + b)^T = W C_in W^T + W s b^T + b s^T W^T + N b b^T = M G M^T
 
-Eigen-decomposition: ``C`` is symmetrized (``(C + C^T) / 2``), promoted to float64, given a tiny jitter
-``1e-12 * trace / d`` on the diagonal (so exactly singular moments decompose stably) and decomposed with
-``torch.linalg.eigh``; on a GPU, matrices of one shape are stacked and decomposed in one batched call
-(on the CPU, LAPACK gains nothing from stacking, so each is decomposed alone and no stack is built). If
-the device solver fails, the CPU solver is used. CPU decompositions run on one thread: LAPACK's
-multi-threaded ``syevd`` gains little on a few cores and collapses when the cores are shared (measured
-here on 2 busy cores: 36 matrices of d <= 768 took 40 s on 2 threads, 6 s on 1). Eigenvalues are returned in descending order, clipped at 0
-(a second moment is positive semi-definite; negative values are rounding), with their eigenvectors as
-columns in the same order.
+with ``M = [W b]`` (``d_out x m``, ``m = d_in + 1``; without a bias ``M = W``, ``m = d_in``) and the
+augmented input moment ``G = [[C_in, s], [s^T, N]] = sum_x [x; 1][x; 1]^T`` (``m x m``, positive
+semi-definite).
+
+Eigen-decomposition of one symmetric matrix (:func:`eigen_batched`): ``C`` is symmetrized
+(``(C + C^T) / 2``), promoted to float64, given a tiny jitter ``j = 1e-12 * trace / d`` on the diagonal (so
+exactly singular moments decompose stably) and decomposed with ``torch.linalg.eigh``. Eigenvalues are
+returned in descending order, clipped at 0 (a second moment is positive semi-definite; negative values are
+rounding), with their eigenvectors as columns in the same order.
+
+Output moments through the smaller problem (:func:`output_eigen`): ``rank(C_out) <= m``, so when
+``d_out > m`` the eigen-decomposition comes from ``m``-sized problems instead of the ``d_out``-sized one,
+exactly (no approximation beyond float64 rounding):
+
+1. ``G = Q diag(g) Q^T`` (eigh, ``g`` clipped at 0), ``F = Q diag(sqrt(g))``, so ``G = F F^T`` also for a
+   singular ``G`` (few samples, constant features);
+2. ``K = M F`` (``d_out x m``), so ``C_out = K K^T``; the non-zero eigenvalues of ``K K^T`` are those of
+   ``H = K^T K`` (``m x m``): ``H v = lambda v`` gives ``C_out u = lambda u`` with ``u = K v / sqrt(lambda)``;
+3. the ``u`` of the numerically non-zero ``lambda`` (``lambda > d_out * eps * lambda_max``) are
+   re-orthonormalised, in descending order, by a complete QR factorisation, whose remaining ``d_out - r``
+   columns complete the basis: they span the null space of ``C_out``, whose eigenvalues are 0 (the
+   ``d_out - m`` of them that the small problem does not produce are padded with zeros).
+
+The returned :class:`Eigen` has the same form as a direct decomposition: all ``d_out`` eigenvalues (plus the
+same jitter ``j = 1e-12 * trace / d_out``, so both routes give the same numbers) and a square orthonormal
+``d_out x d_out`` matrix of eigenvectors. It is used when ``d_out > m`` (ViT-B: qkv 2304 and fc1 3072 from
+769 instead of 2304 and 3072; about 32x fewer operations for fc1).
+
+Devices: on a GPU every step runs in float64, matrices of one shape stacked into one batched call (one
+host-to-device copy per group, not per matrix); if the device solver fails, the group is redone on the
+CPU. On the CPU, LAPACK gains nothing from stacking, so each matrix is decomposed alone, on
+:data:`CPU_EIGH_THREADS` threads (see there for the measurement).
+
+Weights are passed in explicitly (:class:`AffineLayer`): this module never reads a module's parameters,
+so the caller decides which weight and bias the layer effectively uses (weight standardisation,
+parametrizations).
 """
 
 from __future__ import annotations
@@ -21,11 +48,52 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 JITTER = 1e-12
+
+#: Threads for CPU eigen-decompositions (LAPACK ``syevd`` through ``torch.linalg.eigh``). Measured on this
+#: project's 2-core VM; see ``benchmarks/RESULTS.md`` ("Eigen-decomposition threads").
+CPU_EIGH_THREADS: int = 1
+
+#: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group
+#: that completes layers (GPU).
+SpectraProgress = Callable[[int, int, float], None]
+
+
+@dataclass
+class Eigen:
+    """Descending eigenvalues (float64, >= 0) and matching eigenvectors (columns)."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+
+
+@dataclass
+class AffineLayer:
+    """What the output moment of ``y = W x + b`` needs: the EFFECTIVE weight ``d_out x d_in`` (convolutions
+    flattened like unfold), the effective bias (or ``None``), and the input statistics ``C_in``, ``s``, ``N``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    c_in: torch.Tensor
+    column_sum: torch.Tensor
+    count: int
+
+    @property
+    def d_out(self) -> int:
+        return int(self.weight.shape[0])
+
+    @property
+    def m(self) -> int:
+        """Size of the augmented problem: ``d_in + 1`` with a bias, ``d_in`` without."""
+        return int(self.weight.shape[1]) + (self.bias is not None)
+
+    def uses_small_problem(self) -> bool:
+        """``d_out > m``: the output moment's rank is at most ``m``, so decompose through the ``m`` problem."""
+        return self.d_out > self.m
 
 
 def output_second_moment(
@@ -51,24 +119,21 @@ def layer_output_second_moment(spec, c_in: torch.Tensor, column_sum: torch.Tenso
     return output_second_moment(weight_matrix(spec.module).detach().cpu(), c_in, column_sum, count, bias)
 
 
-@dataclass
-class Eigen:
-    """Descending eigenvalues (float64, >= 0) and matching eigenvectors (columns)."""
-
-    values: torch.Tensor
-    vectors: torch.Tensor
+# ------------------------------------------------------------------------------------ one symmetric matrix
 
 
 def _prepare(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetrized float64 copy with the jitter ``1e-12 * trace / d`` on the diagonal (batched: ``... x d x d``)."""
     m = matrix.to(torch.float64)
-    m = 0.5 * (m + m.T)
-    d = m.shape[0]
-    trace = torch.diagonal(m).sum().clamp_min(0.0)
-    jitter = JITTER * (trace / d if trace > 0 else 1.0)
-    return m + jitter * torch.eye(d, dtype=m.dtype, device=m.device)
+    m = 0.5 * (m + m.transpose(-1, -2))
+    d = m.shape[-1]
+    trace = torch.diagonal(m, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0)
+    jitter = JITTER * torch.where(trace > 0, trace / d, torch.ones_like(trace))
+    return m + jitter[..., None, None] * torch.eye(d, dtype=m.dtype, device=m.device)
 
 
 def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descending, clipped ``eigh`` of a (stack of) symmetric matrices; the CPU solver if the device's fails."""
     try:
         values, vectors = torch.linalg.eigh(stack)
     except RuntimeError:  # e.g. a GPU solver that fails to converge: fall back to the CPU
@@ -89,16 +154,179 @@ def _cpu_threads(count: int) -> Iterator[None]:
 def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[dict[str, Eigen], float]:
     """Decompose every matrix, batched by shape. Returns the decompositions (on the CPU) and seconds spent."""
     start = time.perf_counter()
-    by_shape: dict[int, list[str]] = defaultdict(list)
-    for name, matrix in matrices.items():
-        by_shape[matrix.shape[0]].append(name)
+    device = torch.device(device)
     out: dict[str, Eigen] = {}
-    batched = torch.device(device).type != "cpu"
-    groups = by_shape.values() if batched else [[n] for names in by_shape.values() for n in names]
-    with _cpu_threads(1):
-        for names in groups:
-            stack = torch.stack([_prepare(matrices[n].to(device)) for n in names])
-            values, vectors = _eigh(stack)
-            for i, name in enumerate(names):
-                out[name] = Eigen(values=values[i].cpu(), vectors=vectors[i].cpu())
+    with _cpu_threads(CPU_EIGH_THREADS):
+        for names in _groups({n: m.shape[0] for n, m in matrices.items()}, device):
+            out.update(_decompose_direct({n: matrices[n] for n in names}, device))
     return out, time.perf_counter() - start
+
+
+def _groups(sizes: dict[str, object], device: torch.device) -> list[list[str]]:
+    """Names grouped by shape key on a GPU (one batched call each), one name per group on the CPU."""
+    if device.type == "cpu":
+        return [[name] for name in sizes]
+    by_shape: dict[object, list[str]] = defaultdict(list)
+    for name, key in sizes.items():
+        by_shape[key].append(name)
+    return list(by_shape.values())
+
+
+def _decompose_direct(matrices: dict[str, torch.Tensor], device: torch.device) -> dict[str, Eigen]:
+    """One batched ``eigh`` of same-shaped matrices (stacked on the host, one copy to ``device``)."""
+    names = list(matrices)
+    stack = torch.stack([matrices[n].to("cpu", torch.float64) for n in names]).to(device)
+    values, vectors = _eigh(_prepare(stack))
+    values, vectors = values.cpu(), vectors.cpu()
+    return {name: Eigen(values=values[i], vectors=vectors[i]) for i, name in enumerate(names)}
+
+
+# ------------------------------------------------------------------ output moments through the m problem
+
+
+def _augmented(layer: AffineLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(M, G)`` in float64 on the CPU: ``M = [W b]`` (``d_out x m``), ``G = [[C_in, s], [s^T, N]]``."""
+    w = layer.weight.detach().to("cpu", torch.float64)
+    c = layer.c_in.detach().to("cpu", torch.float64)
+    c = 0.5 * (c + c.T)
+    if layer.bias is None:
+        return w, c
+    b = layer.bias.detach().to("cpu", torch.float64).reshape(-1, 1)
+    s = layer.column_sum.detach().to("cpu", torch.float64).reshape(-1, 1)
+    top = torch.cat([c, s], dim=1)
+    bottom = torch.cat([s.T, torch.tensor([[float(layer.count)]], dtype=torch.float64)], dim=1)
+    return torch.cat([w, b], dim=1), torch.cat([top, bottom], dim=0)
+
+
+def _small_problem(m_stack: torch.Tensor, g_stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of ``C_out = M G M^T`` for a stack (``B x d_out x m``, ``B x m x m``), ``d_out > m``.
+
+    Returns descending values (``B x d_out``, jitter included) and orthonormal vectors (``B x d_out x d_out``).
+    See the module docstring for the steps.
+    """
+    d_out, m = m_stack.shape[-2], m_stack.shape[-1]
+    g_values, g_vectors = torch.linalg.eigh(0.5 * (g_stack + g_stack.transpose(-1, -2)))
+    factor = g_vectors * g_values.clamp_min(0.0).sqrt()[..., None, :]  # F, G = F F^T
+    k = m_stack @ factor  # K = M F, C_out = K K^T
+    h = k.transpose(-1, -2) @ k
+    lam, v = torch.linalg.eigh(0.5 * (h + h.transpose(-1, -2)))
+    lam, v = lam.flip(-1).clamp_min(0.0), v.flip(-1)
+    top = lam[..., :1].clamp_min(torch.finfo(torch.float64).tiny)
+    nonzero = lam > d_out * torch.finfo(torch.float64).eps * top
+    # u_i = K v_i / sqrt(lambda_i) for the non-zero lambda_i; zero columns for the rest (their QR columns then
+    # come out orthogonal to the u's, i.e. in C_out's null space).
+    scale = torch.where(nonzero, lam.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(lam))
+    u = (k @ v) * scale[..., None, :]
+    q, r = torch.linalg.qr(u, mode="complete")
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    signs = torch.where(nonzero & (signs != 0), signs, torch.ones_like(signs))
+    q[..., :, :m] = q[..., :, :m] * signs[..., None, :]
+    # With some lambda_i numerically zero, their u columns were zero: QR (Householder) still returns an
+    # orthonormal column there, orthogonal to the earlier ones; the full Q is an orthonormal eigenbasis.
+    values = torch.zeros(lam.shape[:-1] + (d_out,), dtype=torch.float64, device=lam.device)
+    values[..., :m] = torch.where(nonzero, lam, torch.zeros_like(lam))
+    jitter = JITTER * values.sum(-1, keepdim=True).clamp_min(0.0) / d_out
+    jitter = torch.where(jitter > 0, jitter, torch.full_like(jitter, JITTER))
+    return values + jitter, q
+
+
+def _decompose_small(layers: dict[str, AffineLayer], device: torch.device) -> dict[str, Eigen]:
+    """Batched small-problem decomposition of same-shaped layers (``d_out``, ``m`` equal)."""
+    names = list(layers)
+    pairs = [_augmented(layers[n]) for n in names]
+    m_stack = torch.stack([p[0] for p in pairs])
+    g_stack = torch.stack([p[1] for p in pairs])
+    try:
+        values, vectors = _small_problem(m_stack.to(device), g_stack.to(device))
+    except RuntimeError:  # a device solver failing: the CPU has the same arithmetic
+        values, vectors = _small_problem(m_stack, g_stack)
+    values, vectors = values.cpu(), vectors.cpu()
+    return {name: Eigen(values=values[i], vectors=vectors[i]) for i, name in enumerate(names)}
+
+
+def _output_matrix(layer: AffineLayer) -> torch.Tensor:
+    return output_second_moment(layer.weight.detach().cpu(), layer.c_in, layer.column_sum, layer.count,
+                                None if layer.bias is None else layer.bias.detach().cpu())
+
+
+def output_eigen(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    c_in: torch.Tensor,
+    column_sum: torch.Tensor,
+    count: int,
+    device: torch.device | str = "cpu",
+) -> Eigen:
+    """Eigen-decomposition of the output moment ``C_out`` of ``y = W x + b`` (``weight`` is ``d_out x d_in``,
+    the EFFECTIVE weight), through the ``m = d_in + 1`` problem when ``d_out > m``, else directly."""
+    layer = AffineLayer(weight, bias, c_in, column_sum, int(count))
+    eig, _ = output_eigen_batched({"layer": layer}, device)
+    return eig["layer"]
+
+
+def output_eigen_batched(
+    layers: dict[str, AffineLayer], device: torch.device | str = "cpu"
+) -> tuple[dict[str, Eigen], float]:
+    """:func:`output_eigen` of every layer, batched by shape on a GPU. Returns decompositions (CPU) and seconds."""
+    start = time.perf_counter()
+    device = torch.device(device)
+    out: dict[str, Eigen] = {}
+    with _cpu_threads(CPU_EIGH_THREADS):
+        for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
+            out.update(_decompose_output({n: layers[n] for n in names}, device))
+    return out, time.perf_counter() - start
+
+
+def _output_key(layer: AffineLayer) -> tuple[str, int, int]:
+    return ("small", layer.d_out, layer.m) if layer.uses_small_problem() else ("direct", layer.d_out, 0)
+
+
+def _decompose_output(layers: dict[str, AffineLayer], device: torch.device) -> dict[str, Eigen]:
+    """Same-keyed layers (see :func:`_output_key`): the small problem, or the direct decomposition."""
+    first = next(iter(layers.values()))
+    if first.uses_small_problem():
+        return _decompose_small(layers, device)
+    return _decompose_direct({n: _output_matrix(layer) for n, layer in layers.items()}, device)
+
+
+# ----------------------------------------------------------------------------- every layer, both moments
+
+
+def layer_eigen(
+    layers: dict[str, AffineLayer],
+    device: torch.device | str = "cpu",
+    progress: SpectraProgress | None = None,
+) -> tuple[dict[str, Eigen], dict[str, Eigen], float]:
+    """Eigen-decompositions of every layer's ``C_in`` and ``C_out``: ``(eig_in, eig_out, seconds)``.
+
+    On the CPU, layer by layer (``C_in`` then ``C_out``), calling ``progress(i, n, elapsed_s)`` after each
+    layer; on a GPU, batched by shape (all ``C_in`` groups, then the ``C_out`` groups), calling ``progress``
+    whenever a group completes layers. ``elapsed_s / i * (n - i)`` estimates the time left.
+    """
+    start = time.perf_counter()
+    device = torch.device(device)
+    total = len(layers)
+    eig_in: dict[str, Eigen] = {}
+    eig_out: dict[str, Eigen] = {}
+    reported = 0
+
+    def report() -> None:
+        nonlocal reported
+        done = sum(1 for n in layers if n in eig_in and n in eig_out)
+        if progress is not None and done > reported:
+            reported = done
+            progress(done, total, time.perf_counter() - start)
+
+    with _cpu_threads(CPU_EIGH_THREADS):
+        if device.type == "cpu":
+            for name, layer in layers.items():
+                eig_in.update(_decompose_direct({name: layer.c_in}, device))
+                eig_out.update(_decompose_output({name: layer}, device))
+                report()
+        else:
+            for names in _groups({n: layer.c_in.shape[0] for n, layer in layers.items()}, device):
+                eig_in.update(_decompose_direct({n: layers[n].c_in for n in names}, device))
+            for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
+                eig_out.update(_decompose_output({n: layers[n] for n in names}, device))
+                report()
+    return eig_in, eig_out, time.perf_counter() - start

@@ -6,10 +6,14 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cache import atomic_write_bytes
 from .errors import SettingsError
 from .result import Result
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMATS = ("csv", "parquet", "json")
 
@@ -55,6 +59,27 @@ def export_result(result: Result, path: str | Path, fmt: str | None = None) -> P
     fmt = fmt or format_from_path(path)
     try:
         atomic_write_bytes(path, export_bytes(result, fmt))
+    except OSError as exc:
+        raise SettingsError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    return path
+
+
+def write_table(table: "pd.DataFrame", path: str | Path) -> Path:
+    """Write any table (e.g. a timeline's) to ``path`` atomically as CSV, parquet or JSON records (by suffix)."""
+    path = Path(path).expanduser()
+    fmt = format_from_path(path)
+    if fmt == "csv":
+        data = table.to_csv(index=False).encode()
+    elif fmt == "parquet":
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+    else:
+        records = [{k: _clean(v) for k, v in row.items()}
+                   for row in table.astype(object).where(table.notna(), None).to_dict("records")]
+        data = json.dumps(records, indent=1, default=str).encode()
+    try:
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise SettingsError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path

@@ -1,12 +1,20 @@
-"""Forward-only against forward + statistics throughput on the CPU, side by side in one run.
+"""Forward-only against forward + statistics throughput on the CPU, and the eigen-decompositions, side by side.
 
 Model ``random:vit_tiny_patch16_224`` (every Linear/Conv hooked, every token used), fixed random input
-batches (no data loading, so only compute is compared), ``torch.inference_mode``. Each measurement
-alternates the two modes ``--repeats`` times and reports the median images/s of each and the ratio of
-medians. Then the eigen-decompositions of every layer's C_in and C_out (float64, batched by shape) are
-timed on their own, as the engine runs them.
+batches (no data loading, so only compute is compared), ``torch.inference_mode``, ``--threads`` torch
+threads. Each repeat runs, alternating: forward only; forward + statistics with the full float32 GEMM
+(the former CPU path, ``kernels.reference.CPU_METHOD = "gemm"``); forward + statistics with the symmetric
+rank-k update (``"syrk"``, the current path). The table gives the median images/s of each and the ratios
+of medians to forward-only.
 
-    .venv/bin/python benchmarks/bench_cpu_statistics.py [--batch-size 32] [--batches 4] [--repeats 5]
+Then the eigen-decompositions of every layer's C_in and C_out (float64), alternating, median of
+``--eig-repeats``: "before" = every C_in and the explicitly formed C_out decomposed directly on one thread
+(the former engine); "now, k threads" = :func:`analysis.spectra.layer_eigen` (output moments through the
+(d_in + 1) problem when d_out > d_in + 1) with k LAPACK threads, for k in ``--eig-threads``. With
+``--busy`` a CPU-bound process (a Python busy loop, started and stopped by this script) runs beside the
+eigen timings, as on a machine shared with other work.
+
+    .venv/bin/python benchmarks/bench_cpu_statistics.py [--batch-size 32] [--batches 4] [--repeats 5] [--busy]
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,9 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from analysis import spectra  # noqa: E402
 from analysis.models import describe_layers, load  # noqa: E402
-from analysis.spectra import eigen_batched, layer_output_second_moment  # noqa: E402
+from analysis.models.layers import weight_matrix  # noqa: E402
+from analysis.spectra import AffineLayer, eigen_batched, layer_eigen, layer_output_second_moment  # noqa: E402
 from analysis.statistics import MomentCollector  # noqa: E402
+from kernels import reference  # noqa: E402
 
 
 def _throughput(model, batches, collector=None) -> float:
@@ -39,13 +51,47 @@ def _throughput(model, batches, collector=None) -> float:
     return sum(b.shape[0] for b in batches) / (time.perf_counter() - start)
 
 
+def _eigen_before(moments, specs) -> float:
+    """The former engine: C_out formed explicitly, every matrix decomposed directly, one thread."""
+    start = time.perf_counter()
+    c_out = {spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment,
+                                                   moments[spec.name].column_sum, moments[spec.name].count)
+             for spec in specs}
+    previous = spectra.CPU_EIGH_THREADS
+    spectra.CPU_EIGH_THREADS = 1
+    try:
+        eigen_batched({n: m.second_moment for n, m in moments.items()})
+        eigen_batched(c_out)
+    finally:
+        spectra.CPU_EIGH_THREADS = previous
+    return time.perf_counter() - start
+
+
+def _eigen_now(layers, threads: int) -> float:
+    previous = spectra.CPU_EIGH_THREADS
+    spectra.CPU_EIGH_THREADS = threads
+    try:
+        start = time.perf_counter()
+        layer_eigen(layers, "cpu")
+        return time.perf_counter() - start
+    finally:
+        spectra.CPU_EIGH_THREADS = previous
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random:vit_tiny_patch16_224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eig-repeats", type=int, default=3)
+    parser.add_argument("--eig-threads", default="1,2")
+    parser.add_argument("--busy", action="store_true", help="run a CPU-bound process beside the eigen timings")
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
 
     loaded = load(args.model)
     model = loaded.model
@@ -55,36 +101,61 @@ def main() -> None:
     batches = [torch.randn(args.batch_size, *size, generator=gen) for _ in range(args.batches)]
     _throughput(model, batches[:1])  # warm-up
 
-    forward, with_stats = [], []
+    modes: dict[str, list[float]] = {"forward only": [], "forward + statistics (GEMM, before)": [],
+                                      "forward + statistics (syrk, now)": []}
     collector = MomentCollector(specs)
-    for _ in range(args.repeats):
-        forward.append(_throughput(model, batches))
+    repeats = 0 if args.skip_throughput else args.repeats
+    with collector:
+        _throughput(model, batches[:1], collector)  # warm-up of the hooks (and SciPy's import)
+    for _ in range(repeats):
+        modes["forward only"].append(_throughput(model, batches))
+        for method, label in (("gemm", "forward + statistics (GEMM, before)"), ("syrk", "forward + statistics (syrk, now)")):
+            reference.CPU_METHOD = method
+            with collector:
+                modes[label].append(_throughput(model, batches, collector))
+    reference.CPU_METHOD = "syrk"
+    if not repeats:  # statistics for the eigen timings only
         with collector:
-            with_stats.append(_throughput(model, batches, collector))
-    f, s = statistics.median(forward), statistics.median(with_stats)
+            _throughput(model, batches, collector)
 
     moments = collector.moments()
-    c_out = {spec.name: layer_output_second_moment(spec, moments[spec.name].second_moment,
-                                                   moments[spec.name].column_sum, moments[spec.name].count)
-             for spec in specs}
-    eig_times = []
-    for _ in range(3):
-        _, t_in = eigen_batched({n: m.second_moment for n, m in moments.items()})
-        _, t_out = eigen_batched(c_out)
-        eig_times.append(t_in + t_out)
+    layers = {spec.name: AffineLayer(weight_matrix(spec.module).detach(),
+                                     spec.module.bias.detach() if spec.has_bias else None,
+                                     moments[spec.name].second_moment, moments[spec.name].column_sum,
+                                     moments[spec.name].count)
+              for spec in specs}
+    threads = [int(t) for t in args.eig_threads.split(",") if t.strip()]
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        eig: dict[str, list[float]] = {"before (direct, 1 thread)": []}
+        eig.update({f"now ({k} thread{'s' if k > 1 else ''})": [] for k in threads})
+        for _ in range(args.eig_repeats):
+            eig["before (direct, 1 thread)"].append(_eigen_before(moments, specs))
+            for k in threads:
+                eig[f"now ({k} thread{'s' if k > 1 else ''})"].append(_eigen_now(layers, k))
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
 
-    print(f"date {datetime.date.today()}  python {platform.python_version()}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}  cpu {platform.processor() or platform.machine()}  "
-          f"cores {os.cpu_count()}  load {os.getloadavg()[0]:.2f}")
+    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  python {platform.python_version()}  "
+          f"torch {torch.__version__}  threads {torch.get_num_threads()}  cpu {platform.processor() or platform.machine()}  "
+          f"cores {os.cpu_count()}  load average {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     print(f"model {args.model}: {len(specs)} layers hooked, batch {args.batch_size} x {args.batches} batches, "
           f"{args.repeats} repeats (median)")
-    print("| mode | images/s |")
-    print("|---|---|")
-    print(f"| forward only | {f:.1f} |")
-    print(f"| forward + statistics | {s:.1f} |")
-    print(f"| ratio | {s / f:.3f} |")
-    print(f"eigen-decompositions of all {2 * len(specs)} moments (float64, batched by shape): "
-          f"median {statistics.median(eig_times):.3f} s over 3")
+    if repeats:
+        forward = statistics.median(modes["forward only"])
+        print("| mode | images/s | ratio to forward only |")
+        print("|---|---|---|")
+        for label, values in modes.items():
+            m = statistics.median(values)
+            print(f"| {label} | {m:.1f} | {m / forward:.3f} |")
+    print(f"eigen-decompositions of every layer's C_in and C_out ({len(specs)} layers, float64), median of "
+          f"{args.eig_repeats}{', a CPU-bound process beside them' if args.busy else ''}:")
+    print("| method | seconds | all runs |")
+    print("|---|---|---|")
+    for label, values in eig.items():
+        print(f"| {label} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
 
 
 if __name__ == "__main__":

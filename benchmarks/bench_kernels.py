@@ -11,7 +11,11 @@ n in {50 000, 400 000}) it draws fresh bf16 activations (random per-column means
   the speed ceiling of a plain tensor-core GEMM, not an acceptable statistic (16-bit output).
 
 With ``--fp32`` it adds float32-input rows for the kernel's two full-precision modes (``"ieee"`` and
-``"tf32x3"``) beside ``torch fp32``, to settle which mode should be the default.
+``"tf32x3"``) and for float32 rounded to bf16 on load (``round-bf16``, what the engine does under bf16
+autocast, where LayerNorm hands float32 to qkv and fc1) beside ``torch fp32``.
+
+``--device cpu`` is a dry run (the Triton interpreter, wall-clock timing, tiny sizes such as
+``--dims 64 --tokens 300``): it checks that the script and the kernel still run, and times nothing real.
 
 Reported per row: median time over ``--repeats`` (``triton.testing.do_bench``, CUDA events, L2 flushed),
 useful TFLOP/s, relative error of the lower triangle against float64, and the roofline numbers.
@@ -21,10 +25,12 @@ FLOP convention: the useful work is the symmetric half of ``X^T X``, counted as 
 TFLOP/s column compares time directly; a full-matrix GEMM really executes ``2 n d^2`` FLOPs, twice its
 credit. Bytes: the least HBM traffic, reading ``x`` once and reading + writing the float32 triangle.
 
-Output: a markdown table on stdout and ``benchmarks/out/bench_kernels-<date>.json`` (git-ignored) with
-device, versions and date, for ``benchmarks/RESULTS.md``.
+Output: a markdown table on stdout (and the largest error of each method) and, in ``--out-dir``
+(default ``benchmarks/out``, git-ignored), ``bench_kernels-<date>.json`` and ``.md`` with device, versions
+and date, for ``benchmarks/RESULTS.md``.
 
-    python benchmarks/bench_kernels.py [--dims 768,4096] [--tokens 50000] [--repeats 50] [--fp32]
+    python benchmarks/bench_kernels.py [--dims 768,4096] [--tokens 50000] [--repeats 50] [--fp32] [--out-dir DIR]
+    python benchmarks/bench_kernels.py --device cpu --dims 64 --tokens 300 --repeats 1   # dry run
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,10 +132,18 @@ def lower_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got.double() - ref)[mask].norm() / ref[mask].norm())
 
 
-def time_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``fn`` over about ``repeats`` runs (CUDA events, L2 flushed between runs)."""
+def time_ms(fn: Callable[[], object], repeats: int, device: torch.device | None = None) -> float:
+    """Median milliseconds of ``fn`` over about ``repeats`` runs (CUDA events, L2 flushed between runs;
+    on the CPU dry run, wall clock)."""
     import triton.testing
 
+    if device is not None and device.type != "cuda":
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - start))
+        return sorted(times)[len(times) // 2]
     fn()
     torch.cuda.synchronize()
     single = triton.testing.do_bench(fn, warmup=1, rep=1, return_mode="median")
@@ -142,12 +158,13 @@ def methods_for(x: torch.Tensor, fp32_modes: bool) -> dict[str, tuple[Callable[[
     d = x.shape[1]
     running = torch.zeros(d, d, dtype=torch.float32, device=x.device)
 
-    def triton_call(precision: str) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    def triton_call(precision: str, round_to: torch.dtype | None = None
+                    ) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
         def timed() -> torch.Tensor:
-            return second_moment_triton(x, running, fp32_precision=precision)
+            return second_moment_triton(x, running, fp32_precision=precision, round_to=round_to)
 
         def fresh() -> torch.Tensor:
-            return second_moment_triton(x, torch.zeros_like(running), fp32_precision=precision)
+            return second_moment_triton(x, torch.zeros_like(running), fp32_precision=precision, round_to=round_to)
 
         return timed, fresh
 
@@ -163,6 +180,7 @@ def methods_for(x: torch.Tensor, fp32_modes: bool) -> dict[str, tuple[Callable[[
         if fp32_modes:
             table["triton ieee"] = triton_call("ieee")
             table["triton tf32x3"] = triton_call("tf32x3")
+            table["triton round-bf16"] = triton_call("ieee", torch.bfloat16)
         table["torch fp32"] = (torch_fp32, torch_fp32)
     else:
         table["triton"] = triton_call("ieee")
@@ -189,8 +207,9 @@ def bench_shape(
     bound = roofline_ms(n, d, x.element_size(), *peaks)
     rows = []
     for name, (timed, fresh) in methods_for(x, fp32_modes).items():
-        err = lower_rel_err(fresh(), ref)
-        ms = time_ms(timed, repeats)
+        # round-bf16 is measured against what it multiplies (the bf16 rounding of x), like a layer under autocast
+        err = lower_rel_err(fresh(), reference_float64(x.to(torch.bfloat16)) if name.endswith("round-bf16") else ref)
+        ms = time_ms(timed, repeats, device)
         rows.append(
             Row(
                 method=name,
@@ -251,13 +270,14 @@ def device_peaks(name: str, tflops: float | None, gbps: float | None) -> tuple[f
     return tflops, gbps
 
 
-def environment() -> dict[str, str]:
+def environment(device: torch.device) -> dict[str, str]:
     import triton
 
-    props = torch.cuda.get_device_properties(0)
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(0) if cuda else None
     return {
-        "device": props.name,
-        "sms": str(props.multi_processor_count),
+        "device": props.name if cuda else f"cpu dry run ({platform.machine()}, Triton interpreter)",
+        "sms": str(props.multi_processor_count) if cuda else "0",
         "torch": torch.__version__,
         "cuda": str(torch.version.cuda),
         "triton": triton.__version__,
@@ -279,11 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--peak-gbps", type=float, default=None)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="cpu: dry run in the Triton interpreter (tiny sizes; times nothing real)")
+    parser.add_argument("--out-dir", default=str(OUT_DIR))
     args = parser.parse_args(argv)
 
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; this benchmark times GPU kernels only (nothing was run).", file=sys.stderr)
         return 2
+    if device.type == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel module is first imported (below)
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -291,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    env = environment()
-    peaks = device_peaks(env["device"], args.peak_tflops, args.peak_gbps)
+    env = environment(device)
+    peaks = device_peaks(env["device"], args.peak_tflops, args.peak_gbps) if device.type == "cuda" else (
+        args.peak_tflops or 1.0, args.peak_gbps or 1.0)
     dtypes = [torch.bfloat16] + ([torch.float32] if args.fp32 else [])
     print(f"# Second-moment kernel benchmark\n\n{json.dumps(env)}\n")
     shapes = [(n, d, torch.tensor([], dtype=t).element_size()) for t in dtypes for n in args.tokens for d in args.dims]
@@ -312,21 +339,38 @@ def main(argv: list[str] | None = None) -> int:
                     repeats=args.repeats,
                     peaks=peaks,
                     fp32_modes=args.fp32,
-                    device=torch.device("cuda"),
+                    device=device,
                 )
                 rows.extend(shape_rows)
                 for r in shape_rows:
                     print(f"  {r.method:>14} {r.dtype:>8} d={d:<5} n={n:<7} {r.median_ms:9.3f} ms "
                           f"{r.tflops:7.1f} TFLOP/s  err {r.rel_err:.2e}", file=sys.stderr, flush=True)
 
-    print(markdown(rows))
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    worst: dict[str, float] = {}
+    for r in rows:
+        worst[f"{r.method} ({r.dtype})"] = max(worst.get(f"{r.method} ({r.dtype})", 0.0), r.rel_err)
+    summary = "Largest relative error vs float64, per method: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items())
+    speedups = []
+    for r in rows:
+        if r.method == "triton":
+            for other in rows:
+                if (other.d, other.n, other.dtype) == (r.d, r.n, r.dtype) and other.method.startswith("torch"):
+                    speedups.append(f"d={r.d} n={r.n}: {other.median_ms / r.median_ms:.2f}x {other.method}")
+    print(table)
+    print("\n" + summary)
+    if speedups:
+        print("Kernel speed-up: " + "; ".join(speedups))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = OUT_DIR / f"bench_kernels-{stamp}.json"
+    path = out_dir / f"bench_kernels-{stamp}.json"
     payload = {"environment": env, "peaks": {"tflops": peaks[0], "gbps": peaks[1]},
-               "flop_convention": "useful = n*d*d (symmetric half of X^T X)", "rows": [asdict(r) for r in rows]}
+               "flop_convention": "useful = n*d*d (symmetric half of X^T X)", "rows": [asdict(r) for r in rows],
+               "max_rel_err": worst}
     path.write_text(json.dumps(payload, indent=2))
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    path.with_suffix(".md").write_text(f"{json.dumps(env)}\n\n{table}\n\n{summary}\n\n" + "\n".join(speedups) + "\n")
+    print(f"\nwrote {path}")
     return 0
 
 

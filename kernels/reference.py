@@ -6,15 +6,28 @@ Maths (same contract as :func:`kernels.second_moment`)::
     acc    : d x d running sum,   acc    += X^T X      (X = x converted to float32)
     colsum : d running sum,       colsum += X^T 1      (the column sums)
 
-The product ``X^T X`` is formed in float32 (``torch.addmm`` into ``acc``), after an exact up-cast of 16-bit
-inputs, so each product of two bf16/fp16 values is exact and the only rounding is float32 accumulation
-inside the GEMM. This path fills the FULL matrix (both triangles); callers may rely only on the lower
-triangle and diagonal, as with the Triton path.
+The batch product ``X^T X`` is formed in float32 after an exact up-cast of 16-bit inputs, so each product
+of two bf16/fp16 values is exact and the only rounding is float32 accumulation inside BLAS. This path fills
+the FULL matrix (both triangles); callers may rely only on the lower triangle and diagonal, as with the
+Triton path.
+
+How the product is formed
+    * CPU with SciPy (the statistics engine's path): a symmetric rank-k update, BLAS ``ssyrk`` through
+      :func:`scipy.linalg.blas.ssyrk` on the Fortran view ``X^T`` (no copy of a contiguous float32 ``x``).
+      It computes the lower triangle only, ``n d (d + 1)`` FLOPs instead of the GEMM's ``2 n d^2``; the
+      strict lower triangle is then mirrored (``d^2`` additions) so the contract above holds. It runs on
+      :data:`SYRK_THREADS` OpenBLAS threads (see there for the measurement behind the number).
+    * elsewhere (CUDA tensors, or SciPy missing): one GEMM, ``torch.addmm``/``torch.mm``.
+
+    Both paths run with autocast DISABLED for x's device: under an active ``torch.autocast`` (the engine's
+    ``--precision bf16``) a bare ``torch.mm`` would multiply in bfloat16 and silently turn this float32
+    product into a bf16 one (relative error ~2e-3 instead of ~1e-7).
 
 float64 accumulators: ``acc`` and ``colsum`` may also be float64. Then the batch product is still formed in
-float32 (the same GEMM as above) and added into the float64 running sum, so rounding error does not grow
-with the number of batches: each batch contributes float32 rounding relative to that batch only. The CPU
-statistics engine uses this for long runs (millions of tokens). The Triton path accepts float32 only.
+float32 (as above) and added into the float64 running sum, so rounding error does not grow with the number
+of batches: each batch contributes float32 rounding relative to that batch only. The CPU statistics engine
+uses this for long runs (millions of tokens). Partial sums are never rounded to 16 bits. The Triton path
+accepts float32 only.
 
 On CUDA, ``torch.addmm`` on float32 honours ``torch.backends.cuda.matmul.allow_tf32``; leave it off (the
 default) for float32 accuracy.
@@ -22,31 +35,93 @@ default) for float32 accuracy.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 
 from ._validation import check_inputs
+
+#: OpenBLAS threads for the CPU ``ssyrk``. Measured on this project's 2-core VM (2026-11-29, torch 2.14.1
+#: MKL forward + SciPy 1.x OpenBLAS 0.3.30 syrk, ViT-Ti batch 32, d = 192 and 768, n = 6304 rows): on
+#: 2 threads OpenBLAS's syrk took 150-340 ms per d = 768 call against 100-105 ms on 1 thread, and 155 ms
+#: against 26 ms at d = 192. Its worker threads busy-wait against torch's OpenMP pool that has just run the
+#: layer (both want both cores), so one thread is faster on two cores, and far faster when the cores are
+#: shared with other work. See ``benchmarks/RESULTS.md`` for the end-to-end figures.
+SYRK_THREADS: int = 1
+
+#: ``"syrk"`` (default on CPU when SciPy imports) or ``"gemm"``: how the CPU path forms ``X^T X``. The
+#: benchmark switches it to time both side by side; nothing else should need to.
+CPU_METHOD: str = "syrk"
+CPU_METHODS: tuple[str, ...] = ("syrk", "gemm")
+
+
+@functools.cache
+def _scipy_syrk() -> tuple[Any, Any] | None:
+    """``(scipy.linalg.blas.ssyrk, OpenBLAS thread controller or None)``; ``None`` when SciPy is missing."""
+    try:
+        from scipy.linalg import blas
+    except ImportError:
+        return None
+    controller = None
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        libs = [lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath]
+        controller = libs[0] if len(libs) == 1 else None
+    except Exception:  # threadpoolctl missing or unable to inspect the process: run with BLAS's own default
+        controller = None
+    return blas.ssyrk, controller
+
+
+def _syrk_lower(xf: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` of a CPU float32 ``n x d`` tensor as a FULL symmetric float32 matrix, via BLAS ``ssyrk``."""
+    ssyrk, controller = _scipy_syrk()  # type: ignore[misc]
+    a = xf.detach().numpy().T  # d x n, Fortran-contiguous when x is C-contiguous: passed to BLAS without a copy
+    previous = controller.get_num_threads() if controller is not None else None
+    if controller is not None and previous != SYRK_THREADS:
+        controller.set_num_threads(SYRK_THREADS)
+    try:
+        lower = torch.from_numpy(ssyrk(1.0, a, trans=0, lower=1))  # strides (1, d): [i, j] is row i, col j
+    finally:
+        if controller is not None and previous != SYRK_THREADS:
+            controller.set_num_threads(previous)
+    lower = torch.tril(lower)  # the strict upper triangle of BLAS's output is not part of its contract
+    return lower + torch.tril(lower, diagonal=-1).T
 
 
 def second_moment_torch(
     x: torch.Tensor,
     acc: torch.Tensor | None = None,
     colsum: torch.Tensor | None = None,
+    *,
+    round_to: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """``acc += X^T X`` (full matrix) and ``colsum += X^T 1`` with torch ops; returns ``acc``.
+    """``acc += X^T X`` (full matrix) and ``colsum += X^T 1`` in float32 products; returns ``acc``.
 
-    ``acc``/``colsum`` may be float32 or float64 (see the module docstring). ``n == 0`` leaves both
-    untouched. Raises :class:`ValueError` for inputs outside the contract.
+    ``acc``/``colsum`` may be float32 or float64 (see the module docstring). ``round_to``
+    (``torch.bfloat16``/``torch.float16``) first rounds float32 ``x`` to that dtype, as the Triton kernel's
+    option of the same name does (16-bit ``x`` is unaffected). ``n == 0`` leaves both untouched. Raises
+    :class:`ValueError` for inputs outside the contract. Safe under an active autocast.
     """
     x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+    if round_to not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"round_to must be None, torch.bfloat16 or torch.float16, got {round_to!r}")
     if x.shape[0] == 0:
         return acc
-    xf = x.to(torch.float32)
-    if acc.dtype == torch.float32:
-        acc.addmm_(xf.T, xf)
-    else:
-        acc.add_(torch.mm(xf.T, xf))
-    if colsum is not None:
-        colsum.add_(xf.sum(dim=0))
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if round_to is not None and x.dtype == torch.float32:
+            x = x.to(round_to)
+        xf = x.to(torch.float32)
+        if x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
+            acc.add_(_syrk_lower(xf.contiguous()))
+        elif acc.dtype == torch.float32:
+            acc.addmm_(xf.T, xf)
+        else:
+            acc.add_(torch.mm(xf.T, xf))
+        if colsum is not None:
+            colsum.add_(xf.sum(dim=0))
     return acc
 
 

@@ -1,6 +1,7 @@
 """Compress: parameters kept and mean preservation error against energy (e_in = e_out swept over the grid),
-per-layer savings at the current energies, factorize/evaluate/fine-tune with accuracy against parameters kept
-and the factorized model's download, and downloads of the per-layer table."""
+per-layer savings at the current energies, factorize/evaluate/fine-tune as a background job with accuracy
+against parameters kept and the factorized model's download (:mod:`ui.compress_view`), and downloads of the
+per-layer table."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import partial
 
 import streamlit as st
 
+from analysis.metrics import KEPT_DEFINITION
 from analysis.table_export import export_bytes
 from analysis.result import Result
 from ui import charts, compress_view, frame, state, tables, text
@@ -33,7 +35,8 @@ counted = savings[savings["in_mlu"]]
 
 cols = st.columns(4)
 cols[0].metric("Parameters kept", text.pct(params["kept"]),
-               help="Counted layers only (inside the blocks), factorized at their utilized rank.")
+               help=f"Of the open analysis ({result.meta.dataset_id}, {text.count(result.meta.n_images)} "
+                    f"images) at the sidebar's energies; {KEPT_DEFINITION}.")
 cols[1].metric("Parameters saved", text.count(params["params_dense"] - params["params_factorized"]),
                help=f"of {text.count(params['params_dense'])} in the counted layers")
 cols[2].metric("Mean preservation error", f"{counted['preservation_error'].mean():.2e}" if len(counted) else "n/a")

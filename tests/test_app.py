@@ -264,12 +264,33 @@ def test_compress_page_sweeps_energy_and_offers_downloads(app, results):
     assert [d.label for d in at.get("download_button")] == ["CSV", "PARQUET", "JSON"]
 
 
-def test_compress_page_factorizes_evaluates_and_offers_the_model(results, monkeypatch, tmp_path):
+def _rerun_until(at, predicate, what: str, timeout_s: float = 900.0) -> None:
+    """Rerun the app (AppTest reruns only after a change) until ``predicate(at)``; ``timeout_s`` only guards
+    against a hang (a real compression on a shared 2-core machine can take minutes)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate(at):
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        time.sleep(1.0)
+        at.session_state["poll"] = time.monotonic()
+        at.run()
+
+
+def test_compression_runs_as_a_job_survives_a_page_switch_and_reports_done(results, monkeypatch, tmp_path):
+    """Compress -> a real worker process (held after its first step) -> another page -> back: still running,
+    also after a reload -> released -> reports done with top-1 and its interval, the chart and the model."""
     from streamlit.testing.v1 import AppTest
+
+    from analysis.jobs.worker import HOLD_ENV
 
     cache_dir = tmp_path / "cache"  # a private copy: the compression adds an analysis and a summary to it
     shutil.copytree(results.cache_dir, cache_dir)
     _point_app_at(cache_dir, monkeypatch)
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv(HOLD_ENV, str(hold))  # the worker pauses after each step while this file exists
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.switch_page("pages/compress.py").run()
     assert at.text_input(key="compress_dataset").value == "fashion-mnist:train"  # the test split stays held out
@@ -279,11 +300,32 @@ def test_compress_page_factorizes_evaluates_and_offers_the_model(results, monkey
     at.number_input(key="compress_steps").set_value(1)
     at.button(key="compress_submit").click().run()
     _ok(at)
+    key = at.session_state["compress_job"]
+    assert at.get("progress"), "the compression's progress shows at once"
+
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    assert at.session_state["compress_job"] == key
+    _rerun_until(at, lambda a: any("ETA" in p.proto.text and "· ETA n/a" not in p.proto.text
+                                   for p in a.get("progress")), "a progress line with an ETA")
+
+    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT).run()  # a reload: a fresh session, same cache
+    reloaded.switch_page("pages/compress.py").run()
+    _ok(reloaded)
+    assert reloaded.session_state["compress_job"] == key and reloaded.get("progress")
+
+    hold.unlink()
+    _rerun_until(at, lambda a: "compress_job" not in a.session_state, "the compression's end")
+    _ok(at)
     assert any("Kept" in s.value and "top-1" in s.value for s in at.success)
+    assert any("(n = 64)" in s.value and "±" in s.value for s in at.success)
     accuracy = next(f for f in _charts(at) if f["layout"]["title"]["text"].startswith("Top-1 against"))
     assert {t["name"] for t in accuracy["data"]} == {"factorized", "fine-tuned"}
     labels = [d.label for d in at.get("download_button")]
     assert "Download the factorized model (safetensors)" in labels
+    assert len(list((cache_dir / "compressions").glob("*.json"))) == 1
 
 
 def test_library_opens_and_deletes_with_confirmation(results, monkeypatch, tmp_path):
@@ -629,3 +671,30 @@ def test_analyze_preselects_the_default_model_in_the_zoo(app, monkeypatch):
     assert "zoo" in at.radio(key="analyze_model_source").value  # the zoo group comes first
     group = at.radio(key="analyze_model_source").value
     assert at.selectbox(key=f"analyze_model_{group}").value.model_id == "zoo:vit-fmnist-supervised"
+
+
+def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fits_its_axes():
+    from analysis.compression.summaries import accuracy_points
+    from ui import charts
+
+    def summary(n, kept, acc, dense, created):
+        return {"eval_dataset": "fashion-mnist:test", "eval_samples": n, "seed": 0, "evaluation_method": "head",
+                "kept_fraction": kept, "acc_projected": acc, "acc_dense": dense, "acc_finetuned": None,
+                "energy_in": 0.99, "energy_out": 0.99, "finetune": {"steps": 0}, "created": created}
+
+    summaries = [summary(16, 0.32, 14 / 16, 15 / 16, "1"), summary(500, 0.34, 0.87, 0.9, "2"),
+                 summary(500, 0.40, 0.89, 0.9, "3")]
+    figure = charts.compression_accuracy_chart(accuracy_points(summaries))
+    factorized = [t for t in figure.data if t.name == "factorized"]
+    assert sorted(len(t.x) for t in factorized) == [1, 2]  # one line per evaluation set, never joined
+    assert {t.legendgroup for t in factorized} == {"fashion-mnist:test, n = 16", "fashion-mnist:test, n = 500"}
+    for trace in factorized:  # asymmetric Wilson bars
+        assert all(up >= 0 and down >= 0 for up, down in zip(trace.error_y.array, trace.error_y.arrayminus))
+    low, high = figure.layout.xaxis.range
+    assert 0.2 < low < 0.32 and 0.40 < high < 0.6  # fitted to the runs, not 0-150 %
+    dense_lines = sorted(shape.y0 for shape in figure.layout.shapes)
+    assert dense_lines == pytest.approx([0.9, 15 / 16])  # the dense model on each set as a reference
+    y_low, y_high = figure.layout.yaxis.range
+    assert y_low < min(t.y[0] for t in factorized) and y_high >= 15 / 16 and y_high <= 1.02
+    single = charts.compression_accuracy_chart(accuracy_points(summaries[:1]))
+    assert single.layout.xaxis.range[1] - single.layout.xaxis.range[0] < 0.1  # a single run: a narrow axis

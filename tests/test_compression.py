@@ -248,3 +248,90 @@ def test_thin_layers_of_a_compressed_model_keep_their_original_kind(folder_id):
     for layer in factorized:
         original = next(r.kind for r in report.ranks if r.layer == layer)
         assert kinds[f"{layer}.reduce"] == kinds[f"{layer}.expand"] == original
+
+
+# ------------------------------------------------------------------------- reading summaries honestly
+def test_wilson_interval_matches_the_closed_form_and_known_values():
+    from analysis.compression.summaries import Z95, wilson_interval
+
+    low, high = wilson_interval(14, 16)
+    assert (round(low, 4), round(high, 4)) == (0.6398, 0.9650)
+    for successes, n in [(0, 5), (3, 7), (50, 100), (9022, 10000), (16, 16)]:
+        p, z2 = successes / n, Z95 ** 2
+        root = Z95 * np.sqrt(z2 + 4 * n * p * (1 - p))  # (2np + z^2 -+ z sqrt(z^2 + 4np(1-p))) / 2(n + z^2)
+        expected = ((2 * n * p + z2 - root) / (2 * (n + z2)), (2 * n * p + z2 + root) / (2 * (n + z2)))
+        assert wilson_interval(successes, n) == pytest.approx(expected, abs=1e-12)
+        low, high = wilson_interval(successes, n)
+        assert 0.0 <= low <= p <= high <= 1.0
+    assert wilson_interval(0, 16)[0] == 0.0 and wilson_interval(16, 16)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(3, 0)
+
+
+def test_top1_is_shown_with_its_interval_and_evaluation_size():
+    from analysis.compression.summaries import Top1, top1_text
+
+    assert Top1.of(14 / 16, 16).text() == "87.5 % ± 16 (n = 16)"
+    assert Top1.of(0.9022, 10_000).text() == "90.22 % ± 0.58 (n = 10,000)"
+    assert Top1.of(0.5, 500).text() == "50.0 % ± 4.4 (n = 500)"
+    assert top1_text(None, 16) == "n/a" and top1_text(0.5, 0) == "n/a"
+
+
+def _summary(eval_samples: int, kept: float, acc: float, dense: float = 0.9, created: str = "2026-11-29T08:00",
+             tuned: float | None = None, dataset: str = "fashion-mnist:test") -> dict:
+    return {"eval_dataset": dataset, "eval_samples": eval_samples, "seed": 0, "evaluation_method": "head",
+            "kept_fraction": kept, "acc_projected": acc, "acc_dense": dense, "acc_finetuned": tuned,
+            "energy_in": 0.99, "energy_out": 0.99, "finetune": {"steps": 0 if tuned is None else 10},
+            "created": created}
+
+
+def test_runs_are_grouped_by_evaluation_set_and_each_set_has_its_dense_reference():
+    from analysis.compression.summaries import accuracy_points, evaluation_set, set_labels
+
+    summaries = [_summary(16, 0.3, 14 / 16, dense=15 / 16, created="1"), _summary(500, 0.3, 0.85, created="2"),
+                 _summary(500, 0.5, 0.88, created="3", tuned=0.89), _summary(16, 0.5, 15 / 16, dense=1.0, created="4")]
+    points = accuracy_points(summaries)
+    assert set(points["evaluation_set"]) == {"fashion-mnist:test, n = 16", "fashion-mnist:test, n = 500"}
+    small = points[points["evaluation_set"] == "fashion-mnist:test, n = 16"]
+    assert list(small["stage"]) == ["dense", "factorized", "factorized"]
+    assert list(small.loc[small["stage"] == "factorized", "kept_fraction"]) == [0.3, 0.5]
+    assert small.loc[small["stage"] == "dense", "top1"].item() == 1.0  # the newest run's dense top-1
+    assert small.loc[small["stage"] == "dense", "n"].item() == 16
+    large = points[points["evaluation_set"] == "fashion-mnist:test, n = 500"]
+    assert list(large["stage"]) == ["dense", "factorized", "factorized", "fine-tuned"]
+    assert (points["low"] <= points["top1"]).all() and (points["top1"] <= points["high"]).all()
+    assert "(n = 16)" in small["text"].iloc[1]
+    # the same dataset and size with another seed is another set, and the labels say so
+    other_seed = {**summaries[0], "seed": 1}
+    labels = set_labels([evaluation_set(summaries[0]), evaluation_set(other_seed)])
+    assert len(set(labels.values())) == 2 and all("seed" in label for label in labels.values())
+
+
+def test_parameters_kept_has_one_definition_for_the_table_the_ranks_and_the_summary(folder_id):
+    from analysis import metrics
+
+    summary = compress(CompressionRequest(model=TINY_VIT, dataset=folder_id, energy_in=0.95, energy_out=0.9)).summary
+    result = analyze(TINY_VIT, folder_id, energy_in=0.95, energy_out=0.9)
+    ranks = choose_ranks(measure(TINY_VIT, folder_id).subspaces, 0.95, 0.9)
+    expected = metrics.kept_fraction(summary["params_kept"], summary["params_dense"])
+    assert summary["kept_fraction"] == expected == kept_fraction(ranks) == result.parameters()["kept"]
+    assert summary["analysis_images"] == result.meta.n_images  # says which analysis the ranks came from
+    # a layer that would not shrink is counted dense, never larger
+    assert all(r.params_kept <= r.params_dense for r in ranks)
+    assert metrics.kept_fraction(0, 0) != metrics.kept_fraction(0, 0)  # NaN without counted layers
+
+
+def test_compression_request_round_trips_through_json_and_its_key_follows_the_request(folder_id):
+    from analysis.compression.pipeline import request_key
+
+    request = CompressionRequest(model=TINY_VIT, dataset=folder_id, samples=10, eval_samples=12,
+                                 finetune=FinetuneSettings(steps=3, lr=3e-4))
+    again = CompressionRequest.from_dict(json.loads(json.dumps(request.as_dict())))
+    assert again == request
+    assert request_key(again) == request_key(request)
+    assert request_key(CompressionRequest(model=TINY_VIT, dataset=folder_id, samples=10, eval_samples=13)) != \
+        request_key(request)
+    with pytest.raises(SettingsError, match="unknown fields"):
+        CompressionRequest.from_dict({**request.as_dict(), "colour": "red"})
+    with pytest.raises(DatasetError):
+        request_key(CompressionRequest(model=TINY_VIT, dataset="folder:/no/such/folder"))

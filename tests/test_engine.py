@@ -223,9 +223,12 @@ def test_result_meta_takes_new_optional_fields_without_breaking_the_json_form():
 def test_progress_reports_every_batch_and_ends_at_the_total(image_folder):
     seen: list[Progress] = []
     analyze(TINY_VIT, f"folder:{image_folder}", samples=10, batch_size=4, use_cache=False, progress=seen.append)
-    assert [p.done for p in seen] == [1, 2, 3] and {p.total for p in seen} == {3}
-    assert [p.items_done for p in seen] == [4, 8, 10] and {p.items_total for p in seen} == {10}
-    assert seen[-1].fraction == 1.0 and seen[-1].eta_s == 0.0 and seen[0].stage == "statistics"
+    assert seen[0].stage == "statistics" and seen[-1].stage == "spectra"  # then the eigen phase, layer by layer
+    stats = [p for p in seen if p.stage == "statistics"]
+    assert seen[: len(stats)] == stats
+    assert [p.done for p in stats] == [1, 2, 3] and {p.total for p in stats} == {3}
+    assert [p.items_done for p in stats] == [4, 8, 10] and {p.items_total for p in stats} == {10}
+    assert stats[-1].fraction == 1.0 and stats[-1].eta_s == 0.0
     # eta: the remaining steps at the mean time per finished step
     assert Progress("x", 2, 5, elapsed_s=4.0).eta_s == pytest.approx(6.0)
     assert Progress("x", 0, 5).eta_s is None and Progress("x", 0, 0).fraction == 0.0

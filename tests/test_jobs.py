@@ -2,7 +2,10 @@
 
 Worker processes are slow to start on a busy CPU (each imports torch), so the scenarios that need real
 workers are all started once by the module fixture :func:`started` and run side by side; each test then
-checks its own scenario. Waits use generous timeouts only so that a bug cannot hang the suite.
+checks its own scenario. Nothing here depends on how fast the machine is: tests wait for conditions (poll a
+predicate), never for a fixed time, and a job that must still be running when a test looks at it is held
+after its first batch by a hold file (``HOLD_ENV``) until the test cancels it. Deadlines are generous guards
+only, so that a bug cannot hang the suite.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from analysis import jobs
 from analysis.cache import ResultCache
 from analysis.engine import plan
 from analysis.errors import AnalysisError, CacheError, DatasetError, NumericalError, SettingsError, UnknownModelError
+from analysis.compression import CompressionRequest, FinetuneSettings, stored_summaries
+from analysis.compression.pipeline import request_key
 from analysis.jobs import api, lock
-from analysis.jobs.files import JobFiles, write_json, write_progress
-from analysis.jobs.worker import BATCH_DELAY_ENV, describe_error
+from analysis.jobs.compression_job import JobClock, expected_stages, models_dir
+from analysis.jobs.files import JobFiles, read_json, write_json, write_progress
+from analysis.jobs.worker import HOLD_ENV, describe_error
 from analysis.settings import AnalysisSettings
 
 ARCH = "vit_tiny_patch16_224"
@@ -88,16 +94,24 @@ def log_count(files: JobFiles, marker: str) -> int:
     return sum(marker in line for line in files.log.read_text(errors="replace").splitlines())
 
 
-def wait_until_running(key: str, cache_dir: str) -> jobs.JobStatus:
-    """Poll until job ``key`` has finished at least one batch (or is over, or the guard expires)."""
-    deadline = time.monotonic() + WAIT_S
+def wait_for(predicate, timeout_s: float = WAIT_S, poll_s: float = 0.05):
+    """Poll ``predicate()`` until it returns something true (returned) or the guard expires (AssertionError)."""
+    deadline = time.monotonic() + timeout_s
     while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"condition not met within {timeout_s} s"
+        time.sleep(poll_s)
+
+
+def wait_until_running(key: str, cache_dir: str) -> jobs.JobStatus:
+    """Poll until job ``key`` has finished at least one batch, or is over."""
+    def progressed() -> jobs.JobStatus | None:
         current = jobs.status(key, cache_dir=cache_dir)
-        if (current.state == "running" and current.batches_done >= 1) or current.finished:
-            return current
-        if time.monotonic() > deadline:
-            return current
-        time.sleep(0.1)
+        return current if (current.state == "running" and current.batches_done >= 1) or current.finished else None
+
+    return wait_for(progressed)
 
 
 # ------------------------------------------------------------------------------------ shared scenarios
@@ -109,13 +123,18 @@ class Started:
     done_keys: tuple[str, str]  # two concurrent submits of one new request
     done_request: tuple[str, str, AnalysisSettings]
     takeover_key: str  # submitted over a stale lock
-    slow_key: str  # throttled, to be cancelled
+    slow_key: str  # held after its first batch, to be cancelled
     doomed_key: str  # its dataset folder is deleted right after submit
     doomed_folder: Path
     overflow_key: str  # a model whose activations become NaN
+    compress_request: CompressionRequest
+    compress_key: str  # a compression run as a job
+    held_compress_key: str  # a compression held after its first reported step, to be cancelled
+    hold: Path  # while this file exists, the held jobs pause after each step
 
     def all_keys(self) -> list[str]:
-        return [self.done_keys[0], self.takeover_key, self.slow_key, self.doomed_key, self.overflow_key]
+        return [self.done_keys[0], self.takeover_key, self.slow_key, self.doomed_key, self.overflow_key,
+                self.compress_key, self.held_compress_key]
 
 
 def _submit_concurrently(model_id: str, dataset_id: str, settings: AnalysisSettings, cache_dir: str) -> tuple:
@@ -146,10 +165,16 @@ def started(tmp_path_factory) -> Started:
     plant_stale_lock(JobFiles.of(takeover_key, cache_dir))
     assert jobs.submit(MODEL, images, takeover_settings, cache_dir=cache_dir) == takeover_key
 
-    with pytest.MonkeyPatch.context() as mp:  # the worker inherits the throttle from this environment
-        mp.setenv(BATCH_DELAY_ENV, "3")
+    hold = base / "hold"
+    hold.touch()
+    held_compression = CompressionRequest(model=MODEL, dataset=images, samples=8, eval_samples=8, seed=4)
+    with pytest.MonkeyPatch.context() as mp:  # the workers inherit the hold from this environment
+        mp.setenv(HOLD_ENV, str(hold))
         slow_key = jobs.submit(MODEL, images, AnalysisSettings(samples=40, batch_size=1, seed=2),
                                cache_dir=cache_dir)
+        held_compress_key = jobs.submit_compression(held_compression, cache_dir=cache_dir)
+    compress_request = CompressionRequest(model=MODEL, dataset=images, samples=8, eval_samples=8, seed=3)
+    compress_key = jobs.submit_compression(compress_request, cache_dir=cache_dir)
 
     doomed_key = jobs.submit(MODEL, f"folder:{doomed_folder}", AnalysisSettings(samples=4), cache_dir=cache_dir)
     for path in sorted(doomed_folder.rglob("*"), reverse=True):
@@ -162,8 +187,10 @@ def started(tmp_path_factory) -> Started:
 
     scenario = Started(cache_dir=cache_dir, done_keys=done_keys, done_request=done_request,
                        takeover_key=takeover_key, slow_key=slow_key, doomed_key=doomed_key,
-                       doomed_folder=doomed_folder, overflow_key=overflow_key)
+                       doomed_folder=doomed_folder, overflow_key=overflow_key, compress_request=compress_request,
+                       compress_key=compress_key, held_compress_key=held_compress_key, hold=hold)
     yield scenario
+    hold.unlink(missing_ok=True)
     for key in scenario.all_keys():  # never leave a worker behind
         jobs.cancel(key, cache_dir=cache_dir)
     for key in scenario.all_keys():
@@ -251,11 +278,152 @@ def test_numerically_broken_model_fails_with_numerical_message(started):
     assert log_count(files, NumericalError.__name__) >= 1
 
 
+# ------------------------------------------------------------------------------------ compression jobs
+def test_compression_runs_as_a_job_and_stores_its_summary(started, monkeypatch):
+    key, cache_dir = started.compress_key, started.cache_dir
+    assert key == request_key(started.compress_request)
+    final = jobs.wait(key, WAIT_S, cache_dir=cache_dir)
+    assert final.state == "done", final.message
+    assert final.kind == "compression" and final.fraction == 1.0 and final.model_id == MODEL
+    assert not JobFiles.of(key, cache_dir).lock.exists()
+    (summary,) = [s for s in stored_summaries(cache_dir) if s.get("job_key") == key]
+    assert final.result and (Path(cache_dir) / "compressions" / final.result).is_file()
+    assert summary["eval_samples"] == 8 and summary["seed"] == 3 and 0 < summary["kept_fraction"] <= 1
+    assert summary["export"] == str(models_dir(cache_dir) / f"{key}.safetensors")
+    assert Path(summary["export"]).is_file()
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError("a worker was started for a stored compression")
+
+    monkeypatch.setattr(api, "_spawn_worker", no_spawn)  # one job per request: the same request is done
+    assert jobs.submit_compression(started.compress_request, cache_dir=cache_dir) == key
+    assert log_count(JobFiles.of(key, cache_dir), "started attempt") == 1
+
+
+def test_cancel_stops_a_held_compression_and_stores_nothing(started):
+    key, cache_dir = started.held_compress_key, started.cache_dir
+    running = wait_until_running(key, cache_dir)
+    assert running.state == "running" and running.kind == "compression", running
+    assert running.stage and 0 < running.fraction < 1 and running.eta_s is not None and running.eta_s > 0
+    assert jobs.cancel(key, cache_dir=cache_dir) is True
+    final = jobs.wait(key, WAIT_S, cache_dir=cache_dir)
+    assert final.state == "cancelled", final
+    assert not [s for s in stored_summaries(cache_dir) if s.get("job_key") == key]
+    assert not (models_dir(cache_dir) / f"{key}.safetensors").exists()
+
+
 def test_list_jobs_shows_failed_and_cancelled_but_not_done(started):
+    for key in (started.slow_key, started.held_compress_key):  # held jobs end only when cancelled
+        jobs.cancel(key, cache_dir=started.cache_dir)
     for key in started.all_keys():
-        jobs.wait(key, WAIT_S, cache_dir=started.cache_dir)
+        assert jobs.wait(key, WAIT_S, cache_dir=started.cache_dir).finished
     listed = {s.key: s.state for s in jobs.list_jobs(started.cache_dir)}
     assert listed == {started.slow_key: "cancelled", started.doomed_key: "failed", started.overflow_key: "failed"}
+    compressions = {s.key: s.state for s in jobs.list_jobs(started.cache_dir, kind="compression")}
+    assert compressions == {started.held_compress_key: "cancelled"}
+    assert set(s.key for s in jobs.list_jobs(started.cache_dir, kind=None)) == set(listed) | set(compressions)
+
+
+def test_job_clock_weighs_stages_by_their_work_and_never_goes_back():
+    request = CompressionRequest(model=MODEL, samples=100, eval_samples=50)
+    assert expected_stages(request) == [("analyse", 100.0), ("evaluate dense", 50.0), ("evaluate factorized", 50.0)]
+    clock = JobClock(expected_stages(request), started=0.0)
+    fraction, eta = clock.update("analyse", 50, 100, now=10.0)
+    assert fraction == pytest.approx(50 / 200) and eta == pytest.approx(10.0 * 150 / 50)
+    assert clock.update("analyse", 100, 100, now=20.0)[0] == pytest.approx(100 / 200)
+    # a linear probe's feature pass (over the 100 analysed images) shows up inside each evaluation
+    assert clock.update("evaluate dense: probe features", 100, 100, now=30.0)[0] == pytest.approx(200 / 400)
+    assert clock.update("evaluate dense", 50, 50, now=40.0)[0] == pytest.approx(250 / 400)
+    fraction, eta = clock.update("evaluate factorized", 50, 50, now=50.0)
+    assert fraction == pytest.approx(300 / 400)  # its probe part not reported yet: still expected
+    assert clock.update("evaluate factorized: probe features", 100, 100, now=60.0)[0] == pytest.approx(1.0)
+    # an analysis read from the cache never reports: the evaluations are then the whole job
+    cached = JobClock(expected_stages(request), started=0.0)
+    assert cached.update("evaluate dense", 25, 50, now=5.0)[0] == pytest.approx(25 / 100)
+    assert cached.update("evaluate dense", 10, 50, now=6.0)[0] == pytest.approx(25 / 100)  # never backwards
+    tuned = CompressionRequest(model=MODEL, samples=100, eval_samples=50,
+                               finetune=FinetuneSettings(steps=10, batch_size=4))
+    clock = JobClock(expected_stages(tuned), finetune_step_cost=4 * 3.0, started=0.0)
+    assert dict(expected_stages(tuned))["fine-tune"] == 10 * 4 * 3.0
+    for stage, total in (("analyse", 100), ("evaluate dense", 50), ("evaluate factorized", 50)):
+        clock.update(stage, total, total, now=1.0)
+    fraction, eta = clock.update("fine-tune", 5, 10, now=2.0)  # 5 steps of 4 images, 3 forwards each
+    assert fraction == pytest.approx((100 + 50 + 50 + 60) / (100 + 50 + 50 + 120 + 50))
+    assert eta == pytest.approx(2.0 * (1 - fraction) / fraction)
+
+
+# ---------------------------------------------------------------------------- the protocol, without workers
+def test_a_reader_that_sees_a_final_state_never_finds_the_lock(tmp_path):
+    """A worker's life (take the lock, report running, finish) against a reader polling status, many times:
+    whenever the reader sees a final state the lock is already gone, and it never sees a finished worker as
+    one that 'ended without reporting'."""
+    cache_dir = str(tmp_path / "cache")
+    key = "0a" * 12
+    files = JobFiles.of(key, cache_dir)
+    outcomes = ("cancelled", "failed", "done")
+    for attempt in range(60):
+        final_state = outcomes[attempt % 3]
+        owner = lock.acquire(files, os.getpid(), "worker")
+        assert owner is not None
+        write_progress(files, state="running", kind="compression", token=owner.token, pid=os.getpid(),
+                       batches_done=1, batches_total=2)
+        finished = threading.Event()
+        seen: list[tuple[str, bool, str]] = []
+
+        def reader() -> None:
+            while True:
+                current = jobs.status(key, cache_dir=cache_dir)
+                seen.append((current.state, files.lock.exists(), current.message))
+                if current.state in ("done", "failed", "cancelled", "absent") and finished.is_set():
+                    return
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        extra = {}
+        if final_state == "done":  # the result is stored while the worker still holds the lock
+            stored = Path(cache_dir) / "compressions" / "r.json"
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_text("{}")
+            extra = {"result": stored.name}
+        assert lock.release(files, owner.token, final={"state": final_state, "message": final_state,
+                                                       "token": owner.token, "kind": "compression", **extra})
+        finished.set()
+        thread.join(WAIT_S)
+        assert not thread.is_alive()
+        finals = [(state, held) for state, held, _ in seen if state not in ("queued", "running")]
+        assert finals, seen
+        assert all(not held for _, held in finals), seen  # final => lock already gone
+        assert all("ended without reporting" not in message for _, _, message in seen), seen
+        assert {state for state, _ in finals} == {final_state}
+        files.progress.unlink()
+        (Path(cache_dir) / "compressions" / "r.json").unlink(missing_ok=True)
+
+
+def test_a_stored_result_under_a_live_lock_is_still_running(tmp_path, monkeypatch):
+    """The worker stores the result, then publishes and releases: in between, readers say running."""
+    cache_dir = str(tmp_path / "cache")
+    key = "0b" * 12
+    files = JobFiles.of(key, cache_dir)
+    owner = lock.acquire(files, os.getpid(), "worker")
+    write_progress(files, state="running", token=owner.token, batches_done=2, batches_total=2, fraction=1.0)
+    monkeypatch.setattr(ResultCache, "has", lambda self, k: k == key)
+    assert jobs.status(key, cache_dir=cache_dir).state == "running"
+    assert lock.release(files, owner.token, final={"state": "done", "message": "done", "token": owner.token})
+    final = jobs.status(key, cache_dir=cache_dir)
+    assert final.state == "done" and not files.lock.exists()
+    assert read_json(files.progress)["state"] == "done"
+    # a release by an attempt that no longer owns the lock publishes nothing
+    other = lock.acquire(files, os.getpid(), "worker")
+    write_progress(files, state="running", token=other.token)
+    assert lock.release(files, owner.token, final={"state": "failed", "token": owner.token}) is False
+    assert read_json(files.progress)["state"] == "running" and files.lock.exists()
+    assert lock.release(files, other.token)
+
+
+def test_reading_an_unknown_job_creates_nothing(tmp_path):
+    cache_dir = tmp_path / "cache"
+    assert jobs.status("0c" * 12, cache_dir=str(cache_dir)).state == "absent"
+    assert not cache_dir.exists()
 
 
 # ------------------------------------------------------------------------------- no worker process needed

@@ -442,9 +442,9 @@ _COMPILE_SCRIPT = textwrap.dedent(
     jit = _second_moment_kernel.fn
     aligned = ("x_ptr", "acc_ptr", "colsum_ptr", "d", "stride_xn", "stride_am")  # 16-divisible, as at run time
 
-    def ptx(dtype, block_d, block_n, warps, precision):
-        flags = {"HAS_COLSUM": True, "IS_FP32": dtype == "fp32", "UPCAST_OPERANDS": False,
-                 "FP32_PRECISION": precision, "BLOCK_D": block_d, "BLOCK_N": block_n}
+    def ptx(dtype, block_d, block_n, warps, precision, round_to="none"):
+        flags = {"HAS_COLSUM": True, "IS_FP32": dtype == "fp32" and round_to == "none", "ROUND_TO": round_to,
+                 "UPCAST_OPERANDS": False, "FP32_PRECISION": precision, "BLOCK_D": block_d, "BLOCK_N": block_n}
         sig = {}
         for name in jit.arg_names:
             if name in flags:
@@ -463,17 +463,22 @@ _COMPILE_SCRIPT = textwrap.dedent(
     bf16 = ptx("bf16", 128, 64, 8, "ieee")
     ieee = ptx("fp32", 64, 32, 4, "ieee")
     tf32x3 = ptx("fp32", 64, 32, 4, "tf32x3")
+    rounded = ptx("fp32", 128, 64, 8, "ieee", "bf16")
     print("bf16-wgmma", "wgmma.mma_async" in bf16 and ".bf16" in bf16)
+    print("fp32-rounded-bf16-wgmma", "wgmma.mma_async" in rounded and ".bf16" in rounded
+          and "cvt.rn.bf16" in rounded and rounded.count("fma.rn.f32") < 16)
     print("bf16-atomic", "red.global" in bf16 or "atom.global" in bf16)
     print("ieee-no-tensor-cores", "wgmma" not in ieee and "mma.sync" not in ieee and "fma.rn.f32" in ieee)
     print("tf32x3-tensor-cores", "wgmma" in tf32x3 and ".tf32" in tf32x3)
+    print("n-not-specialized", {"n", "n_class"} <= set(jit.do_not_specialize))
     """
 )
 
 
 @needs_triton
 def test_kernel_compiles_for_hopper_with_the_intended_precision() -> None:
-    """Compile (no GPU needed) for sm_90: bf16 must use wgmma tensor cores, fp32 "ieee" must stay on FMA
+    """Compile (no GPU needed) for sm_90: bf16 must use wgmma tensor cores, and so must float32 inputs rounded
+    to bf16 on load (a round-to-nearest-even conversion, no FMA loop); fp32 "ieee" must stay on FMA
     (no TF32), "tf32x3" must use TF32 tensor cores. Catches code the interpreter accepts but the compiler
     rejects. Runs in a subprocess because this process holds the interpreted kernel."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -490,7 +495,147 @@ def test_kernel_compiles_for_hopper_with_the_intended_precision() -> None:
     results = dict(line.split() for line in proc.stdout.strip().splitlines())
     assert results == {
         "bf16-wgmma": "True",
+        "fp32-rounded-bf16-wgmma": "True",
         "bf16-atomic": "True",
         "ieee-no-tensor-cores": "True",
         "tf32x3-tensor-cores": "True",
+        "n-not-specialized": "True",
     }, proc.stdout
+
+
+@pytest.mark.parametrize("method", ["syrk", "gemm"])
+@pytest.mark.parametrize("acc_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
+def test_torch_backend_keeps_float32_products_under_active_autocast(
+    method: str, acc_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine runs the forward pass (and so the hooks) inside ``torch.autocast(cpu, bfloat16)``; the
+    statistics must still be float32 products (~1e-7 relative), not bf16 ones (~2e-3, the old bug: a bare
+    ``torch.mm`` under autocast multiplies in bf16)."""
+    from kernels import reference
+
+    monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
+    n, d = 2000, 96
+    x = _activations(n, d, torch.float32, _seed("autocast", method, acc_dtype))
+    acc = torch.zeros(d, d, dtype=acc_dtype)
+    colsum = torch.zeros(d, dtype=acc_dtype)
+    rounded_acc, rounded_colsum = acc.clone(), colsum.clone()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        kernels.second_moment(x, acc, colsum, backend="torch", fp32_inputs="exact")
+        kernels.second_moment(x[:7], acc, colsum, backend="torch", fp32_inputs="exact")
+        kernels.second_moment(x, rounded_acc, rounded_colsum, backend="torch")  # default: what the layer multiplies
+    both = torch.cat([x, x[:7]]).double()
+    ref = both.T @ both
+    err = _lower_rel_err(acc, ref)
+    assert err <= 1e-6, f"{method}: relative error {err:.2e} under autocast (bf16 products give ~2e-3)"
+    assert torch.equal(acc, acc.T), "the torch path fills the full symmetric matrix"
+    assert _vec_rel_err(colsum, both.sum(dim=0), both) <= 1e-6
+    xr = x.to(torch.bfloat16).double()  # autocast rounds a layer's float32 input to bf16 (nearest even)
+    assert _lower_rel_err(rounded_acc, xr.T @ xr) <= 1e-6
+    assert _vec_rel_err(rounded_colsum, xr.sum(dim=0), xr) <= 1e-6
+    assert _lower_rel_err(rounded_acc, ref) > 1e-5, "the default under autocast rounds float32 inputs to bf16"
+
+
+def test_cpu_syrk_and_gemm_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rank-k update (one triangle, mirrored) equals the full GEMM on every element, ragged sizes and a
+    row-strided view included, and falls back to the GEMM when SciPy is missing."""
+    from kernels import reference
+
+    big = _activations(333, 130, torch.bfloat16, _seed("syrk-vs-gemm"))
+    for x in (big, big[::3, 5:122], big[:1, :17]):
+        got = {}
+        for method in ("syrk", "gemm"):
+            monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
+            got[method] = kernels.second_moment(x, torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64),
+                                                backend="torch")
+        ref = x.double().T @ x.double()
+        for method, acc in got.items():
+            assert (acc - ref).norm() / ref.norm() <= 1e-6, method
+        assert torch.equal(got["syrk"], got["syrk"].T)
+    monkeypatch.setattr(reference, "CPU_METHOD", "syrk")
+    monkeypatch.setattr(reference, "_scipy_syrk", lambda: None)
+    x = _activations(50, 9, torch.float32, _seed("no-scipy"))
+    acc = kernels.second_moment(x, backend="torch")
+    assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_FP32
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("round_to", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_float32_inputs_rounded_on_load(backend: str, round_to: torch.dtype) -> None:
+    """``round_to`` multiplies the 16-bit rounding of float32 inputs (what a layer under that autocast
+    multiplies): equal to the float64 product of ``x.to(round_to)`` to float32 accumulation, and visibly
+    different from the exact float32 statistic. Ragged n and d, two column tiles, two token splits."""
+    n, d = 203, 77
+    x = _activations(n, d, torch.float32, _seed("round", backend, round_to))
+    a0 = _poisoned_acc(d, _seed("round-acc", backend), scale=10.0)
+    acc, colsum = a0.clone(), torch.zeros(d)
+    if backend == "triton":
+        tsm.second_moment_triton(x, acc, colsum, round_to=round_to)
+    else:
+        kernels.reference.second_moment_torch(x, acc, colsum, round_to=round_to)
+    xr = x.to(round_to).double()
+    got = acc.double() - a0.double()
+    assert _lower_rel_err(got, xr.T @ xr) <= RTOL_BF16
+    assert _vec_rel_err(colsum, xr.sum(dim=0), xr) <= RTOL_BF16
+    assert _lower_rel_err(got, x.double().T @ x.double()) > 1e-5  # the rounding really happened
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_dispatcher_rounds_float32_to_the_active_autocast_dtype(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kernels.FP32_INPUTS_ENV, raising=False)
+    x = _activations(150, 40, torch.float32, _seed("dispatch-round", backend))
+    xr = x.to(torch.bfloat16).double()
+    outside = kernels.second_moment(x, backend=backend)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        assert kernels.fp32_rounding(x) is torch.bfloat16
+        assert kernels.fp32_rounding(x.to(torch.bfloat16)) is None  # 16-bit inputs are what they are
+        inside = kernels.second_moment(x, backend=backend)
+        exact = kernels.second_moment(x, backend=backend, fp32_inputs="exact")
+        monkeypatch.setenv(kernels.FP32_INPUTS_ENV, "exact")
+        by_env = kernels.second_moment(x, backend=backend)
+        monkeypatch.setenv(kernels.FP32_INPUTS_ENV, "sometimes")
+        with pytest.raises(ValueError, match=kernels.FP32_INPUTS_ENV):
+            kernels.second_moment(x, backend=backend)
+    monkeypatch.delenv(kernels.FP32_INPUTS_ENV, raising=False)
+    # The statistics switch autocast off around their products; the engine declares its precision instead.
+    with kernels.layer_precision(torch.bfloat16), torch.autocast(device_type="cpu", enabled=False):
+        assert kernels.fp32_rounding(x) is torch.bfloat16
+        declared = kernels.second_moment(x, backend=backend)
+    assert kernels.fp32_rounding(x) is None
+    exact_ref = x.double().T @ x.double()
+    assert _lower_rel_err(declared, xr.T @ xr) <= RTOL_BF16
+    assert _lower_rel_err(outside, exact_ref) <= RTOL_FP32  # no autocast: nothing rounded
+    assert _lower_rel_err(inside, xr.T @ xr) <= RTOL_BF16
+    assert _lower_rel_err(exact, exact_ref) <= RTOL_FP32
+    assert _lower_rel_err(by_env, exact_ref) <= RTOL_FP32
+
+
+@needs_triton
+def test_wave_splits_fill_whole_waves() -> None:
+    """The split count minimises waves x (row blocks per split + epilogue), checked by brute force, and the
+    ViT-B case of the issue (21 tiles of 128 over d = 768, 50 432 tokens in 64-row blocks, 132 SMs with one
+    program each) runs in one full wave instead of the old rule's 2.07 waves."""
+    assert tsm.wave_splits(21, 788, 132) == 6 and 21 * 6 <= 132
+    for pairs, row_blocks, slots in [(21, 788, 132), (78, 6250, 264), (1, 10_000, 132), (300, 40, 132), (6, 97, 396)]:
+        s = tsm.wave_splits(pairs, row_blocks, slots)
+        most = max(1, min(row_blocks // tsm.MIN_ROW_BLOCKS_PER_SPLIT, tsm.MAX_WAVES * slots // pairs))
+        assert 1 <= s <= most
+
+        def cost(k: int) -> float:
+            return -(-pairs * k // slots) * (-(-row_blocks // k) + tsm.EPILOGUE_ROW_BLOCKS)
+
+        assert cost(s) == min(cost(k) for k in range(1, most + 1))
+    # Occupancy from compiled resources: 255 registers x 8 warps leaves room for one program, 163 x 4 for 3.
+    assert tsm.residency(255, 100_352, 8) == 1
+    assert tsm.residency(163, 51_200, 4) == 3
+    assert tsm.residency(32, 200_000, 4) == 1  # shared memory bound
+    assert tsm.estimated_residency(128, 64, 2) == 1 and tsm.estimated_residency(64, 64, 2) == 3
+
+
+@needs_triton
+def test_autotune_key_covers_every_switch_and_not_the_exact_n() -> None:
+    keys = set(tsm._second_moment_kernel.keys)
+    assert {"d", "n_class", "HAS_COLSUM", "FP32_PRECISION", "ROUND_TO"} <= keys
+    assert "n" not in keys  # (that n is not specialised either is checked on the compiled JITFunction below)
+    # a ragged last batch stays in its class: ViT-B batches of 256 and 100 images (197 tokens each)
+    assert tsm.n_class(256 * 197) == tsm.n_class(100 * 197) == tsm.n_class(21 * 197) == 1
+    assert [tsm.n_class(n) for n in (1, 256, 4095, 4096, 10**9)] == [0, 0, 0, 1, 1]

@@ -37,7 +37,7 @@ def test_architecture_names_and_data_config():
 @pytest.mark.parametrize("recipe", [supervised, mae, dino, random_init], ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_recipe_runs_one_step_and_writes_loadable_weights(recipe, tmp_path):
     argv = ["--out", str(tmp_path), "--seed", "0", "--train-limit", "64", "--batch-size", "32", "--epochs", "1",
-            "--max-steps", "1", "--threads", "1"]
+            "--max-steps", "1", "--threads", "1", "--checkpoint-probe-limit", "0"]
     assert recipe.main(argv) == 0
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["seed"] == 0 and "python -m analysis.training." in run["recipe_command"]

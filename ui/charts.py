@@ -527,27 +527,49 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Parameters kept per layer at the current energies")
 
 
-def accuracy_vs_kept(summaries: list[dict]) -> go.Figure:
-    """Top-1 against the fraction of the counted layers' parameters kept, one point per stored compression:
-    factorized (projected) and, where run, after fine-tuning; the dense top-1 as a dashed line."""
+def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
+    """``[low, high]`` padded by a tenth of its span (at least ``min_pad``), clipped to ``[floor, ceiling]``."""
+    pad = max(min_pad, 0.1 * (high - low))
+    return [max(floor, low - pad), min(ceiling, high + pad)]
+
+
+def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
+    """Top-1 against parameters kept, from :func:`analysis.compression.summaries.accuracy_points`.
+
+    One colour per evaluation set; points are connected only within a set (factorized runs, by parameters
+    kept); fine-tuned runs are diamonds; every point has its Wilson 95 % interval as an error bar; each
+    set's dense top-1 is a dashed reference line. Axes are fitted to the points, intervals and references.
+    """
     fig = go.Figure()
-    points = sorted(summaries, key=lambda s: s.get("kept_fraction") or 0)
-    kept = [s.get("kept_fraction") for s in points]
-    labels = [f"e_in {s.get('energy_in'):g}, e_out {s.get('energy_out'):g}, fine-tune "
-              f"{(s.get('finetune') or {}).get('steps', 0)} steps" for s in points]
-    fig.add_scatter(x=kept, y=[s.get("acc_projected") for s in points], mode="lines+markers", name="factorized",
-                    line=dict(color="#4c78a8", width=2), text=labels,
-                    hovertemplate="kept %{x:.1%}<br>top-1 %{y:.2%}<br>%{text}<extra></extra>")
-    tuned = [(k, s.get("acc_finetuned"), t) for k, s, t in zip(kept, points, labels) if s.get("acc_finetuned") is not None]
-    if tuned:
-        fig.add_scatter(x=[k for k, _, _ in tuned], y=[a for _, a, _ in tuned], mode="markers", name="fine-tuned",
-                        marker=dict(color="#f58518", size=10, symbol="diamond"), text=[t for _, _, t in tuned],
-                        hovertemplate="kept %{x:.1%}<br>top-1 %{y:.2%}<br>%{text}<extra></extra>")
-    dense = points[-1].get("acc_dense") if points else None
-    if dense is not None:
-        fig.add_hline(y=dense, line_dash="dash", line_color="grey", annotation_text=f"dense {dense:.2%}")
-    fig.update_xaxes(range=[0, 1.02], tickformat=".0%", title="parameters kept (counted layers)")
-    fig.update_yaxes(tickformat=".1%", title="top-1")
+    runs = points[points["stage"] != "dense"]
+    sets = list(dict.fromkeys(points["evaluation_set"]))
+    for i, label in enumerate(sets):
+        color = analysis_color(i)
+        for stage, mode, marker in (("factorized", "lines+markers", dict(size=8)),
+                                    ("fine-tuned", "markers", dict(size=11, symbol="diamond"))):
+            part = runs[(runs["evaluation_set"] == label) & (runs["stage"] == stage)].sort_values("kept_fraction")
+            if part.empty:
+                continue
+            fig.add_scatter(
+                x=part["kept_fraction"], y=part["top1"], mode=mode, name=stage, legendgroup=label,
+                legendgrouptitle_text=label, line=dict(color=color, width=2), marker=dict(color=color, **marker),
+                error_y=dict(type="data", symmetric=False, array=part["high"] - part["top1"],
+                             arrayminus=part["top1"] - part["low"], color=color, thickness=1.2),
+                customdata=part[["text", "energy_in", "energy_out", "finetune_steps"]].to_numpy(),
+                hovertemplate=("kept %{x:.1%}<br>top-1 %{customdata[0]}<br>e_in %{customdata[1]}, e_out "
+                               "%{customdata[2]}, fine-tune %{customdata[3]} steps<extra>" + label + "</extra>"),
+            )
+        dense = points[(points["evaluation_set"] == label) & (points["stage"] == "dense")]
+        for _, row in dense.iterrows():
+            fig.add_hline(y=row["top1"], line_dash="dash", line_color=color,
+                          annotation_text=f"dense {row['text']}", annotation_position="top left",
+                          annotation_font_color=color)
+    kept = runs["kept_fraction"] if len(runs) else pd.Series([1.0])
+    fig.update_xaxes(range=_fitted_range(float(kept.min()), float(kept.max()), 0.0, 1.05, 0.02), tickformat=".0%",
+                     title="parameters kept (counted layers, factorized where smaller)")
+    if len(points):
+        fig.update_yaxes(range=_fitted_range(float(points["low"].min()), float(points["high"].max()), 0.0, 1.02, 0.01))
+    fig.update_yaxes(tickformat=".1%", title="top-1 (95 % Wilson interval)")
     return _layout(fig, "Top-1 against parameters kept")
 
 

@@ -1,74 +1,191 @@
 """The "Factorize, evaluate, fine-tune" section of the Compress page.
 
-A form runs :func:`analysis.compression.compress` for the open analysis' model at the current energies (or a
-parameter budget), with a progress bar; each run's summary is stored in the cache (``compressions/``), so
-the accuracy-against-parameters chart collects every compression of this model, and the last run's
-factorized model can be downloaded as safetensors (loadable back as ``file:<path>``).
+A form submits :func:`analysis.jobs.submit_compression` for the open analysis' model at the current energies
+(or a parameter budget): the compression runs in a worker process like an analysis, so it survives page
+switches and reloads. The session follows its job (``compress_job``); a session that follows none (a reload,
+another tab) adopts the newest live compression of this model. A fragment polls the job once a second
+(progress, ETA, cancel); when it is done its summary is already stored in ``<cache>/compressions/``.
+
+Every stored compression of this model is drawn by evaluation set (points connected only within one set),
+with top-1 as ``87.5 % ± 16 (n = 16)`` (Wilson 95 % interval, :mod:`analysis.compression.summaries`), and
+the newest exported factorized model can be downloaded.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from analysis.compression import CompressionRequest, FinetuneSettings, compress, store_summary, stored_summaries
+from analysis import jobs
+from analysis.compression import CompressionRequest, FinetuneSettings, stored_summaries
+from analysis.compression.summaries import accuracy_points, evaluation_set, set_labels, top1_text
 from analysis.compression.pipeline import PAIRED_EVAL
 from analysis.errors import AnalysisError
-from analysis.progress import Progress
+from analysis.metrics import KEPT_DEFINITION
 from analysis.result import Result
 
 from . import charts, state, text
 
-LAST_EXPORT = "compress_last_export"
+COMPRESS_JOB = "compress_job"
+"""Session key: the compression job this session follows."""
+POLL_SECONDS = 1.0
+ACTIVE_STATES = ("queued", "running")
 TRAIN_SPLIT_FOR = {test: train for train, test in PAIRED_EVAL.items()}
 """An analysis of a test split compresses from the matching train split (the test split stays held out)."""
 
-SUMMARY_COLUMNS = ["energy_in", "energy_out", "keep_target", "kept_fraction", "acc_dense", "acc_projected",
-                   "acc_finetuned", "drop_projected", "drop_finetuned", "finetune_steps", "eval_dataset",
-                   "evaluation_method", "created"]
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:+.2f} pt"
 
 
 def summary_rows(summaries: list[dict]) -> list[dict]:
-    """Flat rows for the table of stored compressions."""
+    """Rows of the table of stored compressions: top-1 with its interval, drops in percentage points."""
+    labels = set_labels(evaluation_set(s) for s in summaries)
     rows = []
     for s in summaries:
-        row = {c: s.get(c) for c in SUMMARY_COLUMNS}
-        row["finetune_steps"] = (s.get("finetune") or {}).get("steps", 0)
-        rows.append(row)
+        n = s.get("eval_samples")
+        rows.append({
+            "created": s.get("created"),
+            "evaluated on": labels[evaluation_set(s)],
+            "method": s.get("evaluation_method"),
+            "ranks from": f"{s.get('dataset')} ({text.count(s.get('analysis_images'))} images)"
+                          if s.get("analysis_images") else s.get("dataset"),
+            "e_in": s.get("energy_in"), "e_out": s.get("energy_out"), "keep target": s.get("keep_target"),
+            "parameters kept": s.get("kept_fraction"),
+            "fine-tune steps": (s.get("finetune") or {}).get("steps", 0),
+            "top-1 dense": top1_text(s.get("acc_dense"), n),
+            "top-1 factorized": top1_text(s.get("acc_projected"), n),
+            "top-1 fine-tuned": top1_text(s.get("acc_finetuned"), n),
+            "change factorized": _points(None if s.get("drop_projected") is None else -s["drop_projected"]),
+            "change fine-tuned": _points(None if s.get("drop_finetuned") is None else -s["drop_finetuned"]),
+        })
     return rows
 
 
-def _run(request: CompressionRequest) -> None:
-    bar = st.progress(0.0, text="starting")
+def result_line(summary: dict) -> str:
+    """One sentence on a finished compression: kept (and from which analysis), top-1 with intervals."""
+    n = summary.get("eval_samples")
+    analysed = summary.get("analysis_images")
+    line = (f"Kept {text.pct(summary.get('kept_fraction'))} of the counted layers' parameters (ranks from "
+            f"{summary.get('dataset')}" + (f", {text.count(analysed)} images" if analysed else "") + "); top-1 on "
+            f"{summary.get('eval_dataset')}: dense {top1_text(summary.get('acc_dense'), n)}, factorized "
+            f"{top1_text(summary.get('acc_projected'), n)}")
+    if summary.get("acc_finetuned") is not None:
+        line += f", after fine-tuning {top1_text(summary['acc_finetuned'], n)}"
+    return line + "."
 
-    def progress(p: Progress) -> None:
-        bar.progress(p.fraction, text=f"{p.stage}: {p.done:,} / {p.total:,}")
 
+def _summary_of(status) -> dict | None:
+    """The stored summary a finished compression job names (None if it is gone)."""
+    for summary in stored_summaries(state.cache().root):
+        if summary.get("job_key") == status.key:
+            return summary
+    return None
+
+
+def cancel_job(key: str) -> None:
+    """Button callback: ask the compression's worker to stop (at its next step)."""
     try:
-        report = compress(request, progress=progress)
+        if jobs.cancel(key):
+            state.notify("info", f"Asked compression {text.short_key(key)} to stop; it stops after the current step.")
     except AnalysisError as exc:
-        bar.empty()
+        state.notify("error", str(exc))
+
+
+def _finish(key: str, status) -> None:
+    """Stop following the job and leave a message saying how it ended."""
+    st.session_state.pop(COMPRESS_JOB, None)
+    if status.state == "done":
+        summary = _summary_of(status)
+        if summary is None:
+            state.notify("error", f"Compression {text.short_key(key)} reported done but its summary is not stored.")
+        else:
+            state.notify("success", "Compression finished. " + result_line(summary))
+    elif status.state == "cancelled":
+        state.notify("warning", f"Compression {text.short_key(key)} was cancelled; nothing was stored.")
+    elif status.state == "failed":
+        state.notify("error", status.message or f"Compression {text.short_key(key)} failed (no reason recorded).")
+    else:
+        state.notify("warning", f"No compression job {text.short_key(key)} is known here any more.")
+
+
+def progress_line(status) -> str:
+    """``evaluate dense: 512 / 2,000 · elapsed 12 s · ETA 1 min 05 s`` (or what the worker is doing first)."""
+    return (f"{status.message or 'starting'} · elapsed {text.duration(status.elapsed_s)} · "
+            f"ETA {text.duration(status.eta_s)}")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(key: str) -> None:
+    try:
+        status = jobs.status(key)
+    except AnalysisError as exc:
+        st.session_state.pop(COMPRESS_JOB, None)
+        state.notify("error", str(exc))
+        st.rerun(scope="app")
+    if status.state not in ACTIVE_STATES:
+        _finish(key, status)
+        st.rerun(scope="app")
+    label = "Waiting for a worker ..." if status.state == "queued" else "Compressing ..."
+    st.markdown(f"**{label}** {status.model_id or ''} on {status.dataset_id or ''}  \n`compression {key}`")
+    fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
+    st.progress(fraction, text=f"{fraction:.0%} · {progress_line(status)}")
+    st.caption("It runs in its own process: switch pages or reload, it goes on and reports here.")
+    st.button("Cancel compression", key=f"compress-cancel-{key}", on_click=cancel_job, args=(key,),
+              icon=":material/stop_circle:")
+
+
+def followed_job(model_id: str) -> str | None:
+    """The compression this session follows; else adopt the newest live one of ``model_id`` (after a reload)."""
+    key = st.session_state.get(COMPRESS_JOB)
+    if state.is_key(key):
+        return key
+    try:
+        live = [j for j in jobs.list_jobs(kind="compression") if j.state in ACTIVE_STATES and j.model_id == model_id]
+    except AnalysisError:
+        return None
+    if live:
+        st.session_state[COMPRESS_JOB] = live[0].key
+        return live[0].key
+    return None
+
+
+def _submit(request: CompressionRequest) -> None:
+    try:
+        with st.spinner("Checking the request (loading the model) ..."):
+            key = jobs.submit_compression(request)
+    except AnalysisError as exc:
         st.error(str(exc))
         return
-    bar.empty()
-    store_summary(report.summary, state.cache().root)
-    st.session_state[LAST_EXPORT] = {"model": request.model, "summary": report.summary, "bytes": report.export_bytes()}
-    st.success(
-        f"Kept {text.pct(report.summary['kept_fraction'])} of the counted layers' parameters: top-1 "
-        f"{text.pct(report.summary['acc_dense'], 2)} dense, {text.pct(report.summary['acc_projected'], 2)} factorized"
-        + (f", {text.pct(report.summary['acc_finetuned'], 2)} after fine-tuning" if report.summary["acc_finetuned"]
-           is not None else "")
-    )
+    st.session_state[COMPRESS_JOB] = key
+
+
+def _download(result: Result, summaries: list[dict]) -> None:
+    """The newest stored compression of this model whose exported factorized model is still on disk."""
+    exported = next((s for s in summaries if s.get("export") and Path(s["export"]).is_file()), None)
+    if exported is None:
+        return
+    path = Path(exported["export"])
+    name = f"factorized-{text.short_key(result.key)}-kept{round(100 * exported['kept_fraction'])}.safetensors"
+    st.download_button("Download the factorized model (safetensors)", data=path.read_bytes, file_name=name,
+                       mime="application/octet-stream", on_click="ignore", key="compress_download_model",
+                       icon=":material/download:")
+    st.caption(f"The newest exported compression ({exported.get('created')}). Load it back with "
+               f"`file:<path>/{name}`: the file names its base model and rank map.")
 
 
 def section(result: Result, e_in: float, e_out: float) -> None:
-    """Draw the form, the stored compressions of this model, the accuracy chart and the download."""
+    """Draw the form, the followed job, the stored compressions of this model, the chart and the download."""
     model_id = result.meta.model_id
     analysed = result.meta.dataset_id
     st.subheader("Factorize, evaluate, fine-tune")
     st.markdown(
         "Replace each counted layer by its two thin factors where that saves parameters, measure top-1 before "
         "and after on a labelled split, and optionally fine-tune briefly to recover. Zoo models are scored by their "
-        "own classifier; models whose classifier does not match the dataset's classes by a linear probe."
+        "own classifier; models whose classifier does not match the dataset's classes by a linear probe. "
+        f"Here, {KEPT_DEFINITION}. The ranks come from an analysis of the data below, so its parameters kept "
+        "differ from the header's (the open analysis) when the data or the number of images differ."
     )
     with st.form("compress_form"):
         cols = st.columns(3)
@@ -83,36 +200,38 @@ def section(result: Result, e_in: float, e_out: float) -> None:
         keep = cols[1].slider("Parameters to keep", 0.05, 1.0, 0.6, 0.05, key="compress_keep",
                               help="Used when the budget box is ticked: the largest energy that fits.")
         eval_samples = cols[2].number_input("Evaluation images", min_value=16, max_value=1_000_000, value=2000, step=500,
-                                            key="compress_eval_samples")
+                                            key="compress_eval_samples",
+                                            help="Top-1 on n images is uncertain by about ±1/√n; it is shown "
+                                                 "with its 95 % interval.")
         cols = st.columns(3)
         steps = cols[0].number_input("Fine-tuning steps", min_value=0, max_value=20_000, value=0, step=50, key="compress_steps")
         lr = cols[1].select_slider("Fine-tuning learning rate", options=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3], value=1e-4,
-                              key="compress_lr")
+                                   key="compress_lr")
         cols[2].caption(f"Energies: e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)} (sidebar), unless a "
                         "budget is set.")
         submitted = st.form_submit_button("Compress and evaluate", icon=":material/compress:",
                                           key="compress_submit")
     if submitted:
-        request = CompressionRequest(
+        _submit(CompressionRequest(
             model=model_id, dataset=dataset.strip(), eval_dataset=eval_dataset.strip() or None, samples=int(samples),
             eval_samples=int(eval_samples), energy_in=e_in, energy_out=e_out, keep=float(keep) if budget else None,
             finetune=FinetuneSettings(steps=int(steps), lr=float(lr)),
-        )
-        _run(request)
+        ))
+
+    key = followed_job(model_id)
+    if key is not None:
+        with st.container(border=True):
+            _poll(key)
 
     summaries = stored_summaries(state.cache().root, model=model_id)
     if summaries:
-        st.plotly_chart(charts.accuracy_vs_kept(summaries), key="compress_accuracy")
+        st.plotly_chart(charts.compression_accuracy_chart(accuracy_points(summaries)), key="compress_accuracy")
+        st.caption("Points are connected only when evaluated on the same images (dataset and number); bars are "
+                   "95 % Wilson intervals; dashed lines are the dense model on each evaluation set.")
         st.dataframe(summary_rows(summaries), hide_index=True, column_config={
-            c: st.column_config.NumberColumn(c, format="percent") for c in
-            ("kept_fraction", "acc_dense", "acc_projected", "acc_finetuned", "drop_projected", "drop_finetuned")
+            "parameters kept": st.column_config.NumberColumn("parameters kept", format="percent",
+                                                             help=KEPT_DEFINITION),
         })
+        _download(result, summaries)
     else:
         st.caption("No compression of this model has been evaluated yet.")
-    last = st.session_state.get(LAST_EXPORT)
-    if last and last["model"] == model_id:
-        name = f"factorized-{text.short_key(result.key)}-kept{round(100 * last['summary']['kept_fraction'])}.safetensors"
-        st.download_button("Download the factorized model (safetensors)", data=last["bytes"], file_name=name,
-                           mime="application/octet-stream", on_click="ignore", key="compress_download_model",
-                           icon=":material/download:")
-        st.caption(f"Load it back with `file:<path>/{name}`: the file names its base model and rank map.")

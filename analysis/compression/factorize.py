@@ -83,8 +83,8 @@ def choose_ranks(subspaces: dict[str, LayerSubspace], energy_in: float, energy_o
 
 
 def kept_fraction(ranks: list[LayerRank]) -> float:
-    dense = sum(r.params_dense for r in ranks)
-    return sum(r.params_kept for r in ranks) / dense if dense else float("nan")
+    """:func:`analysis.metrics.kept_fraction` of these decisions (the one definition of "parameters kept")."""
+    return metrics.kept_fraction(sum(r.params_kept for r in ranks), sum(r.params_dense for r in ranks))
 
 
 def energy_for_budget(subspaces: dict[str, LayerSubspace], keep: float) -> float:

@@ -17,27 +17,29 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from torch import nn
 
-from ..cache import atomic_write_bytes
+from ..cache import atomic_write_bytes, content_key
 from ..data import load_dataset
+from ..engine import plan
 from ..errors import SettingsError
 from ..paths import cache_root
 from ..progress import Progress, ProgressCallback
 from ..result import check_energy
+from ..settings import AnalysisSettings
 from .accuracy import Evaluator
 from .checkpoint import export_bytes, export_file
 from .factorize import (
     LayerRank, choose_ranks, energy_for_budget, factorize_model, kept_fraction, preservation_error, rank_map,
 )
 from .finetune import FinetuneSettings, finetune
+from .subspaces import Measured, measure, measure_settings
 from .thin_layers import parameter_count
-from .subspaces import Measured, measure
 
 PAIRED_EVAL = {"fashion-mnist:train": "fashion-mnist:test"}
 """Analysis dataset -> the held-out split evaluated by default."""
@@ -65,6 +67,31 @@ class CompressionRequest:
     def resolved_eval_dataset(self) -> str:
         return self.eval_dataset or PAIRED_EVAL.get(self.dataset, self.dataset)
 
+    def as_dict(self) -> dict:
+        """JSON-ready fields (``finetune`` as a nested dict); :meth:`from_dict` reads them back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "CompressionRequest":
+        """The request :meth:`as_dict` wrote; unknown or missing fields are a :class:`SettingsError`."""
+        if not isinstance(data, dict):
+            raise SettingsError("a compression request must be an object of its fields")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown or "model" not in data:
+            raise SettingsError(f"compression request with unknown fields {', '.join(unknown)}" if unknown
+                                else "compression request without a model")
+        values = dict(data)
+        finetune_fields = values.get("finetune") or {}
+        if not isinstance(finetune_fields, dict) or set(finetune_fields) - {f.name for f in fields(FinetuneSettings)}:
+            raise SettingsError(f"compression request with malformed fine-tuning settings {finetune_fields!r}")
+        values["finetune"] = FinetuneSettings(**finetune_fields)
+        return cls(**values)
+
+    def analysis_settings(self) -> AnalysisSettings:
+        """The settings of the analysis whose subspaces give the ranks (what :func:`measure` runs)."""
+        return measure_settings(self.samples, self.seed, device=self.device, batch_size=self.batch_size)
+
     def validated(self) -> "CompressionRequest":
         check_energy(self.energy_in, "energy_in")
         check_energy(self.energy_out, "energy_out")
@@ -75,6 +102,19 @@ class CompressionRequest:
                 raise SettingsError(f"{label} must be a positive integer, got {value!r}")
         self.finetune.validated()
         return self
+
+
+def job_key(request: CompressionRequest, analysis_key: str) -> str:
+    """The content key of one compression: the request's fields plus the key of the analysis that gives its
+    ranks (which fingerprints the model's weights and the analysed data). Equal keys, equal summaries."""
+    return content_key({"kind": "compression", "analysis_key": analysis_key, "request": request.as_dict()})
+
+
+def request_key(request: CompressionRequest) -> str:
+    """:func:`job_key` of ``request``, planning its analysis (loads the model, reads no images). Bad ids or
+    settings raise their :class:`~analysis.errors.AnalysisError` here."""
+    request = request.validated()
+    return job_key(request, plan(request.model, request.dataset, request.analysis_settings()).key)
 
 
 @dataclass
@@ -198,7 +238,8 @@ def compress(request: CompressionRequest, *, cache_dir: str | None = None, expor
         "layers_factorized": sum(r.factorized for r in ranks),
         "params_dense": params_dense,
         "params_kept": params_kept,
-        "kept_fraction": params_kept / params_dense if params_dense else None,
+        "kept_fraction": kept_fraction(ranks) if params_dense else None,
+        "analysis_images": measured.result.meta.n_images,
         "model_params_dense": parameter_count(dense_model),
         "model_params_compressed": parameter_count(compressed),
         "acc_dense": acc_dense,

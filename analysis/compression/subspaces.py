@@ -66,6 +66,13 @@ class Measured:
     from_cache: bool
 
 
+def measure_settings(samples: int | None = None, seed: int = 0, *, device: str = "cpu", batch_size: int | None = None,
+                     tokens_per_image: int | None = None) -> AnalysisSettings:
+    """The analysis settings :func:`measure` uses (the raw moments kept), hence its cache key."""
+    return AnalysisSettings(samples=samples, seed=seed, device=device, batch_size=batch_size,
+                            tokens_per_image=tokens_per_image, keep_moments=True)
+
+
 def measure(
     model_id: str,
     dataset_id: str,
@@ -79,8 +86,8 @@ def measure(
     progress: ProgressCallback | None = None,
 ) -> Measured:
     """Analyse ``model_id`` on ``dataset_id`` keeping the raw moments, then decompose them with vectors."""
-    settings = AnalysisSettings(samples=samples, seed=seed, device=device, batch_size=batch_size,
-                                tokens_per_image=tokens_per_image, keep_moments=True)
+    settings = measure_settings(samples, seed, device=device, batch_size=batch_size,
+                                tokens_per_image=tokens_per_image)
     the_plan = plan(model_id, dataset_id, settings)
     cache = ResultCache(cache_dir)
     result, moments = cache.load(the_plan.key), cache.load_moments(the_plan.key)

@@ -63,11 +63,16 @@ class AnalysisLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | None = None,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool | None = None, device: torch.device | str | None = None) -> DataLoader:
     """A deterministic, streaming DataLoader over ``dataset`` (sequential order, last partial batch kept).
 
     ``num_workers=None`` picks :func:`default_num_workers` (none when everything fits in one batch).
+    ``pin_memory=None`` pins batches in page-locked host memory exactly when ``device`` is a CUDA device
+    and CUDA is available: then ``batch.to(device, non_blocking=True)`` is a true asynchronous copy that
+    overlaps the previous batch's GPU work instead of a pageable, synchronising one.
     """
+    if pin_memory is None:
+        pin_memory = device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise SettingsError(f"batch size must be a positive whole number, got {batch_size!r}")
     if num_workers is None:

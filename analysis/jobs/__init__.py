@@ -1,19 +1,22 @@
-"""Analyses run in worker processes, outside the UI (README, section The app).
+"""Analyses and compressions run in worker processes, outside the UI (README, section The app).
 
 ::
 
-    from analysis.jobs import submit, status, cancel, wait, list_jobs, JobStatus
+    from analysis.jobs import submit, submit_compression, status, cancel, wait, list_jobs, JobStatus
     key = submit("timm:vit_small_patch16_224.dino", "folder:/data/val", AnalysisSettings(samples=2000))
     status(key).state      # absent | queued | running | done | failed | cancelled
     cancel(key)            # the worker stops at its next batch; nothing is cached
+    key = submit_compression(CompressionRequest(model="zoo:vit-fmnist-supervised", eval_samples=2000))
 
 A job's state lives in ``<cache root>/_jobs/<key>/`` (see :mod:`analysis.jobs.files`); one lock per key
-(:mod:`analysis.jobs.lock`) makes two requests for one analysis run one worker. The worker is
-``python -m analysis.jobs run-worker <key> --cache-dir <dir>`` (:mod:`analysis.jobs.worker`).
+(:mod:`analysis.jobs.lock`) makes two requests for one job run one worker. The worker is
+``python -m analysis.jobs run-worker <key> --cache-dir <dir>`` (:mod:`analysis.jobs.worker`); what it runs
+is the request's kind (:mod:`analysis.jobs.kinds`). The protocol's race-freedom is argued in
+:mod:`analysis.jobs.lock`.
 """
 
-from .api import FINAL_STATES, STATES, JobStatus, cancel, list_jobs, status, submit, wait
+from .api import FINAL_STATES, STATES, JobStatus, cancel, list_jobs, status, submit, submit_compression, wait
 from .worker import JobError, run_worker
 
 __all__ = ["FINAL_STATES", "STATES", "JobError", "JobStatus", "cancel", "list_jobs", "run_worker", "status",
-           "submit", "wait"]
+           "submit", "submit_compression", "wait"]

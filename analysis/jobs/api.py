@@ -1,8 +1,10 @@
-"""Submit analyses to worker processes and follow them: :func:`submit`, :func:`status`, :func:`cancel`,
-:func:`wait`, :func:`list_jobs`.
+"""Submit analyses and compressions to worker processes and follow them: :func:`submit`,
+:func:`submit_compression`, :func:`status`, :func:`cancel`, :func:`wait`, :func:`list_jobs`.
 
-Everything a caller sees is derived from files (the cache entry, the lock, ``progress.json``), so any
-process -- a reloaded Streamlit page, the CLI, another user's session -- sees the same state.
+Everything a caller sees is derived from files (the stored result, the lock, ``progress.json``), so any
+process -- a reloaded Streamlit page, the CLI, another user's session -- sees the same state. They are read
+in one :func:`~analysis.jobs.lock.snapshot`, and a final state is reported only once no live owner holds the
+lock (see :mod:`analysis.jobs.lock` for why this is race-free).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..paths import REPO_ROOT
 from ..settings import AnalysisSettings
 from . import lock
 from .files import JobFiles, cache_root_of, jobs_root, read_json, write_json, write_progress
-from .worker import JobError
+from .kinds import DEFAULT_KIND, JobError, get_kind, kind_name
 
 STATES = ("absent", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = frozenset({"absent", "done", "failed", "cancelled"})
@@ -37,10 +39,19 @@ _children: dict[int, subprocess.Popen] = {}
 
 @dataclass(frozen=True)
 class JobStatus:
-    """What a job is doing now. ``state`` is one of :data:`STATES`; 'done' iff the cache entry is intact."""
+    """What a job is doing now. ``state`` is one of :data:`STATES`; 'done' iff its result is stored.
+
+    ``kind`` is ``analysis`` or ``compression``. ``stage`` names the current step; ``batches_done`` /
+    ``batches_total`` count that step's units (analysis batches; for a compression the stage's images or
+    fine-tuning steps); ``fraction`` and ``eta_s`` are for the whole job. ``result`` names a compression's
+    stored summary file (in ``<cache>/compressions/``) once done.
+    """
 
     key: str
     state: str
+    kind: str = DEFAULT_KIND
+    stage: str = ""
+    result: str = ""
     batches_done: int = 0
     batches_total: int = 0
     images_done: int = 0
@@ -73,7 +84,8 @@ def _from_record(key: str, state: str, record: dict, message: str | None = None,
     """A :class:`JobStatus` in ``state`` filled from a ``progress.json`` record."""
     fraction = 1.0 if state == "done" else min(1.0, max(0.0, _number(record.get("fraction"), float, 0.0)))
     return JobStatus(
-        key=key, state=state,
+        key=key, state=state, kind=str(record.get("kind") or DEFAULT_KIND), stage=str(record.get("stage") or ""),
+        result=str(record.get("result") or "") if state == "done" else "",
         batches_done=_number(record.get("batches_done"), int, 0),
         batches_total=_number(record.get("batches_total"), int, 0),
         images_done=_number(record.get("images_done"), int, 0),
@@ -89,13 +101,8 @@ def _from_record(key: str, state: str, record: dict, message: str | None = None,
 
 
 def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
-    """A 'done' status; without a job record it is described from the cache manifest.
-
-    A worker stores the result before it writes its final record, so a record still saying 'running'
-    with its last batch counted describes the same finished job (a reader can land between the two)."""
-    finishing = record.get("state") == "running" and record.get("batches_total") and \
-        record.get("batches_done") == record.get("batches_total")
-    if record.get("state") == "done" or finishing:
+    """A 'done' status; without this job's final record it is described from the cache manifest."""
+    if record.get("state") == "done":
         return _from_record(key, "done", record, message="done")
     entry = cache.entry(key)
     cached = {} if entry is None else {
@@ -104,23 +111,43 @@ def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
     return _from_record(key, "done", cached, message="done (cached)")
 
 
+def _snapshot(files: JobFiles, cache_dir: str | None) -> tuple[lock.LockInfo | None, dict, dict, bool]:
+    """``(lock owner, progress record, request, result stored)`` read as one consistent state."""
+    with lock.snapshot(files):
+        owner = lock.read_lock(files)
+        record = read_json(files.progress) or {}
+        request = read_json(files.request) or {}
+        try:
+            kind = get_kind(kind_name(request) if request else str(record.get("kind") or DEFAULT_KIND))
+        except JobError:  # a request of a kind this code does not know: it can have no result here
+            stored = False
+        else:
+            stored = kind.has_result(files.key, cache_root_of(cache_dir), record)
+    return owner, record, request, stored
+
+
 def status(key: str, *, cache_dir: str | None = None) -> JobStatus:
-    """The state of job ``key`` (raises :class:`~analysis.errors.CacheError` for a malformed key)."""
+    """The state of job ``key`` (raises :class:`~analysis.errors.CacheError` for a malformed key).
+
+    Rules, on one snapshot: while a live owner holds the lock the job is queued or running, even when
+    its result is already stored (the worker is publishing); with no live owner, a stored result is done,
+    and otherwise the last attempt's final record tells, a record left running means the worker died.
+    """
     _reap_children()
     files = JobFiles.of(key, cache_dir)
-    cache = ResultCache(cache_dir)
-    # read the lock before progress and the cache: a worker writes its final state, then releases the lock
-    owner = lock.read_lock(files)
-    record = read_json(files.progress) or {}
-    if cache.has(key):
-        return _done_status(key, cache, record)
+    owner, record, request, stored = _snapshot(files, cache_dir)
     state = record.get("state")
     same_attempt = owner is not None and record.get("token") == owner.token
     if owner is not None and lock.owner_alive(owner):
-        if same_attempt and state in ("queued", "running", "failed", "cancelled"):
+        if same_attempt and state in ("queued", "running"):
             return _from_record(key, state, record, pid=owner.pid)
-        return _from_record(key, "queued", {"updated": owner.created, **_request_ids(files)},
+        if same_attempt:  # result stored or final record written by a worker that has not let go yet
+            return _from_record(key, "running", {**record, "eta_s": 0.0}, message="storing the result",
+                                pid=owner.pid)
+        return _from_record(key, "queued", {"updated": owner.created, **_request_ids(request)},
                             message="waiting for the worker process to start", pid=owner.pid)
+    if stored:
+        return _done_status(key, ResultCache(cache_dir), record)
     if state in ("failed", "cancelled") and (owner is None or same_attempt):
         return _from_record(key, state, record)
     if owner is not None or state in ("queued", "running"):
@@ -130,14 +157,14 @@ def status(key: str, *, cache_dir: str | None = None) -> JobStatus:
                                     f"see {files.log}")
     if state == "done":
         return _from_record(key, "absent", record,
-                            message="the stored result is missing or damaged; submit the analysis again")
-    return JobStatus(key=key, state="absent")
+                            message="the stored result is missing or damaged; submit the job again")
+    return JobStatus(key=key, state="absent", kind=kind_name(request) if request else DEFAULT_KIND)
 
 
-def _request_ids(files: JobFiles) -> dict:
-    """``model_id`` and ``dataset_id`` from ``request.json`` (empty when there is none yet)."""
-    request = read_json(files.request) or {}
-    return {"model_id": request.get("model_id", ""), "dataset_id": request.get("dataset_id", "")}
+def _request_ids(request: dict) -> dict:
+    """``kind``, ``model_id`` and ``dataset_id`` from a ``request.json`` (empty when there is none yet)."""
+    return {"kind": kind_name(request), "model_id": request.get("model_id", ""),
+            "dataset_id": request.get("dataset_id", "")}
 
 
 def _reap_children() -> None:
@@ -173,15 +200,13 @@ def _start_attempt(files: JobFiles, root: Path, owner: lock.LockInfo, request: d
     try:
         write_json(files.request, request)
         write_progress(files, state="queued", message="waiting for the worker process to start",
-                       token=owner.token, pid=os.getpid(), model_id=request["model_id"],
-                       dataset_id=request["dataset_id"])
+                       token=owner.token, pid=os.getpid(), **_request_ids(request))
         proc = _spawn_worker(files, root, owner.token)
     except OSError as exc:
-        write_progress(files, state="failed", token=owner.token, model_id=request["model_id"],
-                       dataset_id=request["dataset_id"],
-                       message=f"could not start the worker process ({exc.strerror or exc})")
-        lock.release(files, owner.token)
-        raise JobError(f"could not start the analysis worker process ({exc.strerror or exc})") from None
+        lock.release(files, owner.token, final={
+            "state": "failed", "token": owner.token, **_request_ids(request),
+            "message": f"could not start the worker process ({exc.strerror or exc})"})
+        raise JobError(f"could not start the worker process ({exc.strerror or exc})") from None
     _children[proc.pid] = proc
     lock.hand_over(files, owner.token, proc.pid)
 
@@ -195,21 +220,44 @@ def submit(model_id: str, dataset_id: str, settings: AnalysisSettings, *, cache_
     _reap_children()
     with _plan_lock:
         the_plan = plan(model_id, dataset_id, settings)
-    key = the_plan.key
-    cache = ResultCache(cache_dir)
-    if cache.has(key):
-        return key
+    request = {"kind": "analysis", "model_id": model_id, "dataset_id": dataset_id,
+               "settings": asdict(the_plan.settings)}
+    return _submit(the_plan.key, request, cache_dir)
+
+
+def submit_compression(request, *, cache_dir: str | None = None) -> str:
+    """Start (or join) the compression ``request`` (a :class:`~analysis.compression.CompressionRequest`);
+    returns its key at once. Like :func:`submit`: bad requests raise here, a stored summary of the same
+    request starts nothing, a live job for it is joined."""
+    from ..compression.pipeline import request_key
+
+    _reap_children()
+    with _plan_lock:
+        request = request.validated()
+        key = request_key(request)
+    record = {"kind": "compression", "model_id": request.model, "dataset_id": request.dataset,
+              "compression": request.as_dict()}
+    return _submit(key, record, cache_dir)
+
+
+def _stored(kind: str, key: str, root: Path, files: JobFiles) -> bool:
+    return get_kind(kind).has_result(key, root, read_json(files.progress) or {})
+
+
+def _submit(key: str, request: dict, cache_dir: str | None) -> str:
+    """Join or start the job ``key`` running ``request`` (its ``kind``, ids and parameters)."""
     root = cache_root_of(cache_dir)
     files = JobFiles.of(key, root)
+    kind = kind_name(request)
+    if _stored(kind, key, root, files):
+        return key
     owner = lock.acquire(files, os.getpid(), "submitter")
     if owner is None:
         return key  # a live job holds the key: join it
-    if cache.has(key):  # a job finished between our check and the lock
+    if _stored(kind, key, root, files):  # a job finished between our check and the lock
         lock.release(files, owner.token)
         return key
-    request = {"model_id": model_id, "dataset_id": dataset_id, "settings": asdict(the_plan.settings),
-               "cwd": os.getcwd(), "key": key, "submitted": time.time()}
-    _start_attempt(files, root, owner, request)
+    _start_attempt(files, root, owner, {**request, "cwd": os.getcwd(), "key": key, "submitted": time.time()})
     return key
 
 
@@ -234,8 +282,10 @@ def wait(key: str, timeout_s: float, *, cache_dir: str | None = None, poll_s: fl
         time.sleep(max(0.01, min(poll_s, deadline - time.monotonic())))
 
 
-def list_jobs(cache_dir: str | None = None, *, recent_s: float = RECENT_S) -> list[JobStatus]:
-    """Queued and running jobs, plus jobs that failed or were cancelled within ``recent_s``; newest first."""
+def list_jobs(cache_dir: str | None = None, *, recent_s: float = RECENT_S,
+              kind: str | None = DEFAULT_KIND) -> list[JobStatus]:
+    """Queued and running jobs, plus jobs that failed or were cancelled within ``recent_s``; newest first.
+    Only jobs of ``kind`` (analyses by default; None for every kind)."""
     _reap_children()
     root = jobs_root(cache_dir)
     if not root.is_dir():
@@ -246,6 +296,8 @@ def list_jobs(cache_dir: str | None = None, *, recent_s: float = RECENT_S) -> li
         if not (folder.is_dir() and KEY_PATTERN.fullmatch(folder.name)):
             continue
         current = status(folder.name, cache_dir=cache_dir)
+        if kind is not None and current.kind != kind:
+            continue
         if current.state in ("queued", "running") or (
             current.state in ("failed", "cancelled") and now - current.updated <= recent_s
         ):

@@ -2,10 +2,12 @@
 
 Files of a job folder::
 
-    request.json    model id, dataset id, settings (as a dict) and the submitter's working folder
+    request.json    kind, model id, dataset id, the kind's parameters and the submitter's working folder
     lock            present while a job is queued or running (see :mod:`analysis.jobs.lock`)
-    .lock.mutex     an flock target that serialises lock acquisition and stale-lock takeover
-    progress.json   state, Progress fields, message, pid, updated; rewritten atomically after each batch
+    .lock.mutex     an flock target: exclusive for lock transitions, shared for readers' snapshots
+    progress.json   state, kind, stage, progress fields, message, pid, updated (and a compression's
+                    ``result``); rewritten atomically after each batch, its final version together with
+                    the lock's removal
     cancel          flag file: its presence asks the worker to stop
     worker.log      the worker's stdout and stderr (appended to by every attempt)
 """

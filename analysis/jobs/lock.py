@@ -12,6 +12,22 @@ hand-over and release run under an ``flock`` on a separate mutex file (released 
 holder dies), so two contenders can never both judge one stale lock and both win.
 
 A lock naming a process on another host cannot be checked and is treated as live.
+
+**Final states and the lock, atomically.** A job's final record (done, failed or cancelled) is written by
+:func:`release` in the same critical section that removes the lock: under the exclusive mutex, write the
+record, then unlink the lock. Readers (:func:`analysis.jobs.status`) take the mutex *shared*
+(:func:`snapshot`) while they read the lock, the record and the stored result, so every reader sees either
+"lock held, job not final" or "lock gone, final record published", never a mixture. On top of that a
+reader never reports a final state while a live owner holds the lock (the worker stores its result before
+it releases, so "result stored, lock held" means "finishing", reported as running). Together:
+
+- a reader that sees a final state will not find the lock afterwards (unless a *new* attempt took it);
+- a reader never sees "lock gone, record still running" from a worker that finished normally, so it never
+  mistakes a finished worker for one that died without reporting;
+- a worker killed inside the critical section leaves its lock stale (owner dead): readers then trust the
+  record it left, final or not (a non-final one is reported as a failure).
+
+The order the other way round (release, then publish) would open exactly that second window.
 """
 
 from __future__ import annotations
@@ -27,7 +43,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..cache import atomic_write_bytes
-from .files import JobFiles
+from .files import JobFiles, write_progress
 
 try:  # POSIX only; without it the rename + O_EXCL protocol still keeps creation exclusive
     import fcntl
@@ -145,6 +161,30 @@ def lock_is_live(files: JobFiles) -> bool:
 
 
 @contextlib.contextmanager
+def snapshot(files: JobFiles) -> Iterator[None]:
+    """Hold a *shared* ``flock`` on the job's mutex while reading the lock, the record and the result.
+
+    Lock transitions (:func:`acquire`, :func:`hand_over`, :func:`release` with its final record) hold the
+    mutex exclusively, so what a reader reads inside this block is one consistent state. Nothing is
+    created for a job folder that does not exist (a reader of an unknown key leaves no trace); a job
+    created meanwhile is then simply seen as it was before its creation.
+    """
+    if fcntl is None or not files.folder.is_dir():  # pragma: no cover - no flock, or no job yet
+        yield
+        return
+    try:
+        fd = os.open(files.mutex, os.O_CREAT | os.O_RDONLY, 0o644)
+    except FileNotFoundError:  # the folder went away between the check and the open
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@contextlib.contextmanager
 def _mutex(files: JobFiles) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the job's mutex file (a no-op where flock does not exist)."""
     files.folder.mkdir(parents=True, exist_ok=True)
@@ -205,11 +245,19 @@ def hand_over(files: JobFiles, token: str, pid: int) -> bool:
         return True
 
 
-def release(files: JobFiles, token: str) -> bool:
-    """Remove the lock if it still belongs to attempt ``token``; True if it was removed."""
+def release(files: JobFiles, token: str, final: dict | None = None) -> bool:
+    """Remove the lock if it still belongs to attempt ``token``; True if it was removed.
+
+    ``final`` (the fields of the attempt's final ``progress.json`` record) is written first, inside the
+    same exclusive section, so no reader can see the lock gone without the final record or the record
+    final with the lock still there (see the module docstring). It is not written when the lock is not
+    ours: the job then belongs to another attempt, whose record must not be overwritten.
+    """
     with _mutex(files):
         current = read_lock(files)
         if current is None or current.token != token:
             return False
+        if final is not None:
+            write_progress(files, **final)
         files.lock.unlink(missing_ok=True)
         return True

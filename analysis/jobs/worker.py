@@ -3,6 +3,10 @@
 Started by :func:`analysis.jobs.submit` as ``python -m analysis.jobs run-worker <key> --cache-dir <dir>
 --token <attempt>``; the submitter already holds the lock and hands it to this process. Run by hand
 without ``--token`` it takes the lock itself (or exits quietly when a live job already holds it).
+
+What the job does depends on its kind (``request.json``'s ``kind``, :mod:`analysis.jobs.kinds`); the lock,
+the progress records and the cancel flag are the same for every kind. The final record is published by
+:func:`analysis.jobs.lock.release` together with the lock's removal (see :mod:`analysis.jobs.lock`).
 """
 
 from __future__ import annotations
@@ -12,27 +16,18 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Callable
 
-from ..engine import Cancelled, plan, run_plan
-from ..environment import env_float
+from ..engine import Cancelled
 from ..errors import AnalysisError
-from ..progress import Progress
-from ..settings import AnalysisSettings
 from . import lock
+from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV  # noqa: F401 - re-exported: callers set them for workers
 from .files import JobFiles, cache_root_of, read_json, write_progress
+from .kinds import JobError, RunContext, get_kind, kind_name
 
 HANDOVER_TIMEOUT_S = 60.0
-BATCH_DELAY_ENV = "ANALYSIS_JOB_BATCH_DELAY_S"
-"""Seconds to pause after each batch (while still honouring cancel): for tests and demonstrations."""
 
 EXIT_DONE, EXIT_FAILED, EXIT_CANCELLED, EXIT_NOT_OWNER = 0, 1, 3, 4
-
-
-class JobError(AnalysisError):
-    """A job that cannot run as requested (missing request, changed model or dataset, ...)."""
 
 
 class _StopSignal:
@@ -84,6 +79,8 @@ def _wait_for_handover(files: JobFiles, token: str) -> bool:
             return False
         if current.token == token and current.pid == os.getpid():
             return True
+        if current.token == token and not lock.owner_alive(current):  # the submitter died before handing over
+            return lock.hand_over(files, token, os.getpid())
         if time.monotonic() > deadline:  # the submitter stalled after starting us: adopt the lock ourselves
             return lock.hand_over(files, token, os.getpid())
         time.sleep(0.02)
@@ -97,78 +94,67 @@ def _take_lock(files: JobFiles, token: str | None) -> str | None:
     return info.token if info is not None else None
 
 
+PROGRESS_FIELDS = ("stage", "batches_done", "batches_total", "images_done", "images_total", "elapsed_s", "eta_s",
+                   "fraction")
+
+
 class _Reporter:
-    """Writes ``progress.json`` for one attempt."""
+    """Builds the ``progress.json`` records of one attempt (the last reported progress fields are kept)."""
 
     def __init__(self, files: JobFiles, token: str, request: dict) -> None:
         self.files = files
         self.token = token
+        self.kind = kind_name(request)
         self.model_id = str(request.get("model_id", ""))
         self.dataset_id = str(request.get("dataset_id", ""))
         self.started = time.time()
-        self.last: Progress | None = None
+        self.progress: dict = {"stage": "", "batches_done": 0, "batches_total": 0, "images_done": 0,
+                               "images_total": 0, "elapsed_s": None, "eta_s": None, "fraction": 0.0}
 
-    def write(self, state: str, message: str, progress: Progress | None = None) -> None:
-        p = progress or self.last
-        write_progress(
-            self.files, state=state, message=message, token=self.token, pid=os.getpid(),
-            model_id=self.model_id, dataset_id=self.dataset_id, started=self.started,
-            stage=p.stage if p else "", batches_done=p.done if p else 0,
-            batches_total=p.total if p else 0, images_done=p.items_done if p else 0,
-            images_total=p.items_total if p else 0, elapsed_s=p.elapsed_s if p else time.time() - self.started,
-            eta_s=p.eta_s if p else None, fraction=p.fraction if p else 0.0,
-        )
+    def record(self, state: str, message: str, **extra: object) -> dict:
+        """The fields of a record in ``state`` (the last progress, elapsed time now if none was reported)."""
+        progress = dict(self.progress)
+        if progress["elapsed_s"] is None:
+            progress["elapsed_s"] = time.time() - self.started
+        return {"state": state, "message": message, "token": self.token, "pid": os.getpid(), "kind": self.kind,
+                "model_id": self.model_id, "dataset_id": self.dataset_id, "started": self.started,
+                **progress, **extra}
 
-    def on_batch(self, progress: Progress) -> None:
-        self.last = progress
-        if progress.total and progress.done >= progress.total:
-            message = "statistics complete; computing spectra and metrics"
-        else:
-            message = f"{progress.stage}: batch {progress.done}/{progress.total}"
-        self.write("running", message, progress)
-
-
-def _settings_from(data: object) -> AnalysisSettings:
-    """Rebuild the settings of ``request.json`` (unknown fields are an error, not silently dropped)."""
-    if not isinstance(data, dict):
-        raise JobError("request.json has no settings object; submit the analysis again")
-    known = {f.name for f in dataclass_fields(AnalysisSettings)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise JobError(f"request.json has unknown settings {', '.join(unknown)}; submit the analysis again")
-    return AnalysisSettings(**data)
+    def running(self, message: str, **fields: object) -> None:
+        """Rewrite ``progress.json`` as running with ``fields`` (see :class:`~analysis.jobs.kinds.RunContext`)."""
+        unknown = set(fields) - set(PROGRESS_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown progress fields {sorted(unknown)}")
+        self.progress.update(fields)
+        write_progress(self.files, **self.record("running", message))
 
 
-def _delay_batches(should_stop: Callable[[], bool]) -> None:
-    """Honour :data:`BATCH_DELAY_ENV`: pause after a batch, returning early once a stop is requested."""
-    delay = env_float(BATCH_DELAY_ENV, 0.0, minimum=0.0)
-    deadline = time.monotonic() + delay
-    while time.monotonic() < deadline and not should_stop():
-        time.sleep(min(0.05, delay))
-
-
-def _execute(key: str, files: JobFiles, cache_dir: Path, reporter: _Reporter, request: dict, token: str) -> None:
-    """Re-plan the request, check it is still the same analysis, and run it into the cache."""
+def _outcome(key: str, files: JobFiles, root: Path, reporter: _Reporter, request: dict,
+             token: str) -> tuple[str, str, dict, int]:
+    """Run the job; ``(final state, message, extra final fields, exit code)`` whatever happens."""
     def should_stop() -> bool:
         return _StopSignal.requested or cancel_requested(files, token)
 
-    def on_batch(progress: Progress) -> None:
-        reporter.on_batch(progress)
-        _delay_batches(should_stop)
-
-    cwd = request.get("cwd")
-    if isinstance(cwd, str) and Path(cwd).is_dir():
-        os.chdir(cwd)  # relative model/dataset paths mean what they meant to the submitter
-    settings = _settings_from(request.get("settings"))
-    the_plan = plan(str(request.get("model_id")), str(request.get("dataset_id")), settings)
-    if the_plan.key != key:
-        raise JobError(
-            f"the model or dataset changed since this analysis was submitted (key {the_plan.key} now, "
-            f"{key} then); submit it again"
-        )
-    if should_stop():
-        raise Cancelled("analysis cancelled")
-    run_plan(the_plan, use_cache=True, cache_dir=str(cache_dir), progress=on_batch, should_stop=should_stop)
+    try:
+        reporter.running("loading model and dataset")
+        if not request:
+            raise JobError(f"{files.request} is missing or unreadable; submit the job again")
+        kind = get_kind(kind_name(request))
+        cwd = request.get("cwd")
+        if isinstance(cwd, str) and Path(cwd).is_dir():
+            os.chdir(cwd)  # relative model/dataset paths mean what they meant to the submitter
+        extra = kind.run(RunContext(key=key, request=request, cache_root=root, should_stop=should_stop,
+                                    report=reporter.running))
+    except Cancelled:
+        _log("cancelled")
+        return "cancelled", "cancelled", {}, EXIT_CANCELLED
+    except BaseException as exc:  # noqa: BLE001 - every failure must be reported before the lock goes
+        traceback.print_exc()
+        message = describe_error(exc)
+        _log(f"failed: {message}")
+        return "failed", message, {}, EXIT_FAILED
+    _log("done")
+    return "done", "done", dict(extra or {}), EXIT_DONE
 
 
 def run_worker(key: str, cache_dir: str | Path | None = None, token: str | None = None) -> int:
@@ -182,26 +168,13 @@ def run_worker(key: str, cache_dir: str | Path | None = None, token: str | None 
     _log(f"worker pid {os.getpid()} started attempt {attempt} of job {key}")
     request = read_json(files.request) or {}
     reporter = _Reporter(files, attempt, request)
+    state, message, extra, code = "failed", "the worker stopped unexpectedly", {}, EXIT_FAILED
     try:
-        reporter.write("running", "loading model and dataset")
-        if not request:
-            raise JobError(f"{files.request} is missing or unreadable; submit the analysis again")
-        _execute(key, files, root, reporter, request, attempt)
-    except Cancelled:
-        reporter.write("cancelled", "cancelled")
-        _log("cancelled")
-        return EXIT_CANCELLED
-    except BaseException as exc:  # noqa: BLE001 - every failure must be reported before the lock goes
-        traceback.print_exc()
-        message = describe_error(exc)
-        reporter.write("failed", message)
-        _log(f"failed: {message}")
-        return EXIT_FAILED
-    else:
-        reporter.write("done", "done", reporter.last)
-        _log("done")
-        return EXIT_DONE
+        state, message, extra, code = _outcome(key, files, root, reporter, request, attempt)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        lock.release(files, attempt)
+        # publish the final record and remove the lock in one step (readers never see one without the other)
+        if not lock.release(files, attempt, final=reporter.record(state, message, **extra)):
+            _log(f"the lock of job {key} was no longer held by attempt {attempt}; final state not published")
+    return code

@@ -23,6 +23,13 @@ analysis sees what training saw. Consequence, reported honestly: ``patch_embed.p
 inputs span at most 16 dimensions (the three channels are equal), so its input utilization is at most 1/3 by
 construction; the patch embedding is a flagged layer in the MLU anyway (README, section Method).
 
+Checkpoints during training: a manifest entry's ``checkpoints`` list (written by
+``python -m analysis.training.publish``) names the points of its training series; ``zoo:<name>?step=<N>`` loads
+the one at step ``N`` (float16 files under ``zoo_weights/checkpoints/<name>/``, or another zoo file when the
+record says so: step 0 of a model published before checkpoints were kept is ``zoo:vit-fmnist-random``'s
+file). Each record carries its own ``model_id``, the id the timeline analyses it under, so a point that is
+another zoo model (the initialisation, the final model) reuses that model's cached analysis.
+
 Loading verifies the file's sha256 against the manifest (:class:`CheckpointError` on mismatch); an unknown
 name raises :class:`UnknownModelError` listing the zoo; a model in the manifest whose file is absent (or not
 trained yet) raises :class:`ModelUnavailableError` with the command that trains and publishes it.
@@ -137,23 +144,51 @@ class ZooSource:
             known = ", ".join(f"zoo:{n}" for n in sorted(entries) or ZOO_NAMES)
             raise UnknownModelError(f"the zoo has no model {name!r}; zoo models: {known}")
         command = entry.get("recipe_command") or "see analysis/training"
+        unknown = sorted(set(options) - {"step"})
+        if unknown:
+            raise UnknownModelError(f"zoo:{name} takes only the option step=<N>, not {', '.join(unknown)}")
+        if "step" in options:
+            return self._load_checkpoint(name, entry, options["step"])
         path = self.weights_dir / str(entry.get("file") or f"{name}.safetensors")
         if not entry.get("sha256") or not path.is_file():
             raise ModelUnavailableError(
                 f"zoo:{name} is listed but its weights {path.name} are not here; train and publish it with: "
                 f"{command} && python -m analysis.training.publish --run <that --out folder>"
             )
+        return self._verified_model(f"zoo:{name}", path, entry["sha256"], entry, self._describe(name, entry))
+
+    def _verified_model(self, label: str, path: Path, sha256: str, entry: Mapping[str, Any],
+                        description: str) -> SourceModel:
         actual = sha256_file(path)
-        if actual != entry["sha256"]:
+        if actual != sha256:
             raise CheckpointError(
-                f"zoo:{name}: {path.name} has sha256 {actual[:12]}... but the manifest says "
-                f"{str(entry['sha256'])[:12]}...; the file is damaged or was replaced, restore it from git"
+                f"{label}: {path.name} has sha256 {actual[:12]}... but the manifest says "
+                f"{str(sha256)[:12]}...; the file is damaged or was replaced, restore it from git"
             )
         state = read_state_dict(path)
         model = build_vit(**dict(entry.get("arch_kwargs") or {}))
-        load_into(model, state, path.name, ARCH_NAME)
+        load_into(model, state, path.name, ARCH_NAME)  # float16 checkpoints are cast to the float32 model
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in (entry.get("data_config") or DATA_CONFIG).items()}
-        return SourceModel(model, ARCH_NAME, self._describe(name, entry), config, list(FASHION_MNIST_CLASSES))
+        return SourceModel(model, ARCH_NAME, description, config, list(FASHION_MNIST_CLASSES))
+
+    def _load_checkpoint(self, name: str, entry: Mapping[str, Any], raw_step: str) -> SourceModel:
+        """``zoo:<name>?step=<N>``: the listed checkpoint at step ``N``, sha256-verified."""
+        try:
+            step = int(raw_step)
+        except ValueError:
+            raise UnknownModelError(f"zoo:{name}?step={raw_step}: step must be an integer") from None
+        records = [c for c in entry.get("checkpoints") or [] if isinstance(c, Mapping)]
+        record = next((c for c in records if c.get("step") == step), None)
+        if record is None:
+            steps = ", ".join(str(c.get("step")) for c in records) or "none"
+            raise UnknownModelError(f"zoo:{name} has no checkpoint at step {step}; its checkpoints: {steps}")
+        path = self.weights_dir / str(record.get("file"))
+        if not record.get("sha256") or not path.is_file():
+            raise ModelUnavailableError(f"zoo:{name}?step={step}: its file {record.get('file')} is not here; "
+                                        "restore analysis/models/zoo_weights from git")
+        description = (f"{self._describe(name, entry)}; checkpoint at step {step} (epoch {record.get('epoch')}), "
+                       f"{record.get('dtype', 'float32')} weights from {Path(str(record.get('file'))).name}")
+        return self._verified_model(f"zoo:{name}?step={step}", path, record["sha256"], entry, description)
 
     @staticmethod
     def _describe(name: str, entry: Mapping[str, Any]) -> str:

@@ -13,6 +13,19 @@ draws always come from the CPU generator and are moved to the device, so a GPU r
 masks and batches as a CPU run (its arithmetic differs only by floating-point order). Batches are moved to
 the device one at a time; checkpoints and published weights are written from CPU copies.
 
+Checkpoints during training (:class:`Checkpointer`): the backbone is saved at log-spaced points, step 0 (before
+any update), then after epochs 1, 2, 4, 8, ... and after the last epoch (or the last step of a ``--max-steps``
+run), as ``<out>/checkpoints/step_<step:06d>.safetensors`` in float16 (``--checkpoint-dtype``), with the step,
+epoch, regime, seed and accuracies in the safetensors metadata (so the folder is a ``folder-of-checkpoints:``
+series for :func:`analysis.timeline`), and one record per checkpoint (file, step, epoch, sha256,
+linear-probe and k-NN top-1) in ``<out>/checkpoints.json``. float16 keeps 10 mantissa bits: weights reload to
+within a relative 2^-11 of the float32 values, which changes no analysed rank materially but is not an exact
+reload (the published final model stays float32). A zoo ViT checkpoint is 0.92 MB in float16. The accuracies
+at a checkpoint come from :func:`analysis.training.evaluate.evaluate` with the probe and k-NN fitted on the first
+``--checkpoint-probe-limit`` training images (default 10000; 0 turns the evaluation off) and measured on the
+first ``--checkpoint-test-limit`` test images (default all 10k); the self-supervised regimes store that
+probe as the checkpoint's ``head``.
+
 Schedule: linear warm-up from 0 to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr``:
 ``lr(t) = min_lr + (lr - min_lr) * (1 + cos(pi * (t - warmup) / (total - warmup))) / 2``.
 """
@@ -164,6 +177,12 @@ def base_parser(regime: str, description: str, *, epochs: int, batch_size: int, 
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (smoke tests)")
     p.add_argument("--probe-limit", type=int, default=None,
                    help="images used to fit the linear-probe head (default: all training images)")
+    p.add_argument("--checkpoint-probe-limit", type=int, default=10000,
+                   help="training images for the probe / k-NN at intermediate checkpoints (0: no evaluation)")
+    p.add_argument("--checkpoint-test-limit", type=int, default=None,
+                   help="test images for the accuracies at intermediate checkpoints (default: all 10k)")
+    p.add_argument("--checkpoint-dtype", choices=("float16", "bfloat16"), default="float16",
+                   help="storage dtype of the intermediate checkpoints")
     return p
 
 
@@ -206,12 +225,15 @@ def train_loop(
     step_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator, int, int], dict[str, float]],
     extra_state: dict[str, torch.Tensor] | None = None,
     epoch_end: Callable[[int], str] | None = None,
+    checkpointer: "Checkpointer | None" = None,
 ) -> dict[str, Any]:
     """Run ``args.epochs`` epochs of ``step_fn(images_uint8, labels, generator, step, total_steps)``.
 
     ``step_fn`` sets the learning rate, does forward/backward/step and returns scalars to log. After every
     epoch ``modules``, the optimizer, ``extra_state`` (buffers such as DINO's centre), the epoch and the
     accumulated training seconds go atomically to ``<out>/last.pt``; ``--resume`` restores them.
+    ``checkpointer`` (optional) saves the backbone at step 0 and after the log-spaced epochs and the last one
+    (its evaluation time is not counted in ``train_seconds``).
     Returns ``{"epochs_done", "train_seconds", "steps"}``.
     """
     extra_state = extra_state if extra_state is not None else {}
@@ -231,6 +253,8 @@ def train_loop(
     elif args.resume:
         log(f"--resume given but {ckpt} does not exist; starting from scratch")
     step = start_epoch * steps_per_epoch
+    if checkpointer is not None and step == 0:
+        checkpointer.save(0, 0.0)
     for epoch in range(start_epoch, args.epochs):
         for m in modules.values():
             m.train()
@@ -252,6 +276,9 @@ def train_loop(
                 break
         seconds += time.time() - t0
         msg = epoch_end(epoch) if epoch_end else ""
+        stopped = args.max_steps is not None and step >= args.max_steps
+        if checkpointer is not None and (checkpointer.wanted(epoch + 1) or stopped or epoch + 1 == args.epochs):
+            checkpointer.save(step, round(step / steps_per_epoch, 4))
         save_atomic({
             "modules": {k: m.state_dict() for k, m in modules.items()},
             "optimizer": optimizer.state_dict(),
@@ -264,6 +291,98 @@ def train_loop(
         if args.max_steps is not None and step >= args.max_steps:
             break
     return {"epochs_done": args.epochs, "train_seconds": seconds, "steps": step}
+
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_RECORDS = "checkpoints.json"
+CHECKPOINT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def checkpoint_epochs(epochs: int) -> list[int]:
+    """The log-spaced schedule: ``[0, 1, 2, 4, 8, ..., epochs]`` (powers of two below ``epochs``, then ``epochs``)."""
+    out, e = [0], 1
+    while e < epochs:
+        out.append(e)
+        e *= 2
+    if epochs > 0:
+        out.append(epochs)
+    return out
+
+
+class Checkpointer:
+    """Saves the zoo-layout backbone at the schedule's points with its accuracies (module docstring).
+
+    ``backbone()`` returns the module whose state dict is the zoo layout (the model; DINO's teacher);
+    ``probe_as_head``: store the fitted linear probe as the checkpoint's ``head`` (self-supervised regimes,
+    whose own head is never trained). Records survive ``--resume`` (``<out>/checkpoints.json``); a fresh run
+    starts a new list.
+    """
+
+    def __init__(self, args: argparse.Namespace, regime: str, backbone: Callable[[], torch.nn.Module],
+                 probe_as_head: bool) -> None:
+        self.args, self.regime, self.backbone, self.probe_as_head = args, regime, backbone, probe_as_head
+        self.dir = args.out / CHECKPOINT_DIR
+        self.records_path = args.out / CHECKPOINT_RECORDS
+        self.records: list[dict[str, Any]] = []
+        if args.resume and self.records_path.is_file():
+            self.records = json.loads(self.records_path.read_text())
+        self._data: tuple[Split, Split] | None = None
+        self.schedule = set(checkpoint_epochs(args.epochs))
+
+    def wanted(self, epochs_done: int) -> bool:
+        return epochs_done in self.schedule
+
+    def _eval_data(self) -> tuple[Split, Split]:
+        if self._data is None:
+            self._data = (load_split("train", self.args.checkpoint_probe_limit),
+                          load_split("test", self.args.checkpoint_test_limit))
+        return self._data
+
+    def save(self, step: int, epoch: float) -> dict[str, Any]:
+        """Evaluate (unless turned off) and write the checkpoint of ``step``; a step already recorded is kept."""
+        from safetensors.torch import save_file
+
+        from ..models.zoo import sha256_file
+        from .evaluate import evaluate_with_probe, install_head
+
+        for record in self.records:
+            if record["step"] == step:
+                return record
+        model = build_vit(seed=0)  # seeded: building must not draw from the training's global RNG
+        model.load_state_dict({k: v.detach().cpu() for k, v in self.backbone().state_dict().items()})
+        model = model.to(self.args.device).eval()
+        accuracy, evaluation, head = None, None, "the regime's own head"
+        if self.args.checkpoint_probe_limit:
+            train, test = self._eval_data()
+            accuracy, (w, b) = evaluate_with_probe(model, train, test)
+            evaluation = {"train_images": len(train), "test_images": len(test)}
+            if self.probe_as_head:
+                install_head(model, w.to(self.args.device), b.to(self.args.device))
+                accuracy["head_top1"] = accuracy["linear_probe_top1"]
+                head = f"linear probe fitted on {len(train)} train images"
+        elif self.probe_as_head:
+            head = "untrained (initialisation): no evaluation at this checkpoint"
+        dtype = CHECKPOINT_DTYPES[self.args.checkpoint_dtype]
+        state = {k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+                 for k, v in model.state_dict().items()}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step_{step:06d}.safetensors"
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp), metadata={"regime": self.regime, "seed": str(self.args.seed), "step": str(step),
+                                             "epoch": str(epoch), "dtype": self.args.checkpoint_dtype,
+                                             "arch": json.dumps(ARCH_KWARGS),
+                                             **{k: str(v) for k, v in (accuracy or {}).items()}})
+        os.replace(tmp, path)
+        record = {"file": f"{CHECKPOINT_DIR}/{path.name}", "step": step, "epoch": epoch,
+                  "sha256": sha256_file(path), "size_bytes": path.stat().st_size, "dtype": self.args.checkpoint_dtype,
+                  "head": head, "accuracy": accuracy, "evaluation": evaluation}
+        self.records = sorted(self.records + [record], key=lambda r: r["step"])
+        tmp_json = self.records_path.with_name(self.records_path.name + ".tmp")
+        tmp_json.write_text(json.dumps(self.records, indent=2) + "\n")
+        os.replace(tmp_json, self.records_path)
+        log(f"checkpoint step {step} (epoch {epoch:g}) -> {path.name}"
+            + (f" probe={accuracy['linear_probe_top1']:.4f} knn={accuracy['knn_top1']:.4f}" if accuracy else ""))
+        return record
 
 
 def hardware(device: str = "cpu") -> str:
@@ -305,6 +424,7 @@ def write_outputs(args: argparse.Namespace, regime: str, model: torch.nn.Module,
         "hardware": hardware(args.device),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "head": head,
+        "checkpoints": CHECKPOINT_RECORDS if (args.out / CHECKPOINT_RECORDS).is_file() else None,
         **(extra or {}),
     }
     (args.out / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                         * F.softmax((torch.cat(t_out) - center) / tau_t, -1).mean(0)).sum()
         return {"loss": loss.item(), "lr": lr, "tau_t": tau_t, "ema": lam, "teacher_batch_entropy": entropy.item()}
 
+    checkpointer = common.Checkpointer(args, "dino", lambda: teacher, probe_as_head=True)  # the published backbone
     loop = common.train_loop(args, train, {"student": student, "student_head": s_head, "teacher": teacher,
-                                           "teacher_head": t_head}, opt, step, extra_state={"center": center})
+                                           "teacher_head": t_head}, opt, step, extra_state={"center": center},
+                             checkpointer=checkpointer)
     model = common.build_model(args.seed, args.device)
     model.load_state_dict(teacher.state_dict())
     model.eval()

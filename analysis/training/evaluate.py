@@ -109,6 +109,12 @@ def install_head(model: torch.nn.Module, w: torch.Tensor, b: torch.Tensor) -> No
 
 def evaluate(model: torch.nn.Module, train: common.Split, test: common.Split) -> dict[str, float]:
     """``{"head_top1", "linear_probe_top1", "knn_top1"}`` on ``test`` (probe and k-NN fitted on ``train``)."""
+    return evaluate_with_probe(model, train, test)[0]
+
+
+def evaluate_with_probe(model: torch.nn.Module, train: common.Split,
+                        test: common.Split) -> tuple[dict[str, float], tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`evaluate` and the fitted probe ``(W [C, D], b [C])`` (on the CPU), one feature pass each split."""
     train_f, test_f = features(model, train), features(model, test)
     w, b = fit_linear_probe(train_f, train.labels)
     probe = float(((test_f @ w.T + b).argmax(1) == test.labels).float().mean())
@@ -116,7 +122,7 @@ def evaluate(model: torch.nn.Module, train: common.Split, test: common.Split) ->
         "head_top1": round(top1(model, test), 4),
         "linear_probe_top1": round(probe, 4),
         "knn_top1": round(knn_top1(train_f, train.labels, test_f, test.labels), 4),
-    }
+    }, (w, b)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         return {"loss": loss.item(), "lr": lr}
 
-    loop = common.train_loop(args, train, {"model": model, "decoder": decoder}, opt, step)
+    checkpointer = common.Checkpointer(args, "mae", lambda: model, probe_as_head=True)
+    loop = common.train_loop(args, train, {"model": model, "decoder": decoder}, opt, step, checkpointer=checkpointer)
     model.eval()
     common.log("fitting the linear-probe head on frozen CLS features")
     install_head(model, *probe_head(model, train.subset(args.probe_limit)))

@@ -7,7 +7,22 @@ For each ``--run DIR`` (holding ``model.safetensors`` and ``run.json`` from a re
 Fashion-MNIST test split, the head's top-1, the linear-probe top-1 and the k-NN top-1
 (:mod:`analysis.training.evaluate`), copies the weights to ``analysis/models/zoo_weights/<name>.safetensors``,
 and writes the manifest entry (recipe command, seed, epochs, architecture, data config, sha256, accuracies,
-wall time, hardware, date). No number in the manifest is typed by hand. Models not yet published keep an
+wall time, hardware, date). No number in the manifest is typed by hand.
+
+Checkpoints: a run's intermediate checkpoints (``<run>/checkpoints.json``, written by the recipe's
+:class:`analysis.training.common.Checkpointer`) are copied to ``zoo_weights/checkpoints/<name>/`` (float16,
+sha256 checked after the copy) and listed under the model as ``checkpoints``, ordered by step; the run's last
+checkpoint is replaced by the published float32 model itself (``model_id`` ``zoo:<name>``), whose accuracies are
+the full evaluation's. Each listed checkpoint loads as ``zoo:<name>?step=<step>``. Size budget:
+:data:`CHECKPOINT_BUDGET_MB` per regime for the intermediate files (a zoo ViT is 0.92 MB in float16, so up to 8
+points: step 0 and epochs 1, 2, 4, ..., 64 fit); publishing refuses a run over budget.
+
+A model published before checkpoints were kept (no ``checkpoints.json``) gets the only honest series it has:
+its step-0 initialisation and its final weights. Every recipe builds its model with
+``common.build_model(seed)``, so with seed 0 the step-0 backbone is bit for bit the backbone of
+``zoo:vit-fmnist-random`` (checked in ``tests/test_timeline.py``), which is listed as step 0 (its head is
+that model's linear probe; the regime's own step-0 head was untrained, and heads are not counted in the MLU).
+No intermediate point is ever derived. Models not yet published keep an
 entry with their recipe command and ``sha256: null`` so that ``zoo:<name>`` explains how to obtain them.
 """
 
@@ -55,6 +70,22 @@ ARCH_RATIONALE = (
 )
 
 
+CHECKPOINT_BUDGET_MB = 8.0
+"""Most megabytes of intermediate checkpoints kept in the repository per regime."""
+
+CHECKPOINT_POLICY = (
+    "Intermediate checkpoints: the backbone (+ head) at step 0 and after epochs 1, 2, 4, 8, ... of training, "
+    "stored in float16 (not an exact reload of the float32 training weights: relative error <= 2^-11 per weight, "
+    "immaterial to the analysed ranks), at most " + f"{CHECKPOINT_BUDGET_MB:g}" + " MB per regime; the last point is "
+    "the published float32 model. Accuracies at intermediate checkpoints: probe and k-NN fitted on the first "
+    "train_images training images, measured on test_images test images (see each record's evaluation). "
+    "Models published before checkpoints were kept list two points: step 0 (the seed-0 initialisation, bit for bit "
+    "the backbone of zoo:vit-fmnist-random) and the final model; no intermediate point is derived."
+)
+
+RANDOM_NAME = REGIMES["random"]["name"]
+
+
 def placeholder(regime: str) -> dict[str, Any]:
     info = REGIMES[regime]
     return {"name": info["name"], "regime": regime, "file": f"{info['name']}.safetensors",
@@ -75,7 +106,8 @@ def publish_run(run_dir: Path, weights_dir: Path, train_limit: int | None = None
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    return {
+    checkpoints = copy_checkpoints(run_dir, weights_dir, name, run.get("steps"))
+    entry = {
         "name": name,
         "regime": regime,
         "file": dst.name,
@@ -105,6 +137,75 @@ def publish_run(run_dir: Path, weights_dir: Path, train_limit: int | None = None
         "hyperparameters": run.get("hyperparameters"),
         "status": "published",
     }
+    if checkpoints is not None:
+        entry["checkpoints"] = checkpoints + [final_checkpoint(entry)]
+    return entry
+
+
+def final_checkpoint(entry: dict[str, Any]) -> dict[str, Any]:
+    """The series' last point: the published float32 model itself."""
+    acc = entry.get("accuracy") or {}
+    return {"model_id": f"zoo:{entry['name']}", "kind": "final", "file": entry["file"], "step": entry.get("steps") or 0,
+            "epoch": entry.get("epochs") or 0, "sha256": entry["sha256"], "dtype": "float32",
+            "accuracy": {k: acc.get(k) for k in ("head_top1", "linear_probe_top1", "knn_top1")},
+            "evaluation": {"train_images": 60000, "test_images": 10000}}
+
+
+def copy_checkpoints(run_dir: Path, weights_dir: Path, name: str, final_step: int | None) -> list[dict[str, Any]] | None:
+    """Copy the run's intermediate checkpoints (all but the final step) and return their manifest records, or None
+    when the run kept none. Raises when the files exceed :data:`CHECKPOINT_BUDGET_MB` or a copy's sha256 differs."""
+    records_path = run_dir / common.CHECKPOINT_RECORDS
+    if not records_path.is_file():
+        return None
+    records = [r for r in json.loads(records_path.read_text()) if r["step"] != final_step]
+    total = sum(int(r["size_bytes"]) for r in records)
+    if total > CHECKPOINT_BUDGET_MB * 2**20:
+        raise SystemExit(f"{run_dir}: {len(records)} intermediate checkpoints take {total / 2**20:.1f} MB, over the "
+                         f"{CHECKPOINT_BUDGET_MB:g} MB budget per regime; publish fewer (edit {records_path})")
+    folder = weights_dir / common.CHECKPOINT_DIR / name
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    out = []
+    for record in sorted(records, key=lambda r: r["step"]):
+        src = run_dir / record["file"]
+        dst = folder / Path(record["file"]).name
+        shutil.copyfile(src, dst)
+        if sha256_file(dst) != record["sha256"]:
+            raise SystemExit(f"{src}: sha256 differs from {records_path}; the run's checkpoint was modified")
+        out.append({"model_id": f"zoo:{name}?step={record['step']}", "kind": "intermediate",
+                    **{**record, "file": str(dst.relative_to(weights_dir))}})
+    return out
+
+
+def two_point_series(entries: dict[str, dict[str, Any]]) -> None:
+    """For published models without checkpoints: ``[step 0 = zoo:vit-fmnist-random's file, final]`` (see the
+    module docstring; only for seed 0, whose initialisation that file holds). The random model's series is itself."""
+    random_entry = entries.get(RANDOM_NAME) or {}
+    for name, entry in entries.items():
+        if not entry.get("sha256"):
+            continue
+        derived = [c.get("kind") for c in entry.get("checkpoints") or []] in (["initialisation"],
+                                                                               ["initialisation", "final"])
+        if "checkpoints" in entry and not derived:  # a real series from a run: keep it
+            continue
+        if name == RANDOM_NAME:
+            entry["checkpoints"] = [{**final_checkpoint(entry), "kind": "initialisation"}]
+            continue
+        series = []
+        if random_entry.get("sha256") and entry.get("seed") == 0 and random_entry.get("seed") == 0:
+            acc = random_entry.get("accuracy") or {}
+            series.append({
+                "model_id": f"zoo:{RANDOM_NAME}", "kind": "initialisation", "file": random_entry["file"], "step": 0,
+                "epoch": 0, "sha256": random_entry["sha256"], "dtype": "float32",
+                "accuracy": {"head_top1": None, "linear_probe_top1": acc.get("linear_probe_top1"),
+                             "knn_top1": acc.get("knn_top1")},
+                "evaluation": {"train_images": 60000, "test_images": 10000},
+                "note": "common.build_model(0) backbone, bit for bit that of zoo:vit-fmnist-random (whose head is a "
+                        "linear probe; this regime's step-0 head was untrained); published before checkpoints were "
+                        "kept, so no intermediate point exists",
+            })
+        entry["checkpoints"] = series + [final_checkpoint(entry)]
 
 
 def write_manifest(entries: dict[str, dict[str, Any]], path: Path) -> None:
@@ -113,6 +214,8 @@ def write_manifest(entries: dict[str, dict[str, Any]], path: Path) -> None:
                        "four pre-training regimes. Written by python -m analysis.training.publish; do not edit.",
         "architecture": {"arch": ARCH_NAME, "timm_class": "timm.models.vision_transformer.VisionTransformer",
                          "arch_kwargs": ARCH_KWARGS, "rationale": ARCH_RATIONALE},
+        "checkpoint_policy": {"text": CHECKPOINT_POLICY, "budget_mb_per_regime": CHECKPOINT_BUDGET_MB,
+                              "schedule": "step 0, epochs 1, 2, 4, 8, ..., last", "dtype": "float16"},
         "models": {k: entries[k] for k in sorted(entries)},
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -137,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir in args.run:
         entry = publish_run(run_dir, args.manifest.parent, args.train_limit, args.test_limit)
         entries[entry["name"]] = entry
+        two_point_series(entries)
         write_manifest(entries, args.manifest)
         common.log(f"published {entry['name']}: {json.dumps(entry['accuracy'])}")
+    two_point_series(entries)
     write_manifest(entries, args.manifest)
     return 0
 

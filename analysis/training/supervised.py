@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             return ""
         return f"test_top1={top1(model, test):.4f}"
 
-    loop = common.train_loop(args, train, {"model": model}, opt, step, epoch_end=epoch_end)
+    checkpointer = common.Checkpointer(args, "supervised", lambda: model, probe_as_head=False)
+    loop = common.train_loop(args, train, {"model": model}, opt, step, epoch_end=epoch_end, checkpointer=checkpointer)
     model.eval()
     common.write_outputs(args, "supervised", model, loop, head="supervised classifier trained end-to-end")
     return 0

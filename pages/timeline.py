@@ -1,0 +1,125 @@
+"""Timeline: utilization across training for the zoo's regimes or a folder of the user's checkpoints.
+
+Every checkpoint is analysed as a background job (cached like any analysis) on the default dataset and sample
+count; once they are done the page draws MLU against step, a depth x step heatmap per series, a scrubber over
+one series' checkpoints with the Layers bar chart, and MLU against linear-probe accuracy. The logic is in
+:mod:`analysis.timeline` and the charts in :mod:`ui.timeline_charts`.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis import defaults, jobs
+from analysis.errors import AnalysisError
+from analysis.models import catalogue
+from analysis.timeline import FOLDER_PREFIX, from_results, resolve
+from ui import charts, frame, jobs_view, state, text
+from ui import timeline_charts as tc
+
+SERIES = "timeline_series"
+OWN = "timeline_own"
+RUN = "timeline_run"  # {"points", "keys": {model_id: key}, "errors": {model_id: message}, "dataset"}
+SCRUB_SERIES = "timeline_scrub_series"
+SCRUB = "timeline_scrub"
+
+frame.intro("Timeline", tc.INTRO)
+
+zoo = [e.model_id for e in catalogue() if e.model_id.startswith("zoo:")]
+offered = list(dict.fromkeys([m for m in defaults.DEFAULT_COMPARISON if m in zoo] + zoo))
+st.session_state.setdefault(SERIES, offered)
+left, right = st.columns([3, 2])
+chosen = left.multiselect("Zoo series", offered, key=SERIES,
+                          help="Each zoo model's checkpoints as listed in its manifest.")
+own = right.text_input("Your own series", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
+                       help="A folder of checkpoints ordered by the step in their names or metadata.")
+settings = state.default_settings()
+dataset = defaults.DEFAULT_DATASET
+st.caption(f"Dataset {dataset}, {settings.samples or 'all'} images per checkpoint (the app's defaults).")
+
+if st.button("Analyse the series", type="primary"):
+    specs = list(chosen) + ([own.strip()] if own.strip() else [])
+    try:
+        points = resolve(specs)
+    except AnalysisError as exc:
+        st.error(str(exc))
+        st.stop()
+    keys, errors = {}, {}
+    for model_id in dict.fromkeys(p.model_id for p in points if not p.problem):
+        try:
+            keys[model_id] = jobs.submit(model_id, dataset, settings)
+        except AnalysisError as exc:
+            errors[model_id] = str(exc)
+    st.session_state[RUN] = {"points": points, "keys": keys, "errors": errors, "dataset": dataset}
+
+run = st.session_state.get(RUN)
+if not run:
+    st.info("Choose the series and press **Analyse the series**; analyses already in the cache open at once.")
+    st.stop()
+
+
+@st.fragment(run_every=jobs_view.POLL_SECONDS)
+def _progress(keys: dict[str, str]) -> None:
+    """Progress of the checkpoints still running; a rerun of the page when none is."""
+    active = False
+    for model_id, key in keys.items():
+        if state.entry_exists(key):
+            continue
+        status = jobs.status(key)
+        if status.state in jobs_view.ACTIVE_STATES:
+            active = True
+            fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
+            st.progress(fraction, text=f"{model_id}: {fraction:.0%} · {jobs_view.progress_line(status)}")
+    if not active:
+        st.rerun(scope="app")
+
+
+errors = dict(run["errors"])
+pending = {}
+for model_id, key in run["keys"].items():
+    if state.entry_exists(key):
+        continue
+    status = jobs.status(key)
+    if status.state in jobs_view.ACTIVE_STATES:
+        pending[model_id] = key
+    else:
+        errors[model_id] = f"{status.state}: {status.message or 'no result'}"
+if pending:
+    _progress(pending)
+results = {m: state.load_result(k) for m, k in run["keys"].items() if m not in pending}
+e_in, e_out = state.energies()
+tl = from_results(run["points"], {m: r for m, r in results.items() if r is not None}, errors, run["dataset"],
+                  e_in, e_out)
+table = tl.table
+failed = table[table["status"] != "ok"]
+for _, row in failed.iterrows():
+    if row["model_id"] not in pending:
+        st.warning(f"{row['series']}, {row['checkpoint']}: {row['status']}")
+if table["status"].eq("ok").sum() == 0:
+    st.stop()
+
+st.plotly_chart(tc.mlu_vs_step(table), key="timeline_mlu_step")
+layers = tl.layers()
+series_done = [s for s in tl.series if (layers["series"] == s).any()]
+for tab, series in zip(st.tabs(series_done), series_done):
+    with tab:
+        st.plotly_chart(tc.depth_step_heatmap(layers, series), key=f"timeline_heatmap_{series}")
+
+st.subheader("One checkpoint, layer by layer")
+scrub_series = st.selectbox("Series", series_done, key=SCRUB_SERIES)
+points = [(p, r) for p, r in zip(tl.points, tl.results) if p.series == scrub_series and r is not None]
+labels = [f"step {p.step}" if p.step is not None else p.label for p, _ in points]
+if st.session_state.get(SCRUB) not in labels:
+    st.session_state[SCRUB] = labels[-1]
+label = st.select_slider("Checkpoint", labels, key=SCRUB) if len(labels) > 1 else labels[0]
+point, result = points[labels.index(label)]
+cols = st.columns(3)
+cols[0].metric("MLU", text.pct(result.mlu))
+cols[1].metric("Linear probe", text.pct(point.accuracy.get("linear_probe_top1")))
+cols[2].metric("Epoch", "n/a" if point.epoch is None else f"{point.epoch:g}")
+st.plotly_chart(charts.utilization_bars(result.layers, result.mlu, state.selected_layer(result)),
+                key="timeline_bars")
+
+st.plotly_chart(tc.mlu_vs_probe(table), key="timeline_scatter")
+with st.expander("Timeline table", expanded=False):
+    st.dataframe(table, hide_index=True)

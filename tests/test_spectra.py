@@ -1,0 +1,167 @@
+"""Eigen-decompositions of the output moment through the small ``m = d_in + 1`` problem, against the direct one.
+
+``C_out = M G M^T`` (``M = [W b]``, ``G = [[C_in, s], [s^T, N]]``) has rank at most ``m``; for
+``d_out > m`` :func:`analysis.spectra.output_eigen` decomposes it from ``m``-sized problems. The reference is
+the direct float64 ``eigh`` of the explicitly formed ``C_out`` (:func:`analysis.spectra.eigen_batched`).
+
+Tolerances: eigenvalues to ``1e-10 * lambda_max`` absolute (both routes are float64 and backward stable, so
+their difference is rounding, ~1e-15 measured, plus the identical jitter); eigenvectors as subspaces, by the
+Frobenius (>= spectral) norm of the difference of the projectors ``V_k V_k^T`` onto the top ``k`` eigenvectors, for every
+``k`` whose eigengap ``lambda_k - lambda_{k+1}`` exceeds ``1e-6 lambda_max`` (Davis-Kahan: the error is at
+most rounding over the gap, <= ~1e-9 here); the tolerance 1e-6 is far below what a wrong vector gives (a
+swapped or missing direction moves the projector by 1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from analysis import spectra
+from analysis.spectra import AffineLayer, Eigen, eigen_batched, layer_eigen, output_eigen, output_second_moment
+
+VALUE_TOL = 1e-10
+PROJECTOR_TOL = 1e-6
+GAP = 1e-6
+
+
+def _layer(d_out: int, d_in: int, n: int, bias: bool, seed: int, rank: int | None = None) -> AffineLayer:
+    """Random affine layer and statistics of ``n`` inputs with random means and scales (``rank`` limits the
+    inputs to a subspace, making C_in and G singular)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(d_out, d_in, generator=g) / d_in**0.5
+    b = torch.randn(d_out, generator=g) if bias else None
+    if rank is None:
+        x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    else:
+        x = torch.randn(n, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, d_in, generator=g, dtype=torch.float64)
+    x = x * torch.exp(torch.randn(d_in, generator=g, dtype=torch.float64)) + torch.randn(d_in, generator=g, dtype=torch.float64)
+    return AffineLayer(weight, b, x.T @ x, x.sum(dim=0), n)
+
+
+def _direct(layer: AffineLayer) -> Eigen:
+    c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
+    return eigen_batched({"x": c_out})[0]["x"]
+
+
+def _check_against_direct(got: Eigen, ref: Eigen, layer: AffineLayer) -> None:
+    d_out = layer.d_out
+    assert got.values.shape == (d_out,) and got.vectors.shape == (d_out, d_out)
+    assert got.values.dtype == torch.float64 and got.vectors.dtype == torch.float64
+    top = float(ref.values[0])
+    assert float((got.values - ref.values).abs().max()) <= VALUE_TOL * top
+    assert bool((got.values[:-1] >= got.values[1:]).all()), "eigenvalues must be descending"
+    eye = torch.eye(d_out, dtype=torch.float64)
+    assert float((got.vectors.T @ got.vectors - eye).abs().max()) <= 1e-10, "eigenvectors must be orthonormal"
+    c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
+    residual = c_out @ got.vectors - got.vectors * got.values
+    assert float(residual.norm() / c_out.norm()) <= 1e-10
+    # ||P_got,k - P_ref,k||_F^2 = 2 ||V_ref[:, :k]^T V_got[:, k:]||_F^2 (both bases orthonormal): no
+    # cancellation, and the Frobenius norm bounds the spectral one.
+    cross = (ref.vectors.T @ got.vectors).square().cumsum(dim=0)  # [k-1, j] = sum_{i<k} (v_ref_i . v_got_j)^2
+    gaps = ref.values[:-1] - ref.values[1:]
+    checked = 0
+    for k in range(1, d_out):
+        if gaps[k - 1] > GAP * top:
+            diff = float((2 * cross[k - 1, k:].sum()).sqrt())
+            assert diff <= PROJECTOR_TOL, f"top-{k} subspace differs by {diff:.2e}"
+            checked += 1
+    assert checked >= min(layer.m, d_out) // 2, "too few well-separated subspaces to compare"
+
+
+@pytest.mark.parametrize(
+    ("d_out", "d_in", "n", "bias", "rank"),
+    [
+        pytest.param(50, 12, 400, True, None, id="bias"),
+        pytest.param(50, 12, 400, False, None, id="no-bias"),
+        pytest.param(60, 16, 9, True, None, id="fewer-samples-than-features"),
+        pytest.param(40, 10, 300, True, 4, id="inputs-in-a-subspace"),
+        pytest.param(14, 12, 200, True, None, id="d_out-just-above-m"),
+        pytest.param(576, 192, 1500, True, None, id="vit-tiny-qkv"),
+    ],
+)
+def test_output_eigen_small_problem_matches_direct(d_out: int, d_in: int, n: int, bias: bool, rank: int | None) -> None:
+    layer = _layer(d_out, d_in, n, bias, seed=d_out * 1000 + d_in + n, rank=rank)
+    assert layer.uses_small_problem()
+    got = output_eigen(layer.weight, layer.bias, layer.c_in, layer.column_sum, layer.count)
+    _check_against_direct(got, _direct(layer), layer)
+    zero_count = d_out - layer.m
+    assert float(got.values[-zero_count:].max()) <= VALUE_TOL * float(got.values[0]), "the padded zeros"
+
+
+@pytest.mark.parametrize(("d_out", "d_in", "bias"), [(13, 12, True), (12, 12, False), (5, 12, True)])
+def test_output_eigen_direct_when_output_is_not_wider(d_out: int, d_in: int, bias: bool) -> None:
+    layer = _layer(d_out, d_in, 100, bias, seed=7 + d_out)
+    assert not layer.uses_small_problem()
+    got = output_eigen(layer.weight, layer.bias, layer.c_in, layer.column_sum, layer.count)
+    ref = _direct(layer)
+    assert torch.equal(got.values, ref.values) and torch.equal(got.vectors, ref.vectors)
+
+
+def test_batched_small_problem_equals_one_at_a_time() -> None:
+    """The GPU groups same-shaped layers into one stacked call; the stacked arithmetic (run here on the CPU)
+    gives each layer its own decomposition."""
+    layers = {f"l{i}": _layer(30, 8, 50 + 10 * i, True, seed=100 + i) for i in range(3)}
+    stacked = spectra._decompose_small(layers, torch.device("cpu"))
+    for name, layer in layers.items():
+        _check_against_direct(stacked[name], _direct(layer), layer)
+    direct = spectra._decompose_direct({n: l.c_in for n, l in layers.items()}, torch.device("cpu"))
+    for name, layer in layers.items():
+        single = eigen_batched({"x": layer.c_in})[0]["x"]
+        assert torch.allclose(direct[name].values, single.values, rtol=1e-12, atol=0)
+
+
+def test_layer_eigen_reports_progress_per_layer_and_matches_direct() -> None:
+    layers = {
+        "wide": _layer(40, 9, 120, True, seed=1),
+        "narrow": _layer(6, 9, 120, True, seed=2),
+        "no-bias": _layer(25, 9, 120, False, seed=3),
+    }
+    calls: list[tuple[int, int, float]] = []
+    eig_in, eig_out, seconds = layer_eigen(layers, "cpu", progress=lambda *a: calls.append(a))
+    assert [c[:2] for c in calls] == [(1, 3), (2, 3), (3, 3)]
+    assert all(b[2] >= a[2] >= 0 for a, b in zip(calls, calls[1:])) and seconds >= calls[-1][2]
+    for name, layer in layers.items():
+        ref_in = eigen_batched({"x": layer.c_in})[0]["x"]
+        assert torch.equal(eig_in[name].values, ref_in.values)
+        _check_against_direct(eig_out[name], _direct(layer), layer)
+
+
+def test_spectra_never_reads_module_parameters() -> None:
+    """The caller passes the effective weight; AffineLayer holds tensors only (nothing to read a module from)."""
+    layer = _layer(20, 5, 50, True, seed=11)
+    assert all(isinstance(getattr(layer, f), (torch.Tensor, int, type(None)))
+               for f in ("weight", "bias", "c_in", "column_sum", "count"))
+    halved = AffineLayer(layer.weight * 0.5, layer.bias * 0.5, layer.c_in, layer.column_sum, layer.count)
+    full = output_eigen(layer.weight, layer.bias, layer.c_in, layer.column_sum, layer.count)
+    half = output_eigen(halved.weight, halved.bias, halved.c_in, halved.column_sum, halved.count)
+    assert torch.allclose(half.values, full.values / 4, rtol=1e-9, atol=1e-12 * float(full.values[0]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_layer_eigen_matches_cpu() -> None:
+    layers = {f"l{i}": _layer(300, 64, 2000, i % 2 == 0, seed=200 + i) for i in range(4)}
+    layers["narrow"] = _layer(32, 64, 2000, True, seed=300)
+    gpu_in, gpu_out, _ = layer_eigen(layers, "cuda")
+    for name, layer in layers.items():
+        ref_in = eigen_batched({"x": layer.c_in})[0]["x"]
+        assert float((gpu_in[name].values - ref_in.values).abs().max()) <= VALUE_TOL * float(ref_in.values[0])
+        _check_against_direct(gpu_out[name], _direct(layer), layer)
+
+
+def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
+    """The eigen phase reports ``layer i of n`` with the elapsed time (issue 13 item 7) as stage "spectra"."""
+    from analysis import analyze
+
+    from .helpers import TINY_VIT, make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=2)
+    seen = []
+    result = analyze(TINY_VIT, f"folder:{folder}", samples=4, use_cache=False, progress=seen.append)
+    spectra_steps = [p for p in seen if p.stage == "spectra"]
+    layers = len(result.layers)
+    assert [p.done for p in spectra_steps] == list(range(1, layers + 1))
+    assert all(p.total == layers for p in spectra_steps)
+    assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
+    assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")

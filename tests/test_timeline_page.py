@@ -1,0 +1,101 @@
+"""The Timeline page with ``streamlit.testing.v1.AppTest``: a folder series of three tiny ViT checkpoints
+(analysed once into a private cache, 64 images each), so the page finds every checkpoint cached and draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import defaults, timeline
+from tests.helpers import TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+DATASET = "fashion-mnist:test"
+SAMPLES = 64
+TIMEOUT = 180
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("run")
+    for seed, step, probe in ((0, 0, 0.5), (1, 10, 0.6), (2, 100, 0.7)):
+        path = folder / f"step_{step}.safetensors"
+        save_tiny_vit_checkpoint(path, seed=seed)
+        save_file(load_file(str(path)), str(path), metadata={"linear_probe_top1": str(probe)})
+    spec = f"folder-of-checkpoints:{folder}?arch=vit_tiny_patch16_224&{TINY_VIT_OPTIONS}"
+    cache_dir = tmp_path_factory.mktemp("timeline-page-cache")
+    result = timeline(spec, DATASET, samples=SAMPLES, cache_dir=str(cache_dir))
+    assert set(result.table["status"]) == {"ok"}
+    return spec, cache_dir, result
+
+
+def _charts(at) -> list[dict]:
+    return [json.loads(node.proto.spec) for node in at.get("plotly_chart")]
+
+
+def _values(data) -> list:
+    import base64
+
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)
+
+
+def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    spec, cache_dir, result = series
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL", result.points[0].model_id)  # cached: the app opens on it
+    monkeypatch.setattr(defaults, "DEFAULT_DATASET", DATASET)
+    monkeypatch.setattr(defaults, "DEFAULT_SAMPLES", SAMPLES)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/timeline.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Timeline" and at.markdown[0].value == timeline_intro()
+    at.multiselect(key="timeline_series").set_value([]).run()  # no zoo jobs in a test
+    at.text_input(key="timeline_own").set_value(spec).run()
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error and not at.warning, [w.value for w in at.warning]
+
+    figures = _charts(at)
+    titles = [f["layout"]["title"]["text"] for f in figures]
+    assert titles[0] == "MLU against training step" and titles[-1].startswith("MLU against linear-probe")
+    mlus = list(result.table["mlu"])
+    line = figures[0]["data"][0]
+    assert _values(line["y"]) == pytest.approx(mlus)
+    assert _values(line["x"]) == pytest.approx([5.0, 10.0, 100.0])  # step 0 at half the first positive step
+    assert figures[0]["layout"]["xaxis"]["type"] == "log"
+    heat = figures[1]
+    assert list(heat["data"][0]["x"]) == ["step 0", "step 10", "step 100"]
+    assert list(heat["data"][0]["y"]) == list(result.results[0].layers["layer"])
+    scatter = figures[-1]["data"][0]
+    assert _values(scatter["x"]) == pytest.approx([0.5, 0.6, 0.7]) and _values(scatter["y"]) == pytest.approx(mlus)
+
+    def bars_mlu(at) -> float:
+        bars = [f for f in _charts(at) if f["layout"]["title"]["text"] == "Utilization per layer"][0]
+        return [s["y0"] for s in bars["layout"]["shapes"]][0]
+
+    assert bars_mlu(at) == pytest.approx(mlus[2])  # the scrubber starts at the last checkpoint
+    at.select_slider(key="timeline_scrub").set_value("step 10").run()
+    assert bars_mlu(at) == pytest.approx(mlus[1])
+    at.session_state["energy_in"] = 0.9
+    at.session_state["energy_out"] = 0.9
+    at.run()
+    lower = result.at_energy(0.9, 0.9).table["mlu"]
+    assert _values(_charts(at)[0]["data"][0]["y"]) == pytest.approx(list(lower))
+    assert list(lower) != pytest.approx(mlus)
+    assert bars_mlu(at) == pytest.approx(lower[1])
+
+
+def timeline_intro() -> str:
+    from ui.timeline_charts import INTRO
+
+    return INTRO
