@@ -1,8 +1,9 @@
 """Layer-utilization explorer: the Streamlit entry point (``streamlit run app.py``).
 
 Routes between the pages in ``pages/`` with ``st.navigation`` and draws the frame they share (sidebar with
-the current analysis, the energy sliders and links). On a fresh session it opens the embedded default
-analysis, submitting it first when the cache does not have it yet (its progress then shows on the page).
+the current analysis, the energy sliders and links). It opens on the Compare page with the zoo's regimes
+comparison; the embedded default analysis is opened for the other pages (both ship with the repository,
+``analysis/demo_results``; when they are stale the default is submitted and its progress shows).
 """
 
 from __future__ import annotations
@@ -21,20 +22,22 @@ from ui import frame, state  # noqa: E402
 st.set_page_config(page_title="Layer utilization explorer", page_icon=":material/stacked_bar_chart:", layout="wide")
 
 PAGES = [
-    st.Page("pages/analyze.py", title="Analyze", icon=":material/play_circle:"),
-    st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:", default=True),
+    # a newcomer first sees the regimes comparison (shipped with the repository, so it is there at once)
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", default=True),
+    st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/analyze.py", title="Analyze", icon=":material/play_circle:"),
     st.Page("pages/timeline.py", title="Timeline", icon=":material/timeline:"),
     st.Page("pages/compress.py", title="Compress", icon=":material/compress:"),
     st.Page("pages/library.py", title="Library", icon=":material/folder_open:"),
-    st.Page("pages/docs.py", title="Documentation", icon=":material/menu_book:"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
 page = st.navigation(PAGES)
 state.init()
 state.adopt_query_params()
 state.ensure_default()
+frame.style()
 frame.sidebar()
 state.publish_query_params()
 page.run()

@@ -12,6 +12,9 @@ An entry is written into ``<root>/.staging/<key>-<random>/`` and then renamed in
 either the previous complete entry or the new complete one, never a half-written one; a crash leaves only
 a staging folder, which is ignored. An entry whose manifest is missing, unparsable, of another schema, or
 whose files do not match their recorded sha256 is treated as absent (and recomputed by the engine).
+
+A key the cache does not hold may be one of the entries shipped with the repository for the demo
+(:mod:`analysis.demo_results`): it is then copied in on first use and validated like any other entry.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .demo_results import SEED_ROOT, seed_entry
 from .errors import CacheError
 from .meta import ResultMeta
 from .paths import cache_root
@@ -105,6 +109,8 @@ class ResultCache:
         Its ``meta`` must read as a :class:`ResultMeta` (unknown keys are ignored, missing ones take their
         defaults); a malformed one makes the entry absent."""
         folder = self.entry_dir(key)
+        if not (folder / "manifest.json").exists():
+            self._adopt_seed(key)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
         except (OSError, ValueError):
@@ -125,6 +131,24 @@ class ResultCache:
             except OSError:
                 return None
         return manifest
+
+    def _adopt_seed(self, key: str) -> None:
+        """Copy the shipped demo entry ``key`` into this cache, if there is a current one (atomic, like
+        :meth:`store`); the caller then validates it. A cache that cannot be written simply stays without it."""
+        if self.root == SEED_ROOT:
+            return
+        seed = seed_entry(key)
+        if seed is None:
+            return
+        staging = self.root / ".staging" / f"{key}-{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copytree(seed, staging)
+            if not (self.root / key / "manifest.json").exists():
+                self._publish(staging, self.root / key)
+        except OSError:
+            pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def entry(self, key: str) -> CacheEntry | None:
         """The listing of an intact entry, else None."""

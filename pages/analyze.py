@@ -1,17 +1,20 @@
 """Analyze: choose a model (zoo, package weights, cached timm, timm by name, local checkpoint, upload, or
-any id), a dataset, the sample count and device; launch a job; follow its progress; cancel it."""
+any id), a dataset, the sample count and device; launch a job; follow its progress right below the Run
+button; cancel it. The default choice is the product's default model (the supervised zoo ViT); impossible
+settings are refused with their reason; a timm id whose weights can not be had fails at once."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 
 import streamlit as st
 import torch
 
 from analysis import defaults, jobs
 from analysis.cache import atomic_write_bytes
-from analysis.data import list_datasets, registered_families
+from analysis.catalogue import (check_timm_weights, checkpoint_model_id, default_index, grouped, path_dataset_id,
+                                path_families, timm_weights_cached, upload_file_name)
+from analysis.data import list_datasets
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.models.sources import check_architecture
@@ -27,8 +30,8 @@ UPLOAD_FOLDER = "_uploads"
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _catalogue() -> list[tuple[str, str, str]]:
-    return [(e.model_id, e.description, e.group) for e in catalogue()]
+def _catalogue():
+    return grouped(catalogue())
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -39,6 +42,7 @@ def _datasets() -> list[tuple[str, str, bool, str]]:
 def _launch(model_id: str, dataset_id: str, settings: AnalysisSettings) -> None:
     """Button callback: submit the job (plans now, so bad ids and settings fail here with one line)."""
     try:
+        check_timm_weights(model_id)  # seconds, not timm's ~50 s of retries, when the weights cannot be had
         key = jobs.submit(model_id, dataset_id, settings)
     except AnalysisError as exc:
         state.notify("error", str(exc))
@@ -62,18 +66,11 @@ def _checked_arch(arch: str) -> str | None:
         return None
 
 
-def _options_suffix(raw: str) -> str:
-    raw = raw.strip().lstrip("?&")
-    return f"&{raw}" if raw else ""
-
-
 def _save_upload(uploaded) -> str:
     """Write an uploaded checkpoint into the cache (content-addressed, atomic) and return its path."""
     check_upload_size(uploaded.size)
     data = uploaded.getvalue()
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", uploaded.name)[-80:]
-    path = state.cache().root / UPLOAD_FOLDER / f"{digest}-{name}"
+    path = state.cache().root / UPLOAD_FOLDER / upload_file_name(uploaded.name, hashlib.sha256(data).hexdigest())
     if not path.is_file():
         atomic_write_bytes(path, data)
     return str(path)
@@ -81,15 +78,14 @@ def _save_upload(uploaded) -> str:
 
 def choose_model() -> str | None:
     """The model id the user picked (None while the choice is incomplete or invalid)."""
-    entries = _catalogue()
-    groups = list(dict.fromkeys(group for _, _, group in entries))
-    groups.sort(key=lambda g: (0 if "zoo" in g else 1 if "package" in g else 2 if "timm" in g else 3))
-    sources = groups + [TIMM_BY_NAME, CHECKPOINT, UPLOAD, ANY_MODEL]
+    groups = {group.name: group.entries for group in _catalogue()}
+    sources = list(groups) + [TIMM_BY_NAME, CHECKPOINT, UPLOAD, ANY_MODEL]
     source = st.radio("Model source", sources, horizontal=True, key="analyze_model_source")
     if source in groups:
-        options = [(m, d) for m, d, g in entries if g == source]
-        picked = st.selectbox("Model", options, format_func=lambda o: f"{o[0]} — {o[1]}", key=f"analyze_model_{source}")
-        return picked[0] if picked else None
+        options = list(groups[source])
+        picked = st.selectbox("Model", options, index=default_index(options, defaults.DEFAULT_MODEL),
+                              format_func=lambda e: f"{e.model_id} — {e.description}", key=f"analyze_model_{source}")
+        return picked.model_id if picked else None
     if source == TIMM_BY_NAME:
         name = st.text_input("timm model name (with an optional pretrained tag)", placeholder="vit_base_patch16_224.dino",
                              key="analyze_timm_name").strip()
@@ -98,7 +94,10 @@ def choose_model() -> str | None:
             return None
         if _checked_arch(name) is None:
             return None
-        st.caption(f"timm knows the architecture `{name.split('.', 1)[0]}`.")
+        cached = timm_weights_cached(name)
+        st.caption(f"timm knows the architecture `{name.split('.', 1)[0]}`; its weights are "
+                   + ("in the local Hugging Face cache." if cached else
+                      "not in the local Hugging Face cache: Run downloads them, which needs internet."))
         return f"timm:{name}"
     if source in (CHECKPOINT, UPLOAD):
         if source == CHECKPOINT:
@@ -118,7 +117,7 @@ def choose_model() -> str | None:
         checked = _checked_arch(arch)
         if not path or checked is None:
             return None
-        return f"file:{path}?arch={arch.strip()}{_options_suffix(extra)}"
+        return checkpoint_model_id(path, arch, extra)
     model_id = st.text_input("Model id", value=defaults.DEFAULT_MODEL, key="analyze_any_model",
                              help="timm:<name>[.tag], random:<arch>[?seed=N&...], file:<path>?arch=<arch>, zoo:<name>, pkg:<name>")
     return model_id.strip() or None
@@ -127,7 +126,7 @@ def choose_model() -> str | None:
 def choose_dataset() -> str | None:
     rows = _datasets()
     available = [(d, desc) for d, desc, ok, _ in rows if ok]
-    by_path = {f.path.label: f for f in registered_families().values() if f.path is not None}
+    by_path = path_families()
     kinds = ["offered here", *by_path, "any dataset id"]
     kind = st.radio("Dataset source", kinds, horizontal=True, key="analyze_dataset_source")
     if kind == "offered here":
@@ -145,19 +144,21 @@ def choose_dataset() -> str | None:
         return value.strip() or None
     family = by_path[kind]
     path = st.text_input(f"{kind} path", key=f"analyze_path_{family.name}", help=family.path.help or None)
-    return f"{family.name}:{path.strip()}" if path.strip() else None
+    return path_dataset_id(kind, path) if path.strip() else None
 
 
-def choose_settings() -> AnalysisSettings:
+def choose_settings() -> AnalysisSettings | None:
+    """The settings typed, or None (with the reason shown) when one is impossible, e.g. 0 images."""
     e_in, e_out = state.energies()
     cols = st.columns(4)
     with cols[0]:
         every = st.checkbox("every image", value=defaults.DEFAULT_SAMPLES is None, key="analyze_all")
     with cols[1]:
-        samples = st.number_input("images (seeded sample)", min_value=1, value=defaults.DEFAULT_SAMPLES or 2000,
+        # no min_value: Streamlit would silently snap 0 back; the settings check below says why it is refused
+        samples = st.number_input("images (seeded sample)", value=defaults.DEFAULT_SAMPLES or 2000,
                                   step=100, disabled=every, key="analyze_samples")
     with cols[2]:
-        seed = st.number_input("seed", min_value=0, value=0, step=1, key="analyze_seed")
+        seed = st.number_input("seed", value=0, step=1, key="analyze_seed")
     with cols[3]:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         device = st.selectbox("device", devices, index=len(devices) - 1, key="analyze_device",
@@ -174,15 +175,20 @@ def choose_settings() -> AnalysisSettings:
                           help="Needed later to re-project or compress; large (d² floats per layer).")
     st.caption(f"Energies come from the sidebar (now e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}); "
                "they can be changed at any time afterwards without recomputing.")
-    return AnalysisSettings(
-        samples=None if every else int(samples), seed=int(seed), energy_in=e_in, energy_out=e_out, device=device,
-        batch_size=int(batch) or None, tokens_per_image=int(tokens) or None, precision=precision, keep_moments=keep,
-    )
+    try:
+        return AnalysisSettings(
+            samples=None if every else int(samples), seed=int(seed), energy_in=e_in, energy_out=e_out, device=device,
+            batch_size=int(batch) or None, tokens_per_image=int(tokens) or None, precision=precision,
+            keep_moments=keep,
+        ).validated()
+    except AnalysisError as exc:
+        st.error(f"Cannot run with these settings: {exc}.")
+        return None
 
 
-frame.intro("Analyze", text.ANALYZE_INTRO)
+frame.intro("Analyze", text.ANALYZE_INTRO, lead=text.ANALYZE_LEAD)
 
-following = jobs_view.job_panel()
+following = state.is_key(st.session_state.get(state.JOB))
 
 st.subheader("1. Model")
 model_id = choose_model()
@@ -191,16 +197,18 @@ dataset_id = choose_dataset()
 st.subheader("3. Settings")
 settings = choose_settings()
 
-ready = bool(model_id and dataset_id)
+ready = bool(model_id and dataset_id and settings is not None)
+if ready:
+    st.caption(f"Will analyse `{model_id}` on `{dataset_id}`.")
 st.button(
     "Run analysis", type="primary", icon=":material/play_arrow:", disabled=not ready or following,
     on_click=_launch, args=(model_id, dataset_id, settings), key="analyze_launch",
-    help="A cached result opens at once; otherwise a worker process runs it and its progress shows above.",
+    help="A cached result opens at once; otherwise a worker process runs it and its progress shows below.",
 )
+# the progress right below the button, where the user is looking after pressing it
+following = jobs_view.job_panel()
 if following:
     st.caption("One analysis at a time per session: wait for the one above or cancel it.")
-if ready:
-    st.caption(f"Will analyse `{model_id}` on `{dataset_id}`.")
 
 current = state.current_result()
 if current is not None:

@@ -15,7 +15,7 @@ from ui import charts, frame, state, text
 CHART_KEY = "layers_chart"
 HEATMAP_KEY = "layers_heatmap"
 
-frame.intro("Layers", text.LAYERS_INTRO, text.LAYERS_FORMULA, text.LAYERS_OUTRO)
+frame.intro("Layers", text.LAYERS_INTRO, text.LAYERS_FORMULA, text.LAYERS_OUTRO, lead=text.LAYERS_LEAD)
 result = frame.require_result()
 if result is None:
     st.stop()
@@ -37,12 +37,12 @@ cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="
 
 selected = state.selected_layer(result)
 st.plotly_chart(
-    charts.utilization_bars(table, result.mlu, selected),
+    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height()),
     key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
 )
 left, right = st.columns([2, 3])
 with left:
-    selected = frame.layer_picker(result, "layers_layer_pick", "Selected layer (or click a bar)")
+    selected = frame.layer_stepper(result, "layers_layer_pick", "Selected layer (or click a bar)")
     row = table[table["layer"] == selected].iloc[0]
     st.markdown(
         f"**{selected}** ({charts.kind_label(row['kind'])}): $d_{{in}} = {row['d_in']}$, $d_{{out}} = {row['d_out']}$, "
@@ -51,7 +51,7 @@ with left:
     )
     st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
 with right:
-    st.plotly_chart(charts.block_kind_heatmap(table), key=HEATMAP_KEY,
+    st.plotly_chart(charts.block_kind_heatmap(table, selected), key=HEATMAP_KEY,
                     on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
 
 with st.expander("Per-layer table", expanded=False):

@@ -1,5 +1,6 @@
-"""Spectra: for the selected layer, singular values of W against W', and the eigenvalues and cumulative
-energy of C_in and C_out with the energy thresholds and the k they give. All from stored spectra."""
+"""Spectra: for the selected layer, singular values of W against W' (drawn down to its zeros), the "sweep the
+energy" animation, and the eigenvalues of C_in and C_out with the energy not held on a log scale, so the
+threshold 1 - e and the k it gives are visible. All from stored spectra."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import streamlit as st
 
 from ui import charts, frame, state, text
 
-frame.intro("Spectra", text.SPECTRA_INTRO, text.SPECTRA_FORMULA)
+frame.intro("Spectra", text.SPECTRA_INTRO, text.SPECTRA_FORMULA, lead=text.SPECTRA_LEAD)
 result = frame.require_result()
 if result is None:
     st.stop()
 
 e_in, e_out = state.energies()
-name = frame.layer_picker(result, "spectra_layer_pick")
+name = frame.layer_stepper(result, "spectra_layer_pick")
 spectrum = result.layer(name)
 row = result.layers[result.layers["layer"] == name].iloc[0]
+height = frame.chart_height()
 
 cols = st.columns(5)
 cols[0].metric("d_in x d_out", f"{spectrum.d_in} x {spectrum.d_out}")
@@ -27,28 +29,27 @@ cols[3].metric("utilization u", text.pct(row["utilization"]))
 error = row["preservation_error"]
 cols[4].metric("preservation error", "n/a" if math.isnan(error) else f"{error:.2e}",
                help="||(W - W')X||² / ||WX||² on the data at these energies.")
-st.caption(
-    f"**{charts.kind_label(spectrum.kind)}**{'' if spectrum.in_mlu else ' (not counted in the MLU)'}. Data-free view of W alone: stable rank {row['w_stable_rank']:.1f}, effective rank {row['w_effective_rank']:.1f} "
-    f"of at most {min(spectrum.d_in, spectrum.d_out)}; inputs seen: {text.count(spectrum.n_samples)} vectors."
-)
 
-st.plotly_chart(charts.singular_values_chart(spectrum, e_in, e_out), key="spectra_singular")
+st.plotly_chart(charts.singular_values_chart(spectrum, e_in, e_out, height=height), key="spectra_singular")
 st.caption(
-    "W' is stored at e_in = e_out for e in {"
-    + ", ".join(text.energy(e) for e in sorted(spectrum.wprime_singular))
-    + f"}}; the bold curve is the one nearest min(e_in, e_out) = {text.energy(min(e_in, e_out))}, "
-    "the dashed line the utilized rank r at the current energies. Values that are exactly zero are not drawn."
+    f"**{charts.kind_label(spectrum.kind)}**{'' if spectrum.in_mlu else ' (not counted in the MLU)'}. "
+    f"W' is stored at e_in = e_out for e in {{{', '.join(text.energy(e) for e in sorted(spectrum.wprime_singular))}}}; "
+    f"the bold curve is the one nearest min(e_in, e_out) = {text.energy(min(e_in, e_out))}. Its singular values "
+    "beyond r are exactly zero and sit on the dotted floor line. Data-free view of W alone: stable rank "
+    f"{row['w_stable_rank']:.1f}, effective rank {row['w_effective_rank']:.1f} of at most "
+    f"{min(spectrum.d_in, spectrum.d_out)}; inputs seen: {text.count(spectrum.n_samples)} vectors."
 )
+st.plotly_chart(charts.energy_animation(spectrum, min(e_in, e_out), height=height), key="spectra_sweep")
 left, right = st.columns(2)
 with left:
     st.plotly_chart(
         charts.eigen_chart(spectrum.eig_in, e_in, f"Input second moment C_in (d_in = {spectrum.d_in})",
-                           charts.kind_color(spectrum.kind)),
+                           charts.kind_color(spectrum.kind), height=height),
         key="spectra_c_in",
     )
 with right:
     st.plotly_chart(
         charts.eigen_chart(spectrum.eig_out, e_out, f"Output second moment C_out (d_out = {spectrum.d_out})",
-                           charts.kind_color(spectrum.kind)),
+                           charts.kind_color(spectrum.kind), height=height),
         key="spectra_c_out",
     )

@@ -94,17 +94,31 @@ def _values(data) -> list:
 
 
 # ------------------------------------------------------------------------------------------ pages
-def test_app_opens_the_default_result_on_layers(app, results):
+def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     at = app.run()
     _ok(at)
-    assert at.title[0].value == "Layers"
-    assert at.session_state["current_key"] == results.a.key
+    assert at.title[0].value == "Compare"  # a newcomer first sees the regimes comparison
+    assert at.session_state["compare_keys"] == [results.a.key, results.b.key]  # the comparison set, cached
+    assert [m.value for m in at.main.metric] == [_pct(results.a.mlu), _pct(results.b.mlu)]
+    assert at.session_state["current_key"] == results.a.key  # the default analysis is open for the other pages
     assert at.query_params.get("analysis") == results.a.key
-    assert _metric(at, "MLU") == _pct(results.a.mlu)
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
     assert "fashion-mnist:test" in sidebar_text and "64" in sidebar_text
     assert [m.value for m in at.sidebar.metric if m.label == "MLU"] == [_pct(results.a.mlu)]
     assert {s.key for s in at.sidebar.select_slider} == {"energy_in_slider", "energy_out_slider"}
+
+
+def _layers(app):
+    """The app after its first run (on Compare), switched to the Layers page."""
+    at = app.run()
+    return at.switch_page("pages/layers.py").run()
+
+
+def test_layers_page_shows_the_default_result(app, results):
+    at = _layers(app)
+    _ok(at)
+    assert at.title[0].value == "Layers"
+    assert _metric(at, "MLU") == _pct(results.a.mlu)
     figures = _charts(at)
     assert len(figures) == 2  # utilization bars + block x kind heatmap
     bars = figures[0]
@@ -113,9 +127,27 @@ def test_app_opens_the_default_result_on_layers(app, results):
     assert any(shape.get("y0") == pytest.approx(results.a.mlu) for shape in bars["layout"]["shapes"])
 
 
+def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, results):
+    at = _layers(app)
+    names = list(results.a.layers["layer"])
+    first = at.session_state["selected_layer"]
+    at.button(key="layers_layer_pick_next").click().run()
+    _ok(at)
+    assert at.session_state["selected_layer"] == names[names.index(first) + 1]
+    assert at.selectbox(key="layers_layer_pick").value == names[names.index(first) + 1]
+    at.button(key="layers_layer_pick_prev").click().run()
+    assert at.session_state["selected_layer"] == first
+    # the heatmap outlines the selected layer's cell
+    heatmap = _charts(at)[1]
+    outlines = [sh for sh in heatmap["layout"].get("shapes", []) if sh.get("type") == "rect"]
+    assert len(outlines) == 1
+
+
 @pytest.mark.parametrize("page, title", [
     ("pages/analyze.py", "Analyze"),
+    ("pages/layers.py", "Layers"),
     ("pages/spectra.py", "Spectra"),
+    ("pages/learn.py", "Learn"),
     ("pages/compare.py", "Compare"),
     ("pages/compress.py", "Compress"),
     ("pages/library.py", "Library"),
@@ -128,28 +160,34 @@ def test_every_page_renders(app, page, title):
     assert at.markdown, "each page explains what it shows"
 
 
-def test_documentation_page_shows_the_readme(app):
+def test_learn_page_explains_the_method_on_a_picture(app):
     at = app.run()
-    at.switch_page("pages/docs.py").run()
+    at.switch_page("pages/learn.py").run()
     _ok(at)
     assert any("arxiv.org/abs/2407.04797" in m.value for m in at.markdown)
+    assert _metric(at, "k(e)") == "1 of 2"  # a thin cloud: one direction holds 90 % of the energy
+    at.slider(key="learn_spread").set_value(1.0).run()  # a round cloud needs both directions
+    assert _metric(at, "k(e)") == "2 of 2"
+    assert len(_charts(at)) == 2
 
 
 def test_energy_change_changes_k_and_mlu(app, results):
-    at = app.run()
-    before = at.main.dataframe[0].value
-    assert _metric(at, "MLU") == _pct(results.a.mlu)
+    at = app.run()  # the sidebar sliders are drawn by the entry point (first run, on Compare)
+    before = list(results.a.layers["k_in"])
     at.select_slider(key="energy_in_slider").set_value(0.9)
     at.select_slider(key="energy_out_slider").set_value(0.9)
     at.run()
     _ok(at)
     expected = results.a.at_energy(0.9, 0.9)
     assert expected.mlu != results.a.mlu
+    assert [m.value for m in at.main.metric] == [_pct(expected.mlu), _pct(results.b.at_energy(0.9, 0.9).mlu)]
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
     assert _metric(at, "MLU") == _pct(expected.mlu)
     assert _metric(at, "Energies") == "0.9 / 0.9"
     after = at.main.dataframe[0].value
     assert list(after["k_in"]) == list(expected.layers["k_in"])
-    assert list(after["k_in"]) != list(before["k_in"])
+    assert list(after["k_in"]) != before
     # the energies are shared: the Compress page shows the same re-thresholded result
     at.switch_page("pages/compress.py").run()
     _ok(at)
@@ -181,7 +219,7 @@ def test_selecting_a_layer_changes_the_spectra(app, results):
 
 
 def test_layer_selection_from_the_layers_page_is_shared(app):
-    at = app.run()
+    at = _layers(app)
     at.selectbox(key="layers_layer_pick").set_value("blocks.1.mlp.fc1").run()
     _ok(at)
     assert at.session_state["selected_layer"] == "blocks.1.mlp.fc1"
@@ -387,7 +425,7 @@ def test_first_launch_with_empty_cache_submits_the_default_and_shows_progress(mo
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     _ok(at)
     assert submitted == [(TINY_A, DATASET, SAMPLES)]
-    assert at.title[0].value == "Layers"
+    assert at.title[0].value == "Compare"
     assert at.session_state["job_key"] == "a" * 24
     assert at.get("progress"), "the default analysis's progress is visible on the opening page"
     assert any("First launch" in i.value for i in at.info)
@@ -553,10 +591,17 @@ def test_chart_builders_follow_the_energies(results):
     k_high = [s.x0 for s in high.layout.shapes if s.x0 == s.x1][0]
     assert k_low < k_high
     sv = charts.singular_values_chart(layer, 0.99, 0.99)
-    bold = [t for t in sv.data if t.name == "W' at e = 0.99"][0]
+    bold = [t for t in sv.data if t.name == "W' at e = 0.99 (now)"][0]
     assert bold.opacity == 1.0
-    assert len(bold.y) <= min(layer.d_in, layer.d_out)
-    assert all(v > 0 for v in bold.y)  # zeros are not drawn on a log axis
+    assert len(bold.y) == min(layer.d_in, layer.d_out)  # drawn down to its zeros
+    assert all(v > 0 for v in bold.y)  # zeros cannot be drawn on a log axis: they sit on the floor line
+    rank = int(layer.row(0.99, 0.99)["rank"])
+    assert rank < min(layer.d_in, layer.d_out)
+    floor = [v for v in bold.y if v == charts.ZERO_FLOOR]
+    assert len(floor) >= min(layer.d_in, layer.d_out) - rank  # W' has rank at most r: the rest is zero
+    assert any(s.y0 == s.y1 == charts.ZERO_FLOOR for s in sv.layout.shapes)  # the "zero beyond r" line
+    others = [t for t in sv.data if t.name.startswith("W' at e") and t is not bold]
+    assert others and all(t.opacity >= 0.7 and t.line.dash is None for t in others)  # readable, not faint dots
 
 
 def test_energy_sweep_is_monotone_and_exact_on_the_grid(results):
@@ -578,6 +623,54 @@ def test_display_labels_are_short_and_unique():
     assert short[0].startswith("A: ") and short[1].startswith("B: ")
     assert len(set(short)) == 2 and all(len(s) <= 60 for s in short)
     assert all(DATASET not in s for s in short)  # the common dataset is stated once on the page
+
+
+# ------------------------------------------------------------------------------------------ the classroom demo
+def test_a_fresh_clone_opens_on_the_zoo_regimes_with_accuracy_and_caveat(monkeypatch, tmp_path):
+    """Real defaults, empty cache: the shipped entries make the regimes comparison appear at once."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis.regimes import training_facts
+
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "fresh"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    _ok(at)
+    assert at.title[0].value == "Compare"
+    assert "job_key" not in at.session_state  # nothing to compute: the default is shipped too
+    zoo = list(defaults.DEFAULT_COMPARISON)
+    assert len(at.session_state["compare_keys"]) == len(zoo) == 4
+    assert [m.label[:3] for m in at.main.metric] == ["A: ", "B: ", "C: ", "D: "]
+    text = " ".join(m.value for m in at.main.markdown) + " ".join(c.value for c in at.main.caption)
+    for model_id in zoo:
+        facts = training_facts(model_id)
+        assert f"**{facts.label}**" in text, model_id
+        assert f"linear probe **{_pct(facts.linear_probe)}**" in text, model_id
+        assert facts.budget in text, model_id
+    caveats = [w.value for w in at.warning if "fell short" in w.value]
+    assert len(caveats) == 1 and "zoo:vit-fmnist-dino" in caveats[0] and "74.3%" in caveats[0]
+    deltas = [m.proto.delta for m in at.main.metric][1:]
+    assert all(d.endswith(" pp") for d in deltas)  # percentage points, not percent
+
+
+def test_zero_images_is_refused_with_a_message(app):
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    assert at.checkbox(key="analyze_all").value is False
+    at.number_input(key="analyze_samples").set_value(0).run()
+    assert not at.exception
+    assert at.number_input(key="analyze_samples").value == 0  # kept as typed, not silently replaced
+    assert any("samples must be a positive integer, got 0" in e.value for e in at.error)
+    assert at.button(key="analyze_launch").disabled
+
+
+def test_analyze_preselects_the_default_model_in_the_zoo(app, monkeypatch):
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL", "zoo:vit-fmnist-supervised")
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    _ok(at)
+    assert "zoo" in at.radio(key="analyze_model_source").value  # the zoo group comes first
+    group = at.radio(key="analyze_model_source").value
+    assert at.selectbox(key=f"analyze_model_{group}").value.model_id == "zoo:vit-fmnist-supervised"
 
 
 def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fits_its_axes():

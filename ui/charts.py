@@ -56,10 +56,14 @@ _FALLBACK_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 """Colours of the (up to four) analyses on the Compare page, in selection order."""
 
-CHART_HEIGHT = 420
+CHART_HEIGHT = 460
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
-_MARGIN = dict(l=60, r=30, t=60, b=60)
+FONT_SIZE = 15
+"""Base font (axis titles, hover); ticks and legend use it too, the title 20 px: readable on a projector."""
+TITLE_SIZE = 20
+_MARGIN = dict(l=70, r=30, t=110, b=70)
+"""The top margin holds the title (top line) and the legend (second line) without overlap."""
 
 
 def kind_color(kind: str) -> str:
@@ -79,13 +83,20 @@ def kinds_in_order(kinds: Iterable[str]) -> list[str]:
 
 
 def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
+    """Shared look: title on the first line of the top margin, the legend on the line below it (never over
+    the title or the plot), projector-sized fonts, dark ticks."""
     fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left"),
+        title=dict(text=title, x=0.0, xanchor="left", y=0.985, yanchor="top", yref="container",
+                   font=dict(size=TITLE_SIZE)),
         height=kwargs.pop("height", CHART_HEIGHT),
-        margin=_MARGIN,
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        margin=kwargs.pop("margin", _MARGIN),
+        font=dict(size=FONT_SIZE, color="#222"),
+        legend=kwargs.pop("legend", dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0.0,
+                                         font=dict(size=FONT_SIZE - 1))),
         **kwargs,
     )
+    fig.update_xaxes(tickfont=dict(size=FONT_SIZE - 2, color="#222"), title_font=dict(size=FONT_SIZE, color="#222"))
+    fig.update_yaxes(tickfont=dict(size=FONT_SIZE - 1, color="#222"), title_font=dict(size=FONT_SIZE, color="#222"))
     return fig
 
 
@@ -115,7 +126,8 @@ _LAYER_HOVER = (
 )
 
 
-def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None) -> go.Figure:
+def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
+                     height: int = CHART_HEIGHT) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
 
     Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline.
@@ -136,18 +148,40 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
             hovertemplate=_LAYER_HOVER,
         )
     if not np.isnan(mlu):
-        fig.add_hline(y=mlu, line_dash="dash", line_color="black",
-                      annotation_text=f"MLU {mlu:.1%}", annotation_position="top left")
+        fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2,
+                      annotation_text=f"MLU {mlu:.1%}", annotation_position="top left",
+                      annotation_font=dict(size=FONT_SIZE + 1))
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select")
+    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height)
 
 
-def block_kind_heatmap(table: pd.DataFrame) -> go.Figure:
+def fitted_range(values: np.ndarray, step: float = 0.05) -> tuple[float, float]:
+    """A colour range fitted to ``values`` (fractions): min and max rounded outward to ``step``, at least one
+    step wide, clipped to [0, 1]. NaNs are ignored; all-NaN gives (0, 1)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low = max(0.0, np.floor(finite.min() / step - 1e-9) * step)
+    high = min(1.0, np.ceil(finite.max() / step + 1e-9) * step)
+    if high - low < step:
+        high = min(1.0, low + step) if low + step <= 1.0 else high
+        low = high - step
+    return float(low), float(high)
+
+
+MAX_CELL_TEXT_COLUMNS = 14
+"""Above this many blocks the cell percentages would overlap: they move to the hover only."""
+
+
+def block_kind_heatmap(table: pd.DataFrame, selected: str | None = None) -> go.Figure:
     """Mean utilization per (block, kind): rows are layer kinds, columns are blocks in depth order.
 
-    Layers outside any block (patch embedding, head) have no column; several layers of one kind in one
-    block (e.g. separate q, k, v) are averaged and listed in the hover.
+    The colour scale is fitted to the data (:func:`fitted_range`, colourbar beside it), so 11 % and 29 % do
+    not look alike; the cell holding the ``selected`` layer is outlined. Layers outside any block (patch
+    embedding, head) have no column; several layers of one kind in one block are averaged and listed in the
+    hover. With many blocks the cell texts are dropped and the x labels thinned, so they never overlap.
     """
     blocked = table[table["block"].notna()].copy()
     fig = go.Figure()
@@ -162,19 +196,22 @@ def block_kind_heatmap(table: pd.DataFrame) -> go.Figure:
         i, j = kinds.index(kind), blocks.index(block)
         z[i, j] = group["utilization"].mean()
         names[i, j] = ", ".join(group["layer"])
+    zmin, zmax = fitted_range(z)
+    show_text = len(blocks) <= MAX_CELL_TEXT_COLUMNS
     text = np.where(np.isnan(z), "", np.vectorize(lambda v: f"{v:.0%}")(np.nan_to_num(z)))
     x_labels, y_labels = [str(b) for b in blocks], [kind_label(k) for k in kinds]
     fig.add_heatmap(
         x=x_labels,
         y=y_labels,
         z=z,
-        zmin=0.0,
-        zmax=1.0,
+        zmin=zmin,
+        zmax=zmax,
         colorscale="Viridis",
-        text=text,
-        texttemplate="%{text}",
+        text=text if show_text else None,
+        texttemplate="%{text}" if show_text else None,
+        textfont=dict(size=FONT_SIZE - 1),
         hoverinfo="skip",
-        colorbar=dict(title="u", tickformat=".0%"),
+        colorbar=dict(title=dict(text="utilization", side="right"), tickformat=".0%", thickness=16),
     )
     # Plotly heatmap cells send no selection events to Streamlit (streamlit/streamlit#8760), so an invisible
     # marker on every filled cell carries the hover and the click; customdata[0] is the layer a click selects.
@@ -186,17 +223,23 @@ def block_kind_heatmap(table: pd.DataFrame) -> go.Figure:
         mode="markers",
         name="cells",
         showlegend=False,
-        marker=dict(symbol="square", size=34, opacity=0.0, color="black"),
+        marker=dict(symbol="square", size=max(12, min(34, 700 // max(1, len(blocks)))), opacity=0.0, color="black"),
         selected=dict(marker=invisible),
         unselected=dict(marker=invisible),
         customdata=[[names[i, j].split(", ")[0], names[i, j], z[i, j]] for i, j in cells],
         hovertemplate="block %{x}, %{y}<br>utilization %{customdata[2]:.1%}<br>%{customdata[1]}"
                       "<br>click: select %{customdata[0]}<extra></extra>",
     )
-    fig.update_xaxes(title="block (depth)", type="category")
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "Utilization by block and layer kind", height=max(260, 70 * len(kinds) + 120),
-                   clickmode="event+select")
+    for i, j in cells:
+        if selected and selected in names[i, j].split(", "):
+            fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, xref="x", yref="y",
+                          line=dict(color="#ff2d2d", width=4), fillcolor="rgba(0,0,0,0)", name="selected")
+    step = max(1, int(np.ceil(len(blocks) / 24)))
+    fig.update_xaxes(title="block (depth)", type="category", tickangle=0,
+                     tickmode="array", tickvals=x_labels[::step], ticktext=x_labels[::step])
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return _layout(fig, "Utilization by block and layer kind", height=max(300, 56 * len(kinds) + 200),
+                   clickmode="event+select", margin=dict(l=40, r=30, t=80, b=70))
 
 
 # ------------------------------------------------------------------------------------------ Spectra
@@ -215,62 +258,160 @@ def nearest_wprime_energy(energy: float) -> float:
     return min(WPRIME_ENERGIES, key=lambda e: abs(e - energy))
 
 
-def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out: float) -> go.Figure:
+ZERO_FLOOR = 1e-7
+"""Singular values of W' below this fraction of W's largest are zero (W' has rank at most r): they are drawn
+on a floor line at this height, marked "zero beyond r", so the collapse is visible on the log axis."""
+
+
+def _floored(values: np.ndarray, reference: float, full: int) -> tuple[np.ndarray, np.ndarray]:
+    """(index from 1 to ``full``, value / reference clamped from below at :data:`ZERO_FLOOR`).
+
+    W' is stored by its min(k_out, k_in) leading singular values; the other ``full - len(values)`` (with
+    ``full = min(d_in, d_out)``) are exactly zero and are appended, so every zero sits on the floor line."""
+    values = np.asarray(values, dtype=np.float64)
+    if reference <= 0:
+        return np.array([]), np.array([])
+    padded = np.zeros(max(full, values.size))
+    padded[: values.size] = values
+    return np.arange(1, padded.size + 1), np.maximum(padded / reference, ZERO_FLOOR)
+
+
+WPRIME_SHADES = ("#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b")
+"""W' curves from the lowest to the highest stored energy (light to dark): distinct, readable, not dotted."""
+
+
+def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out: float,
+                          height: int = CHART_HEIGHT) -> go.Figure:
     """Singular values of W and of W' = P_out W P_in, normalized by the largest singular value of W, log y.
 
-    W' is stored at e_in = e_out = e for e in ``WPRIME_ENERGIES``: the curve nearest the current energies is
-    drawn boldly, the others faintly. The vertical line marks the utilized rank r at the current energies.
+    W' is stored at e_in = e_out = e for e in ``WPRIME_ENERGIES``; every stored curve is drawn down to its
+    zeros (on the :data:`ZERO_FLOOR` line, "zero beyond r"), the one nearest the current energies bold and
+    the others solid and thinner. The vertical line marks the utilized rank r at the current energies.
     """
     fig = go.Figure()
     s = np.asarray(spectrum.w_singular, dtype=np.float64)
     top = float(s[0]) if s.size else 0.0
     x, y = _positive(s, top)
-    fig.add_scatter(x=x, y=y, mode="lines+markers", name="W (trained weights)", line=dict(color="black", width=2),
+    fig.add_scatter(x=x, y=y, mode="lines+markers", name="W (trained weights)", line=dict(color="black", width=3),
                     marker=dict(size=4), hovertemplate="i = %{x}<br>s_i / s_1(W) = %{y:.3g}<extra>W</extra>")
     current = nearest_wprime_energy(min(energy_in, energy_out))
-    for energy in sorted(spectrum.wprime_singular):
-        wx, wy = _positive(spectrum.wprime_singular[energy], top)
+    for n, energy in enumerate(sorted(spectrum.wprime_singular)):
+        wx, wy = _floored(spectrum.wprime_singular[energy], top, min(spectrum.d_in, spectrum.d_out))
         bold = energy == current
         fig.add_scatter(
             x=wx, y=wy, mode="lines+markers" if bold else "lines",
-            name=f"W' at e = {energy:g}", opacity=1.0 if bold else 0.35,
-            line=dict(color=kind_color(spectrum.kind), width=3 if bold else 1, dash=None if bold else "dot"),
-            marker=dict(size=5),
+            name=f"W' at e = {energy:g}" + (" (now)" if bold else ""), opacity=1.0 if bold else 0.75,
+            line=dict(color=kind_color(spectrum.kind) if bold else WPRIME_SHADES[n % len(WPRIME_SHADES)],
+                      width=4 if bold else 1.5),
+            marker=dict(size=6),
             hovertemplate=f"i = %{{x}}<br>s_i(W') / s_1(W) = %{{y:.3g}}<extra>W' e={energy:g}</extra>",
         )
     k_in = metrics.k_at_energy(spectrum.eig_in, energy_in)
     k_out = metrics.k_at_energy(spectrum.eig_out, energy_out)
     rank = metrics.utilized_rank(k_in, k_out)
-    fig.add_vline(x=rank, line_dash="dash", line_color="grey", annotation_text=f"r = {rank}",
-                  annotation_position="top right")
+    # lines without add_*line's annotations: Plotly places those at the linear value on a log axis
+    fig.add_hline(y=ZERO_FLOOR, line_dash="dot", line_color="#555", line_width=2)
+    fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(ZERO_FLOOR), yref="y", yanchor="bottom",
+                       text="zero beyond r", showarrow=False, font=dict(size=FONT_SIZE, color="#333"))
+    fig.add_vline(x=rank, line_dash="dash", line_color="#555", line_width=2)
+    fig.add_annotation(x=rank, xref="x", xanchor="left", y=1.0, yref="paper", yanchor="top", text=f" r = {rank}",
+                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#333"))
     fig.update_xaxes(title="index i (descending)")
-    fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power")
-    return _layout(fig, f"Singular values of W and W' — {spectrum.name}")
+    fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power",
+                     range=[np.log10(ZERO_FLOOR) - 0.5, 0.3])
+    return _layout(fig, f"Singular values of W and W' — {spectrum.name}", height=height,
+                   legend=dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02, font=dict(size=FONT_SIZE - 1)),
+                   margin=dict(l=70, r=30, t=60, b=60))
 
 
-def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4") -> go.Figure:
-    """Eigenvalues of a second moment (normalized by the largest, log, left axis) and their cumulative energy
-    (right axis), with the energy threshold e and the k it gives marked."""
+def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4",
+                height: int = CHART_HEIGHT) -> go.Figure:
+    """Eigenvalues of a second moment (normalized by the largest, log, left axis) and the energy *not* held by
+    the top k, ``1 - sum_{i<=k} lambda_i / sum_i lambda_i`` (log, right axis): on a log scale the threshold
+    ``1 - e`` (0.01 at e = 0.99, 0.001 at e = 0.999) is clearly visible, where a linear cumulative curve
+    squeezes every energy above 0.9 into the top line. The k it gives is marked."""
     eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
     d = eig.size
     k = metrics.k_at_energy(eig, energy)
     cumulative = metrics.cumulative_energy(eig)
+    residual = np.clip(1.0 - cumulative, 0.0, None)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     x, y = _positive(eig, float(eig[0]) if d else 0.0)
-    fig.add_scatter(x=x, y=y, mode="lines", name="eigenvalue / largest", line=dict(color=color, width=2),
+    fig.add_scatter(x=x, y=y, mode="lines", name="eigenvalue / largest", line=dict(color=color, width=3),
                     hovertemplate="i = %{x}<br>λ_i / λ_1 = %{y:.3g}<extra></extra>", secondary_y=False)
-    fig.add_scatter(x=np.arange(1, d + 1), y=cumulative, mode="lines", name="cumulative energy",
-                    line=dict(color="black", width=2, dash="dot"),
-                    hovertemplate="k = %{x}<br>energy held %{y:.4%}<extra></extra>", secondary_y=True)
-    fig.add_hline(y=energy, line_dash="dash", line_color="grey", secondary_y=True,
-                  annotation_text=f"e = {energy:g}", annotation_position="bottom right")
-    fig.add_vline(x=k, line_dash="dash", line_color=color, annotation_text=f"k = {k} of {d}",
-                  annotation_position="bottom right")
-    fig.update_xaxes(title="index i (descending)")
+    keep = residual > 1e-12
+    fig.add_scatter(x=np.arange(1, d + 1)[keep], y=residual[keep], mode="lines", name="energy not held by the top k",
+                    line=dict(color="black", width=2.5),
+                    customdata=cumulative[keep],
+                    hovertemplate="k = %{x}<br>held %{customdata:.4%}, not held %{y:.2e}<extra></extra>",
+                    secondary_y=True)
+    threshold = 1.0 - energy
+    if threshold > 0:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True)
+        fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
+                           text=f"1 − e = {threshold:.3g}", showarrow=False,
+                           font=dict(size=FONT_SIZE, color="#c00"))
+    fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
+    fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom", text=f" k = {k} of {d}",
+                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#222"))
+    fig.update_xaxes(title="index i / number of directions k")
     fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
-    fig.update_yaxes(range=[0, 1.02], tickmode="linear", tick0=0.0, dtick=0.2, tickformat=".0%",
-                     title="cumulative energy", showgrid=False, secondary_y=True)
-    return _layout(fig, label)
+    fig.update_yaxes(type="log", dtick=1, title="energy not held (1 − cumulative)", exponentformat="power",
+                     showgrid=False, secondary_y=True)
+    return _layout(fig, label, height=height)
+
+
+def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int = CHART_HEIGHT) -> go.Figure:
+    """"Sweep the energy": one animation frame per stored W' energy e (``e_in = e_out = e``), showing W's
+    singular values, W' collapsing onto the zero floor beyond its rank, and the vertical lines k_in(e),
+    k_out(e) and r(e) moving. A Play button and a slider step through the frames in the browser."""
+    s = np.asarray(spectrum.w_singular, dtype=np.float64)
+    top = float(s[0]) if s.size else 0.0
+    wx, wy = _positive(s, top)
+    energies = sorted(spectrum.wprime_singular)
+    ceiling = 1.5
+
+    def frame_data(energy: float) -> list[go.Scatter]:
+        k_in = metrics.k_at_energy(spectrum.eig_in, energy)
+        k_out = metrics.k_at_energy(spectrum.eig_out, energy)
+        rank = metrics.utilized_rank(k_in, k_out)
+        px, py = _floored(spectrum.wprime_singular[energy], top, min(spectrum.d_in, spectrum.d_out))
+        return [
+            go.Scatter(x=wx, y=wy, mode="lines", name="W", line=dict(color="black", width=3)),
+            go.Scatter(x=px, y=py, mode="lines+markers", name="W'", line=dict(color=kind_color(spectrum.kind), width=4),
+                       marker=dict(size=6)),
+            go.Scatter(x=[k_in, k_in], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_in = {k_in}",
+                       line=dict(color="#2ca02c", width=2, dash="dash")),
+            go.Scatter(x=[k_out, k_out], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_out = {k_out}",
+                       line=dict(color="#9467bd", width=2, dash="dash")),
+            go.Scatter(x=[rank, rank], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"r = {rank}",
+                       line=dict(color="#d62728", width=3)),
+        ]
+
+    start = nearest_wprime_energy(current_energy) if energies else None
+    fig = go.Figure(data=frame_data(start) if start is not None else [])
+    fig.frames = [go.Frame(data=frame_data(e), name=f"{e:g}",
+                           layout=dict(title=dict(text=f"Sweep the energy: e = {e:g} — {spectrum.name}")))
+                  for e in energies]
+    fig.update_layout(
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.16, xanchor="left", yanchor="top",
+                          pad=dict(t=0, r=10), showactive=False, font=dict(size=FONT_SIZE),
+                          buttons=[dict(label="▶ Play", method="animate",
+                                        args=[None, dict(frame=dict(duration=1100, redraw=True), fromcurrent=True,
+                                                         transition=dict(duration=300))]),
+                                   dict(label="❚❚ Pause", method="animate",
+                                        args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])])],
+        sliders=[dict(active=energies.index(start) if start is not None else 0, x=0.22, y=-0.1, len=0.78,
+                      currentvalue=dict(prefix="e = ", font=dict(size=FONT_SIZE)), font=dict(size=FONT_SIZE - 1),
+                      steps=[dict(label=f"{e:g}", method="animate",
+                                  args=[[f"{e:g}"], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
+                             for e in energies])],
+    )
+    fig.update_xaxes(title="index i (descending)", range=[0, max(len(s), 1) + 1])
+    fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power",
+                     range=[np.log10(ZERO_FLOOR) - 0.5, np.log10(ceiling)])
+    title = f"Sweep the energy: e = {start:g} — {spectrum.name}" if start is not None else "Sweep the energy"
+    return _layout(fig, title, height=height + 80, margin=dict(l=70, r=30, t=110, b=150))
 
 
 # ------------------------------------------------------------------------------------------ Compare
@@ -278,7 +419,7 @@ def analysis_color(i: int) -> str:
     return ANALYSIS_COLORS[i % len(ANALYSIS_COLORS)]
 
 
-def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str]) -> go.Figure:
+def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str], height: int = CHART_HEIGHT) -> go.Figure:
     """Per-layer utilization of each analysis overlaid, layers in depth order (rows of ``per_layer``)."""
     fig = go.Figure()
     for i, label in enumerate(labels):
@@ -290,38 +431,45 @@ def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str]) -> go.Figure:
         )
     fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization")
-    return _layout(fig, "Utilization per layer, overlaid")
+    return _layout(fig, "Utilization per layer, overlaid", height=height)
 
 
-def mlu_bars(summary: pd.DataFrame) -> go.Figure:
-    """MLU of each analysis (bars, in selection order). Labels ``"A: ..."`` show as their letter on the axis
-    (the full label is in the hover and on the page)."""
+def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, height: int = CHART_HEIGHT) -> go.Figure:
+    """MLU of each analysis (bars, in selection order). Labels ``"A: ..."`` show as their letter on the axis,
+    followed by ``captions`` (e.g. the regime and the linear-probe accuracy) on a second line."""
     fig = go.Figure()
     names = list(summary["analysis"])
+    letters = [name.split(":", 1)[0] for name in names]
+    ticks = [f"<b>{letter}</b><br>{cap}" if cap else f"<b>{letter}</b>"
+             for letter, cap in zip(letters, captions or [""] * len(names))]
     fig.add_bar(
-        x=[name.split(":", 1)[0] for name in names], y=summary["mlu"],
+        x=ticks, y=summary["mlu"],
         marker_color=[analysis_color(i) for i in range(len(summary))],
-        text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside",
+        text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside", textfont=dict(size=FONT_SIZE + 2),
         customdata=np.array(names, dtype=object).reshape(-1, 1),
         hovertemplate="%{customdata[0]}<br>MLU %{y:.1%}<extra></extra>",
     )
-    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", title="mean layer utilization")
+    top = float(np.nanmax(summary["mlu"])) if len(summary) else 1.0
+    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.3))], tickformat=".0%", title="mean layer utilization")
     fig.update_xaxes(tickangle=0, automargin=True)
-    return _layout(fig, "MLU per analysis", showlegend=False)
+    return _layout(fig, "MLU per analysis", showlegend=False, height=height)
 
 
-def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str]) -> go.Figure:
-    """Per-layer utilization difference of each analysis to the first one (percentage points)."""
+def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 400) -> go.Figure:
+    """Per-layer utilization difference of each analysis to the first one, in percentage points
+    (``100 (u - u_first)``)."""
     fig = go.Figure()
     for i, label in enumerate(labels[1:], start=1):
         column = f"{label} - {labels[0]}"
-        fig.add_bar(x=per_layer["layer"], y=per_layer[column], name=f"{label} minus first",
-                    marker_color=analysis_color(i),
-                    hovertemplate="%{x}<br>difference %{y:+.1%}<extra>" + label + "</extra>")
+        fig.add_bar(x=per_layer["layer"], y=100 * per_layer[column], name=f"{label.split(':', 1)[0]} minus "
+                    f"{labels[0].split(':', 1)[0]}", marker_color=analysis_color(i),
+                    hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
-    fig.update_yaxes(tickformat="+.1%", title=f"difference to {labels[0].split(':', 1)[0]}")
-    return _layout(fig, "Per-layer difference to the first analysis", barmode="group", height=360)
+    fig.update_yaxes(tickformat="+.0f", ticksuffix=" pp",
+                     title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)")
+    return _layout(fig, "Per-layer difference to the first analysis (percentage points)", barmode="group",
+                   height=height)
 
 
 # ------------------------------------------------------------------------------------------ Compress
@@ -417,3 +565,39 @@ def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
         fig.update_yaxes(range=_fitted_range(float(points["low"].min()), float(points["high"].max()), 0.0, 1.02, 0.01))
     fig.update_yaxes(tickformat=".1%", title="top-1 (95 % Wilson interval)")
     return _layout(fig, "Top-1 against parameters kept")
+
+
+# ------------------------------------------------------------------------------------------ Learn
+def learn_points_chart(points: np.ndarray, vectors: np.ndarray, values: np.ndarray, k: int) -> go.Figure:
+    """The Learn page's picture: 2-D points (rows of ``points``), the eigen-directions of their second moment
+    ``C = X^T X`` (columns of ``vectors``, eigenvalues ``values`` descending) drawn as arrows of length
+    proportional to ``sqrt(lambda_i / N)``; the ``k`` kept directions solid, the others dashed."""
+    fig = go.Figure()
+    fig.add_scatter(x=points[:, 0], y=points[:, 1], mode="markers", name="inputs x",
+                    marker=dict(size=6, color="#4c78a8", opacity=0.55))
+    scale = np.sqrt(np.clip(values, 0, None) / max(len(points), 1))
+    for i in range(len(values)):
+        end = 2.5 * scale[i] * vectors[:, i]
+        kept = i < k
+        fig.add_scatter(x=[0, end[0]], y=[0, end[1]], mode="lines+markers",
+                        name=f"direction {i + 1}: {values[i] / values.sum():.1%} of the energy" + (" (kept)" if kept else ""),
+                        line=dict(color="#d62728" if kept else "#999", width=5 if kept else 3, dash=None if kept else "dash"),
+                        marker=dict(size=[0, 12], symbol="arrow", angleref="previous"))
+    fig.update_xaxes(title="x₁", zeroline=True, scaleanchor="y", scaleratio=1)
+    fig.update_yaxes(title="x₂", zeroline=True)
+    return _layout(fig, "Inputs x and their directions", height=480)
+
+
+def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
+    """Cumulative energy of the eigenvalues against k (bars), with the threshold e and the resulting k."""
+    cumulative = metrics.cumulative_energy(values)
+    k = metrics.k_at_energy(values, energy)
+    fig = go.Figure()
+    fig.add_bar(x=[str(i) for i in range(1, len(values) + 1)], y=cumulative, name="energy held by the top k",
+                marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
+                text=[f"{c:.1%}" for c in cumulative], textposition="outside")
+    fig.add_hline(y=energy, line_dash="dash", line_color="black", annotation_text=f"e = {energy:g}",
+                  annotation_position="top left", annotation_font=dict(size=FONT_SIZE))
+    fig.update_xaxes(title="k (directions kept)", type="category")
+    fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
+    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)

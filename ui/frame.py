@@ -10,7 +10,41 @@ from analysis.result import ENERGY_GRID
 
 from . import jobs_view, state, text
 
-DOCS_PAGE = "pages/docs.py"
+LEARN_PAGE = "pages/learn.py"
+PRESENTING = "presentation_mode"
+"""Session key of the sidebar toggle: charts first and taller, theory collapsed, for a projector."""
+
+CHART_HEIGHT = 460
+PRESENTATION_HEIGHT = 560
+
+_STYLE = """
+<style>
+/* less empty space above the title: the first chart must fit above the fold at 1280x720 */
+[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; }
+[data-testid="stMainBlockContainer"] h1 { padding-top: 0; padding-bottom: 0.2rem; }
+[data-testid="stMetricValue"] { font-size: 1.9rem; }
+</style>
+"""
+_PRESENTATION_STYLE = """
+<style>
+html { font-size: 18px; }
+[data-testid="stMetricValue"] { font-size: 2.3rem; }
+</style>
+"""
+
+
+def style() -> None:
+    """The app-wide CSS: compact top padding; bigger text in presentation mode."""
+    st.markdown(_STYLE + (_PRESENTATION_STYLE if presenting() else ""), unsafe_allow_html=True)
+
+
+def presenting() -> bool:
+    return bool(st.session_state.get(PRESENTING, False))
+
+
+def chart_height(normal: int = CHART_HEIGHT) -> int:
+    """Chart height for the current mode (taller in presentation mode)."""
+    return int(normal * PRESENTATION_HEIGHT / CHART_HEIGHT) if presenting() else normal
 
 
 def sidebar() -> None:
@@ -44,8 +78,10 @@ def sidebar() -> None:
         st.caption("Every chart follows these at once, from stored eigenvalues (no data pass).")
 
         st.divider()
+        st.toggle("Presentation mode", key=PRESENTING,
+                  help="For a projector: charts first and taller, bigger text, the theory folded away.")
         st.markdown(f"[Paper: arXiv 2407.04797]({text.PAPER_URL})")
-        st.page_link(DOCS_PAGE, label="Documentation (README)", icon=":material/menu_book:")
+        st.page_link(LEARN_PAGE, label="Learn: the method in pictures", icon=":material/school:")
 
 
 def _energy_slider(label: str, key: str, help_text: str) -> None:
@@ -73,16 +109,22 @@ def notices() -> None:
         getattr(st, level, st.info)(message)
 
 
-def intro(title: str, paragraph: str, formula: str | None = None, outro: str | None = None) -> None:
-    """Page title, the queued notices, and the two or three teaching sentences (optional displayed formula)."""
+def intro(title: str, paragraph: str, formula: str | None = None, outro: str | None = None,
+          lead: str | None = None) -> None:
+    """Page title, the queued notices, a one-line ``lead`` saying what the page shows, and the theory (the
+    teaching paragraph, optional displayed formula and closing sentences) in a collapsible panel, so the
+    charts come first; folded in presentation mode, open otherwise only when there is no lead."""
     st.title(title)
     state.publish_query_params()  # also here: AppTest reruns a page without its entry point
     notices()
-    st.markdown(paragraph)
-    if formula:
-        st.latex(formula)
-    if outro:
-        st.markdown(outro)
+    if lead:
+        st.markdown(lead)
+    with st.expander("The idea behind this page", expanded=not lead and not presenting(), icon=":material/school:"):
+        st.markdown(paragraph)
+        if formula:
+            st.latex(formula)
+        if outro:
+            st.markdown(outro)
 
 
 def require_result():
@@ -119,3 +161,26 @@ def layer_picker(result, widget_key: str, label: str = "Selected layer") -> str:
 
     st.selectbox(label, names, key=widget_key, on_change=_changed)
     return st.session_state[state.SELECTED]
+
+
+def step_layer(names: list[str], delta: int) -> None:
+    """Button callback: select the layer ``delta`` places away in depth order (clamped at both ends)."""
+    current = st.session_state.get(state.SELECTED)
+    i = names.index(current) if current in names else 0
+    st.session_state[state.SELECTED] = names[min(max(i + delta, 0), len(names) - 1)]
+
+
+def layer_stepper(result, widget_key: str, label: str = "Selected layer") -> str:
+    """The layer picker with previous / next buttons beside it, to walk through the layers in depth order
+    in front of an audience (one click per layer; every page follows the selection)."""
+    names = list(result.layers["layer"])
+    state.selected_layer(result)
+    pick, back, forward = st.columns([6, 1, 1], vertical_alignment="bottom")
+    with back:
+        st.button("◀ prev", key=f"{widget_key}_prev", on_click=step_layer, args=(names, -1),
+                  help="Previous layer (depth order)", width="stretch")
+    with forward:
+        st.button("next ▶", key=f"{widget_key}_next", on_click=step_layer, args=(names, 1),
+                  help="Next layer (depth order)", width="stretch")
+    with pick:
+        return layer_picker(result, widget_key, label)

@@ -8,26 +8,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.cache import CacheEntry
-from analysis.result import ENERGY_GRID, Result
-
-
-def energy_sweep(result: Result, energies=ENERGY_GRID) -> pd.DataFrame:
-    """Model-level numbers at ``e_in = e_out = e`` for every ``e``, from stored spectra (no data pass).
-
-    Columns: energy, kept (parameters kept over the layers counted in the MLU), mlu, mean_error (mean
-    output-preservation error over the same layers; exact on :data:`ENERGY_GRID`).
-    """
-    rows = []
-    for energy in energies:
-        at = result.at_energy(energy, energy)
-        counted = at.layers[at.layers["in_mlu"]]
-        rows.append({
-            "energy": float(energy),
-            "kept": at.parameters()["kept"],
-            "mlu": at.mlu,
-            "mean_error": float(counted["preservation_error"].mean()) if len(counted) else float("nan"),
-        })
-    return pd.DataFrame(rows)
+from analysis.result import Result
+from analysis.sweep import energy_sweep  # noqa: F401  (re-exported: pages import it from here)
 
 
 def layer_savings(result: Result) -> pd.DataFrame:

@@ -94,3 +94,20 @@ LIBRARY_INTRO = (
     "and code version), so opening it again is instant and a repeated request never recomputes. Open one to "
     "make it the current analysis, download its per-layer table, or delete it."
 )
+
+
+# ------------------------------------------------------------------------------------------ one-line leads
+# What each page shows, in one or two sentences above its charts; the theory sits in a collapsible panel.
+LAYERS_LEAD = (
+    "**How much of its space each layer uses** on this dataset: bars are layers in depth order, the dashed line "
+    "is the mean (MLU). Click a bar, or step with ◀ / ▶, to select a layer for every page."
+)
+SPECTRA_LEAD = (
+    "**Why a full-rank W uses few directions**: W's singular values decay slowly, while W' (W restricted to the "
+    "directions the data occupies) drops to zero beyond rank r. Press ▶ Play to sweep the energy."
+)
+COMPARE_LEAD = (
+    "**Pre-training regimes side by side** on one architecture and one dataset: MLU beside each model's regime, "
+    "training budget and accuracy; differences in percentage points (pp)."
+)
+ANALYZE_LEAD = "**Run a new analysis**: pick a model and a dataset; the estimate and the progress appear below the Run button."
