@@ -258,12 +258,9 @@ def estimate_run(model_id: str, dataset_id: str, settings) -> CostEstimate:
 
 def estimate_plan(the_plan, specs: list[LayerSpec] | None = None, tokens: dict[str, int] | None = None) -> CostEstimate:
     """The cost of a :class:`analysis.engine.Plan` (its selected layers, or ``specs``)."""
-    from .models import describe_layers
-    from .models.layers import select_layers
-
     settings = the_plan.settings
     if specs is None:
-        specs, _skipped = select_layers(describe_layers(the_plan.loaded.model), settings.max_width, settings.layers)
+        _all, specs = selected_layers(the_plan)
     return estimate(
         the_plan.loaded.model, specs, input_size=tuple(the_plan.loaded.data_config["input_size"]),
         images=len(the_plan.dataset), batch_size=settings.effective_batch_size(), device=str(settings.device),
@@ -271,8 +268,10 @@ def estimate_plan(the_plan, specs: list[LayerSpec] | None = None, tokens: dict[s
     )
 
 
-def guard_plan(the_plan) -> CostEstimate:
-    """Estimate the plan's cost and refuse it at once (:class:`CostError`) if it cannot fit this machine."""
+def selected_layers(the_plan) -> tuple[list[LayerSpec], list[LayerSpec]]:
+    """Every layer of the plan's model and the ones its settings select (``max_width``, ``layers``); a
+    selection that leaves nothing to analyse is a :class:`~analysis.errors.SettingsError` naming the options."""
+    from .errors import SettingsError
     from .models import describe_layers
     from .models.layers import select_layers
 
@@ -280,14 +279,21 @@ def guard_plan(the_plan) -> CostEstimate:
     all_specs = describe_layers(the_plan.loaded.model)
     selected, _ = select_layers(all_specs, settings.max_width, settings.layers)
     if not any(s.applicable for s in selected):
-        from .errors import SettingsError
-
         raise SettingsError(
             f"no layer of {the_plan.loaded.model_id} is left to analyse with "
             + " and ".join(o for o in (settings.layers and f"--layers {','.join(settings.layers)}",
                                        settings.max_width and f"--max-width {settings.max_width}") if o)
             + f"; its layers are named like {next((s.name for s in all_specs if s.applicable), '?')}"
         )
+    return all_specs, selected
+
+
+def guard_plan(the_plan) -> CostEstimate:
+    """Estimate the plan's cost and refuse it at once (:class:`CostError`) if it cannot fit this machine."""
+    from .models.layers import select_layers
+
+    settings = the_plan.settings
+    all_specs, selected = selected_layers(the_plan)
     tokens = tokens_per_image(the_plan.loaded.model, [s for s in selected if s.applicable],
                               tuple(the_plan.loaded.data_config["input_size"]))
     result = estimate_plan(the_plan, selected, tokens)

@@ -14,6 +14,7 @@ from analysis import defaults, jobs
 from analysis.cache import atomic_write_bytes
 from analysis.catalogue import (check_timm_weights, checkpoint_model_id, default_index, grouped, path_dataset_id,
                                 path_families, timm_weights_cached, upload_file_name)
+from analysis.cost import CostEstimate, estimate_run
 from analysis.data import list_datasets
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
@@ -52,6 +53,15 @@ def _launch(model_id: str, dataset_id: str, settings: AnalysisSettings) -> None:
         state.notify("success", f"{model_id} on {dataset_id} was already analysed: opened it from the cache.")
     else:
         st.session_state[state.JOB] = key
+
+
+@st.cache_data(show_spinner="Estimating time and memory from the layer shapes ...", max_entries=64)
+def _estimate(model_id: str, dataset_id: str, settings: AnalysisSettings) -> CostEstimate | str:
+    """The run's estimated cost, or the one-line reason it cannot run (unknown model, unreadable dataset)."""
+    try:
+        return estimate_run(model_id, dataset_id, settings)
+    except AnalysisError as exc:
+        return f"Cannot run: {exc}"
 
 
 def _checked_arch(arch: str) -> str | None:
@@ -173,13 +183,21 @@ def choose_settings() -> AnalysisSettings | None:
                                 help="Autocast of the forward pass; statistics always accumulate in float32 or better.")
         keep = d.checkbox("keep raw second moments", value=False, key="analyze_keep",
                           help="Needed later to re-project or compress; large (d² floats per layer).")
+        e, f = st.columns(2)
+        max_width = e.number_input("skip layers wider than (0 = none)", min_value=0, value=0, step=256,
+                                   key="analyze_max_width",
+                                   help="Layers whose d_in or d_out exceeds this are listed, not analysed "
+                                        "(their d x d statistics and eigen-decompositions cost the most).")
+        patterns = f.text_input("only layers matching (comma-separated globs)", value="", key="analyze_layers",
+                                help="For example blocks.*.attn.qkv,blocks.*.mlp.fc1; empty = every layer.")
     st.caption(f"Energies come from the sidebar (now e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}); "
                "they can be changed at any time afterwards without recomputing.")
     try:
         return AnalysisSettings(
             samples=None if every else int(samples), seed=int(seed), energy_in=e_in, energy_out=e_out, device=device,
             batch_size=int(batch) or None, tokens_per_image=int(tokens) or None, precision=precision,
-            keep_moments=keep,
+            keep_moments=keep, max_width=int(max_width) or None,
+            layers=tuple(p.strip() for p in patterns.split(",") if p.strip()) or None,
         ).validated()
     except AnalysisError as exc:
         st.error(f"Cannot run with these settings: {exc}.")
@@ -200,6 +218,17 @@ settings = choose_settings()
 ready = bool(model_id and dataset_id and settings is not None)
 if ready:
     st.caption(f"Will analyse `{model_id}` on `{dataset_id}`.")
+    cost = _estimate(model_id, dataset_id, settings)
+    if isinstance(cost, str):
+        st.error(cost)
+        ready = False
+    elif not cost.fits:
+        st.error(f"This run would not fit this machine: {cost.summary()}. Skip wide layers or pick layers "
+                 "under Advanced.")
+        ready = False
+    else:
+        st.caption(f"Estimate before running: {cost.summary()} (from the layer shapes; a cached result opens "
+                   "at once).")
 st.button(
     "Run analysis", type="primary", icon=":material/play_arrow:", disabled=not ready or following,
     on_click=_launch, args=(model_id, dataset_id, settings), key="analyze_launch",

@@ -464,10 +464,10 @@ def test_analyze_shows_a_bad_model_id_as_one_line(app):
     at.switch_page("pages/analyze.py").run()
     at.radio(key="analyze_model_source").set_value("any model id").run()
     at.text_input(key="analyze_any_model").set_value("nosuch:model").run()
-    at.button(key="analyze_launch").click().run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [e.value for e in at.error]  # refused before Run: the estimate loads the id and says why
     assert len(errors) == 1 and "nosuch" in errors[0] and "\n" not in errors[0]
+    assert at.button(key="analyze_launch").disabled
 
 
 def test_analyze_validates_timm_names(app):
@@ -698,3 +698,20 @@ def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fit
     assert y_low < min(t.y[0] for t in factorized) and y_high >= 15 / 16 and y_high <= 1.02
     single = charts.compression_accuracy_chart(accuracy_points(summaries[:1]))
     assert single.layout.xaxis.range[1] - single.layout.xaxis.range[0] < 0.1  # a single run: a narrow axis
+
+
+def test_analyze_shows_a_cost_estimate_before_running(app):
+    """The Analyze page states the run's time and memory from the layer shapes before Run is pressed, and an
+    impossible layer selection is refused with its reason (the button stays disabled)."""
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    at.radio(key="analyze_model_source").set_value("any model id").run()
+    at.text_input(key="analyze_any_model").set_value(TINY_A).run()
+    _ok(at)
+    estimates = [c.value for c in at.caption if c.value.startswith("Estimate before running: about ")]
+    assert len(estimates) == 1 and "widest layer" in estimates[0]
+    assert not at.button(key="analyze_launch").disabled
+    at.text_input(key="analyze_layers").set_value("no.such.layer*").run()
+    assert not at.exception
+    assert any("no.such.layer" in e.value for e in at.error)
+    assert at.button(key="analyze_launch").disabled
