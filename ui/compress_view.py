@@ -25,12 +25,11 @@ from analysis.errors import AnalysisError
 from analysis.metrics import KEPT_DEFINITION
 from analysis.result import Result
 
-from . import charts, state, text
+from . import charts, jobs_view, state, text
 
 COMPRESS_JOB = "compress_job"
 """Session key: the compression job this session follows."""
 POLL_SECONDS = 1.0
-ACTIVE_STATES = ("queued", "running")
 TRAIN_SPLIT_FOR = {test: train for train, test in PAIRED_EVAL.items()}
 """An analysis of a test split compresses from the matching train split (the test split stays held out)."""
 
@@ -84,15 +83,6 @@ def _summary_of(status) -> dict | None:
     return None
 
 
-def cancel_job(key: str) -> None:
-    """Button callback: ask the compression's worker to stop (at its next step)."""
-    try:
-        if jobs.cancel(key):
-            state.notify("info", f"Asked compression {text.short_key(key)} to stop; it stops after the current step.")
-    except AnalysisError as exc:
-        state.notify("error", str(exc))
-
-
 def _finish(key: str, status) -> None:
     """Stop following the job and leave a message saying how it ended."""
     st.session_state.pop(COMPRESS_JOB, None)
@@ -124,7 +114,7 @@ def _poll(key: str) -> None:
         st.session_state.pop(COMPRESS_JOB, None)
         state.notify("error", str(exc))
         st.rerun(scope="app")
-    if status.state not in ACTIVE_STATES:
+    if status.state not in jobs_view.ACTIVE_STATES:
         _finish(key, status)
         st.rerun(scope="app")
     label = "Waiting for a worker ..." if status.state == "queued" else "Compressing ..."
@@ -132,7 +122,7 @@ def _poll(key: str) -> None:
     fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
     st.progress(fraction, text=f"{fraction:.0%} · {progress_line(status)}")
     st.caption("It runs in its own process: switch pages or reload, it goes on and reports here.")
-    st.button("Cancel compression", key=f"compress-cancel-{key}", on_click=cancel_job, args=(key,),
+    st.button("Cancel compression", key=f"compress-cancel-{key}", on_click=jobs_view.cancel_job, args=(key, "compression", "step"),
               icon=":material/stop_circle:")
 
 
@@ -142,7 +132,8 @@ def followed_job(model_id: str) -> str | None:
     if state.is_key(key):
         return key
     try:
-        live = [j for j in jobs.list_jobs(kind="compression") if j.state in ACTIVE_STATES and j.model_id == model_id]
+        live = [j for j in jobs.list_jobs(kind="compression")
+                if j.state in jobs_view.ACTIVE_STATES and j.model_id == model_id]
     except AnalysisError:
         return None
     if live:

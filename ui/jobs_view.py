@@ -19,11 +19,11 @@ POLL_SECONDS = 1.0
 ACTIVE_STATES = ("queued", "running")
 
 
-def cancel_job(key: str) -> None:
-    """Button callback: ask the job's worker to stop (it stops after its current batch)."""
+def cancel_job(key: str, what: str = "job", unit: str = "batch") -> None:
+    """Button callback: ask the job's worker to stop (it stops after its current ``unit``)."""
     try:
         if jobs.cancel(key):
-            state.notify("info", f"Asked job {text.short_key(key)} to stop; it stops after the current batch.")
+            state.notify("info", f"Asked {what} {text.short_key(key)} to stop; it stops after the current {unit}.")
     except AnalysisError as exc:
         state.notify("error", str(exc))
 
