@@ -43,7 +43,7 @@ def trajectory(name: str, cache_dir: str | None = None) -> tuple[str, int]:
     """``"first / middle / last (steps a-b)"`` MLUs of ``zoo:<name>``'s series and its number of points."""
     from ..timeline import timeline
 
-    table = timeline(f"zoo:{name}", DEFAULT_DATASET, energy_in=ENERGY, energy_out=ENERGY, cache_dir=cache_dir).table
+    table = timeline(f"zoo:{name}", default_dataset(), energy_in=ENERGY, energy_out=ENERGY, cache_dir=cache_dir).table
     mlus = ["n/a" if row["status"] != "ok" else f"{row['mlu']:.3f}" for _, row in table.iterrows()]
     n = len(mlus)
     middle = mlus[n // 2] if n >= 3 else "-"
