@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from analysis import analyze, defaults, load_model, restrictions
 from analysis.cache import ResultCache
 from analysis.compression import CompressionRequest, compress
-from analysis.jobs import worker
+from analysis.jobs import analysis_job
 from analysis.partial import PartialStore
 from analysis.errors import (
     AnalysisError, CacheError, CheckpointError, DatasetError, ModelUnavailableError, NumericalError, SettingsError,
@@ -348,7 +348,7 @@ def test_restricted_mode_limits_upload_size(monkeypatch):
     ("ANALYSIS_CHECKPOINT_SECONDS", "nan", lambda tmp: PartialStore(tmp, "0" * 24, 4)),
     ("ANALYSIS_CHECKPOINT_BATCHES", "1.5", lambda tmp: PartialStore(tmp, "0" * 24, 4)),
     ("ANALYSIS_MAX_UPLOAD_MB", "lots", lambda tmp: restrictions.max_upload_bytes()),
-    ("ANALYSIS_JOB_BATCH_DELAY_S", "-2", lambda tmp: worker._delay_batches(lambda: False)),
+    ("ANALYSIS_JOB_BATCH_DELAY_S", "-2", lambda tmp: analysis_job.pause_after_batch(lambda: False)),
 ], ids=["samples-abc", "samples-0", "seconds-negative", "seconds-nan", "batches-fraction", "upload", "delay"])
 def test_a_bad_environment_setting_is_a_clear_error_naming_the_variable(name, value, read, monkeypatch, tmp_path):
     monkeypatch.setenv(name, value)
