@@ -40,19 +40,20 @@ st.plotly_chart(
     charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height()),
     key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
 )
-left, right = st.columns([2, 3])
+left, right = st.columns([1, 1], vertical_alignment="bottom")
 with left:
-    selected = frame.layer_stepper(result, "layers_layer_pick", "Selected layer (or click a bar)")
-    row = table[table["layer"] == selected].iloc[0]
+    selected = frame.layer_stepper(result, "layers_layer_pick", "Selected layer (or click a bar or a cell)")
+row = table[table["layer"] == selected].iloc[0]
+with right:
     st.markdown(
         f"**{selected}** ({charts.kind_label(row['kind'])}): $d_{{in}} = {row['d_in']}$, $d_{{out}} = {row['d_out']}$, "
         f"$k_{{in}} = {row['k_in']}$, $k_{{out}} = {row['k_out']}$, $r = {row['rank']}$, "
         f"$u = {row['utilization']:.1%}$".replace("%", r"\%")
     )
     st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
-with right:
-    st.plotly_chart(charts.block_kind_heatmap(table, selected), key=HEATMAP_KEY,
-                    on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
+# full width: in a narrow column the kind labels and the colour bar leave the cells too thin to click apart
+st.plotly_chart(charts.block_kind_heatmap(table, selected), key=HEATMAP_KEY,
+                on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
 
 with st.expander("Per-layer table", expanded=False):
     st.dataframe(
