@@ -275,8 +275,11 @@ def compute_spectra(
         for spec in applicable
     }
     eig_device = device if device.type == "cuda" else torch.device("cpu")
-    clock = StageClock(progress, "spectra", total=len(affine))
-    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device, progress=lambda done, _total, _s: clock.report(done))
+    # the images behind the statistics are all in: the spectra stage carries them, so a job's final record
+    # still says how many images the analysis saw
+    clock = StageClock(progress, "spectra", total=len(affine), items_total=streamed.images)
+    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device,
+                                         progress=lambda done, _total, _s: clock.report(done, streamed.images))
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
         LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,

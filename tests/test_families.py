@@ -1,7 +1,7 @@
 """Every timm family the product promises: heads found and never counted, meaningful kinds, blocks in forward
 order, the analysed-weight fraction and skipped module types reported; the README table is what these runs saw.
 
-One small random-initialised model per family (analysis/models/families_table.py: CASES), two ``photos``
+One small random-initialised model per family (analysis/families_table.py: CASES), two ``photos``
 images, CPU, layers wider than the table's width cap skipped so that each run takes seconds.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from analysis.models.families_table import CASES, GENERIC_KINDS, parse, row_for, run_case
+from analysis.families_table import CASES, GENERIC_KINDS, parse, row_for, run_case
 from analysis.models.layers import classifier_names, describe_layers
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -85,7 +85,7 @@ def test_family(case):
 
 def test_readme_table_is_what_the_family_runs_saw():
     """The README's supported-families table equals the rows these runs produce (regenerate it with
-    ``python -m analysis.models.families_table``)."""
+    ``python -m analysis.families_table``)."""
     rows = {row["model"].strip("`"): row for row in parse(README.read_text())}
     assert {c.model_id.split("?", 1)[0] for c in CASES} == set(rows), "README table out of date: regenerate it"
     if not RECORDED:

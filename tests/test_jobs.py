@@ -207,7 +207,8 @@ def test_concurrent_submits_start_one_worker_that_finishes_done(started):
     assert started.done_keys[1] == key
     final = jobs.wait(key, WAIT_S, cache_dir=started.cache_dir)
     assert final.state == "done", final.message
-    assert final.fraction == 1.0 and final.batches_done == final.batches_total == 1
+    # the last stage reported is the spectra: one step per analysed layer (patch embedding, 2 blocks x 4, head)
+    assert final.fraction == 1.0 and final.stage == "spectra" and final.batches_done == final.batches_total == 10
     assert final.images_done == final.images_total == 8
     assert final.model_id == MODEL and final.eta_s is None
 

@@ -11,7 +11,7 @@
 A job's state lives in ``<cache root>/_jobs/<key>/`` (see :mod:`analysis.jobs.files`); one lock per key
 (:mod:`analysis.jobs.lock`) makes two requests for one job run one worker. The worker is
 ``python -m analysis.jobs run-worker <key> --cache-dir <dir>`` (:mod:`analysis.jobs.worker`); what it runs
-is the request's kind (:mod:`analysis.jobs.kinds`). The protocol's race-freedom is argued in
+is the request's kind (:mod:`analysis.jobs.job_kinds`). The protocol's race-freedom is argued in
 :mod:`analysis.jobs.lock`.
 """
 

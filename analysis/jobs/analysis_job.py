@@ -16,7 +16,7 @@ from ..engine import Cancelled, plan, run_plan
 from ..environment import env_float
 from ..progress import Progress
 from ..settings import AnalysisSettings
-from .kinds import JobError, RunContext
+from .job_kinds import JobError, RunContext
 
 BATCH_DELAY_ENV = "ANALYSIS_JOB_BATCH_DELAY_S"
 """Seconds to pause after each batch (while still honouring cancel): for demonstrations."""

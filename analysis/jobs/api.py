@@ -23,7 +23,7 @@ from ..paths import REPO_ROOT
 from ..settings import AnalysisSettings
 from . import lock
 from .files import JobFiles, cache_root_of, jobs_root, read_json, write_json, write_progress
-from .kinds import DEFAULT_KIND, JobError, get_kind, kind_name
+from .job_kinds import DEFAULT_KIND, JobError, get_kind, kind_name
 
 STATES = ("absent", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = frozenset({"absent", "done", "failed", "cancelled"})

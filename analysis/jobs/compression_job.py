@@ -22,7 +22,7 @@ from ..compression.pipeline import CompressionRequest, compress, job_key, store_
 from ..engine import Cancelled
 from ..progress import Progress
 from .analysis_job import pause_after_batch
-from .kinds import JobError, RunContext
+from .job_kinds import JobError, RunContext
 
 FINETUNE_COST = 3.0
 """Image-forward equivalents of one fine-tuning image (forward, backward, and the teacher's forward)."""

@@ -4,7 +4,7 @@ Started by :func:`analysis.jobs.submit` as ``python -m analysis.jobs run-worker 
 --token <attempt>``; the submitter already holds the lock and hands it to this process. Run by hand
 without ``--token`` it takes the lock itself (or exits quietly when a live job already holds it).
 
-What the job does depends on its kind (``request.json``'s ``kind``, :mod:`analysis.jobs.kinds`); the lock,
+What the job does depends on its kind (``request.json``'s ``kind``, :mod:`analysis.jobs.job_kinds`); the lock,
 the progress records and the cancel flag are the same for every kind. The final record is published by
 :func:`analysis.jobs.lock.release` together with the lock's removal (see :mod:`analysis.jobs.lock`).
 """
@@ -23,7 +23,7 @@ from ..errors import AnalysisError
 from . import lock
 from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV  # noqa: F401 - re-exported: callers set them for workers
 from .files import JobFiles, cache_root_of, read_json, write_progress
-from .kinds import JobError, RunContext, get_kind, kind_name
+from .job_kinds import JobError, RunContext, get_kind, kind_name
 
 HANDOVER_TIMEOUT_S = 60.0
 
@@ -121,7 +121,7 @@ class _Reporter:
                 **progress, **extra}
 
     def running(self, message: str, **fields: object) -> None:
-        """Rewrite ``progress.json`` as running with ``fields`` (see :class:`~analysis.jobs.kinds.RunContext`)."""
+        """Rewrite ``progress.json`` as running with ``fields`` (see :class:`~analysis.jobs.job_kinds.RunContext`)."""
         unknown = set(fields) - set(PROGRESS_FIELDS)
         if unknown:
             raise TypeError(f"unknown progress fields {sorted(unknown)}")
