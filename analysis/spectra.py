@@ -35,7 +35,7 @@ same jitter ``j = 1e-12 * trace / d_out``, so both routes give the same numbers)
 Devices: on a GPU every step runs in float64, matrices of one shape stacked into one batched call (one
 host-to-device copy per group, not per matrix); if the device solver fails, the group is redone on the
 CPU. On the CPU, LAPACK gains nothing from stacking, so each matrix is decomposed alone, on
-:func:`eigh_threads` threads (see :data:`CPU_EIGH_THREADS` for the measurement).
+:data:`CPU_EIGH_THREADS` threads (see there for the measurement).
 
 Weights are passed in explicitly (:class:`AffineLayer`): this module never reads a module's parameters,
 so the caller decides which weight and bias the layer effectively uses (weight standardisation,
@@ -54,49 +54,12 @@ import torch
 
 JITTER = 1e-12
 
-#: Threads for CPU eigen-decompositions (LAPACK ``syevd`` through ``torch.linalg.eigh``); None: as many as
-#: there are idle cores right before the decompositions (:func:`eigh_threads`). Measured on this project's
-#: 2-core VM with ``benchmarks/bench_cpu_statistics.py`` (ViT-Ti, all 50 layers' C_in and C_out): on a quiet
-#: machine 2 threads take 1.9 s against 2.9 s on 1; with other work beside it (load 9-14) 2 threads took
-#: 87.7 s against 5.6 s on 1 (earlier, on 2 busy cores, 40 s against 6 s): LAPACK's threads wait on each
-#: other when a core is taken. So the count follows the cores other processes leave idle.
-CPU_EIGH_THREADS: int | None = None
-
-IDLE_SAMPLE_S = 0.1
-"""Window over which :func:`idle_cores` measures the machine's idle time."""
-
-
-def idle_cores(window_s: float = IDLE_SAMPLE_S) -> float | None:
-    """Cores the whole machine left idle over ``window_s`` seconds (``/proc/stat`` idle + iowait time, as a
-    fraction of all time, times the number of CPUs listed there); None where ``/proc/stat`` is unreadable."""
-
-    def sample() -> tuple[float, float, int]:
-        with open("/proc/stat") as stat:
-            lines = stat.read().splitlines()
-        fields = [float(v) for v in lines[0].split()[1:]]
-        cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
-        return fields[3] + (fields[4] if len(fields) > 4 else 0.0), sum(fields), cpus
-
-    try:
-        idle0, total0, cpus = sample()
-        time.sleep(window_s)
-        idle1, total1, _ = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    if total1 <= total0 or cpus < 1:
-        return None
-    return (idle1 - idle0) / (total1 - total0) * cpus
-
-
-def eigh_threads() -> int:
-    """Threads for the CPU decompositions: :data:`CPU_EIGH_THREADS` when set, else the idle cores measured
-    now (rounded down, with a quarter-core of slack), at least 1 and at most torch's thread count."""
-    if CPU_EIGH_THREADS is not None:
-        return max(1, int(CPU_EIGH_THREADS))
-    idle = idle_cores()
-    if idle is None:
-        return 1
-    return max(1, min(torch.get_num_threads(), int(idle + 0.25)))
+#: Threads for CPU eigen-decompositions (LAPACK ``syevd`` through ``torch.linalg.eigh``). Measured on this
+#: project's 2-core VM with ``benchmarks/bench_cpu_statistics.py`` (ViT-Ti, all 50 layers' C_in and C_out):
+#: with other work beside it (load 9-14, 2026-11-29) 5.6 s on 1 thread against 87.7 s on 2; earlier, on
+#: 2 busy cores, 6 s against 40 s. Two threads never won on shared cores; a quiet-machine comparison is
+#: still to be taken (``benchmarks/RESULTS.md``).
+CPU_EIGH_THREADS: int = 1
 
 #: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group
 #: that completes layers (GPU).
@@ -196,7 +159,7 @@ def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str 
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
-    with _cpu_threads(eigh_threads()):
+    with _cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: m.shape[0] for n, m in matrices.items()}, device):
             out.update(_decompose_direct({n: matrices[n] for n in names}, device))
     return out, time.perf_counter() - start
@@ -311,7 +274,7 @@ def output_eigen_batched(
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
-    with _cpu_threads(eigh_threads()):
+    with _cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
             out.update(_decompose_output({n: layers[n] for n in names}, device))
     return out, time.perf_counter() - start
@@ -357,7 +320,7 @@ def layer_eigen(
             reported = done
             progress(done, total, time.perf_counter() - start)
 
-    with _cpu_threads(eigh_threads()):
+    with _cpu_threads(CPU_EIGH_THREADS):
         if device.type == "cpu":
             for name, layer in layers.items():
                 eig_in.update(_decompose_direct({name: layer.c_in}, device))

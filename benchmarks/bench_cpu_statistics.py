@@ -69,7 +69,7 @@ def _eigen_before(moments, specs) -> float:
     return time.perf_counter() - start
 
 
-def _eigen_now(layers, threads: int | None) -> float:
+def _eigen_now(layers, threads: int) -> float:
     previous = spectra.CPU_EIGH_THREADS
     spectra.CPU_EIGH_THREADS = threads
     try:
@@ -88,8 +88,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eig-repeats", type=int, default=3)
-    parser.add_argument("--eig-threads", default="1,2,auto",
-                        help="LAPACK thread counts to compare; auto = spectra.eigh_threads() (the idle cores)")
+    parser.add_argument("--eig-threads", default="1,2")
     parser.add_argument("--busy", action="store_true", help="run a CPU-bound process beside the eigen timings")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -131,12 +130,11 @@ def main() -> None:
                                      moments[spec.name].second_moment, moments[spec.name].column_sum,
                                      moments[spec.name].count)
               for spec in specs}
-    threads = [None if t.strip() == "auto" else int(t) for t in args.eig_threads.split(",") if t.strip()]
+    threads = [int(t) for t in args.eig_threads.split(",") if t.strip()]
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
         eig: dict[str, list[float]] = {"before (direct, 1 thread)": []}
-        labels = {k: "now (threads = idle cores)" if k is None else f"now ({k} thread{'s' if k > 1 else ''})"
-                  for k in threads}
+        labels = {k: f"now ({k} thread{'s' if k > 1 else ''})" for k in threads}
         eig.update({labels[k]: [] for k in threads})
         for _ in range(args.eig_repeats):
             eig["before (direct, 1 thread)"].append(_eigen_before(moments, specs))

@@ -14,8 +14,6 @@ swapped or missing direction moves the projector by 1).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -167,22 +165,3 @@ def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
     assert all(p.total == layers for p in spectra_steps)
     assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
     assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")
-
-
-def test_eigen_thread_count_follows_the_setting_or_the_idle_cores(monkeypatch):
-    """A set CPU_EIGH_THREADS is used as is; unset, the count is the measured idle cores, at least 1 and at
-    most torch's thread count; without /proc/stat it is 1."""
-    from analysis import spectra
-
-    monkeypatch.setattr(spectra, "CPU_EIGH_THREADS", 3)
-    assert spectra.eigh_threads() == 3
-    monkeypatch.setattr(spectra, "CPU_EIGH_THREADS", None)
-    idle = spectra.idle_cores(0.05)
-    assert idle is None or 0.0 <= idle <= os.cpu_count() + 0.5
-    assert 1 <= spectra.eigh_threads() <= torch.get_num_threads()
-    monkeypatch.setattr(spectra, "idle_cores", lambda window_s=0.1: 0.3)
-    assert spectra.eigh_threads() == 1
-    monkeypatch.setattr(spectra, "idle_cores", lambda window_s=0.1: 64.0)
-    assert spectra.eigh_threads() == torch.get_num_threads()
-    monkeypatch.setattr(spectra, "idle_cores", lambda window_s=0.1: None)
-    assert spectra.eigh_threads() == 1
