@@ -25,6 +25,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python -m analysis {self.prog.split()[-1]} --help)\n")
 
 
+def _add_data_pass_options(command: argparse.ArgumentParser) -> None:
+    """The options of one pass over the data, shared by ``run`` and ``timeline``."""
+    command.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--energy-in", type=float, default=0.99)
+    command.add_argument("--energy-out", type=float, default=0.99)
+    command.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    command.add_argument("--batch-size", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import id_forms
 
@@ -36,12 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id: {dataset_forms} (default {DEFAULT_DATASET}; see `list datasets`)")
-    run.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--energy-in", type=float, default=0.99)
-    run.add_argument("--energy-out", type=float, default=0.99)
-    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    run.add_argument("--batch-size", type=int, default=None)
+    _add_data_pass_options(run)
     run.add_argument("--tokens-per-image", type=int, default=None, help="sub-sample tokens per image (seeded)")
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     run.add_argument("--keep-moments", action="store_true", help="also store the raw second moments (large)")
@@ -101,12 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--series", action="append", required=True,
                     help="zoo:<name>, folder-of-checkpoints:<path>?arch=<timm arch>, or a model id (repeatable)")
     tl.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
-    tl.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
-    tl.add_argument("--seed", type=int, default=0)
-    tl.add_argument("--energy-in", type=float, default=0.99)
-    tl.add_argument("--energy-out", type=float, default=0.99)
-    tl.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    tl.add_argument("--batch-size", type=int, default=None)
+    _add_data_pass_options(tl)
     tl.add_argument("--layers", action="store_true", help="also print the per-layer utilization (long format)")
     tl.add_argument("--export", default=None, help="also write the wide table to PATH.csv|.parquet|.json")
     tl.add_argument("--quiet", action="store_true", help="no progress bar")

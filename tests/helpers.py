@@ -40,3 +40,15 @@ def save_tiny_vit_checkpoint(path: Path, seed: int = 0) -> str:
     )
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return f"file:{path}?arch=vit_tiny_patch16_224&{TINY_VIT_OPTIONS}"
+
+
+def stop_process(process) -> None:
+    """Terminate a server started by a test, killing it if it does not exit within 20 s."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)

@@ -27,6 +27,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 # screenshots go to a git-ignored folder, so a test run never edits tracked files; set
@@ -113,12 +115,7 @@ def server(tmp_path_factory, browser_path):
             time.sleep(0.2)
         yield SimpleNamespace(url=url, a=a, log=log_path, started=started, cache_dir=cache_dir, times={})
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

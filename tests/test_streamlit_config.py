@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_VIT
+from tests.helpers import TINY_VIT, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / ".streamlit" / "config.toml"
@@ -109,9 +109,4 @@ def test_the_server_started_as_the_readme_says_watches_nothing(tmp_path):
         assert "Inotify" not in log and "Traceback" not in log
         assert "Collecting usage statistics" not in log  # printed when gatherUsageStats is on
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+        stop_process(process)
