@@ -325,6 +325,8 @@ def _write_entry_files(folder: Path, result: Result, moments: dict | None) -> li
         arrays[f"{i}|pres_error"] = s.pres_error
         for energy, values in s.wprime_singular.items():
             arrays[f"{i}|wprime|{energy!r}"] = values
+        for name, values in s.extras.items():
+            arrays[f"{i}|x|{name}"] = np.asarray(values)
     with open(folder / "spectra.npz", "wb") as fh:
         np.savez(fh, **arrays)
     table = result.layers
@@ -357,6 +359,8 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
         block_label=info.get("block_label", ""),
+        extras={name[len(prefix):]: arrays[name] for prefix in (f"{i}|x|",) for name in arrays.files
+                if name.startswith(prefix)},
         status=info["status"],
         status_reason=info["status_reason"],
     )

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip layers with max(d_in, d_out) above N (their statistics would not fit)")
     run.add_argument("--layers", default=None,
                      help="analyse only layers whose names match PATTERN[,PATTERN] (shell globs, e.g. 'blocks.*.attn.*')")
+    run.add_argument("--tokens", default="all", metavar="SET",
+                     help="which input vectors count: all, cls, patch, no-registers, no-outliers:Q (percent), "
+                          "centre[:F] (default all; see README, Research settings)")
+    run.add_argument("--centred", action="store_true",
+                     help="analyse centred moments C - s s^T/N (the mean direction's share is reported either way)")
+    run.add_argument("--no-uncertainty", action="store_true",
+                     help="skip the split-half error bars and the convergence snapshots (less memory and time)")
     run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
     run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -229,7 +236,8 @@ def cmd_run(args) -> int:
             args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
             energy_out=args.energy_out, device=device, batch_size=args.batch_size,
             tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
-            max_width=args.max_width, layers=args.layers, use_cache=not args.no_cache, progress=update,
+            max_width=args.max_width, layers=args.layers, token_set=args.tokens, centred=args.centred,
+            uncertainty=not args.no_uncertainty, use_cache=not args.no_cache, progress=update,
         )
     finally:
         close()

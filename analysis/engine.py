@@ -83,6 +83,9 @@ def analyze(
     keep_moments: bool = False,
     max_width: int | None = None,
     layers: str | tuple[str, ...] | None = None,
+    token_set: str = "all",
+    centred: bool = False,
+    uncertainty: bool = True,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
@@ -92,7 +95,7 @@ def analyze(
     settings = AnalysisSettings(
         samples=samples, seed=seed, energy_in=energy_in, energy_out=energy_out, device=device,
         batch_size=batch_size, tokens_per_image=tokens_per_image, precision=precision, keep_moments=keep_moments,
-        max_width=max_width, layers=layers,
+        max_width=max_width, layers=layers, token_set=token_set, centred=centred, uncertainty=uncertainty,
     )
     return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
                     progress=progress, should_stop=should_stop)
@@ -309,6 +312,9 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         samples=settings.samples,
         seed=settings.seed,
         tokens_per_image=settings.tokens_per_image,
+        token_set=settings.token_set,
+        centred=settings.centred,
+        uncertainty=settings.uncertainty,
         precision=settings.precision,
         device=str(torch.device(settings.device)),
         batch_size=settings.effective_batch_size(),

@@ -27,6 +27,8 @@ class Timings:
     statistics_s: float = 0.0
     eigen_s: float = 0.0
     spectra_s: float = 0.0
+    uncertainty_s: float = 0.0
+    """Of the spectra step: the half-sample and snapshot decompositions (error bars, convergence)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,15 @@ class ResultMeta:
     """Parameters of the analysed layers (W and b) over all the model's parameters."""
     skipped_module_types: dict = field(default_factory=dict)
     """Parameter-holding module types not analysed -> their parameter count (CondConv2d, LSTM, ...)."""
+
+    token_set: str = "all"
+    """Which input vectors were counted (:class:`analysis.tokens.TokenSet` spec)."""
+    centred: bool = False
+    """Whether the spectra are of the centred moments ``C - s s^T / N``."""
+    uncertainty: bool = False
+    """Whether half-sample spectra (error bars) and snapshot spectra (convergence) are stored."""
+    snapshot_images: tuple[int, ...] = ()
+    """Images seen at each stored snapshot of the running sums (ascending; the last is the whole run)."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists when dumped)."""

@@ -83,6 +83,10 @@ class LayerSpectrum:
     status_reason: str = ""
     block_label: str = ""
     """``stage.block`` name of the block (``"2.3"``), empty outside blocks."""
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """Further named arrays of research views (stored as ``<i>|x|<name>`` in ``spectra.npz``): half-sample
+    and snapshot spectra (:mod:`analysis.uncertainty`), attention parts (:mod:`analysis.heads`), the mean
+    direction's share (:mod:`analysis.centring`). Names are plain ``[a-z0-9_.|]`` strings."""
 
     @classmethod
     def from_statistics(

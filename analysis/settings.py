@@ -8,6 +8,7 @@ import torch
 
 from .errors import SettingsError
 from .result import check_energy
+from .tokens import TokenSet
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -22,6 +23,10 @@ class AnalysisSettings:
     ``max_width`` skips layers with ``max(d_in, d_out)`` above it; ``layers`` keeps only layers whose names
     match one of its shell globs (``"blocks.*.attn.qkv"``; a comma-separated string is accepted). Both change
     which layers are analysed, so both are part of the cache key.
+    ``token_set`` chooses which input vectors count (:mod:`analysis.tokens`: ``all``, ``cls``, ``patch``,
+    ``no-registers``, ``no-outliers:Q``, ``centre:F``); ``centred`` analyses ``C_in - s s^T / N`` instead of
+    the uncentred moment; ``uncertainty`` also accumulates two half-samples (split-half error bars) and
+    snapshots of the running sums (the convergence curve). All three are part of the cache key.
     """
 
     samples: int | None = None
@@ -35,6 +40,9 @@ class AnalysisSettings:
     keep_moments: bool = False
     max_width: int | None = None
     layers: tuple[str, ...] | None = None
+    token_set: str = "all"
+    centred: bool = False
+    uncertainty: bool = True
 
     def validated(self) -> "AnalysisSettings":
         check_energy(self.energy_in, "energy_in")
@@ -54,7 +62,11 @@ class AnalysisSettings:
         if self.precision == "fp16" and device == "cpu":
             raise SettingsError("fp16 autocast is not supported on the CPU; use fp32 or bf16")
         _positive_or_none(self.max_width, "max_width")
-        return replace(self, layers=_layer_patterns(self.layers))
+        for flag in ("centred", "uncertainty"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SettingsError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        token_set = TokenSet.parse(self.token_set).spec
+        return replace(self, layers=_layer_patterns(self.layers), token_set=token_set)
 
     def key_parts(self) -> dict:
         """The settings that change the statistics (and therefore the cache entry)."""
