@@ -311,6 +311,7 @@ def _layer_info(spectrum: LayerSpectrum) -> dict:
         "n_samples": spectrum.n_samples,
         "status": spectrum.status,
         "status_reason": spectrum.status_reason,
+        "tokens": spectrum.tokens,
     }
 
 
@@ -359,6 +360,7 @@ def _spectrum_from_arrays(i: int, info: dict, arrays) -> LayerSpectrum:
         pres_k_in=arrays[f"{i}|pres_k_in"],
         pres_error=arrays[f"{i}|pres_error"],
         block_label=info.get("block_label", ""),
+        tokens=info.get("tokens", ""),
         extras={name[len(prefix):]: arrays[name] for prefix in (f"{i}|x|",) for name in arrays.files
                 if name.startswith(prefix)},
         status=info["status"],

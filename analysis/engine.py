@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Subset
 
@@ -30,8 +31,11 @@ from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
 from .capture import effective_parameters, layer_status
+from . import status as layer_status_codes
 from .spectra import AffineLayer, layer_eigen
 from .statistics import LayerMoments, MomentCollector
+from .tokens import TokenLayout, TokenSet
+from . import centring, uncertainty
 
 __all__ = ["Cancelled", "Plan", "Progress", "ProgressCallback", "analyze", "compute", "plan", "run_plan"]
 
@@ -55,6 +59,7 @@ def plan(model_id: str, dataset_id: str, settings: AnalysisSettings) -> Plan:
     """Validate settings, load the model and dataset handle (no images read), and compute the key."""
     settings = settings.validated()
     loaded = load_loaded_model(model_id)
+    TokenLayout.of_model(loaded.model).check(TokenSet.parse(settings.token_set), loaded.model_id)
     dataset = load_dataset(dataset_id, data_config=loaded.data_config, samples=settings.samples, seed=settings.seed)
     parts = {
         "code": __version__,
@@ -178,6 +183,7 @@ class Streamed:
     images: int
     first_batch: int
     seconds: float
+    snapshots: uncertainty.Snapshots | None = None
 
 
 def stream_statistics(
@@ -198,21 +204,27 @@ def stream_statistics(
     rank, world_size = distributed.world()
     shard = distributed.shard(dataset, rank, world_size)
     batch_size = settings.effective_batch_size()
+    snapshots = uncertainty.Snapshots() if settings.uncertainty else None
+    layout = TokenLayout.of_model(model)
     while True:
         resumed = partial.load() if partial is not None else None
-        collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed)
+        collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed,
+                                    token_set=settings.token_set, layout=layout, halves=settings.uncertainty)
         if resumed is not None:
             try:
                 collector.load_state(resumed.state, batches_done=resumed.batches_done)
             except (KeyError, RuntimeError):  # a checkpoint of other layers or shapes: start over
                 partial.clear()
                 continue
+            if snapshots is not None:
+                snapshots.load_state(resumed.state, [s.name for s in applicable])
         break
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
-    loader = make_loader(Subset(shard, range(min(len(shard), first_batch * batch_size), len(shard))),
-                         batch_size=batch_size, device=device)
+    start = min(len(shard), first_batch * batch_size)
+    loader = make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
     clock = StageClock(progress, "statistics", total=-(-len(shard) // batch_size), items_total=len(shard))
+    snapshot_at = _snapshot_schedule(len(dataset), world_size, batch_size) if snapshots is not None else []
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -221,16 +233,49 @@ def stream_statistics(
         for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
+            positions = torch.arange(batch_index * batch_size, batch_index * batch_size + batch.shape[0])
+            collector.begin_batch(rank + positions * world_size)  # indices in the analysed selection
             _forward(model, batch.to(device, non_blocking=True), the_plan)
             collector.next_batch()
             images += batch.shape[0]
+            if batch_index + 1 in snapshot_at:
+                _take_snapshot(snapshots, collector, applicable, settings.centred, images, device)
             if partial is not None and partial.due(batch_index + 1):
-                partial.save(collector.state(), batch_index + 1, images)
+                partial.save({**collector.state(), **(snapshots.state() if snapshots else {})}, batch_index + 1, images)
             clock.report(batch_index + 1, images)
     collector.next_batch()  # final finiteness check of the running sums
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return Streamed(collector, {}, images, first_batch, time.perf_counter() - clock.start)
+    seconds = time.perf_counter() - clock.start - (snapshots.seconds if snapshots else 0.0)
+    return Streamed(collector, {}, images, first_batch, seconds, snapshots)
+
+
+def _snapshot_schedule(n_images: int, world_size: int, batch_size: int) -> list[int]:
+    """Batch counts after which every process snapshots (within the shortest shard, so all reach them)."""
+    per_rank = n_images // max(1, world_size)
+    return uncertainty.snapshot_batches(-(-per_rank // batch_size), batch_size, per_rank)
+
+
+def _take_snapshot(snapshots: uncertainty.Snapshots, collector: MomentCollector, applicable: list[LayerSpec],
+                   centred: bool, images: int, device: torch.device) -> None:
+    """Eigenvalues of every reached layer's statistics so far (summed over processes), into ``snapshots``."""
+    sums = collector.snapshot_sums(distributed.all_reduce_sum if distributed.world()[1] > 1 else None)
+    images = distributed.all_reduce_int(images, device) if distributed.world()[1] > 1 else images
+    findings = collector.findings()
+    layers = affine_layers(applicable, sums, findings, centred)
+    snapshots.take(images, {name: layer for name, layer in layers.items() if layer.count > 0})
+
+
+def affine_layers(applicable: list[LayerSpec], moments: dict[str, LayerMoments], findings: dict,
+                  centred: bool) -> dict[str, AffineLayer]:
+    """Each layer's effective weight and bias with its statistics (centred ones when ``centred``)."""
+    layers = {}
+    for spec in applicable:
+        weight, bias = effective_parameters(spec, findings.get(spec.name))
+        m = moments[spec.name]
+        layer = AffineLayer(weight, bias, m.second_moment, m.column_sum, m.count)
+        layers[spec.name] = centring.centred(layer) if centred else layer
+    return layers
 
 
 def _forward(model: torch.nn.Module, batch: torch.Tensor, the_plan: Plan) -> None:
@@ -269,14 +314,12 @@ def compute_spectra(
     reports stage ``"spectra"``, layer i of n (:func:`analysis.spectra.layer_eigen`)."""
     moments = streamed.moments
     start = time.perf_counter()
-    findings = streamed.collector.findings()
-    effective = {spec.name: effective_parameters(spec, findings.get(spec.name)) for spec in applicable}
-    statuses = {spec.name: layer_status(spec, moments[spec.name].count, findings.get(spec.name)) for spec in applicable}
-    affine = {
-        spec.name: AffineLayer(effective[spec.name][0], effective[spec.name][1], moments[spec.name].second_moment,
-                               moments[spec.name].column_sum, moments[spec.name].count)
-        for spec in applicable
-    }
+    collector = streamed.collector
+    findings = collector.findings()
+    uncentred = affine_layers(applicable, moments, findings, centred=False)
+    affine = affine_layers(applicable, moments, findings, settings.centred)
+    statuses = {spec.name: _status(spec, moments[spec.name].count, findings.get(spec.name), collector)
+                for spec in applicable}
     eig_device = device if device.type == "cuda" else torch.device("cpu")
     # the images behind the statistics are all in: the spectra stage carries them, so a job's final record
     # still says how many images the analysis saw
@@ -286,13 +329,56 @@ def compute_spectra(
     extra = (settings.energy_in, settings.energy_out)
     spectra = [
         LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
-                                      weight=effective[spec.name][0], status=statuses[spec.name][0],
-                                      status_reason=statuses[spec.name][1])
+                                      weight=affine[spec.name].weight, status=statuses[spec.name][0],
+                                      status_reason=statuses[spec.name][1],
+                                      tokens=collector.selector.rules.get(spec.name, ""))
         for spec in applicable
     ]
-    timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_s,
-                      spectra_s=time.perf_counter() - start)
+    for spectrum in spectra:
+        share_in, share_out = centring.mean_shares(uncentred[spectrum.name])
+        spectrum.extras["mean_share_in"] = np.array([share_in])
+        spectrum.extras["mean_share_out"] = np.array([share_out])
+    uncertainty_s = 0.0
+    if settings.uncertainty:
+        uncertainty_s = _uncertainty_extras(spectra, applicable, streamed, findings, settings.centred)
+    timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_s, spectra_s=time.perf_counter() - start,
+                      uncertainty_s=uncertainty_s)
     return spectra, timings
+
+
+def _status(spec: LayerSpec, count: int, finding, collector: MomentCollector) -> tuple[str, str]:
+    """The layer's status (:func:`analysis.capture.layer_status`), with the token set's say: a set that
+    cannot be located among its vectors makes it "not exact"; a set with no vectors at it, "not reached"."""
+    problem = collector.selector.problems.get(spec.name)
+    if problem is not None:
+        return layer_status_codes.NOT_EXACT, f"token set: {problem}"
+    status = layer_status(spec, count, finding)
+    rule = collector.selector.rules.get(spec.name)
+    if count == 0 and rule is not None and collector.selector.token_set.kind != "all":
+        return layer_status_codes.NOT_REACHED, f"token set '{collector.selector.token_set.spec}': {rule}"
+    return status
+
+
+def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec], streamed: "Streamed",
+                        findings: dict, centred: bool) -> float:
+    """Store the halves' and the snapshots' eigenvalues in each spectrum's extras; return the seconds spent
+    (the snapshots' share was spent during the data pass)."""
+    start = time.perf_counter()
+    halves = streamed.collector.half_moments()  # merged over processes with the running sums
+    half_layers = [affine_layers([s for s in applicable if s.name in half], half, findings, centred)
+                   for half in halves]
+    snapshots = streamed.snapshots
+    for spectrum in spectra:
+        name = spectrum.name
+        if len(half_layers) == 2 and name in half_layers[0] and spectrum.n_samples > 0:
+            for label, layers in zip(("a", "b"), half_layers):
+                lam_in, lam_out = uncertainty.eigenvalues(layers[name])
+                spectrum.extras[f"half.{label}.eig_in"] = lam_in
+                spectrum.extras[f"half.{label}.eig_out"] = lam_out
+        if snapshots is not None and all(name in values for values in snapshots.values):
+            spectrum.extras["snap.eig_in"] = np.stack([v[name][0] for v in snapshots.values] + [spectrum.eig_in])
+            spectrum.extras["snap.eig_out"] = np.stack([v[name][1] for v in snapshots.values] + [spectrum.eig_out])
+    return time.perf_counter() - start + (snapshots.seconds if snapshots is not None else 0.0)
 
 
 def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: Coverage | None = None) -> ResultMeta:
@@ -315,6 +401,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         token_set=settings.token_set,
         centred=settings.centred,
         uncertainty=settings.uncertainty,
+        snapshot_images=tuple(streamed.snapshots.images) + (streamed.images,) if streamed.snapshots else (),
         precision=settings.precision,
         device=str(torch.device(settings.device)),
         batch_size=settings.effective_batch_size(),

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import metrics, status as layer_status
+from . import metrics, status as layer_status, uncertainty
 from .errors import SettingsError
 from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
@@ -46,6 +46,7 @@ TABLE_COLUMNS = [
     "layer", "kind", "block", "block_label", "d_in", "d_out", "n_samples", "k_in", "k_out", "rank", "utilization",
     "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "w_effective_rank",
     "energy_in", "energy_out", "in_mlu", "status", "status_reason",
+    "tokens", "mean_share_in", "mean_share_out", "k_in_err", "k_out_err", "utilization_err",
 ]
 
 
@@ -83,6 +84,8 @@ class LayerSpectrum:
     status_reason: str = ""
     block_label: str = ""
     """``stage.block`` name of the block (``"2.3"``), empty outside blocks."""
+    tokens: str = ""
+    """Which of the layer's input vectors the token set kept (:mod:`analysis.tokens`), in words."""
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     """Further named arrays of research views (stored as ``<i>|x|<name>`` in ``spectra.npz``): half-sample
     and snapshot spectra (:mod:`analysis.uncertainty`), attention parts (:mod:`analysis.heads`), the mean
@@ -100,6 +103,7 @@ class LayerSpectrum:
         weight: torch.Tensor | None = None,
         status: str = layer_status.OK,
         status_reason: str = "",
+        tokens: str = "",
     ) -> "LayerSpectrum":
         """``weight``: the effective ``d_out x d_in`` weight the forward applies (:mod:`analysis.capture`;
         default: the module's own). ``in_mlu`` holds only for layers the adapter counts whose ``status`` is ok."""
@@ -121,7 +125,7 @@ class LayerSpectrum:
             has_bias=spec.has_bias, in_mlu=spec.in_mlu and status == layer_status.OK, n_samples=n_samples,
             eig_in=lam_in, eig_out=lam_out, w_singular=w_singular, wprime_singular=wprime,
             pres_k_out=k_out_set, pres_k_in=k_in_set, pres_error=table, status=status, status_reason=status_reason,
-            block_label=spec.block_label,
+            block_label=spec.block_label, tokens=tokens,
         )
 
     def row(self, energy_in: float, energy_out: float) -> dict:
@@ -151,7 +155,15 @@ class LayerSpectrum:
             "in_mlu": self.in_mlu,
             "status": self.status,
             "status_reason": self.status_reason,
+            "tokens": self.tokens,
+            "mean_share_in": self._scalar("mean_share_in"),
+            "mean_share_out": self._scalar("mean_share_out"),
+            **uncertainty.layer_errors(self, energy_in, energy_out),
         }
+
+    def _scalar(self, name: str) -> float:
+        value = self.extras.get(name)
+        return float(value.reshape(-1)[0]) if value is not None and value.size else float("nan")
 
     def preservation_error(self, k_out: int, k_in: int) -> float:
         """Exact error for a stored (k_out, k_in) pair, NaN otherwise (see the module docstring)."""
@@ -195,6 +207,11 @@ class Result:
         counted = table[table["in_mlu"]]
         return float(counted["utilization"].mean()) if len(counted) else float("nan")
 
+    @property
+    def mlu_err(self) -> float:
+        """Split-half error bar of the MLU (:func:`analysis.uncertainty.mlu_error`); NaN without halves."""
+        return uncertainty.mlu_error(self)
+
     def parameters(self, counted_only: bool = True) -> dict:
         """Model-level parameter counts over the analysed layers: dense, factorized and kept fraction."""
         table = self.layers[self.layers["in_mlu"]] if counted_only else self.layers
@@ -229,6 +246,7 @@ class Result:
             "energy_in": self.energy_in,
             "energy_out": self.energy_out,
             "mlu": self.mlu,
+            "mlu_err": self.mlu_err,
             "layers_in_mlu": int(self.layers["in_mlu"].sum()),
             "layers_not_applicable": len(self.not_applicable),
             "layers_flagged": int(sum(s.status in layer_status.FLAGGED_STATUSES for s in self.spectra)),

@@ -1,0 +1,199 @@
+r"""How sure a result is: split-half error bars and a convergence curve, both from stored eigenvalues.
+
+**Split half.** Every analysed image belongs to one of two halves, fixed by its index ``i`` in the analysed
+selection (not by batch, rank or order of arrival, so batch size, resumption and torchrun do not move it):
+``half(i)`` is the top bit of ``(i * 2654435769) mod 2^32`` (Fibonacci hashing: balanced, and well spread over
+runs of consecutive indices, as class-sorted folders have). The collector accumulates ``C_in, s, N`` of each
+half separately (their sum is the whole run's statistics), and the spectra step stores the eigenvalues of
+both halves' input and output moments. For a quantity ``theta`` (a layer's ``k_in``, ``k_out``,
+utilization, or the MLU) with half estimates ``theta_a``, ``theta_b``, the error bar is
+
+    err(theta) = |theta_a - theta_b| / 2,
+
+the standard error at N samples estimated from two independent estimates at N/2 (variance ~ 1/N:
+``Var(theta_a - theta_b) = 2 sigma_{N/2}^2 = 4 sigma_N^2``). It measures sampling noise, not the bias of a
+too-small sample (k tends to grow with N); the convergence curve shows that.
+
+**Convergence.** Snapshots of the running sums are decomposed during the data pass when the images seen
+reach ``N / 2^j`` (``j = SNAPSHOTS .. 1``, at least one batch, on batch boundaries) and the last point is the
+whole run. Each snapshot stores every layer's input and output eigenvalues (:func:`eigenvalues`), so the
+curve (MLU and per-layer k against images seen) re-thresholds at any energy like everything else.
+
+**Eigenvalues only** (:func:`eigenvalues`): ``eigvalsh`` of ``C_in``; for the output, when
+``d_out > m`` (``m = d_in + 1`` with a bias), the non-zero eigenvalues of ``C_out = M G M^T`` are those of
+``L^T M^T M L`` with ``G + jI = L L^T`` (Cholesky, jitter ``j = 1e-12 tr(G)/m`` as in
+:mod:`analysis.spectra`), padded with zeros; otherwise ``eigvalsh(C_out)`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics
+from .spectra import JITTER, AffineLayer, output_second_moment
+
+SNAPSHOTS = 6
+"""Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
+
+_GOLDEN = 2654435769
+
+
+def half_of(image_ids: torch.Tensor) -> torch.Tensor:
+    """``0``/``1`` half of each image index (int64 tensor of indices into the analysed selection)."""
+    return ((image_ids.to(torch.int64) * _GOLDEN) % (1 << 32)) >> 31
+
+
+def snapshot_batches(n_batches: int, batch_size: int, n_images: int) -> list[int]:
+    """Batch counts after which to snapshot: the first batch boundary at or past ``N / 2^j`` images,
+    ``j = SNAPSHOTS .. 1``; distinct, and before the last batch (the whole run is the final point)."""
+    marks = []
+    for j in range(SNAPSHOTS, 0, -1):
+        batches = max(1, math.ceil(n_images / 2**j / batch_size))
+        if batches < n_batches and batches not in marks:
+            marks.append(batches)
+    return marks
+
+
+def _eigvalsh(matrix: torch.Tensor) -> np.ndarray:
+    m = matrix.to(torch.float64)
+    m = 0.5 * (m + m.T)
+    d = m.shape[0]
+    trace = float(torch.diagonal(m).sum().clamp_min(0.0))
+    m = m + JITTER * (trace / d if trace > 0 else 1.0) * torch.eye(d, dtype=m.dtype)
+    return torch.linalg.eigvalsh(m).flip(0).clamp_min(0.0).numpy()
+
+
+def eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
+    """Descending eigenvalues of ``C_in`` and ``C_out`` (float64, clipped at 0; see the module docstring)."""
+    lam_in = _eigvalsh(layer.c_in)
+    if not layer.uses_small_problem():
+        c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
+        return lam_in, _eigvalsh(c_out)
+    w = layer.weight.to(torch.float64)
+    c = layer.c_in.to(torch.float64)
+    if layer.bias is not None:
+        s = layer.column_sum.to(torch.float64).reshape(-1, 1)
+        g = torch.cat([torch.cat([c, s], 1), torch.cat([s.T, torch.tensor([[float(layer.count)]], dtype=c.dtype)], 1)])
+        w = torch.cat([w, layer.bias.to(torch.float64).reshape(-1, 1)], 1)
+    else:
+        g = c
+    g = 0.5 * (g + g.T)
+    m = g.shape[0]
+    trace = float(torch.diagonal(g).sum().clamp_min(0.0))
+    jitter = JITTER * (trace / m if trace > 0 else 1.0)
+    factor, info = torch.linalg.cholesky_ex(g + jitter * torch.eye(m, dtype=g.dtype))
+    if int(info) != 0:  # not positive definite even with the jitter: a symmetric square root instead
+        values, vectors = torch.linalg.eigh(g)
+        factor = vectors * values.clamp_min(0.0).sqrt()
+    k = w @ factor
+    small = _eigvalsh(k.T @ k)
+    return lam_in, np.concatenate([small, np.zeros(layer.d_out - len(small))])
+
+
+class Snapshots:
+    """Eigenvalues of every layer at each snapshot (images seen -> ``{layer: (eig_in, eig_out)}``)."""
+
+    def __init__(self) -> None:
+        self.images: list[int] = []
+        self.values: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        self.seconds = 0.0
+
+    def take(self, images: int, layers: dict[str, AffineLayer]) -> None:
+        start = time.perf_counter()
+        self.images.append(int(images))
+        self.values.append({name: eigenvalues(layer) for name, layer in layers.items()})
+        self.seconds += time.perf_counter() - start
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Tensors for a partial checkpoint (``snap|<j>|images``, ``snap|<j>|<layer>|in``/``out``)."""
+        state = {}
+        for j, (images, values) in enumerate(zip(self.images, self.values)):
+            state[f"snap|{j}|images"] = torch.tensor(images, dtype=torch.int64)
+            for name, (lam_in, lam_out) in values.items():
+                state[f"snap|{j}|{name}|in"] = torch.from_numpy(np.ascontiguousarray(lam_in))
+                state[f"snap|{j}|{name}|out"] = torch.from_numpy(np.ascontiguousarray(lam_out))
+        return state
+
+    def load_state(self, state: dict[str, torch.Tensor], names: list[str]) -> None:
+        """Restore what :meth:`state` saved (a snapshot missing any layer is dropped)."""
+        self.images, self.values = [], []
+        j = 0
+        while f"snap|{j}|images" in state:
+            try:
+                values = {n: (state[f"snap|{j}|{n}|in"].numpy(), state[f"snap|{j}|{n}|out"].numpy()) for n in names}
+            except KeyError:
+                break
+            self.images.append(int(state[f"snap|{j}|images"]))
+            self.values.append(values)
+            j += 1
+
+
+# ------------------------------------------------------------------------------ derived at any energies
+
+
+def has_halves(spectrum) -> bool:
+    return "half.a.eig_in" in spectrum.extras
+
+
+def half_rows(spectrum, energy_in: float, energy_out: float) -> list[dict]:
+    """``k_in``, ``k_out``, ``rank``, ``utilization`` of each half (empty without half spectra)."""
+    if not has_halves(spectrum):
+        return []
+    rows = []
+    for half in ("a", "b"):
+        k_in = metrics.k_at_energy(spectrum.extras[f"half.{half}.eig_in"], energy_in)
+        k_out = metrics.k_at_energy(spectrum.extras[f"half.{half}.eig_out"], energy_out)
+        rank = metrics.utilized_rank(k_in, k_out)
+        rows.append({"k_in": k_in, "k_out": k_out, "rank": rank,
+                     "utilization": metrics.utilization(rank, spectrum.d_in, spectrum.d_out)})
+    return rows
+
+
+def layer_errors(spectrum, energy_in: float, energy_out: float) -> dict[str, float]:
+    """``k_in_err``, ``k_out_err``, ``utilization_err`` (half the split-half difference; NaN without halves)."""
+    rows = half_rows(spectrum, energy_in, energy_out)
+    names = ("k_in", "k_out", "utilization")
+    if not rows:
+        return {f"{n}_err": float("nan") for n in names}
+    return {f"{n}_err": abs(float(rows[0][n]) - float(rows[1][n])) / 2 for n in names}
+
+
+def mlu_error(result) -> float:
+    """Half the difference of the two halves' MLU over the layers counted in the MLU (NaN without halves)."""
+    counted = [s for s in result.spectra if s.in_mlu]
+    if not counted or not all(has_halves(s) for s in counted):
+        return float("nan")
+    halves = [half_rows(s, result.energy_in, result.energy_out) for s in counted]
+    mlu_a = float(np.mean([h[0]["utilization"] for h in halves]))
+    mlu_b = float(np.mean([h[1]["utilization"] for h in halves]))
+    return abs(mlu_a - mlu_b) / 2
+
+
+def convergence(result) -> pd.DataFrame:
+    """Per snapshot and layer: ``images, layer, k_in, k_out, rank, utilization, in_mlu`` at the result's
+    energies, plus one ``layer == "MLU"`` row per snapshot (the mean over counted layers). Empty when the
+    result stored no snapshots."""
+    images = list(result.meta.snapshot_images)
+    rows = []
+    for j, seen in enumerate(images):
+        utilizations = []
+        for s in result.spectra:
+            if "snap.eig_in" not in s.extras or s.extras["snap.eig_in"].shape[0] != len(images):
+                continue
+            k_in = metrics.k_at_energy(s.extras["snap.eig_in"][j], result.energy_in)
+            k_out = metrics.k_at_energy(s.extras["snap.eig_out"][j], result.energy_out)
+            rank = metrics.utilized_rank(k_in, k_out)
+            u = metrics.utilization(rank, s.d_in, s.d_out)
+            rows.append({"images": seen, "layer": s.name, "k_in": k_in, "k_out": k_out, "rank": rank,
+                         "utilization": u, "in_mlu": s.in_mlu})
+            if s.in_mlu:
+                utilizations.append(u)
+        if utilizations:
+            rows.append({"images": seen, "layer": "MLU", "k_in": np.nan, "k_out": np.nan, "rank": np.nan,
+                         "utilization": float(np.mean(utilizations)), "in_mlu": True})
+    return pd.DataFrame(rows, columns=["images", "layer", "k_in", "k_out", "rank", "utilization", "in_mlu"])
