@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
 from . import defaults
 from .errors import AnalysisError, SettingsError
+
+if TYPE_CHECKING:
+    from .settings import AnalysisSettings
 
 SHOWN_COLUMNS = ["layer", "kind", "d_in", "d_out", "k_in", "k_out", "rank", "utilization",
                  "params_dense", "params_factorized", "preservation_error", "w_stable_rank", "status"]
@@ -57,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tokens", default="all", metavar="SET",
                      help="which input vectors count: all, cls, patch, no-registers, no-outliers:Q (percent), "
                           "centre[:F] (default all; see README, Research settings)")
-    run.add_argument("--centred", action="store_true",
-                     help="analyse centred moments C - s s^T/N (the mean direction's share is reported either way)")
+    run.add_argument("--centred", action=argparse.BooleanOptionalAction, default=False,
+                     help="analyse centred moments C - s s^T/N (the mean direction's share is reported either way; "
+                          "default --no-centred)")
     run.add_argument("--no-uncertainty", action="store_true",
                      help="skip the split-half error bars and the convergence snapshots (less memory and time)")
+    run.add_argument("--uncertainty", dest="no_uncertainty", action="store_false",
+                     help="store the error bars and convergence snapshots (the default; says so explicitly)")
     run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
     run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -220,6 +227,20 @@ def _load_cached(key: str):
     return result
 
 
+def run_settings(args, device: str | None = None) -> "AnalysisSettings":
+    """The settings a parsed ``run`` command line asks for (not yet validated); ``device`` overrides
+    ``--device`` (under torchrun each rank's own GPU). :func:`analysis.card.reproduce_command` relies on
+    this mapping: its tests parse the command and plan these settings."""
+    from .settings import AnalysisSettings
+
+    return AnalysisSettings(
+        samples=args.samples, seed=args.seed, energy_in=args.energy_in, energy_out=args.energy_out,
+        device=device or args.device, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
+        precision=args.precision, keep_moments=args.keep_moments, max_width=args.max_width, layers=args.layers,
+        token_set=args.tokens, centred=args.centred, uncertainty=not args.no_uncertainty,
+    )
+
+
 def cmd_run(args) -> int:
     from .engine import analyze
     from .table_export import export_result, format_from_path
@@ -232,13 +253,8 @@ def cmd_run(args) -> int:
     rank, world_size = distributed.world()
     update, close = _progress_bar(args.quiet or rank != 0)
     try:
-        result = analyze(
-            args.model, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
-            energy_out=args.energy_out, device=device, batch_size=args.batch_size,
-            tokens_per_image=args.tokens_per_image, precision=args.precision, keep_moments=args.keep_moments,
-            max_width=args.max_width, layers=args.layers, token_set=args.tokens, centred=args.centred,
-            uncertainty=not args.no_uncertainty, use_cache=not args.no_cache, progress=update,
-        )
+        result = analyze(args.model, args.dataset, **asdict(run_settings(args, device)),
+                         use_cache=not args.no_cache, progress=update)
     finally:
         close()
         distributed.shutdown()
@@ -248,8 +264,20 @@ def cmd_run(args) -> int:
         print(f"ranks      {world_size} (samples sharded, statistics all-reduced)")
     _print_result(result)
     if args.export:
-        print(f"exported   {export_result(result, args.export)}")
+        _print_export(export_result(result, args.export), format_from_path(args.export))
     return 0
+
+
+def _print_export(path: Path, fmt: str) -> None:
+    """``exported   PATH``, and where the reproducibility card went (inside, or the CSV's sidecar)."""
+    from .table_export import card_path
+
+    print(f"exported   {path}")
+    if fmt == "csv":
+        print(f"card       {card_path(path)}  (reproducibility card; CSV has no room for it)")
+    else:
+        where = 'under "card"' if fmt == "json" else "in the file metadata, key reproducibility_card"
+        print(f"card       inside the {fmt} file ({where})")
 
 
 def cmd_list(args) -> int:
@@ -279,7 +307,15 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    _print_result(_with_energies(_load_cached(args.key), args.energy_in, args.energy_out))
+    """The result's table and summary, then its reproducibility card and the command that recreates it."""
+    from .card import card_lines, reproducibility_card
+
+    result = _with_energies(_load_cached(args.key), args.energy_in, args.energy_out)
+    _print_result(result)
+    print()
+    print("reproducibility card")
+    for line in card_lines(reproducibility_card(result)):
+        print(line)
     return 0
 
 
@@ -300,7 +336,7 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from .table_export import export_result
 
-    print(export_result(_load_cached(args.key), args.out, args.format))
+    _print_export(export_result(_load_cached(args.key), args.out, args.format), args.format)
     return 0
 
 

@@ -27,6 +27,7 @@ from .meta import ResultMeta, Timings
 from .models import describe_layers, load as load_loaded_model
 from .models.layers import Coverage, LayerSpec, coverage, select_layers
 from .partial import PartialStore
+from .provenance import code_provenance
 from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
@@ -412,6 +413,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         version=__version__,
         weights_analysed_fraction=covered.fraction if covered is not None else None,
         skipped_module_types=dict(covered.skipped) if covered is not None else {},
+        provenance=code_provenance(),
     )
 
 

@@ -69,6 +69,9 @@ class ResultMeta:
     """Whether half-sample spectra (error bars) and snapshot spectra (convergence) are stored."""
     snapshot_images: tuple[int, ...] = ()
     """Images seen at each stored snapshot of the running sums (ascending; the last is the whole run)."""
+    provenance: dict = field(default_factory=dict)
+    """The code that made the result (:func:`analysis.provenance.code_provenance`: version, git commit,
+    library versions); empty for results made before it was recorded."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists when dumped)."""

@@ -1,4 +1,11 @@
-"""Export of a result's per-layer table: CSV, parquet, or JSON (summary + layers + not-applicable list)."""
+"""Export of a result's per-layer table: CSV, parquet, or JSON (summary + layers + not-applicable list).
+
+Every export carries the result's reproducibility card (:mod:`analysis.card`): the JSON document holds it
+under ``"card"``; a parquet file stores it as JSON text in its file-level key-value metadata under
+``reproducibility_card`` (``pyarrow.parquet.read_schema(path).metadata``; :func:`read_parquet_card`); CSV has
+no place for it, so :func:`export_result` writes it beside the table as ``<path>.card.json``
+(:func:`card_path`), and downloads offer :func:`card_bytes` as a second file.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import atomic_write_bytes
+from .card import CARD_SUFFIX, PARQUET_METADATA_KEY, card_json, reproducibility_card
 from .errors import SettingsError
 from .result import Result
 
@@ -39,9 +47,7 @@ def export_bytes(result: Result, fmt: str) -> bytes:
     if fmt == "csv":
         return table.to_csv(index=False).encode()
     if fmt == "parquet":
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False)
-        return buffer.getvalue()
+        return _parquet_with_card(table, card_json(reproducibility_card(result)))
     records = [{k: _clean(v) for k, v in row.items()} for row in table.astype(object).where(table.notna(), None).to_dict("records")]
     document = {
         "summary": {k: _clean(v) for k, v in result.summary().items()},
@@ -49,16 +55,53 @@ def export_bytes(result: Result, fmt: str) -> bytes:
         "layers": records,
         "not_applicable": result.not_applicable,
         "warnings": result.warnings,
+        "card": reproducibility_card(result),
     }
     return json.dumps(document, indent=1, default=str).encode()
 
 
+def _parquet_with_card(table: "pd.DataFrame", card_text: str) -> bytes:
+    """``table`` as parquet bytes whose schema metadata also holds ``card_text`` (pandas' own entry kept)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), PARQUET_METADATA_KEY: card_text.encode()})
+    buffer = io.BytesIO()
+    pq.write_table(arrow, buffer)
+    return buffer.getvalue()
+
+
+def read_parquet_card(path: str | Path) -> dict | None:
+    """The card stored in a parquet export's metadata, or None when the file has none."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    text = metadata.get(PARQUET_METADATA_KEY)
+    return json.loads(text) if text is not None else None
+
+
+def card_bytes(result: Result) -> bytes:
+    """The result's reproducibility card as JSON bytes (the CSV sidecar; a download of its own)."""
+    return card_json(reproducibility_card(result)).encode()
+
+
+def card_path(path: str | Path) -> Path:
+    """Where a CSV export's card goes: ``<path>.card.json`` (``table.csv`` -> ``table.csv.card.json``)."""
+    path = Path(path).expanduser()
+    return path.with_name(path.name + CARD_SUFFIX)
+
+
 def export_result(result: Result, path: str | Path, fmt: str | None = None) -> Path:
-    """Write the table to ``path`` atomically; the format comes from ``fmt`` or the file suffix."""
+    """Write the table to ``path`` atomically; the format comes from ``fmt`` or the file suffix.
+
+    A CSV export also writes the card to :func:`card_path` (JSON and parquet hold it inside)."""
     path = Path(path).expanduser()
     fmt = fmt or format_from_path(path)
     try:
         atomic_write_bytes(path, export_bytes(result, fmt))
+        if fmt == "csv":
+            atomic_write_bytes(card_path(path), card_bytes(result))
     except OSError as exc:
         raise SettingsError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
     return path

@@ -10,7 +10,7 @@ from functools import partial
 
 import streamlit as st
 
-from ui import charts, frame, state, text
+from ui import card_view, charts, frame, state, text
 
 CHART_KEY = "layers_chart"
 HEATMAP_KEY = "layers_heatmap"
@@ -68,3 +68,4 @@ with st.expander("Per-layer table", expanded=False):
     )
 if result.not_applicable:
     st.caption("Not analysed (not applicable): " + ", ".join(f"`{x['layer']}` ({x['reason']})" for x in result.not_applicable))
+card_view.card_expander(result.meta, (result.energy_in, result.energy_out), key="layers_card")

@@ -11,7 +11,7 @@ import streamlit as st
 from analysis import jobs
 from analysis.errors import AnalysisError
 from analysis.table_export import export_bytes
-from ui import frame, jobs_view, state, tables, text
+from ui import card_view, frame, jobs_view, state, tables, text
 
 PICK = "library_pick"
 CONFIRM = "library_confirm_delete"
@@ -95,20 +95,26 @@ else:
         st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0].key
     key = st.selectbox("Analysis", list(labels), key=PICK, format_func=labels.get)
     is_current = key == state.current_key()
-    cols = st.columns([1, 1, 1, 1, 1])
+    entry = next(e for e in entries if e.key == key)
+    cols = st.columns([1, 1, 1, 1, 1, 1])
     cols[0].button("Open" if not is_current else "Open (already open)", on_click=_open, args=(key,), type="primary",
                    disabled=is_current, key="library_open", icon=":material/folder_open:")
     for col, fmt in zip(cols[1:4], ("csv", "parquet", "json")):
         col.download_button(fmt.upper(), data=partial(_export, key, fmt), file_name=f"utilization-{text.short_key(key)}.{fmt}",
                             mime=MIME[fmt], on_click="ignore", key=f"library_download_{fmt}", icon=":material/download:")
+    cols[4].download_button("CARD", data=partial(card_view.card_text, entry.meta, state.energies()),
+                            file_name=card_view.file_name(entry.meta), mime=card_view.MIME, on_click="ignore",
+                            key="library_download_card", icon=":material/download:",
+                            help="The reproducibility card (JSON): what made this result and the command that redoes it.")
     if st.session_state.get(CONFIRM) == key:
         st.warning(f"Delete {labels[key]}? The stored spectra are removed; recomputing needs the data again.")
         yes, no = st.columns([1, 5])
         yes.button("Yes, delete", on_click=_delete, args=(key,), type="primary", key="library_delete_yes")
         no.button("Keep it", on_click=lambda: st.session_state.pop(CONFIRM, None), key="library_delete_no")
     else:
-        cols[4].button("Delete ...", on_click=lambda k=key: st.session_state.update({CONFIRM: k}), key="library_delete",
+        cols[5].button("Delete ...", on_click=lambda k=key: st.session_state.update({CONFIRM: k}), key="library_delete",
                        icon=":material/delete:")
+    card_view.card_expander(entry.meta, state.energies(), key="library_card", download=False)
     if is_current:
         st.page_link("pages/layers.py", label="Show it on the Layers page", icon=":material/bar_chart:")
 
