@@ -46,6 +46,7 @@ def compare_results(results: list[Result]) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "analysis": label,
                 "key": r.key,
                 "mlu": r.mlu,
+                "mlu_err": r.mlu_err,
                 "mlu_delta": r.mlu - first_mlu,
                 "mlu_delta_pp": 100 * (r.mlu - first_mlu),
                 "kept": r.parameters()["kept"],

@@ -213,13 +213,13 @@ captions = [f"{r.regime}<br>probe {text.pct(r.linear_probe)}" for r in facts.ite
 height = frame.chart_height()
 top_left, top_right = st.columns([1, 2])
 with top_left:
-    st.plotly_chart(charts.mlu_bars(summary, captions, height=height), key="compare_mlu")
+    frame.plot(charts.mlu_bars(summary, captions, height=height), [r.meta for r in results], key="compare_mlu")
 with top_right:
-    st.plotly_chart(charts.compare_lines(per_layer, short, height=height), key="compare_lines")
+    frame.plot(charts.compare_lines(per_layer, short, height=height), [r.meta for r in results], key="compare_lines")
 for row in facts.itertuples():  # right under the charts, before anything else is read
     if row.caveat:
         st.warning(row.caveat, icon=":material/warning:")
-st.plotly_chart(charts.delta_bars(per_layer, short), key="compare_delta")
+frame.plot(charts.delta_bars(per_layer, short), [r.meta for r in results], key="compare_delta")
 st.subheader("Change the comparison")
 _controls()
 with st.expander("Tables", expanded=False):

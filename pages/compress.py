@@ -40,14 +40,14 @@ cols[0].metric("Parameters kept", text.pct(params["kept"]),
 cols[1].metric("Parameters saved", text.count(params["params_dense"] - params["params_factorized"]),
                help=f"of {text.count(params['params_dense'])} in the counted layers")
 cols[2].metric("Mean preservation error", f"{counted['preservation_error'].mean():.2e}" if len(counted) else "n/a")
-cols[3].metric("MLU", text.pct(result.mlu))
+cols[3].metric("MLU", text.plus_minus(result.mlu, result.mlu_err), help="± its split-half error bar")
 
 sweep = _sweep(result.key, result)
-st.plotly_chart(charts.compression_sweep_chart(sweep, e_in if e_in == e_out else None), key="compress_sweep")
+frame.plot(charts.compression_sweep_chart(sweep, e_in if e_in == e_out else None), result.meta, key="compress_sweep")
 if e_in != e_out:
     st.caption("The sweep sets e_in = e_out; your current energies differ, so no marker is drawn on it.")
 
-st.plotly_chart(charts.savings_bars(result.layers), key="compress_savings")
+frame.plot(charts.savings_bars(result.layers), result.meta, key="compress_savings")
 st.dataframe(
     savings,
     hide_index=True,

@@ -10,6 +10,7 @@ from functools import partial
 
 import streamlit as st
 
+from analysis import uncertainty
 from ui import card_view, charts, frame, state, text
 
 CHART_KEY = "layers_chart"
@@ -28,7 +29,8 @@ for line in result.warnings:  # flagged layers (not reached / not exact / too fe
     st.warning(line, icon=":material/warning:")
 
 cols = st.columns(4)
-cols[0].metric("MLU", text.pct(result.mlu), help="Mean of u over the layers counted (inside the blocks).")
+cols[0].metric("MLU", text.plus_minus(result.mlu, result.mlu_err),
+               help="Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
 cols[1].metric("Layers counted", f"{counted} of {len(table)}")
 cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
                help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
@@ -36,9 +38,9 @@ cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
 cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="e_in / e_out (sidebar).")
 
 selected = state.selected_layer(result)
-st.plotly_chart(
-    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height()),
-    key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
+frame.plot(
+    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(), mlu_err=result.mlu_err),
+    result.meta, key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
 )
 left, right = st.columns([1, 1], vertical_alignment="bottom")
 with left:
@@ -49,11 +51,24 @@ with right:
         f"**{selected}** ({charts.kind_label(row['kind'])}): $d_{{in}} = {row['d_in']}$, $d_{{out}} = {row['d_out']}$, "
         f"$k_{{in}} = {row['k_in']}$, $k_{{out}} = {row['k_out']}$, $r = {row['rank']}$, "
         f"$u = {row['utilization']:.1%}$".replace("%", r"\%")
+        + (f"; the mean direction holds {text.pct(row['mean_share_in'])} of its input energy"
+           if row["mean_share_in"] == row["mean_share_in"] else "")
     )
     st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
 # full width: in a narrow column the kind labels and the colour bar leave the cells too thin to click apart
-st.plotly_chart(charts.block_kind_heatmap(table, selected), key=HEATMAP_KEY,
+frame.plot(charts.block_kind_heatmap(table, selected), result.meta, key=HEATMAP_KEY,
                 on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
+
+curve = uncertainty.convergence(result)
+with st.expander("How sure is this? Convergence with the number of images", expanded=False):
+    if curve.empty:
+        st.info("This analysis was run without the uncertainty setting (no split-half halves or snapshots). "
+                "Run it again with uncertainty on to see error bars and the convergence curve.")
+    else:
+        st.markdown(text.CONVERGENCE_TEXT)
+        frame.plot(charts.convergence_chart(curve, selected, result.mlu_err, height=frame.chart_height(400)),
+                   result.meta, key="layers_convergence")
+        st.caption(text.convergence_verdict(curve, result.mlu_err))
 
 with st.expander("Per-layer table", expanded=False):
     st.dataframe(

@@ -30,7 +30,7 @@ error = row["preservation_error"]
 cols[4].metric("preservation error", "n/a" if math.isnan(error) else f"{error:.2e}",
                help="||(W - W')X||² / ||WX||² on the data at these energies.")
 
-st.plotly_chart(charts.singular_values_chart(spectrum, e_in, e_out, height=height), key="spectra_singular")
+frame.plot(charts.singular_values_chart(spectrum, e_in, e_out, height=height), result.meta, key="spectra_singular")
 st.caption(
     f"**{charts.kind_label(spectrum.kind)}**{'' if spectrum.in_mlu else ' (not counted in the MLU)'}. "
     f"W' is stored at e_in = e_out for e in {{{', '.join(text.energy(e) for e in sorted(spectrum.wprime_singular))}}}; "
@@ -39,17 +39,17 @@ st.caption(
     f"{row['w_stable_rank']:.1f}, effective rank {row['w_effective_rank']:.1f} of at most "
     f"{min(spectrum.d_in, spectrum.d_out)}; inputs seen: {text.count(spectrum.n_samples)} vectors."
 )
-st.plotly_chart(charts.energy_animation(spectrum, min(e_in, e_out), height=height), key="spectra_sweep")
+frame.plot(charts.energy_animation(spectrum, min(e_in, e_out), height=height), result.meta, key="spectra_sweep")
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(
+    frame.plot(
         charts.eigen_chart(spectrum.eig_in, e_in, f"Input second moment C_in (d_in = {spectrum.d_in})",
                            charts.kind_color(spectrum.kind), height=height),
-        key="spectra_c_in",
+        result.meta, key="spectra_c_in",
     )
 with right:
-    st.plotly_chart(
+    frame.plot(
         charts.eigen_chart(spectrum.eig_out, e_out, f"Output second moment C_out (d_out = {spectrum.d_out})",
                            charts.kind_color(spectrum.kind), height=height),
-        key="spectra_c_out",
+        result.meta, key="spectra_c_out",
     )

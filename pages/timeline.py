@@ -98,12 +98,13 @@ for _, row in failed.iterrows():
 if table["status"].eq("ok").sum() == 0:
     st.stop()
 
-st.plotly_chart(tc.mlu_vs_step(table), key="timeline_mlu_step")
+metas = [r.meta for r in tl.results if r is not None]
+frame.plot(tc.mlu_vs_step(table), metas, key="timeline_mlu_step")
 layers = tl.layers()
 series_done = [s for s in tl.series if (layers["series"] == s).any()]
 for tab, series in zip(st.tabs(series_done), series_done):
     with tab:
-        st.plotly_chart(tc.depth_step_heatmap(layers, series), key=f"timeline_heatmap_{series}")
+        frame.plot(tc.depth_step_heatmap(layers, series), metas, key=f"timeline_heatmap_{series}")
 
 st.subheader("One checkpoint, layer by layer")
 scrub_series = st.selectbox("Series", series_done, key=SCRUB_SERIES)
@@ -117,9 +118,9 @@ cols = st.columns(3)
 cols[0].metric("MLU", text.pct(result.mlu))
 cols[1].metric("Linear probe", text.pct(point.accuracy.get("linear_probe_top1")))
 cols[2].metric("Epoch", "n/a" if point.epoch is None else f"{point.epoch:g}")
-st.plotly_chart(charts.utilization_bars(result.layers, result.mlu, state.selected_layer(result)),
-                key="timeline_bars")
+frame.plot(charts.utilization_bars(result.layers, result.mlu, state.selected_layer(result), mlu_err=result.mlu_err),
+           result.meta, key="timeline_bars")
 
-st.plotly_chart(tc.mlu_vs_probe(table), key="timeline_scatter")
+frame.plot(tc.mlu_vs_probe(table), metas, key="timeline_scatter")
 with st.expander("Timeline table", expanded=False):
     st.dataframe(table, hide_index=True)

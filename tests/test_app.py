@@ -104,7 +104,9 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert at.query_params.get("analysis") == results.a.key
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
     assert "fashion-mnist:test" in sidebar_text and "64" in sidebar_text
-    assert [m.value for m in at.sidebar.metric if m.label == "MLU"] == [_pct(results.a.mlu)]
+    # the MLU with its split-half error bar (percentage points)
+    assert [m.value for m in at.sidebar.metric if m.label == "MLU"] == [
+        f"{_pct(results.a.mlu)} ± {100 * results.a.mlu_err:.1f}"]
     assert {s.key for s in at.sidebar.select_slider} == {"energy_in_slider", "energy_out_slider"}
 
 
@@ -118,13 +120,20 @@ def test_layers_page_shows_the_default_result(app, results):
     at = _layers(app)
     _ok(at)
     assert at.title[0].value == "Layers"
-    assert _metric(at, "MLU") == _pct(results.a.mlu)
+    assert _metric(at, "MLU") == f"{_pct(results.a.mlu)} ± {100 * results.a.mlu_err:.1f}"
     figures = _charts(at)
-    assert len(figures) == 2  # utilization bars + block x kind heatmap
+    assert len(figures) == 3  # utilization bars + block x kind heatmap + convergence (in its expander)
     bars = figures[0]
     shown = [name for trace in bars["data"] for name in _values(trace["x"])]
     assert sorted(shown) == sorted(results.a.layers["layer"])
     assert any(shape.get("y0") == pytest.approx(results.a.mlu) for shape in bars["layout"]["shapes"])
+    # split-half whiskers on the bars, and the token set in every title
+    assert all(trace["error_y"]["visible"] for trace in bars["data"])
+    assert all("all tokens" in figure["layout"]["title"]["text"] for figure in figures)
+    convergence = figures[2]
+    mlu_line = next(trace for trace in convergence["data"] if trace["name"] == "MLU")
+    assert _values(mlu_line["x"])[-1] == results.a.meta.n_images
+    assert _values(mlu_line["y"])[-1] == pytest.approx(results.a.mlu)
 
 
 def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, results):
@@ -183,7 +192,7 @@ def test_energy_change_changes_k_and_mlu(app, results):
     assert [m.value for m in at.main.metric] == [_pct(expected.mlu), _pct(results.b.at_energy(0.9, 0.9).mlu)]
     at.switch_page("pages/layers.py").run()
     _ok(at)
-    assert _metric(at, "MLU") == _pct(expected.mlu)
+    assert _metric(at, "MLU") == f"{_pct(expected.mlu)} ± {100 * expected.mlu_err:.1f}"
     assert _metric(at, "Energies") == "0.9 / 0.9"
     after = at.main.dataframe[0].value
     assert list(after["k_in"]) == list(expected.layers["k_in"])
@@ -191,7 +200,7 @@ def test_energy_change_changes_k_and_mlu(app, results):
     # the energies are shared: the Compress page shows the same re-thresholded result
     at.switch_page("pages/compress.py").run()
     _ok(at)
-    assert _metric(at, "MLU") == _pct(expected.mlu)
+    assert _metric(at, "MLU") == f"{_pct(expected.mlu)} ± {100 * expected.mlu_err:.1f}"
     assert _metric(at, "Parameters kept") == _pct(expected.parameters()["kept"])
 
 

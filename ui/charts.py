@@ -100,6 +100,14 @@ def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
     return fig
 
 
+def with_note(fig: go.Figure, note: str) -> go.Figure:
+    """Append ``note`` (which vectors the analysis counted, :func:`ui.text.analysis_note`) to the title."""
+    if note:
+        title = fig.layout.title.text or ""
+        fig.update_layout(title_text=f"{title} <span style='font-size:{FONT_SIZE - 1}px;color:#555'>· {note}</span>")
+    return fig
+
+
 # ------------------------------------------------------------------------------------------ Layers
 def _layer_customdata(table: pd.DataFrame) -> np.ndarray:
     error = table["preservation_error"].astype(float)
@@ -127,15 +135,21 @@ _LAYER_HOVER = (
 
 
 def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
-                     height: int = CHART_HEIGHT) -> go.Figure:
+                     height: int = CHART_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
 
-    Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline.
+    Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline. Where the table
+    has split-half errors (``utilization_err``), they are drawn as whiskers, and ``mlu_err`` as a band.
     """
     fig = go.Figure()
+    errors = table["utilization_err"] if "utilization_err" in table else pd.Series(np.nan, index=table.index)
     for kind in kinds_in_order(table["kind"]):
         sub = table[table["kind"] == kind]
+        sub_err = errors[sub.index].astype(float)
+        whiskers = dict(type="data", array=sub_err.fillna(0.0).to_numpy(), color="#333", thickness=1.5, width=3,
+                        visible=bool(sub_err.notna().any()))
         fig.add_bar(
+            error_y=whiskers,
             x=sub["layer"],
             y=sub["utilization"],
             name=kind_label(kind),
@@ -148,12 +162,40 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
             hovertemplate=_LAYER_HOVER,
         )
     if not np.isnan(mlu):
+        if not np.isnan(mlu_err) and mlu_err > 0:
+            fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
+        label = f"MLU {mlu:.1%}" + ("" if np.isnan(mlu_err) else f" ± {100 * mlu_err:.1f}")
         fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2,
-                      annotation_text=f"MLU {mlu:.1%}", annotation_position="top left",
+                      annotation_text=label, annotation_position="top left",
                       annotation_font=dict(size=FONT_SIZE + 1))
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
     return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height)
+
+
+def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
+                      height: int = CHART_HEIGHT) -> go.Figure:
+    """MLU (and the ``selected`` layer's utilization) against images seen, from
+    :func:`analysis.uncertainty.convergence`; the last point carries the split-half error bar."""
+    fig = go.Figure()
+    mlu = curve[curve["layer"] == "MLU"]
+    if len(mlu):
+        errors = [0.0] * (len(mlu) - 1) + [0.0 if np.isnan(mlu_err) else mlu_err]
+        fig.add_scatter(x=mlu["images"], y=mlu["utilization"], mode="lines+markers", name="MLU",
+                        line=dict(color="black", width=3), marker=dict(size=9),
+                        error_y=dict(type="data", array=errors, visible=not np.isnan(mlu_err), thickness=2, width=6),
+                        hovertemplate="%{x:,} images: MLU %{y:.1%}<extra></extra>")
+    if selected is not None:
+        layer = curve[curve["layer"] == selected]
+        if len(layer):
+            fig.add_scatter(x=layer["images"], y=layer["utilization"], mode="lines+markers", name=selected,
+                            line=dict(color="#1f77b4", width=2, dash="dot"), marker=dict(size=7),
+                            hovertemplate="%{x:,} images: u %{y:.1%}<extra>" + selected + "</extra>")
+    values = curve["utilization"].dropna()
+    top = float(values.max()) if len(values) else 1.0
+    fig.update_xaxes(type="log", title="images seen (log scale)")
+    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="utilization")
+    return _layout(fig, "Convergence: the answer against images seen", height=height)
 
 
 def fitted_range(values: np.ndarray, step: float = 0.05) -> tuple[float, float]:
@@ -442,8 +484,11 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
     letters = [name.split(":", 1)[0] for name in names]
     ticks = [f"<b>{letter}</b><br>{cap}" if cap else f"<b>{letter}</b>"
              for letter, cap in zip(letters, captions or [""] * len(names))]
+    errors = summary["mlu_err"].astype(float) if "mlu_err" in summary else pd.Series(np.nan, index=summary.index)
     fig.add_bar(
         x=ticks, y=summary["mlu"],
+        error_y=dict(type="data", array=errors.fillna(0.0).to_numpy(), visible=bool(errors.notna().any()),
+                     color="#333", thickness=2, width=8),
         marker_color=[analysis_color(i) for i in range(len(summary))],
         text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside", textfont=dict(size=FONT_SIZE + 2),
         customdata=np.array(names, dtype=object).reshape(-1, 1),

@@ -216,7 +216,9 @@ def section(result: Result, e_in: float, e_out: float) -> None:
 
     summaries = stored_summaries(state.cache().root, model=model_id)
     if summaries:
-        st.plotly_chart(charts.compression_accuracy_chart(accuracy_points(summaries)), key="compress_accuracy")
+        # compression measures its subspaces on every token, uncentred (the method's default statistics)
+        st.plotly_chart(charts.with_note(charts.compression_accuracy_chart(accuracy_points(summaries)), "all tokens"),
+                        key="compress_accuracy")
         st.caption("Points are connected only when evaluated on the same images (dataset and number); bars are "
                    "95 % Wilson intervals; dashed lines are the dense model on each evaluation set.")
         st.dataframe(summary_rows(summaries), hide_index=True, column_config={

@@ -33,6 +33,14 @@ html { font-size: 18px; }
 """
 
 
+def plot(fig, metas, **kwargs) -> None:
+    """``st.plotly_chart`` with the analyses' token set (and centring) appended to the chart's title."""
+    from . import charts
+
+    metas = metas if isinstance(metas, (list, tuple)) else [metas]
+    st.plotly_chart(charts.with_note(fig, text.analyses_note(metas)), **kwargs)
+
+
 def style() -> None:
     """The app-wide CSS: compact top padding; bigger text in presentation mode."""
     st.markdown(_STYLE + (_PRESENTATION_STYLE if presenting() else ""), unsafe_allow_html=True)
@@ -59,9 +67,11 @@ def sidebar() -> None:
             st.markdown(
                 f"**Model** `{meta.model_id}`  \n"
                 f"**Dataset** `{meta.dataset_id}`  \n"
-                f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`"
+                f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`  \n"
+                f"**Vectors** {text.analysis_note(meta)}"
             )
-            st.metric("MLU", text.pct(result.mlu), help="Mean layer utilization at the energies below.")
+            st.metric("MLU", text.plus_minus(result.mlu, result.mlu_err),
+                      help="Mean layer utilization at the energies below (± split-half error bar).")
         if st.session_state.get(state.DEFAULT_ERROR) and result is not None and \
                 result.key == st.session_state.get(state.DEFAULT_FALLBACK):
             st.caption(f"The default analysis is not available here: {st.session_state[state.DEFAULT_ERROR]} "

@@ -41,6 +41,45 @@ def short_key(key: str | None) -> str:
     return (key or "")[:8]
 
 
+def analysis_note(meta) -> str:
+    """Which vectors an analysis counted, for chart titles: ``"patch tokens only · centred"``."""
+    from analysis.tokens import label
+
+    words = label(getattr(meta, "token_set", "all"))
+    return f"{words} · centred" if getattr(meta, "centred", False) else words
+
+
+def analyses_note(metas) -> str:
+    """:func:`analysis_note` of several analyses: one note when they agree, else each one's."""
+    notes = [analysis_note(m) for m in metas]
+    if not notes:
+        return ""
+    if len(set(notes)) == 1:
+        return notes[0]
+    return "; ".join(f"{i + 1}: {n}" for i, n in enumerate(notes))
+
+
+def convergence_verdict(curve, mlu_err: float) -> str:
+    """One sentence on whether the MLU has settled: its change over the last doubling of the images against
+    the split-half error bar."""
+    mlu = curve[curve["layer"] == "MLU"]
+    if len(mlu) < 2:
+        return "Too few snapshots to judge convergence (the run had fewer than two batches)."
+    (first_images, before), (last_images, now) = mlu[["images", "utilization"]].iloc[-2], mlu[["images", "utilization"]].iloc[-1]
+    change = abs(float(now) - float(before))
+    step = f"from {int(first_images):,} to {int(last_images):,} images the MLU moved {100 * change:.1f} points"
+    if isinstance(mlu_err, float) and not math.isnan(mlu_err) and change <= max(2 * mlu_err, 0.005):
+        return f"Settled: {step}, within twice its error bar (± {100 * mlu_err:.1f}); more images would barely change it."
+    return f"Still moving: {step}; more images would likely change the answer."
+
+
+def plus_minus(value: float, error: float, digits: int = 1) -> str:
+    """``38.8 % ± 0.9`` (percentage points); the value alone when the error is unknown."""
+    if error is None or (isinstance(error, float) and math.isnan(error)):
+        return pct(value, digits)
+    return f"{pct(value, digits)} ± {100 * error:.{digits}f}"
+
+
 # ------------------------------------------------------------------------------------------ teaching texts
 LAYERS_INTRO = (
     "Each bar is one layer `y = W x + b` of the network, in depth order. Its **utilization** is the dimension "
@@ -50,7 +89,14 @@ LAYERS_INTRO = (
 LAYERS_FORMULA = r"u = \frac{r}{\min(d_{in}, d_{out})}, \qquad r = \min(k_{in}, k_{out}), \qquad \mathrm{MLU} = \frac{1}{L}\sum_{\ell} u_\ell"
 LAYERS_OUTRO = (
     "The dashed line is the mean layer utilization (MLU) over the layers inside the blocks; the patch embedding "
-    "and classifier head (hatched) are shown but not counted. Click a bar to select that layer on every page."
+    "and classifier head (hatched) are shown but not counted. Click a bar to select that layer on every page. "
+    "Whiskers are split-half error bars: half the difference between the two halves of the images."
+)
+
+CONVERGENCE_TEXT = (
+    "The same analysis after 1/64, 1/32, ... of the images, from snapshots of the running sums. If the MLU is "
+    "still moving at the right end, more images would change the answer; if it is flat within the error bar, "
+    "they would not."
 )
 
 SPECTRA_INTRO = (
