@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 import pandas as pd
 
 from . import defaults
+from .tokens import label as token_label
 from .errors import AnalysisError, SettingsError
 
 if TYPE_CHECKING:
@@ -172,7 +174,10 @@ def _print_result(result, out=None) -> None:
     print(f"model      {summary['model']}  ({result.meta.model_description})", file=out)
     print(f"dataset    {summary['dataset']}  ({summary['images']} images)", file=out)
     print(f"energies   in {result.energy_in:g}  out {result.energy_out:g}", file=out)
-    print(f"MLU        {summary['mlu']:.4f}  over {summary['layers_in_mlu']} layers "
+    print(f"vectors    {token_label(result.meta.token_set)}, {'centred' if result.meta.centred else 'uncentred'}",
+          file=out)
+    error = "" if math.isnan(summary["mlu_err"]) else f" ± {summary['mlu_err']:.4f} (split half)"
+    print(f"MLU        {summary['mlu']:.4f}{error}  over {summary['layers_in_mlu']} layers "
           f"({_flagged_labels()} reported, not counted"
           f"{'; ' + str(summary['layers_flagged']) + ' flagged layers not counted' if summary['layers_flagged'] else ''})",
           file=out)

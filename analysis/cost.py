@@ -174,9 +174,15 @@ def estimate(
     device: str = "cpu",
     tokens_cap: int | None = None,
     tokens: dict[str, int] | None = None,
+    uncertainty: bool = False,
 ) -> CostEstimate:
     """The cost of analysing ``specs`` (applicable, selected layers) of ``model`` on ``images`` images
-    (``tokens``: :func:`tokens_per_image` when already known)."""
+    (``tokens``: :func:`tokens_per_image` when already known). ``uncertainty`` (:mod:`analysis.uncertainty`)
+    doubles the running sums (two halves) and adds eigenvalue-only decompositions: two halves and up to
+    :data:`~analysis.uncertainty.SNAPSHOTS` snapshots, each about a fifth of a decomposition with vectors."""
+    from .uncertainty import SNAPSHOTS
+
+    halves = 2 if uncertainty else 1
     specs = [s for s in specs if s.applicable]
     on_gpu = str(device).startswith("cuda")
     if tokens is None:
@@ -190,15 +196,15 @@ def estimate(
         used = min(t, tokens_cap) if tokens_cap else t
         sq_in, sq_out = spec.d_in ** 2, spec.d_out ** 2
         # C_in (+ its float64 CPU copy on a GPU run), C_out, eigenvectors of both
-        cpu_bytes = 8 * sq_in + 8 * sq_out + 8 * (sq_in + sq_out)
-        gpu_resident += acc_bytes * sq_in if on_gpu else 0
+        cpu_bytes = 8 * halves * sq_in + 8 * sq_out + 8 * (sq_in + sq_out)
+        gpu_resident += halves * acc_bytes * sq_in if on_gpu else 0
         resident += cpu_bytes
         largest = max(largest, 16 * max(sq_in, sq_out))
         if isinstance(spec.module, nn.Conv2d):
             rows = min(batch_size * t, max(MAX_ROWS_PER_CHUNK, t))
             transient = max(transient, 2 * 4 * rows * spec.d_in)
         stats_work += images * used * sq_in
-        eig_work += spec.d_in ** 3 + spec.d_out ** 3
+        eig_work += (spec.d_in ** 3 + spec.d_out ** 3) * (1 + 0.2 * (2 + SNAPSHOTS) * (halves - 1))
         layers.append(LayerCost(spec.name, spec.d_in, spec.d_out, t, cpu_bytes))
     memory = int(resident + largest + transient + params)
     rates = RATES["cuda" if on_gpu else "cpu"]
@@ -264,7 +270,7 @@ def estimate_plan(the_plan, specs: list[LayerSpec] | None = None, tokens: dict[s
     return estimate(
         the_plan.loaded.model, specs, input_size=tuple(the_plan.loaded.data_config["input_size"]),
         images=len(the_plan.dataset), batch_size=settings.effective_batch_size(), device=str(settings.device),
-        tokens_cap=settings.tokens_per_image, tokens=tokens,
+        tokens_cap=settings.tokens_per_image, tokens=tokens, uncertainty=settings.uncertainty,
     )
 
 

@@ -245,3 +245,21 @@ def test_a_snapshot_equals_an_analysis_of_exactly_the_images_seen_then(tmp_path)
         snap_out = spectrum.extras["snap.eig_out"][0]
         expected_out = part.layer(spectrum.name).eig_out
         np.testing.assert_allclose(snap_out, expected_out, rtol=0, atol=1e-6 * expected_out[0])
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def test_the_cli_takes_the_research_settings_and_says_what_it_counted(capsys):
+    from analysis.cli import main
+
+    code = main(["run", "--model", TINY_VIT, "--dataset", DATASET, "--samples", "32", "--tokens", "patch",
+                 "--centred", "--quiet", "--no-cache"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "vectors    patch tokens only, centred" in out
+    assert "± " in out and "(split half)" in out
+    code = main(["run", "--model", TINY_VIT, "--dataset", DATASET, "--samples", "32", "--tokens", "everything",
+                 "--quiet", "--no-cache"])
+    captured = capsys.readouterr()
+    assert code == 2 and "unknown token set 'everything'" in captured.err and len(captured.err.strip().splitlines()) == 1
