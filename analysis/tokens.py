@@ -182,8 +182,9 @@ def arrange(x: torch.Tensor, rows: torch.Tensor, geometry, images: int, layout: 
             return Vectors(rows, "grid", geometry.output_grid(x.shape[-2], x.shape[-1]))
     elif x.dim() == 4 and groups == images:
         return Vectors(rows, "grid", (int(x.shape[1]), int(x.shape[2])))
-    elif x.dim() == 3 and (groups == images or (x.shape[1] == images and x.shape[0] != images)):
-        if groups != images:  # sequence-first (T, B, d), as nn.MultiheadAttention without batch_first
+    elif x.dim() == 3 and (groups == images or (x.shape[1] == images and x.shape[0] % max(images, 1) != 0)):
+        if groups != images:  # sequence-first (T, B, d), as nn.MultiheadAttention without batch_first (a first
+            # axis that is a multiple of the batch is read as batch-major groups, e.g. attention windows)
             rows = x.transpose(0, 1)
         per_image = rows.shape[1]
         if per_image == 1:
