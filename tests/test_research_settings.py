@@ -263,3 +263,29 @@ def test_the_cli_takes_the_research_settings_and_says_what_it_counted(capsys):
                  "--quiet", "--no-cache"])
     captured = capsys.readouterr()
     assert code == 2 and "unknown token set 'everything'" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_vectors_are_grouped_by_image_whatever_the_layout():
+    from analysis.tokens import TokenSelector, arrange
+
+    layout = TokenLayout(prefix=1, cls_index=0, registers=(1, 1), grid=(2, 2))
+    batch = torch.arange(3 * 5 * 4, dtype=torch.float32).reshape(3, 5, 4)  # (B, 1 + 4 patches, d)
+    seq = arrange(batch, batch, None, 3, layout)
+    assert seq.kind == "sequence" and seq.grid == (2, 2)
+    first = arrange(batch.transpose(0, 1), batch.transpose(0, 1), None, 3, layout)  # sequence-first (T, B, d)
+    assert first.kind == "sequence" and torch.equal(first.rows, batch)
+    windows = batch[:, 1:].reshape(6, 2, 4)  # (B * 2 windows, 2, d), batch-major
+    grouped = arrange(windows, windows, None, 3, layout)
+    assert grouped.kind == "grouped" and torch.equal(grouped.rows, batch[:, 1:])
+    pooled = arrange(batch[:, 0], batch[:, 0].reshape(3, 1, 4), None, 3, layout)
+    assert pooled.kind == "pooled"
+    assert arrange(batch[:2], batch[:2], None, 3, layout) is None  # 2 groups for 3 images: unattributable
+
+    selector = TokenSelector("centre:0.5", layout)
+    assert selector.select("windowed", grouped) is None and "cannot be located" in selector.problems["windowed"]
+    kept = selector.select("block", seq)
+    assert torch.equal(kept, batch[:, [1]])  # centre 1x1 of the 2x2 patch grid (row 0, column 0 + prefix 1)
+    assert torch.equal(TokenSelector("cls", layout).select("block", seq), batch[:, :1])
+    assert torch.equal(TokenSelector("patch", layout).select("block", seq), batch[:, 1:])
+    # a pooled vector keeps its one vector per image under every set
+    assert torch.equal(TokenSelector("cls", layout).select("head", pooled), pooled.rows)
