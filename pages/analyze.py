@@ -190,6 +190,18 @@ def choose_settings() -> AnalysisSettings | None:
                                         "(their d x d statistics and eigen-decompositions cost the most).")
         patterns = f.text_input("only layers matching (comma-separated globs)", value="", key="analyze_layers",
                                 help="For example blocks.*.attn.qkv,blocks.*.mlp.fc1; empty = every layer.")
+    with st.expander("Research settings: which tokens, centring, error bars"):
+        g, h, i = st.columns([2, 1, 1])
+        token_set = g.text_input(
+            "token set", value="all", key="analyze_token_set",
+            help="all · cls (class token only) · patch (no class/distillation/register tokens) · no-registers · "
+                 "no-outliers:Q (drop the Q % highest-norm vectors per image) · centre:F (central F of each side "
+                 "of every spatial grid).")
+        centred = h.checkbox("centred statistics", value=False, key="analyze_centred",
+                             help="Decompose C - s s^T / N (the scatter about the mean) instead of the uncentred moment.")
+        uncertain = i.checkbox("error bars and convergence", value=True, key="analyze_uncertainty",
+                               help="Split-half error bars and the convergence curve: twice the running-sum "
+                                    "memory and a few extra eigenvalue decompositions.")
     st.caption(f"Energies come from the sidebar (now e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}); "
                "they can be changed at any time afterwards without recomputing.")
     try:
@@ -198,6 +210,7 @@ def choose_settings() -> AnalysisSettings | None:
             batch_size=int(batch) or None, tokens_per_image=int(tokens) or None, precision=precision,
             keep_moments=keep, max_width=int(max_width) or None,
             layers=tuple(p.strip() for p in patterns.split(",") if p.strip()) or None,
+            token_set=token_set, centred=centred, uncertainty=uncertain,
         ).validated()
     except AnalysisError as exc:
         st.error(f"Cannot run with these settings: {exc}.")

@@ -489,6 +489,17 @@ def test_analyze_validates_timm_names(app):
     assert at.button(key="analyze_launch").disabled
 
 
+def test_analyze_refuses_an_unknown_token_set_with_the_choices(app):
+    at = app.run()
+    at.switch_page("pages/analyze.py").run()
+    at.text_input(key="analyze_token_set").set_value("everything").run()
+    _ok_or_error = [e.value for e in at.error]
+    assert any("unknown token set 'everything'" in e and "no-outliers:Q" in e for e in _ok_or_error)
+    assert at.button(key="analyze_launch").disabled
+    at.text_input(key="analyze_token_set").set_value("patch").run()
+    assert not any("token set" in e.value for e in at.error)
+
+
 def test_analyze_cached_request_opens_at_once(app, results):
     at = app.run()
     at.session_state["current_key"] = results.b.key
