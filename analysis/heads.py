@@ -17,17 +17,18 @@ their parent module, never from the model's name. Its children give the structur
   outputs, ``H`` heads of ``dv = d_in(proj) / H`` columns, heads-major (``transpose(1, 2).reshape``).
 
 **Verification (the probe).** Which arrangement a module uses is checked, not assumed: the model runs on
-one seeded random batch of two images (:data:`PROBE_IMAGES`) three times at most, capturing the
-projection's input: unchanged, then with the rows a candidate says are head 0's ``v`` set to zero (weight
-rows zeroed, and the layer's output rows zeroed by a forward hook where the layer's own forward runs, so
-its bias goes too). Head 0's output ``sum_j A_ij v_j`` is then ``sum_j A_ij b = b`` (attention rows sum to
-one; ``b`` the v bias applied, or 0) for every token of every image: its ``dv`` columns of the
+one seeded random batch of two images (:data:`PROBE_IMAGES`, float32 without TF32) three times at most,
+capturing the projection's input: unchanged, then with the rows a candidate says are head t's ``v`` set to
+zero (weight rows zeroed, and the layer's output rows zeroed by a forward hook where the layer's own forward
+runs, so its bias goes too). Head t's output ``sum_j A_ij v_j`` is then ``sum_j A_ij b = b`` (attention
+rows sum to one; ``b`` the v bias applied, or 0) for every token of every image: its ``dv`` columns of the
 projection's input become constant, whatever relative-position bias, mask, rotary embedding or q/k norm the
-module applies. Zeroing the wrong rows instead changes other heads' ``v`` (head 0 keeps varying) or head
-0's ``q``/``k`` (its attention becomes uniform or shifted, but the output still differs between images).
-The head-0 rows of the two fused arrangements differ whenever H > 1 (``2 D`` against ``2 dh``) and coincide
-when H = 1, where the arrangements are the same. A module passes if head 0 varied before
-(spread > :data:`VARYING` of its magnitude) and is constant after (spread <= :data:`CONSTANT` of it).
+module applies. Zeroing the wrong rows instead changes other heads' ``v`` (head t keeps varying) or head
+t's ``q``/``k`` (its attention becomes uniform or shifted, but its output still differs between images).
+Head t is, of heads 0 .. H-2, the one whose output varies most (relative to its size) on the unchanged
+forward: the v rows of head H-1 are the same in both fused arrangements (``2 D + (H-1) dh``), those of any
+other head differ. A module passes if head t varied before (spread > :data:`VARYING` of its magnitude) and
+is constant after (spread <= :data:`CONSTANT` of it).
 That ``q`` precedes ``k`` is the convention of every fused layout we know (timm reshapes ``3`` as q, k, v);
 it is assumed, not probed (q and k enter the scores symmetrically). Where the structure is unknown, sizes
 do not divide, the module has grouped key/value heads (``num_kv_heads != num_heads``), or no candidate
@@ -64,8 +65,9 @@ projection the per-head INPUT moment is the ``dv x dv`` diagonal block of its ``
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -98,11 +100,11 @@ PROJ_NAMES = ("proj", "out_proj", "o_proj")
 PROBE_IMAGES = 2
 PROBE_SEED = 1234
 VARYING = 1e-2
-"""Head 0 must vary before zeroing: spread (max - min over rows, largest over its columns) above this
-fraction of its largest absolute value."""
+"""The probed head must vary before zeroing: spread (max - min over rows, largest over its columns) above
+this fraction of its largest absolute value."""
 CONSTANT = 1e-4
 """... and be constant after: spread at most this fraction of the largest absolute value (float32 sums
-``sum_j A_ij b`` round at about 1e-6 of ``|b|``)."""
+``sum_j A_ij b`` round at about 1e-6 of ``|b|``; TF32 is switched off while probing)."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +121,11 @@ class AttentionLayout:
     proj: str
     proj_heads: np.ndarray
 
-    def v_rows(self) -> tuple[str, np.ndarray]:
-        """(layer, rows) of head 0's ``v``: what the probe zeroes."""
+    def v_rows(self, head: int) -> tuple[str, np.ndarray]:
+        """(layer, rows) of head ``head``'s ``v``: what the probe zeroes."""
         for layer, parts in self.outputs.items():
             if "v" in parts:
-                return layer, parts["v"][0]
+                return layer, parts["v"][head]
         raise ValueError(f"{self.attention}: no v part")
 
     def layers(self) -> list[str]:
@@ -235,9 +237,10 @@ def _spread(values: torch.Tensor) -> tuple[float, float]:
 
 
 def _forward_capturing(model: nn.Module, batch: torch.Tensor, layouts: list[AttentionLayout],
-                       zeroed: list[AttentionLayout]) -> dict[str, torch.Tensor]:
-    """Run ``model`` on ``batch`` with head 0's v rows of every layout in ``zeroed`` set to zero; return the
-    input of each layout's projection (``rows x d_in``, float64 CPU; absent if the projection never ran)."""
+                       zeroed: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``batch`` with the v rows of head ``zeroed[attention]`` of those layouts set to zero
+    (weights, and outputs where the layer's own forward runs); return the input of each layout's projection
+    (``rows x d_in``, float64 CPU; absent if the projection never ran as a module)."""
     captured: dict[str, list[torch.Tensor]] = {}
     handles, restore = [], []
 
@@ -256,11 +259,12 @@ def _forward_capturing(model: nn.Module, batch: torch.Tensor, layouts: list[Atte
         return hook
 
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _exact_float32():
             for layout in layouts:
                 handles.append(model.get_submodule(layout.proj).register_forward_pre_hook(capture(layout.attention)))
-            for layout in zeroed:
-                layer_name, rows = layout.v_rows()
+                if layout.attention not in zeroed:
+                    continue
+                layer_name, rows = layout.v_rows(zeroed[layout.attention])
                 layer = model.get_submodule(layer_name)
                 index = torch.as_tensor(rows, dtype=torch.long, device=layer.weight.device)
                 restore.append((layer.weight, index, layer.weight[index].clone()))
@@ -276,6 +280,38 @@ def _forward_capturing(model: nn.Module, batch: torch.Tensor, layouts: list[Atte
     return {name: torch.cat(parts) for name, parts in captured.items()}
 
 
+@contextmanager
+def _exact_float32() -> Iterator[None]:
+    """float32 matmuls and convolutions without TF32 while probing (TF32 rounds at 1e-3, near the test's
+    tolerance); the previous settings come back afterwards."""
+    precision = torch.get_float32_matmul_precision()
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+def _test_head(layout: AttentionLayout, before: torch.Tensor | None) -> tuple[int | None, str]:
+    """The head the probe zeroes: of heads 0 .. H-2 (head H-1's v rows are the same in both fused
+    arrangements), the one whose output varies most, relative to its size, on the unchanged forward; None
+    and the reason if no head varies enough."""
+    if before is None or before.shape[0] < 2:
+        return None, f"{layout.proj} did not run as a module on enough tokens, so its input could not be observed"
+    best, best_ratio = None, 0.0
+    for h in range(max(1, layout.num_heads - 1)):
+        spread, size = _spread(before[:, torch.as_tensor(layout.proj_heads[h])])
+        ratio = spread / size if size > 0 else 0.0
+        if ratio > best_ratio:
+            best, best_ratio = h, ratio
+    if best is None or best_ratio <= VARYING:
+        return None, "no head's output varies on the probe input, so the layouts cannot be told apart"
+    return best, ""
+
+
 def probe_layouts(model: nn.Module, candidates: dict[str, list[AttentionLayout]],
                   input_size: Iterable[int], device: torch.device | str = "cpu") -> AttentionLayouts:
     """Keep, for each attention module, the first candidate that passes the probe (module docstring);
@@ -283,50 +319,56 @@ def probe_layouts(model: nn.Module, candidates: dict[str, list[AttentionLayout]]
     device = torch.device(device)
     generator = torch.Generator().manual_seed(PROBE_SEED)
     batch = torch.randn(PROBE_IMAGES, *[int(v) for v in input_size], generator=generator).to(device)
-    everything = [layout for options in candidates.values() for layout in options[:1]]
+    firsts = [options[0] for options in candidates.values()]
     out = AttentionLayouts()
-    failures: dict[str, list[str]] = {name: [] for name in candidates}
+
+    def refuse(name: str, reason: str) -> None:
+        for layer in candidates[name][0].layers():
+            out.reasons[layer] = reason
+
     try:
-        baseline = _forward_capturing(model, batch, everything, [])
+        baseline = _forward_capturing(model, batch, firsts, {})
     except Exception as exc:  # noqa: BLE001 - any failure of the model on the probe input: no head numbers
-        reason = f"the layout probe's forward failed ({type(exc).__name__}: {str(exc).strip()[:120]})"
-        for options in candidates.values():
-            for layer in options[0].layers():
-                out.reasons[layer] = reason
+        for name in candidates:
+            refuse(name, f"the layout probe's forward failed ({type(exc).__name__}: {str(exc).strip()[:120]})")
         return out
-    undecided = dict(candidates)
+    undecided: dict[str, int] = {}
+    for layout in firsts:
+        head, why = _test_head(layout, baseline.get(layout.attention))
+        if head is None:
+            refuse(layout.attention, f"head layout of {layout.attention} not checked: {why}")
+        else:
+            undecided[layout.attention] = head
+    failures: dict[str, list[str]] = {name: [] for name in undecided}
     round_index = 0
     while undecided:
-        trying = {name: options[round_index] for name, options in undecided.items() if round_index < len(options)}
+        trying = {name: candidates[name][round_index] for name in undecided if round_index < len(candidates[name])}
         if not trying:
             break
-        modified = _forward_capturing(model, batch, list(trying.values()), list(trying.values()))
+        modified = _forward_capturing(model, batch, list(trying.values()), {n: undecided[n] for n in trying})
         for name, layout in trying.items():
-            verdict = _verdict(layout, baseline.get(name), modified.get(name))
+            verdict = _verdict(layout, undecided[name], baseline[name], modified.get(name))
             if verdict is None:
                 out.layouts.append(layout)
                 undecided.pop(name)
             else:
                 failures[name].append(f"{layout.arrangement}: {verdict}")
         round_index += 1
-    for name, options in undecided.items():
-        reason = f"head layout of {name} not confirmed by the probe ({'; '.join(failures[name])})"
-        for layer in options[0].layers():
-            out.reasons[layer] = reason
+    for name in undecided:
+        refuse(name, f"head layout of {name} not confirmed by the probe ({'; '.join(failures[name])})")
     return out
 
 
-def _verdict(layout: AttentionLayout, before: torch.Tensor | None, after: torch.Tensor | None) -> str | None:
-    """None if zeroing head 0's v rows made head 0's projection input constant; else why not."""
-    if before is None or after is None or before.shape[0] < 2:
-        return f"{layout.proj} was not called as a module on enough tokens, so its input could not be observed"
-    columns = torch.as_tensor(layout.proj_heads[0])
-    spread_before, size_before = _spread(before[:, columns])
-    if spread_before <= VARYING * size_before or size_before == 0:
-        return "head 0's output does not vary on the probe input, so it cannot tell the layouts apart"
+def _verdict(layout: AttentionLayout, head: int, before: torch.Tensor, after: torch.Tensor | None) -> str | None:
+    """None if zeroing head ``head``'s v rows made that head's projection input constant; else why not."""
+    if after is None or after.shape != before.shape:
+        return f"{layout.proj}'s input could not be observed again"
+    columns = torch.as_tensor(layout.proj_heads[head])
+    _, size_before = _spread(before[:, columns])
     spread_after, size_after = _spread(after[:, columns])
     if spread_after > CONSTANT * max(size_before, size_after):
-        return f"zeroing these v rows left head 0's output varying (spread {spread_after / size_before:.1e} of its size)"
+        return (f"zeroing the v rows of head {head} left its output varying "
+                f"(spread {spread_after / size_before:.1e} of its size)")
     return None
 
 

@@ -288,3 +288,23 @@ def test_cli_show_heads_prints_the_head_table(planted, capsys, monkeypatch):
     assert "per-head utilization" in out
     line = next(line for line in out.splitlines() if line.split()[:4] == ["blocks.0.attn.qkv", "q", "0", "24"])
     assert line.split()[4] == "2"  # k of the planted rank-2 head
+
+
+def test_the_probe_rejects_the_wrong_arrangement_of_a_real_vit():
+    """Two heads: only head 0 tells the arrangements apart (head 1's v rows are the same in both)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                              embed_dim=EMBED, num_heads=HEADS).eval()
+    part_major, head_major = heads.candidate_layouts("blocks.0.attn", model.get_submodule("blocks.0.attn"))
+    assert head_major.arrangement.startswith("head-major")
+    wrong = heads.probe_layouts(model, {"blocks.0.attn": [head_major]}, (3, 32, 32))
+    assert wrong.layouts == [] and "not confirmed by the probe" in wrong.reasons["blocks.0.attn.qkv"]
+    right = heads.probe_layouts(model, {"blocks.0.attn": [head_major, part_major]}, (3, 32, 32))
+    assert [layout.arrangement for layout in right.layouts] == [part_major.arrangement]
+    torch.manual_seed(0)  # the probe put every weight back
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=1,
+                                  embed_dim=EMBED, num_heads=HEADS).state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
