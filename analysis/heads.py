@@ -477,7 +477,7 @@ def add_head_extras(spectra: list, affine: dict[str, AffineLayer], attention: At
 
 # ------------------------------------------------------------------------------------------ the table
 TABLE_COLUMNS = ["layer", "block", "block_label", "attention", "part", "head", "d", "k", "rank", "utilization",
-                 "energy"]
+                 "energy", "status"]
 
 
 def has_head_data(result) -> bool:
@@ -496,13 +496,14 @@ def head_table(result, energy_in: float | None = None, energy_out: float | None 
     One row per (layer, part, head) and one per (layer, part) with ``head`` missing (the whole part); ``d``
     is the head's (or part's) width, ``k`` its k at the part's energy (``e_out`` for q/k/v, ``e_in`` for the
     projection's input, recorded in ``energy``), ``rank`` and ``utilization`` as defined in the module
-    docstring. Energies default to the result's; everything comes from stored eigenvalues (no data pass)."""
+    docstring; ``status`` is the layer's (:mod:`analysis.status`: numbers of a flagged layer are shown, not
+    trusted). Energies default to the result's; everything comes from stored eigenvalues (no data pass)."""
     e_in = result.energy_in if energy_in is None else float(energy_in)
     e_out = result.energy_out if energy_out is None else float(energy_out)
     rows = []
     for s in result.spectra:
         base = {"layer": s.name, "block": s.block, "block_label": s.block_label,
-                "attention": str(s.extras.get("heads.attention", ""))}
+                "attention": str(s.extras.get("heads.attention", "")), "status": s.status}
         k_in = metrics.k_at_energy(s.eig_in, e_in)
         for part in ("q", "k", "v"):
             if f"part.{part}.heads" not in s.extras:
