@@ -291,7 +291,7 @@ def cmd_show(args) -> int:
 def _print_heads(result, out=None) -> None:
     """The head table of :func:`analysis.heads.head_table` (whole-part rows have no head), and why the
     attention layers without head numbers have none."""
-    from .heads import head_reasons, head_table
+    from .heads import head_reasons, head_table, layouts_line
 
     out = out or sys.stdout
     table = head_table(result)
@@ -306,6 +306,7 @@ def _print_heads(result, out=None) -> None:
         shown["head"] = shown["head"].map(lambda h: "" if h is pd.NA else h)
         with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
             print(shown.to_string(index=False), file=out)
+        print(f"head layouts: {layouts_line(result)}", file=out)
     for layer, reason in head_reasons(result).items():
         print(f"no head numbers for {layer}: {reason}", file=out)
 

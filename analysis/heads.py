@@ -80,7 +80,8 @@ from .spectra import CPU_EIGH_THREADS, AffineLayer, _cpu_threads, output_second_
 
 __all__ = [
     "ATTENTION_KINDS", "HEAD_PARTS", "AttentionLayout", "AttentionLayouts", "add_head_extras",
-    "attention_layouts", "candidate_layouts", "has_head_data", "head_reasons", "head_table", "probe_layouts",
+    "attention_layouts", "candidate_layouts", "has_head_data", "head_layouts", "head_reasons", "head_table",
+    "layouts_line", "probe_layouts", "reasons_by_text",
 ]
 
 HEAD_PARTS: tuple[str, ...] = ("q", "k", "v", "proj_in")
@@ -483,6 +484,31 @@ TABLE_COLUMNS = ["layer", "block", "block_label", "attention", "part", "head", "
 def has_head_data(result) -> bool:
     """Whether any layer of ``result`` carries per-head eigenvalues."""
     return any(name.startswith("part.") for s in result.spectra for name in s.extras)
+
+
+def head_layouts(result) -> dict[str, str]:
+    """``{attention module: its confirmed arrangement}`` (e.g. ``"part-major [q; k; v]"``), in depth order."""
+    found: dict[str, str] = {}
+    for s in result.spectra:
+        if "heads.attention" in s.extras and "heads.layout" in s.extras:
+            found.setdefault(str(s.extras["heads.attention"]), str(s.extras["heads.layout"]))
+    return found
+
+
+def layouts_line(result) -> str:
+    """``part-major [q; k; v] in 12 attention layers`` (every arrangement found, with its count); empty if none."""
+    counts: dict[str, int] = {}
+    for arrangement in head_layouts(result).values():
+        counts[arrangement] = counts.get(arrangement, 0) + 1
+    return ", ".join(f"{a} in {n} attention layer{'s' if n != 1 else ''}" for a, n in counts.items())
+
+
+def reasons_by_text(result) -> dict[str, list[str]]:
+    """``{reason: [layers]}``: :func:`head_reasons` grouped, for short listings."""
+    grouped: dict[str, list[str]] = {}
+    for layer, reason in head_reasons(result).items():
+        grouped.setdefault(reason, []).append(layer)
+    return grouped
 
 
 def head_reasons(result) -> dict[str, str]:

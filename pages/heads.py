@@ -11,7 +11,7 @@ from functools import partial
 
 import streamlit as st
 
-from analysis.heads import HEAD_PARTS, head_reasons, head_table
+from analysis.heads import HEAD_PARTS, head_table, layouts_line, reasons_by_text
 from ui import frame, head_charts, state, text
 
 CHART_KEY = "heads_chart"
@@ -23,7 +23,7 @@ if result is None:
     st.stop()
 
 table = head_table(result)
-reasons = head_reasons(result)
+reasons = reasons_by_text(result)
 if table.empty:
     st.info(head_charts.NO_HEAD_DATA, icon=":material/info:")
 else:
@@ -40,11 +40,13 @@ else:
     selected = state.selected_layer(result)
     st.plotly_chart(head_charts.head_heatmap(table, part, selected), key=CHART_KEY,
                     on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points")
+    st.caption(f"Head layout, read from the model and confirmed by a probe: {layouts_line(result)}.")
     with st.expander("Per-head table", expanded=False):
         st.dataframe(
             table, hide_index=True,
             column_config={"utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
                                                                           format="percent")},
         )
-if reasons:
-    st.caption("No head numbers for: " + "; ".join(f"`{layer}` ({why})" for layer, why in reasons.items()))
+for why, layers in reasons.items():
+    shown = ", ".join(f"`{layer}`" for layer in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    st.caption(f"No head numbers for {shown}: {why}.")

@@ -288,6 +288,7 @@ def test_cli_show_heads_prints_the_head_table(planted, capsys, monkeypatch):
     assert "per-head utilization" in out
     line = next(line for line in out.splitlines() if line.split()[:4] == ["blocks.0.attn.qkv", "q", "0", "24"])
     assert line.split()[4] == "2"  # k of the planted rank-2 head
+    assert "head layouts: part-major [q; k; v] in 2 attention layers" in out
 
 
 def test_the_probe_rejects_the_wrong_arrangement_of_a_real_vit():

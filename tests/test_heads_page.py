@@ -105,6 +105,7 @@ def test_heads_page_maps_heads_by_layers_follows_part_and_energies(app, analysed
     # the energies are the sidebar's: at 0.99 (the result's) the map holds other numbers
     assert not np.allclose(_expected(low, "proj_in"), _expected(result, "proj_in"))
     assert at.main.dataframe[0].value["utilization"].tolist() == table["utilization"].tolist()
+    assert any("part-major [q; k; v] in 2 attention layers" in c.value for c in at.caption)
 
 
 def test_heads_page_explains_a_result_without_head_data(app):
