@@ -31,7 +31,7 @@ else:
     cols = st.columns(len(HEAD_PARTS))
     for col, part in zip(cols, HEAD_PARTS):
         values = per_head.loc[per_head["part"] == part, "utilization"]
-        col.metric(f"Mean head utilization, {part}", text.pct(float(values.mean()) if len(values) else None),
+        col.metric(f"Mean u, {head_charts.SHORT_LABELS[part]}", text.pct(float(values.mean()) if len(values) else None),
                    help=f"Mean over every head of every attention layer: {head_charts.PART_LABELS[part]}.")
     parts = [p for p in HEAD_PARTS if p in set(per_head["part"])]
     if st.session_state.get(PART_KEY) not in parts:

@@ -49,6 +49,10 @@ PART_LABELS: dict[str, str] = {
 """How each part of :data:`analysis.heads.HEAD_PARTS` is named on the page."""
 
 
+SHORT_LABELS: dict[str, str] = {"q": "q", "k": "k", "v": "v", "proj_in": "proj input"}
+"""Parts as short metric labels."""
+
+
 def column_labels(table: pd.DataFrame) -> dict[str, str]:
     """``{attention module: axis label}``: its block label where that is non-empty and names one module,
     the module's name otherwise, in depth order."""
