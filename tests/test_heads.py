@@ -141,6 +141,12 @@ def test_part_moments_equal_the_outputs_second_moment_computed_from_data():
             y_h = y[:, head_rows]
             np.testing.assert_allclose(extras[f"part.{part}.heads"][h],
                                        torch.linalg.eigvalsh(y_h.T @ y_h).flip(0).numpy(), rtol=1e-9)
+    # centred statistics (C - s s^T / N, no bias, s = 0, as the engine passes them): the centred outputs' moment
+    centred = AffineLayer(weight, None, x.T @ x - torch.outer(x.sum(0), x.sum(0)) / 500, torch.zeros(6), 500)
+    y_c = y - y.mean(0)
+    q_rows = rows["q"].reshape(-1)
+    np.testing.assert_allclose(heads.part_extras(centred, rows)["part.q.eig"],
+                               torch.linalg.eigvalsh(y_c[:, q_rows].T @ y_c[:, q_rows]).flip(0).numpy(), rtol=1e-8)
     proj = heads.proj_in_extras(AffineLayer(weight[:4], None, x[:, :4].T @ x[:, :4], x[:, :4].sum(0), 500),
                                 np.array([[0, 1], [2, 3]]))
     block = x[:, 2:4]
