@@ -443,8 +443,9 @@ def part_extras(layer: AffineLayer, parts: dict[str, np.ndarray]) -> dict[str, n
     for part, rows in parts.items():
         heads, size = rows.shape
         index = torch.as_tensor(rows.reshape(-1), dtype=torch.long, device=layer.weight.device)
-        bias = None if layer.bias is None else layer.bias[index]
-        moment = output_second_moment(layer.weight[index], layer.c_in, layer.column_sum, layer.count, bias)
+        weight = layer.weight[index].to(layer.c_in.device)
+        bias = None if layer.bias is None else layer.bias[index].to(layer.c_in.device)
+        moment = output_second_moment(weight, layer.c_in, layer.column_sum, layer.count, bias)
         extras[f"part.{part}.eig"] = _eigvalsh(moment)
         extras[f"part.{part}.heads"] = _eigvalsh(_diagonal_blocks(moment, heads, size))
     return extras
