@@ -25,6 +25,7 @@ PAGES = [
     # a newcomer first sees the regimes comparison (shipped with the repository, so it is there at once)
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", default=True),
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
+    st.Page("pages/heads.py", title="Heads", icon=":material/view_module:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
     st.Page("pages/analyze.py", title="Analyze", icon=":material/play_circle:"),
     st.Page("pages/timeline.py", title="Timeline", icon=":material/timeline:"),

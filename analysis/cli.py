@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("key")
     show.add_argument("--energy-in", type=float, default=None)
     show.add_argument("--energy-out", type=float, default=None)
+    show.add_argument("--heads", action="store_true",
+                      help="also print per-head utilization of q, k, v and of the output projection's input")
 
     compare = sub.add_parser("compare", help="compare cached analyses layer by layer")
     compare.add_argument("keys", nargs="+")
@@ -312,16 +314,42 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    """The result's table and summary, then its reproducibility card and the command that recreates it."""
+    """The result's table and summary (and its attention heads with ``--heads``), then its reproducibility
+    card and the command that recreates it."""
     from .card import card_lines, reproducibility_card
 
     result = _with_energies(_load_cached(args.key), args.energy_in, args.energy_out)
     _print_result(result)
+    if args.heads:
+        _print_heads(result)
     print()
     print("reproducibility card")
     for line in card_lines(reproducibility_card(result)):
         print(line)
     return 0
+
+
+def _print_heads(result, out=None) -> None:
+    """The head table of :func:`analysis.heads.head_table` (whole-part rows have no head), and why the
+    attention layers without head numbers have none."""
+    from .heads import head_reasons, head_table, layouts_line
+
+    out = out or sys.stdout
+    table = head_table(result)
+    print(file=out)
+    if table.empty:
+        print("per-head utilization: none in this result (no attention layers with a known head layout, or "
+              "a result computed before per-head analysis existed)", file=out)
+    else:
+        print(f"per-head utilization (q, k, v at e_out {result.energy_out:g}: u = min(k_in, k) / min(d_in, d); "
+              f"proj_in at e_in {result.energy_in:g}: u = k / d; an empty head is the whole part)", file=out)
+        shown = table[["layer", "part", "head", "d", "k", "rank", "utilization"]].astype({"head": "object"})
+        shown["head"] = shown["head"].map(lambda h: "" if h is pd.NA else h)
+        with pd.option_context("display.max_rows", None, "display.width", 200, "display.float_format", "{:.4g}".format):
+            print(shown.to_string(index=False), file=out)
+        print(f"head layouts: {layouts_line(result)}", file=out)
+    for layer, reason in head_reasons(result).items():
+        print(f"no head numbers for {layer}: {reason}", file=out)
 
 
 def cmd_compare(args) -> int:

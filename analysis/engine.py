@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 
 import kernels
 
-from . import __version__, distributed
+from . import __version__, distributed, heads
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
@@ -166,7 +166,9 @@ def compute(
         streamed = merge_across_processes(streamed, device)
         if distributed.world()[0] != 0:
             return distributed.broadcast_from_rank0(None), {}
-        spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress)
+        attention = heads.attention_layouts(model, applicable, the_plan.loaded.data_config.get("input_size"), device)
+        spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress,
+                                           attention=attention)
     finally:
         model.to("cpu")
     result = Result(meta=result_meta(the_plan, streamed, timings, coverage(model, applicable)), spectra=spectra,
@@ -306,13 +308,15 @@ def merge_across_processes(streamed: Streamed, device: torch.device) -> Streamed
 
 def compute_spectra(
     applicable: list[LayerSpec], streamed: Streamed, device: torch.device, settings: AnalysisSettings,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None, attention: heads.AttentionLayouts | None = None,
 ) -> tuple[list[LayerSpectrum], Timings]:
     """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored.
 
     W and b are the effective ones the forward applied, and each layer gets its status (ok / not reached /
     not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`). The eigen phase
-    reports stage ``"spectra"``, layer i of n (:func:`analysis.spectra.layer_eigen`)."""
+    reports stage ``"spectra"``, layer i of n (:func:`analysis.spectra.layer_eigen`). ``attention``: the
+    verified head layouts (:func:`analysis.heads.attention_layouts`), whose per-part and per-head eigenvalues
+    go into the layers' ``extras``."""
     moments = streamed.moments
     start = time.perf_counter()
     collector = streamed.collector
@@ -339,6 +343,7 @@ def compute_spectra(
         share_in, share_out = centring.mean_shares(uncentred[spectrum.name])
         spectrum.extras["mean_share_in"] = np.array([share_in])
         spectrum.extras["mean_share_out"] = np.array([share_out])
+    heads.add_head_extras(spectra, affine, attention)
     uncertainty_s = 0.0
     if settings.uncertainty:
         uncertainty_s = _uncertainty_extras(spectra, applicable, streamed, findings, settings.centred)

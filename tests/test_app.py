@@ -155,6 +155,7 @@ def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, re
 @pytest.mark.parametrize("page, title", [
     ("pages/analyze.py", "Analyze"),
     ("pages/layers.py", "Layers"),
+    ("pages/heads.py", "Heads"),
     ("pages/spectra.py", "Spectra"),
     ("pages/learn.py", "Learn"),
     ("pages/compare.py", "Compare"),
