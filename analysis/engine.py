@@ -407,7 +407,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         token_set=settings.token_set,
         centred=settings.centred,
         uncertainty=settings.uncertainty,
-        snapshot_images=tuple(streamed.snapshots.images) + (streamed.images,) if streamed.snapshots else (),
+        snapshot_images=_snapshot_images(streamed),
         precision=settings.precision,
         device=str(torch.device(settings.device)),
         batch_size=settings.effective_batch_size(),
@@ -420,6 +420,12 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         skipped_module_types=dict(covered.skipped) if covered is not None else {},
         provenance=code_provenance(),
     )
+
+
+def _snapshot_images(streamed: Streamed) -> tuple[int, ...]:
+    """Images seen at each stored snapshot, then the whole run's (empty without snapshots)."""
+    snapshots = getattr(streamed, "snapshots", None)
+    return tuple(snapshots.images) + (streamed.images,) if snapshots is not None else ()
 
 
 def not_applicable_layers(specs: list[LayerSpec], deselected: dict[str, str] | None = None,
