@@ -81,7 +81,7 @@ def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, 
     assert _values(scatter["x"]) == pytest.approx([0.5, 0.6, 0.7]) and _values(scatter["y"]) == pytest.approx(mlus)
 
     def bars_mlu(at) -> float:
-        bars = [f for f in _charts(at) if f["layout"]["title"]["text"].startswith("Utilization per layer")][0]
+        bars = [f for f in _charts(at) if f["layout"]["title"]["text"].split(" <span")[0] == "Utilization per layer"][0]
         return [s["y0"] for s in bars["layout"]["shapes"] if s.get("type") == "line"][0]  # not the error band
 
     assert bars_mlu(at) == pytest.approx(mlus[2])  # the scrubber starts at the last checkpoint
