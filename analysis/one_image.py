@@ -52,6 +52,7 @@ from .compression.subspaces import LayerSubspace, Measured, measure_plan, result
 from .cache import ResultCache
 from .errors import AnalysisError, CacheError, SettingsError
 from .metrics import k_at_energy
+from .models.layers import LayerSpec
 from .progress import ProgressCallback
 from .result import Result, check_energy
 
@@ -147,11 +148,12 @@ class ImageInput:
     calls: int
 
 
-def capture_image(model: nn.Module, subspaces: dict[str, LayerSubspace], image: torch.Tensor
+def capture_image(model: nn.Module, specs: list[LayerSpec], image: torch.Tensor
                   ) -> tuple[dict[str, ImageInput], dict[str, tuple[torch.Tensor, torch.Tensor | None]]]:
-    """Run ``model`` (CPU, float32, eval) on one ``(C, H, W)`` image and return each layer's exact input
-    vectors (:class:`ImageInput`) and effective ``(W, b)`` (float64) from the same forward."""
-    specs = [s.spec for s in subspaces.values()]
+    """Run ``model`` (CPU, float32, eval) on one image (``image.unsqueeze(0)`` is the model's input) and
+    return each reached layer's exact input vectors (:class:`ImageInput`) and effective ``(W, b)`` (float64)
+    from the same forward."""
+    by_name = {s.name: s for s in specs}
     inputs: dict[str, ImageInput] = {}
 
     def collect(name: str, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
@@ -167,7 +169,7 @@ def capture_image(model: nn.Module, subspaces: dict[str, LayerSubspace], image: 
     with LayerCapture(specs, collect, check=False) as capture, torch.inference_mode():
         model(image.unsqueeze(0).float())
     capture.end_discovery()
-    effective = {name: effective_parameters(subspaces[name].spec, capture.findings.get(name)) for name in inputs}
+    effective = {name: effective_parameters(by_name[name], capture.findings.get(name)) for name in inputs}
     return inputs, effective
 
 
@@ -281,7 +283,7 @@ def analyse_image(model: nn.Module, subspaces: dict[str, LayerSubspace], image: 
             raise SettingsError(f"unknown layer {unknown[0]!r}; analysed layers: "
                                 f"{', '.join(list(subspaces)[:8])}{' ...' if len(subspaces) > 8 else ''}")
         subspaces = {name: subspaces[name] for name in layers}
-    inputs, effective = capture_image(model, subspaces, image)
+    inputs, effective = capture_image(model, [s.spec for s in subspaces.values()], image)
     prefix, patches = prefix_token_names(model), patch_grid(model)
     found, missing = [], {}
     for name, subspace in subspaces.items():

@@ -155,13 +155,14 @@ def result_plan(result: Result) -> Plan:
     return plan(result.meta.model_id, result.meta.dataset_id, moments_settings(result))
 
 
-def layer_subspaces(model, dataset, result: Result, moments: dict[str, torch.Tensor], *, device: str = "cpu",
+def layer_subspaces(model, dataset, result: Result | None, moments: dict[str, torch.Tensor], *, device: str = "cpu",
                     centred: bool = False) -> dict[str, LayerSubspace]:
     """Eigen-decompositions of ``C_in`` and ``C_out`` of every applicable layer of ``model`` from the raw
     ``moments`` (``{"<layer>|C_in" | "<layer>|s" | "<layer>|N": tensor}``), with the effective weights from a
     forward on ``dataset``'s first images. ``centred``: decompose the centred ``C_in - s s^T / N`` and the
     output moment of the centred inputs, ``W (C_in - s s^T / N) W^T`` (the bias drops out), as a centred
-    analysis does."""
+    analysis does. ``result`` says which layers count (its statuses); None: the adapter's rule alone.
+    ``dataset`` yields ``(image, label)`` pairs."""
     specs = [s for s in describe_layers(model) if s.applicable and f"{s.name}|C_in" in moments]
     findings = _discover(model, specs, dataset)
     effective = {s.name: effective_weight(s, findings.get(s.name)) for s in specs}
@@ -180,10 +181,10 @@ def layer_subspaces(model, dataset, result: Result, moments: dict[str, torch.Ten
     eig_device = torch.device(device) if str(device).startswith("cuda") else torch.device("cpu")
     eig_in, _ = eigen_batched(c_in, eig_device)
     eig_out, _ = eigen_batched(c_out, eig_device)
-    counted = {s.name: s.in_mlu for s in result.spectra}
+    counted = {s.name: s.in_mlu for s in result.spectra} if result is not None else None
     return {
         s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name], weight=effective[s.name][0], bias=effective[s.name][1],
-                              counted=counted.get(s.name, False), swappable=swappable(s, findings.get(s.name)),
+                              counted=counted.get(s.name, False) if counted is not None else None, swappable=swappable(s, findings.get(s.name)),
                               mean=means.get(s.name))
         for s in specs
     }
