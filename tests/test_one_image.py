@@ -177,6 +177,29 @@ def test_bad_index_and_layer_are_clear_errors(tiny):
         one_image(measured, 0, 1.5)
 
 
+def test_cli_prints_the_table_and_one_layers_heatmap(tiny, monkeypatch, capsys):
+    from analysis.cli import main
+
+    result, measured, cache_dir = tiny
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", cache_dir)
+    assert main(["image", result.key[:8], "--index", "3", "--energy-in", "0.9"]) == 0
+    out = capsys.readouterr().out
+    expected = one_image(measured, 3, 0.9, result.energy_out)
+    assert "image      3 of 12 in fashion-mnist:test" in out and "energies   in 0.9  out 0.99" in out
+    for item in expected.layers:
+        line = next(line for line in out.splitlines() if line.split()[:1] == [item.layer])
+        assert f"{item.energy_fraction:.4g}" in line and f" {item.own_rank} " in line, line
+    assert main(["image", result.key, "--index", "3", "--layer", "blocks.1.mlp.fc1"]) == 0
+    out = capsys.readouterr().out
+    assert "class      loss" in out and "per-vector loss on the 4x4 grid" in out
+    assert main(["image", result.key, "--index", "12"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(["image", result.key, "--index", "0", "--layer", "nope"]) == 2
+    assert "unknown layer 'nope'" in capsys.readouterr().err
+    assert main(["image", "0000000", "--index", "0"]) == 2
+    assert "no cached analysis" in capsys.readouterr().err
+
+
 def test_the_thumbnail_is_the_de_normalised_input(tiny):
     result, measured, _ = tiny
     image, _ = measured.dataset[0]
