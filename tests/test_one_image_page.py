@@ -41,6 +41,14 @@ def _values(data) -> list:
     return list(data)
 
 
+def _bars(figure: dict) -> dict:
+    """Layer -> bar height over the figure's bar traces (one trace per layer kind), in the x axis' order."""
+    heights = {x: y for trace in figure["data"] if trace["type"] == "bar"
+               for x, y in zip(_values(trace["x"]), _values(trace["y"]))}
+    order = figure["layout"]["xaxis"].get("categoryarray") or list(heights)
+    return {name: heights[name] for name in order if name in heights}
+
+
 def _grid(data) -> np.ndarray:
     """A 2-D data array from a figure spec (a base64 block with its shape, or nested lists)."""
     if isinstance(data, dict) and "shape" in data:
@@ -92,8 +100,9 @@ def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them
     assert len(figures) == 2  # energy fractions + ranks, residual heatmap
     measured = open_analysis(result.key, cache_dir=str(cache_dir), compute_missing=False)
     expected = one_image(measured, 0, 0.99, 0.99)
-    fractions = [y for trace in figures[0]["data"] if trace["type"] == "bar" for y in _values(trace["y"])]
-    np.testing.assert_allclose(fractions, [item.energy_fraction for item in expected.layers], rtol=1e-9)
+    fractions = _bars(figures[0])
+    assert list(fractions) == [item.layer for item in expected.layers]  # every layer, in depth order
+    np.testing.assert_allclose(list(fractions.values()), [item.energy_fraction for item in expected.layers], rtol=1e-9)
     ranks = next(trace for trace in figures[0]["data"] if trace.get("name") == "this image's own rank")
     assert _values(ranks["y"]) == [item.own_rank for item in expected.layers]
     selected = at.session_state["selected_layer"]
@@ -107,8 +116,9 @@ def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them
     at.number_input(key="one_image_index").set_value(5).run()
     _ok(at)
     other = one_image(measured, 5, 0.99, 0.99)
-    fractions = [y for trace in _charts(at)[0]["data"] if trace["type"] == "bar" for y in _values(trace["y"])]
-    np.testing.assert_allclose(fractions, [i.energy_fraction for i in other.layers], rtol=1e-9)
+    fractions = _bars(_charts(at)[0])
+    np.testing.assert_allclose([fractions[i.layer] for i in other.layers], [i.energy_fraction for i in other.layers],
+                               rtol=1e-9)
 
     at.session_state["selected_layer"] = "head"
     at.run()

@@ -16,23 +16,22 @@ from .charts import CHART_HEIGHT, FONT_SIZE, _layout, kind_color, kind_label
 
 def energy_fraction_chart(report: OneImage, selected: str | None = None, height: int = CHART_HEIGHT) -> go.Figure:
     """Top: per layer (depth order) the share of the image's input energy inside the dataset's top-k_in
-    subspace, bars coloured by kind, with the energy ``e_in`` that subspace holds of the dataset's as a dashed
-    line; bottom: the image's own rank against the dataset's k_in. Points carry the layer name (customdata)."""
+    subspace, bars coloured by kind (the selected layer marked by a triangle), with the energy ``e_in`` that
+    subspace holds of the dataset's as a dashed line; bottom: the image's own rank against the dataset's k_in. Points carry the layer name (customdata)."""
     names = [item.layer for item in report.layers]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.6, 0.4])
-    seen: set[str] = set()
-    for item in report.layers:
+    for kind in dict.fromkeys(item.kind for item in report.layers):  # one trace per kind, in depth order
+        items = [item for item in report.layers if item.kind == kind]
         fig.add_bar(
-            x=[item.layer], y=[item.energy_fraction], marker_color=kind_color(item.kind),
-            marker_line=dict(color="black", width=3 if item.layer == selected else 0),
-            name=kind_label(item.kind), legendgroup=item.kind, showlegend=item.kind not in seen,
-            customdata=[[item.layer, item.own_rank, item.k_in, item.loss]],
+            x=[item.layer for item in items], y=[item.energy_fraction for item in items],
+            marker_color=kind_color(kind), name=kind_label(kind), legendgroup=kind,
+            customdata=[[item.layer, item.own_rank, item.k_in, item.loss] for item in items],
             hovertemplate=("<b>%{customdata[0]}</b><br>energy in the dataset's subspace %{y:.4%}<br>"
                            "own rank %{customdata[1]}, dataset k_in %{customdata[2]}<br>"
                            "loss of W' on this image %{customdata[3]:.2e}<extra></extra>"),
             row=1, col=1,
         )
-        seen.add(item.kind)
+    fig.update_xaxes(categoryorder="array", categoryarray=names)
     fractions = np.array([item.energy_fraction for item in report.layers], dtype=np.float64)
     finite = fractions[np.isfinite(fractions)]
     low = float(min(finite.min(), report.energy_in)) if finite.size else 0.0
@@ -41,8 +40,11 @@ def energy_fraction_chart(report: OneImage, selected: str | None = None, height:
     fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=report.energy_in, yref="y", yanchor="bottom",
                        text=f"e_in = {report.energy_in:g} (the dataset's share)", showarrow=False,
                        font=dict(size=FONT_SIZE - 1, color="#333"))
-    fig.update_yaxes(title="energy in subspace", range=[max(0.0, low - pad), 1.0 + pad / 3], tickformat=".1%",
-                     row=1, col=1)
+    top = 1.0 + pad / 3
+    fig.update_yaxes(title="energy in subspace", range=[max(0.0, low - pad), top], tickformat=".1%", row=1, col=1)
+    if selected in names:  # a marker above the selected layer's bar (the selection is shared by every page)
+        fig.add_scatter(x=[selected], y=[top], mode="markers", showlegend=False, cliponaxis=False,
+                        marker=dict(symbol="triangle-down", size=16, color="black"), hoverinfo="skip", row=1, col=1)
     fig.add_scatter(x=names, y=[item.k_in for item in report.layers], mode="lines+markers", name="dataset k_in",
                     line=dict(color="#888", width=2, dash="dot"), marker=dict(size=6, symbol="square"),
                     hovertemplate="%{x}<br>dataset k_in %{y}<extra></extra>", row=2, col=1)
@@ -52,7 +54,7 @@ def energy_fraction_chart(report: OneImage, selected: str | None = None, height:
     fig.update_yaxes(title="rank at e_in", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(tickangle=-45, row=2, col=1)
     return _layout(fig, f"Image {report.index}: its input energy in the dataset's subspace, and its own rank",
-                   height=int(height * 1.3), bargap=0.25, margin=dict(l=80, r=30, t=110, b=130))
+                   height=int(height * 1.3), bargap=0.25, margin=dict(l=80, r=30, t=165, b=130))
 
 
 def residual_heatmap(item: LayerImage, picture: np.ndarray | None = None, height: int = CHART_HEIGHT) -> go.Figure:
