@@ -400,10 +400,13 @@ def cmd_image(args) -> int:
     from .one_image import open_analysis, one_image
 
     update, close = _progress_bar(args.quiet)
+    stage, close_stage = _stage_progress(args.quiet, unit="layer")
     try:
-        measured = open_analysis(args.key, progress=update)
+        measured = open_analysis(args.key, progress=update, eigen_progress=None if stage is None else
+                                 lambda done, total, _s: stage("subspaces", done, total))
     finally:
         close()
+        close_stage()
     report = one_image(measured, args.index, args.energy_in, args.energy_out,
                        layers=[args.layer] if args.layer else None)
     meta = measured.result.meta

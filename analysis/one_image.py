@@ -55,6 +55,7 @@ from .metrics import k_at_energy
 from .models.layers import LayerSpec
 from .progress import ProgressCallback
 from .result import Result, check_energy
+from .spectra import SpectraProgress
 
 TABLE_COLUMNS = ["layer", "kind", "d_in", "vectors", "k_in", "own_rank", "energy_fraction", "loss",
                  "dataset_error", "grid", "status"]
@@ -297,17 +298,19 @@ def analyse_image(model: nn.Module, subspaces: dict[str, LayerSubspace], image: 
 
 
 def open_analysis(key: str, *, cache_dir: str | None = None, compute_missing: bool = True,
-                  progress: ProgressCallback | None = None) -> Measured:
+                  progress: ProgressCallback | None = None, eigen_progress: SpectraProgress | None = None) -> Measured:
     """The cached analysis ``key`` (a unique prefix is enough) with its layers' subspaces: from its stored
     moments, or those of its keep-moments twin (computed and stored here when absent and ``compute_missing``;
-    else :class:`~analysis.compression.subspaces.MomentsMissing`). A missing or damaged entry: :class:`CacheError`."""
+    else :class:`~analysis.compression.subspaces.MomentsMissing`). A missing or damaged entry: :class:`CacheError`.
+    ``progress`` follows that data pass, ``eigen_progress(layers_done, layers_total, elapsed_s)`` the
+    decompositions."""
     cache = ResultCache(cache_dir)
     full = cache.resolve(key)
     result = cache.load(full)
     if result is None:
         raise CacheError(f"cache entry {full} is damaged or incomplete; run the analysis again to recompute it")
     measured = measure_plan(result_plan(result), cache_dir=cache_dir, compute_missing=compute_missing,
-                            progress=progress)
+                            progress=progress, eigen_progress=eigen_progress)
     measured.result = result  # the analysis asked for (its twin holds the same spectra and the moments)
     return measured
 

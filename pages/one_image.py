@@ -21,8 +21,7 @@ if not one_image_view.ensure_subspaces(result):
     st.stop()
 
 e_in, e_out = state.energies()
-with st.spinner("Decomposing the stored moments of every layer (once per analysis) ..."):
-    measured = one_image_view.measured(result)
+measured = one_image_view.measured(result)
 n_images = len(measured.dataset)
 
 pick, thumb = st.columns([3, 1])

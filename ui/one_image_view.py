@@ -10,10 +10,13 @@ under ``one_image_job`` and polls it once a second in a fragment.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import streamlit as st
 
 from analysis import jobs
-from analysis.compression.subspaces import moments_settings, result_plan
+from analysis.compression.subspaces import Measured, moments_settings, result_plan
 from analysis.errors import AnalysisError
 from analysis.one_image import OneImage, display_image, one_image, open_analysis
 from analysis.result import Result
@@ -63,14 +66,35 @@ def moments_stored(key: str) -> bool:
     return state.entry_exists(key) and (state.cache().entry_dir(key) / "moments.safetensors").is_file()
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
-def _measured(root: str, key: str, moments: str):
-    """The open analysis with its layers' subspaces (model, dataset selection, eigenvectors); shared read-only."""
-    return open_analysis(key, cache_dir=root, compute_missing=False)
+MAX_MEASURED = 2
+_measured: "OrderedDict[tuple[str, str, str], Measured]" = OrderedDict()
+_measured_lock = threading.Lock()
+"""Analyses with their subspaces, newest last (a process-wide cache shared read-only by every session; not
+``st.cache_resource``, so that the decompositions can report progress to the page that waits for them)."""
 
 
-def measured(result: Result):
-    return _measured(str(state.cache().root), result.key, moments_key(result))
+def measured(result: Result) -> Measured:
+    """The open analysis with its layers' subspaces (model, dataset selection, eigenvectors): decomposed once
+    per analysis and process, with a progress bar of the layers while that runs."""
+    cache_key = (str(state.cache().root), result.key, moments_key(result))
+    with _measured_lock:
+        if cache_key in _measured:
+            _measured.move_to_end(cache_key)
+            return _measured[cache_key]
+    bar = st.progress(0.0, text="Loading the model and the stored moments ...")
+
+    def report(done: int, total: int, elapsed: float) -> None:
+        bar.progress(done / max(total, 1), text=(
+            f"Decomposing the stored moments (once per analysis): layer {done} of {total} · elapsed "
+            f"{text.duration(elapsed)} · ETA {text.duration(elapsed / done * (total - done) if done else None)}"))
+
+    value = open_analysis(result.key, cache_dir=cache_key[0], compute_missing=False, eigen_progress=report)
+    bar.empty()
+    with _measured_lock:
+        _measured[cache_key] = value
+        while len(_measured) > MAX_MEASURED:
+            _measured.popitem(last=False)
+    return value
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)

@@ -5,7 +5,7 @@ They come from the raw statistics (``C_in``, ``s``, ``N`` per layer), which an a
 ``keep_moments=True`` stores in its cache entry: a second compression of the same model and data reads
 them back instead of re-reading the dataset. ``C_out`` is the exact affine formula of
 :func:`analysis.spectra.output_second_moment` with the *effective* weight and bias the forward applies; both
-are decomposed by :func:`analysis.spectra.eigen_batched` (float64, descending).
+are decomposed by :func:`analysis.spectra.layer_eigen` (float64, descending), as the analysis does.
 
 The effective weights (weight standardisation, parametrizations, a bias built inside an attention block)
 come from :func:`analysis.capture.discover`: one forward of the model on a couple of the analysed images,
@@ -36,7 +36,7 @@ from ..models.registry import LoadedModel
 from ..progress import ProgressCallback
 from ..result import Result
 from ..settings import AnalysisSettings
-from ..spectra import Eigen, eigen_batched, output_second_moment
+from ..spectra import AffineLayer, Eigen, SpectraProgress, layer_eigen
 
 
 @dataclass
@@ -109,9 +109,11 @@ def measure_plan(
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
     compute_missing: bool = True,
+    eigen_progress: SpectraProgress | None = None,
 ) -> Measured:
     """The analysis ``the_plan`` (its settings must keep the moments) read from the cache, or computed and
-    stored when absent (unless ``compute_missing`` is False: :class:`MomentsMissing`), with its subspaces."""
+    stored when absent (unless ``compute_missing`` is False: :class:`MomentsMissing`), with its subspaces
+    (``eigen_progress``: see :func:`layer_subspaces`)."""
     cache = ResultCache(cache_dir)
     result, moments = cache.load(the_plan.key), cache.load_moments(the_plan.key)
     from_cache = result is not None and moments is not None
@@ -123,7 +125,8 @@ def measure_plan(
         result, moments = compute(the_plan, progress=progress)
         cache.store(the_plan.key, result, moments)
     subspaces = layer_subspaces(the_plan.loaded.model, the_plan.dataset, result, moments,
-                                device=the_plan.settings.device, centred=the_plan.settings.centred)
+                                device=the_plan.settings.device, centred=the_plan.settings.centred,
+                                progress=eigen_progress)
     return Measured(loaded=the_plan.loaded, dataset=the_plan.dataset, result=result, subspaces=subspaces,
                     from_cache=from_cache)
 
@@ -156,31 +159,31 @@ def result_plan(result: Result) -> Plan:
 
 
 def layer_subspaces(model, dataset, result: Result | None, moments: dict[str, torch.Tensor], *, device: str = "cpu",
-                    centred: bool = False) -> dict[str, LayerSubspace]:
+                    centred: bool = False, progress: SpectraProgress | None = None) -> dict[str, LayerSubspace]:
     """Eigen-decompositions of ``C_in`` and ``C_out`` of every applicable layer of ``model`` from the raw
     ``moments`` (``{"<layer>|C_in" | "<layer>|s" | "<layer>|N": tensor}``), with the effective weights from a
     forward on ``dataset``'s first images. ``centred``: decompose the centred ``C_in - s s^T / N`` and the
     output moment of the centred inputs, ``W (C_in - s s^T / N) W^T`` (the bias drops out), as a centred
     analysis does. ``result`` says which layers count (its statuses); None: the adapter's rule alone.
-    ``dataset`` yields ``(image, label)`` pairs."""
+    ``dataset`` yields ``(image, label)`` pairs. Both moments are decomposed by
+    :func:`analysis.spectra.layer_eigen`, as the analysis does (``C_out`` through the ``d_in + 1`` problem when
+    ``d_out`` is larger), calling ``progress(layers_done, layers_total, elapsed_s)``."""
     specs = [s for s in describe_layers(model) if s.applicable and f"{s.name}|C_in" in moments]
     findings = _discover(model, specs, dataset)
     effective = {s.name: effective_weight(s, findings.get(s.name)) for s in specs}
-    c_in, c_out, means = {}, {}, {}
+    affine, means = {}, {}
     for s in specs:
         weight, bias = effective[s.name]
         column_sum, count = moments[f"{s.name}|s"].to(torch.float64), int(moments[f"{s.name}|N"][0])
         matrix = moments[f"{s.name}|C_in"].to(torch.float64)
-        if centred and count > 0:
-            matrix = matrix - torch.outer(column_sum, column_sum) / count
-            column_sum, bias = torch.zeros_like(column_sum), None
-        c_in[s.name] = matrix
-        c_out[s.name] = output_second_moment(weight, matrix, column_sum, count, bias)
         if centred:
-            means[s.name] = moments[f"{s.name}|s"].to(torch.float64) / max(count, 1)
+            means[s.name] = column_sum / max(count, 1)
+            if count > 0:
+                matrix = matrix - torch.outer(column_sum, column_sum) / count
+            column_sum, bias = torch.zeros_like(column_sum), None
+        affine[s.name] = AffineLayer(weight, bias, matrix, column_sum, count)
     eig_device = torch.device(device) if str(device).startswith("cuda") else torch.device("cpu")
-    eig_in, _ = eigen_batched(c_in, eig_device)
-    eig_out, _ = eigen_batched(c_out, eig_device)
+    eig_in, eig_out, _ = layer_eigen(affine, eig_device, progress=progress)
     counted = {s.name: s.in_mlu for s in result.spectra} if result is not None else None
     return {
         s.name: LayerSubspace(s, eig_in[s.name], eig_out[s.name], weight=effective[s.name][0], bias=effective[s.name][1],
