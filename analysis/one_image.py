@@ -40,6 +40,7 @@ all the vectors the analysis counted (its token set), while the image's numbers 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +139,10 @@ def token_grid(input_shape: tuple[int, ...], geometry: ConvGeometry | None, vect
 
 
 # ------------------------------------------------------------------------------------------ capture
+_CAPTURE_LOCK = threading.Lock()
+"""A capture registers hooks on the model's modules; an app serves several sessions from threads that share
+one loaded model, so captures run one at a time."""
+
 @dataclass
 class ImageInput:
     """One layer's input vectors for the image: ``rows`` ``(T, d_in)`` float64, the first call's input shape
@@ -166,10 +171,11 @@ def capture_image(model: nn.Module, specs: list[LayerSpec], image: torch.Tensor
         else:
             seen.rows, seen.calls = torch.cat([seen.rows, rows]), seen.calls + 1
 
-    model.cpu().eval()
-    with LayerCapture(specs, collect, check=False) as capture, torch.inference_mode():
-        model(image.unsqueeze(0).float())
-    capture.end_discovery()
+    with _CAPTURE_LOCK:  # hooks live on the (shared) modules: one capture at a time per process
+        model.cpu().eval()
+        with LayerCapture(specs, collect, check=False) as capture, torch.inference_mode():
+            model(image.unsqueeze(0).float())
+        capture.end_discovery()
     effective = {name: effective_parameters(by_name[name], capture.findings.get(name)) for name in inputs}
     return inputs, effective
 
