@@ -36,6 +36,16 @@ otherwise:
 
 The image is run in float32 on the CPU whatever precision the analysis used; the dataset's subspaces come from
 all the vectors the analysis counted (its token set), while the image's numbers are over all its vectors.
+Consistency with the analysis: over the analysed images, ``sum_i l(i) ||W X_i||^2 / sum_i ||W X_i||^2`` is the
+table's ``preservation_error``, and at ``e_in = 1`` every analysed image has ``f = 1`` up to the float32
+rounding of the stored moments (about 1e-7).
+
+Use::
+
+    measured = open_analysis("3f2a")                 # the cached analysis and its layers' subspaces
+    report = one_image(measured, 7, 0.95, 0.99)      # image 7 of the analysed selection
+    report.table()                                   # layer, energy_fraction, own_rank, loss, ...
+    report.layer("blocks.5.mlp.fc1").heatmap()       # (rows, cols) per-vector losses, or None
 """
 
 from __future__ import annotations
