@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from .capture import ConvGeometry, LayerCapture, effective_parameters, rows_per_image
-from .compression.subspaces import LayerSubspace, Measured, measure_plan, result_plan
+from .compression.subspaces import LayerSubspace, Measured, checked_plan, measure_plan, moments_key
 from .cache import ResultCache
 from .errors import AnalysisError, CacheError, SettingsError
 from .metrics import k_at_energy
@@ -326,7 +326,7 @@ def open_analysis(key: str, *, cache_dir: str | None = None, compute_missing: bo
     result = cache.load(full)
     if result is None:
         raise CacheError(f"cache entry {full} is damaged or incomplete; run the analysis again to recompute it")
-    measured = measure_plan(result_plan(result), cache_dir=cache_dir, compute_missing=compute_missing,
+    measured = measure_plan(checked_plan(result), cache_dir=cache_dir, compute_missing=compute_missing,
                             progress=progress, eigen_progress=eigen_progress)
     measured.result = result  # the analysis asked for (its twin holds the same spectra and the moments)
     return measured
@@ -334,9 +334,10 @@ def open_analysis(key: str, *, cache_dir: str | None = None, compute_missing: bo
 
 def subspaces_ready(result: Result, cache_dir: str | None = None) -> tuple[bool, str]:
     """``(whether the moments giving result's eigenvectors are stored, the key that holds or will hold them)``;
-    loads the model (reads no image)."""
-    the_plan = result_plan(result)
-    return ResultCache(cache_dir).load_moments(the_plan.key) is not None, the_plan.key
+    looks for the files only (no model, no moments read)."""
+    key = moments_key(result)
+    folder = ResultCache(cache_dir).entry_dir(key)  # cheap: the sha256 check of the files happens on load
+    return (folder / "manifest.json").is_file() and (folder / "moments.safetensors").is_file(), key
 
 
 def one_image(measured: Measured, index: int, energy_in: float | None = None, energy_out: float | None = None,

@@ -165,6 +165,24 @@ def test_the_keep_moments_twin_is_stored_once_and_its_absence_is_a_clear_error(t
         open_analysis("abcdef", cache_dir=other)
 
 
+def test_subspaces_of_an_analysis_that_cannot_be_reproduced_are_refused(tiny):
+    """The moments' key comes from the stored key parts (no model load); planning that gives another key
+    (other weights, data or code) is refused rather than giving another analysis' subspaces."""
+    from analysis.compression.subspaces import checked_plan, moments_key, result_plan
+    from analysis.one_image import subspaces_ready
+
+    result, _, cache_dir = tiny
+    assert moments_key(result) == result_plan(result).key
+    assert subspaces_ready(result, cache_dir) == (True, moments_key(result))
+    parts = dict(result.meta.key_parts, weights="0" * 64)
+    changed = type(result)(meta=result.meta.replace(key_parts=parts), spectra=result.spectra,
+                           not_applicable=result.not_applicable, energy_in=result.energy_in,
+                           energy_out=result.energy_out)
+    assert subspaces_ready(changed, cache_dir)[0] is False
+    with pytest.raises(AnalysisError, match="cannot be reproduced here.*weights"):
+        checked_plan(changed)
+
+
 def test_bad_index_and_layer_are_clear_errors(tiny):
     _, measured, _ = tiny
     with pytest.raises(SettingsError, match="out of range: the analysis has 12 images"):

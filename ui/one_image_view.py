@@ -2,7 +2,8 @@
 background job that computes them when the analysis kept no moments, and the page's texts.
 
 The eigenvectors come from the raw moments of the analysis with the same settings and ``keep_moments``
-(:func:`analysis.compression.subspaces.result_plan`: the open analysis itself when it kept them). When they
+(:func:`analysis.compression.subspaces.moments_key`, from the stored key parts without loading the model: the
+open analysis itself when it kept them). When they
 are not stored, the page offers to compute them as an ordinary analysis job (:func:`analysis.jobs.submit`: a
 worker process with progress, ETA and cancel that survives page switches and reloads); the session follows it
 under ``one_image_job`` and polls it once a second in a fragment.
@@ -16,9 +17,9 @@ from collections import OrderedDict
 import streamlit as st
 
 from analysis import jobs
-from analysis.compression.subspaces import Measured, moments_settings, result_plan
+from analysis.compression.subspaces import Measured, moments_key, moments_settings
 from analysis.errors import AnalysisError
-from analysis.one_image import OneImage, display_image, one_image, open_analysis
+from analysis.one_image import OneImage, display_image, one_image, open_analysis, subspaces_ready
 from analysis.result import Result
 
 from . import jobs_view, state, text
@@ -49,21 +50,6 @@ OUTRO = (
     "register tokens listed apart) or a convolution's output grid. The losses sum to this image's "
     "preservation error, the same ratio the Layers table gives over the whole dataset."
 )
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def _moments_key(root: str, key: str, _result: Result) -> str:
-    """The key whose entry holds (or will hold) the moments behind ``key``'s eigenvectors (loads the model)."""
-    return result_plan(_result).key
-
-
-def moments_key(result: Result) -> str:
-    return _moments_key(str(state.cache().root), result.key, result)
-
-
-def moments_stored(key: str) -> bool:
-    """Cheap: the entry's manifest and its moments file are there (the full check happens on load)."""
-    return state.entry_exists(key) and (state.cache().entry_dir(key) / "moments.safetensors").is_file()
 
 
 MAX_MEASURED = 2
@@ -149,12 +135,11 @@ def ensure_subspaces(result: Result) -> bool:
     """True when the eigenvectors can be loaded now; otherwise draw why not, the button that computes them,
     or the progress of the job that does, and return False."""
     try:
-        with st.spinner("Loading the model to find the stored moments ..."):
-            key = moments_key(result)
+        ready, key = subspaces_ready(result, str(state.cache().root))
     except AnalysisError as exc:
         st.error(f"The eigenvectors of this analysis cannot be obtained here: {exc}")
         return False
-    if moments_stored(key):
+    if ready:
         return True
     followed = st.session_state.get(JOB)
     if state.is_key(followed):

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Subset
 
 from ..capture import LayerFinding, discover
-from ..cache import ResultCache
+from ..cache import ResultCache, content_key
 from ..data import make_loader
 from ..engine import Plan, compute, plan
 from ..errors import AnalysisError
@@ -150,6 +150,34 @@ def moments_settings(result: Result) -> AnalysisSettings:
         uncertainty=bool(parts.get("uncertainty", False)), device=device,
         energy_in=result.energy_in, energy_out=result.energy_out,
     )
+
+
+def moments_key(result: Result) -> str:
+    """The cache key of the analysis whose stored moments give ``result``'s subspaces (``result``'s own when it
+    kept them), from its recorded key parts: no model is loaded. It is :func:`result_plan`'s key as long as the
+    code, weights and data are those ``result`` was made with (:func:`checked_plan` verifies it)."""
+    parts = dict(result.meta.key_parts or {})
+    if not parts:  # an entry without key parts: plan it
+        return result_plan(result).key
+    if parts.get("keep_moments"):
+        return result.key
+    parts["keep_moments"] = True
+    return content_key(parts)
+
+
+def checked_plan(result: Result) -> Plan:
+    """:func:`result_plan`, refused (:class:`AnalysisError`) when its key is not :func:`moments_key`: the model,
+    its weights, the data or the code version differ from those ``result`` was made with, so subspaces computed
+    now would not be ``result``'s."""
+    the_plan = result_plan(result)
+    expected = moments_key(result)
+    if the_plan.key != expected:
+        changed = [name for name in ("code", "weights", "dataset", "model_id", "dataset_id", "input")
+                   if the_plan.key_parts.get(name) != (result.meta.key_parts or {}).get(name)]
+        raise AnalysisError(
+            f"analysis {result.key} cannot be reproduced here ({', '.join(changed) or 'its settings'} differ from "
+            f"when it was made); run it again to get its subspaces")
+    return the_plan
 
 
 def result_plan(result: Result) -> Plan:
