@@ -33,17 +33,18 @@ with st.spinner(f"Running image {index} through the model ..."):
     report = one_image_view.report(result, index, e_in, e_out)
 picture = one_image_view.picture(result, report)
 classes = getattr(measured.dataset, "class_names", None)
-label = classes[report.label] if classes and 0 <= report.label < len(classes) else report.label
+label = (classes[report.label] if classes and 0 <= report.label < len(classes)
+         else "unlabelled" if report.label < 0 else report.label)
 with thumb:
-    st.image(picture, caption=f"image {index} · label {label} · as the model sees it", width="stretch")
+    st.image(picture, caption=f"image {index} · {label} · as the model sees it", width="stretch")
 
 height = frame.chart_height()
 st.plotly_chart(image_charts.energy_fraction_chart(report, name, height=height), key="one_image_fractions")
 st.caption(
     f"Dashed line: the share e_in = {text.energy(e_in)} that the top k_in directions hold of the *dataset's* "
     "input energy; a bar below it marks a layer where this image is less typical than the average. The image's "
-    "own rank (red) is usually far below the dataset's k_in (grey): one image uses few of the directions the "
-    "dataset needs. Over all the image's vectors, whichever token set the analysis counted."
+    "own rank (red) against the dataset's k_in (grey): how many of the directions the dataset needs this one image "
+    "uses. Over all the image's vectors, whichever token set the analysis counted."
 )
 
 try:

@@ -79,5 +79,5 @@ def residual_heatmap(item: LayerImage, picture: np.ndarray | None = None, height
                     hovertemplate="cell (row, col) %{customdata}<br>loss %{z:.2e} of ||WX||²<extra></extra>")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False, title=None, showticklabels=False)
     fig.update_xaxes(showgrid=False, title=None, showticklabels=False)
-    return _layout(fig, f"What W' loses on this image — {item.layer} ({rows}x{cols})", height=height,
+    return _layout(fig, f"Loss of W' — {item.layer}", height=height,
                    margin=dict(l=20, r=20, t=60, b=20))
