@@ -12,9 +12,10 @@ come from :func:`analysis.capture.discover`: one forward of the model on a coupl
 which also tells whether a layer can be swapped for a thin pair: only when its own forward is how the model
 uses it (a weight used through ``F.linear`` by another module, as BEiT's qkv, stays dense).
 
-Any cached analysis gets its subspaces the same way (:func:`result_plan`, :func:`measure_plan`): the analysis
-with the same settings and the moments kept (its own key when it kept them) is read from the cache, or
-computed once and stored. A centred analysis decomposes ``C_in - s s^T / N`` and ``W (C_in - s s^T / N) W^T``
+Any cached analysis gets its subspaces the same way (:func:`checked_plan`, :func:`measure_plan`): the analysis
+with the same settings and the moments kept (:func:`moments_key`, from its stored key parts: its own key when
+it kept them) is read from the cache, or computed once and stored; an analysis that planning now would not
+reproduce (other weights, data or code) is refused. A centred analysis decomposes ``C_in - s s^T / N`` and ``W (C_in - s s^T / N) W^T``
 from the stored raw (uncentred) sums.
 """
 
