@@ -276,6 +276,8 @@ class OneImage:
         for item in self.layers:
             if item.layer == name:
                 return item
+        if name in self.missing:
+            raise SettingsError(f"layer {name!r} has no numbers for this image: {self.missing[name]}")
         known = ", ".join(item.layer for item in self.layers[:8])
         raise SettingsError(f"unknown layer {name!r} for this image; analysed layers include {known}"
                             + (" ..." if len(self.layers) > 8 else ""))
