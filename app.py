@@ -27,6 +27,7 @@ PAGES = [
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
     st.Page("pages/heads.py", title="Heads", icon=":material/view_module:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
+    st.Page("pages/one_image.py", title="One image", icon=":material/image_search:"),
     st.Page("pages/analyze.py", title="Analyze", icon=":material/play_circle:"),
     st.Page("pages/timeline.py", title="Timeline", icon=":material/timeline:"),
     st.Page("pages/compress.py", title="Compress", icon=":material/compress:"),

@@ -106,7 +106,9 @@ class ConvGeometry:
         return cls(kernel=(kh, kw), stride=stride, padding=pads, dilation=dilation)
 
     def output_grid(self, height: int, width: int) -> tuple[int, int]:
-        """Output rows x columns for an input of ``height x width`` (the unfolded positions, row-major)."""
+        """``(H_out, W_out)`` for an input of ``height x width`` (at least 1 each):
+        ``H_out = (H + pad_top + pad_bottom - dilation (kh - 1) - 1) // stride + 1``, likewise ``W_out``; the
+        unfolded rows of one image are these positions, row-major."""
         h = (height + self.padding[2] + self.padding[3] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
         w = (width + self.padding[0] + self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
         return max(1, h), max(1, w)

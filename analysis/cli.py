@@ -1,4 +1,4 @@
-"""Command line: ``python -m analysis run | list | show | compare | export | compress | timeline`` (README,
+"""Command line: ``python -m analysis run | list | show | compare | export | compress | timeline | image`` (README,
 section Command line).
 
 Exit codes: 0 success; 2 a bad id, setting or input (one line ``error: ...`` on stderr); 130 interrupted.
@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import defaults
@@ -119,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--export", default=None, help="write the factorized model to PATH.safetensors (+ .ranks.json)")
     comp.add_argument("--summary", default=None, help="also write the JSON summary to PATH (always stored in the cache)")
     comp.add_argument("--quiet", action="store_true", help="no progress output")
+
+    image = sub.add_parser("image", help="one image of a cached analysis against its subspaces, layer by layer")
+    image.add_argument("key", help="cache key (or a unique prefix) of the analysis")
+    image.add_argument("--index", type=int, required=True, help="image index in the analysed selection (0-based)")
+    image.add_argument("--layer", default=None, help="only this layer, with its residual heatmap")
+    image.add_argument("--energy-in", type=float, default=None, help="default: the analysis' own")
+    image.add_argument("--energy-out", type=float, default=None, help="default: the analysis' own")
+    image.add_argument("--quiet", action="store_true", help="no progress bar (when the moments must be computed)")
 
     tl = sub.add_parser("timeline", help="analyse every checkpoint of a training series (cached)")
     tl.add_argument("--series", action="append", required=True,
@@ -456,8 +465,47 @@ def cmd_timeline(args) -> int:
     return 2 if failed else 0
 
 
+def cmd_image(args) -> int:
+    from .one_image import open_analysis, one_image
+
+    update, close = _progress_bar(args.quiet)
+    stage, close_stage = _stage_progress(args.quiet, unit="layer")
+    try:
+        measured = open_analysis(args.key, progress=update, eigen_progress=None if stage is None else
+                                 lambda done, total, _s: stage("subspaces", done, total))
+    finally:
+        close()
+        close_stage()
+    report = one_image(measured, args.index, args.energy_in, args.energy_out,
+                       layers=[args.layer] if args.layer else None)
+    meta = measured.result.meta
+    print(f"key        {report.key}")
+    print(f"model      {meta.model_id}")
+    print(f"image      {report.index} of {len(measured.dataset)} in {meta.dataset_id} (label {report.label})")
+    print(f"energies   in {report.energy_in:g}  out {report.energy_out:g}")
+    print("columns    energy_fraction = ||X V_k||^2 / ||X||^2 (share of the image's input energy in the dataset's "
+          "top-k_in subspace); own_rank = the image's own k at e_in; loss = ||(W - W')X||^2 / ||WX||^2 on this "
+          "image; dataset_error = the same over the dataset")
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.float_format", "{:.4g}".format):
+        print(report.table().to_string(index=False))
+    for name, reason in report.missing.items():
+        print(f"not reached {name}: {reason}")
+    if args.layer:
+        item = report.layer(args.layer)
+        for name, value in item.prefix_losses().items():
+            print(f"{name:10s} loss {value:.4g}")
+        heatmap = item.heatmap()
+        if heatmap is None:
+            print(f"heatmap    none: {item.grid.reason}")
+        else:
+            print(f"heatmap    per-vector loss on the {heatmap.shape[0]}x{heatmap.shape[1]} grid (row-major):")
+            with np.printoptions(precision=3, linewidth=200):
+                print(np.array2string(heatmap, formatter={"float_kind": "{:.3g}".format}))
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "compare": cmd_compare, "export": cmd_export,
-            "compress": cmd_compress, "timeline": cmd_timeline}
+            "compress": cmd_compress, "timeline": cmd_timeline, "image": cmd_image}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
