@@ -39,7 +39,7 @@ with thumb:
     st.image(picture, caption=f"image {index} · {label} · as the model sees it", width="stretch")
 
 height = frame.chart_height()
-st.plotly_chart(image_charts.energy_fraction_chart(report, name, height=height), key="one_image_fractions")
+frame.plot(image_charts.energy_fraction_chart(report, name, height=height), result.meta, key="one_image_fractions")
 st.caption(
     f"Dashed line: the share e_in = {text.energy(e_in)} that the top k_in directions hold of the *dataset's* "
     "input energy; a bar below it marks a layer where this image is less typical than the average. The image's "
@@ -63,7 +63,7 @@ if item.heatmap() is None:
 else:
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(image_charts.residual_heatmap(item, picture, height=height), key="one_image_heatmap")
+        frame.plot(image_charts.residual_heatmap(item, picture, height=height), result.meta, key="one_image_heatmap")
     with right:
         prefix = item.prefix_losses()
         if prefix:

@@ -157,6 +157,7 @@ def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, re
     ("pages/layers.py", "Layers"),
     ("pages/heads.py", "Heads"),
     ("pages/spectra.py", "Spectra"),
+    ("pages/one_image.py", "One image"),
     ("pages/learn.py", "Learn"),
     ("pages/compare.py", "Compare"),
     ("pages/compress.py", "Compress"),

@@ -41,7 +41,7 @@ SMALL = {"width": 1280, "height": 720}
 LARGE = {"width": 1920, "height": 1080}
 FIRST_LOAD_MS = 240_000  # generous: the server imports torch and timm on a shared 2-core machine
 STEP_MS = 90_000
-PAGES = ["Compare", "Layers", "Heads", "Spectra", "Analyze", "Compress", "Library", "Learn"]
+PAGES = ["Compare", "Layers", "Heads", "Spectra", "One image", "Analyze", "Compress", "Library", "Learn"]
 REGIMES = ("supervised", "self-supervised: MAE", "self-supervised: DINO", "untrained (random init)")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
