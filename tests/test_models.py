@@ -163,3 +163,39 @@ def test_a_registered_source_returns_one_typed_model(monkeypatch):
     registry.register_source(Untyped())
     with pytest.raises(TypeError, match="not a SourceModel"):
         load("untyped:3")
+
+
+def test_seeded_random_weights_do_not_depend_on_other_threads_building_models(tmp_path):
+    """The app serves sessions from threads: a ``random:`` build must get its seeded weights even while
+    other threads build models (which draw from the same global RNG) at the same time."""
+    import threading
+
+    from analysis.models import load
+    from tests.helpers import TINY_VIT, save_tiny_vit_checkpoint
+
+    expected = load(TINY_VIT).fingerprint
+    checkpoint = save_tiny_vit_checkpoint(tmp_path / "tiny.safetensors")
+    seen: list[str] = []
+    errors: list[BaseException] = []
+
+    def seeded() -> None:
+        try:
+            for _ in range(3):
+                seen.append(load(TINY_VIT).fingerprint)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def unseeded() -> None:
+        try:
+            for _ in range(3):
+                load(checkpoint)  # builds the architecture at an unseeded init, then loads the file
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (seeded, unseeded, seeded, unseeded)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert seen == [expected] * 6

@@ -33,12 +33,19 @@ def check_architecture(arch: str) -> str:
     return base
 
 
+MODEL_INIT = threading.RLock()
+"""Held while any model is built: a build initialises its weights from torch's global RNG, so a seeded build
+(``random:``, the zoo) must not share the RNG with another thread's build (the app serves several sessions
+from threads); otherwise the seeded weights, and so the cache key, would depend on timing."""
+
+
 def create_timm(arch: str, **kwargs) -> torch.nn.Module:
     import timm
 
     check_architecture(arch)
     try:
-        return timm.create_model(arch, **kwargs)
+        with MODEL_INIT:
+            return timm.create_model(arch, **kwargs)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise UnknownModelError(f"timm could not build {arch!r}: {exc}") from None
 
@@ -58,7 +65,8 @@ class TimmSource:
                 f"{', '.join(timm.list_pretrained(name.split('.')[0] + '*')[:5]) or 'none'}"
             )
         try:
-            model = timm.create_model(name, pretrained=True)
+            with MODEL_INIT:
+                model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # hub errors differ by version: connection, offline mode, missing file
             raise ModelUnavailableError(
                 f"weights for timm:{name} are not in the local Hugging Face cache and the hub cannot be reached "
@@ -87,9 +95,6 @@ def _locally_cached_timm_weights() -> list[str]:
     return names
 
 
-_SEEDED_INIT = threading.Lock()
-
-
 class RandomSource:
     """``random:<timm arch>[?seed=N&kwarg=value...]``: the architecture at its seeded random initialisation.
 
@@ -102,7 +107,7 @@ class RandomSource:
         seed = _int_option(options, "seed", 0)
         arch = check_architecture(name)
         extra = {k: _parse_scalar(v) for k, v in options.items() if k != "seed"}
-        with _SEEDED_INIT, torch.random.fork_rng(devices=[]):  # the global RNG: one seeded init at a time
+        with MODEL_INIT, torch.random.fork_rng(devices=[]):  # the global RNG: no other build meanwhile
             torch.manual_seed(seed)
             model = create_timm(arch, pretrained=False, **extra)
         return SourceModel(model, arch, f"{arch} at random initialisation (seed {seed})")

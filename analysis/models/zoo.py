@@ -94,12 +94,15 @@ def build_vit(seed: int | None = None, **overrides: Any) -> torch.nn.Module:
     """
     from timm.models.vision_transformer import VisionTransformer
 
+    from .sources import MODEL_INIT
+
     kwargs = {**ARCH_KWARGS, **overrides}
-    if seed is None:
-        return VisionTransformer(**kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return VisionTransformer(**kwargs)
+    with MODEL_INIT:  # the global RNG: no other thread's build while this one initialises
+        if seed is None:
+            return VisionTransformer(**kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return VisionTransformer(**kwargs)
 
 
 def sha256_file(path: str | Path) -> str:
