@@ -76,7 +76,7 @@ from torch import nn
 
 from . import metrics
 from .models.kinds import Kind
-from .spectra import CPU_EIGH_THREADS, AffineLayer, _cpu_threads, output_second_moment
+from .spectra import CPU_EIGH_THREADS, AffineLayer, cpu_threads, output_second_moment
 
 __all__ = [
     "ATTENTION_KINDS", "HEAD_PARTS", "AttentionLayout", "AttentionLayouts", "add_head_extras",
@@ -464,7 +464,7 @@ def add_head_extras(spectra: list, affine: dict[str, AffineLayer], attention: At
     if attention is None:
         return
     by_name = {s.name: s for s in spectra}
-    with _cpu_threads(CPU_EIGH_THREADS):  # the same LAPACK threads as every other eigenvalue: reproducible bits
+    with cpu_threads(CPU_EIGH_THREADS):  # the same LAPACK threads as every other eigenvalue: reproducible bits
         for layout in attention.layouts:
             tags = {"heads.attention": np.array(layout.attention), "heads.layout": np.array(layout.arrangement)}
             for layer, parts in layout.outputs.items():

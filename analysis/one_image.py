@@ -66,7 +66,7 @@ from .metrics import k_at_energy
 from .models.layers import LayerSpec
 from .progress import ProgressCallback
 from .result import Result, check_energy
-from .spectra import CPU_EIGH_THREADS, SpectraProgress, _cpu_threads
+from .spectra import CPU_EIGH_THREADS, SpectraProgress, cpu_threads
 
 TABLE_COLUMNS = ["layer", "kind", "d_in", "vectors", "k_in", "own_rank", "energy_fraction", "loss",
                  "dataset_error", "grid", "status"]
@@ -243,7 +243,7 @@ def layer_image(rows: torch.Tensor, weight: torch.Tensor, subspace: LayerSubspac
     coordinates = x @ v_in  # T x k_in
     fraction = float(coordinates.square().sum()) / total if total > 0 else float("nan")
     gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T  # the smaller Gram: same non-zero eigenvalues
-    with _cpu_threads(CPU_EIGH_THREADS):  # LAPACK on shared cores: one thread is ~10x faster (analysis.spectra)
+    with cpu_threads(CPU_EIGH_THREADS):  # LAPACK on shared cores: one thread is ~10x faster (analysis.spectra)
         own = torch.linalg.eigvalsh(gram).flip(0).numpy()
     own_rank = k_at_energy(own, energy_in)
     outputs = x @ w.T  # T x d_out: W x_t

@@ -145,7 +145,9 @@ def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextmanager
-def _cpu_threads(count: int) -> Iterator[None]:
+def cpu_threads(count: int) -> Iterator[None]:
+    """Run the block with torch (LAPACK) on ``count`` CPU threads, then restore the previous count. Every
+    decomposition uses :data:`CPU_EIGH_THREADS`: LAPACK's last bits depend on the thread count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -159,7 +161,7 @@ def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str 
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
-    with _cpu_threads(CPU_EIGH_THREADS):
+    with cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: m.shape[0] for n, m in matrices.items()}, device):
             out.update(_decompose_direct({n: matrices[n] for n in names}, device))
     return out, time.perf_counter() - start
@@ -274,7 +276,7 @@ def output_eigen_batched(
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
-    with _cpu_threads(CPU_EIGH_THREADS):
+    with cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
             out.update(_decompose_output({n: layers[n] for n in names}, device))
     return out, time.perf_counter() - start
@@ -320,7 +322,7 @@ def layer_eigen(
             reported = done
             progress(done, total, time.perf_counter() - start)
 
-    with _cpu_threads(CPU_EIGH_THREADS):
+    with cpu_threads(CPU_EIGH_THREADS):
         if device.type == "cpu":
             for name, layer in layers.items():
                 eig_in.update(_decompose_direct({name: layer.c_in}, device))

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .spectra import JITTER, AffineLayer, output_second_moment
+from .spectra import CPU_EIGH_THREADS, JITTER, AffineLayer, cpu_threads, output_second_moment
 
 SNAPSHOTS = 6
 """Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
@@ -69,7 +69,13 @@ def _eigvalsh(matrix: torch.Tensor) -> np.ndarray:
 
 
 def eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
-    """Descending eigenvalues of ``C_in`` and ``C_out`` (float64, clipped at 0; see the module docstring)."""
+    """Descending eigenvalues of ``C_in`` and ``C_out`` (float64, clipped at 0; see the module docstring), on
+    the same LAPACK thread count as every other decomposition (reproducible bits)."""
+    with cpu_threads(CPU_EIGH_THREADS):
+        return _eigenvalues(layer)
+
+
+def _eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
     lam_in = _eigvalsh(layer.c_in)
     if not layer.uses_small_problem():
         c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
