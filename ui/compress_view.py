@@ -108,19 +108,10 @@ def progress_line(status) -> str:
 
 @st.fragment(run_every=POLL_SECONDS)
 def _poll(key: str) -> None:
-    try:
-        status = jobs.status(key)
-    except AnalysisError as exc:
-        st.session_state.pop(COMPRESS_JOB, None)
-        state.notify("error", str(exc))
-        st.rerun(scope="app")
-    if status.state not in jobs_view.ACTIVE_STATES:
-        _finish(key, status)
-        st.rerun(scope="app")
+    status = jobs_view.live_status(key, COMPRESS_JOB, _finish)
     label = "Waiting for a worker ..." if status.state == "queued" else "Compressing ..."
     st.markdown(f"**{label}** {status.model_id or ''} on {status.dataset_id or ''}  \n`compression {key}`")
-    fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
-    st.progress(fraction, text=f"{fraction:.0%} · {progress_line(status)}")
+    jobs_view.progress_bar(status, progress_line(status))
     st.caption("It runs in its own process: switch pages or reload, it goes on and reports here.")
     st.button("Cancel compression", key=f"compress-cancel-{key}", on_click=jobs_view.cancel_job, args=(key, "compression", "step"),
               icon=":material/stop_circle:")

@@ -8,6 +8,8 @@ reruns; a failed or cancelled job leaves a one-line message.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 from analysis import jobs
@@ -58,21 +60,35 @@ def progress_line(status) -> str:
     return " · ".join(parts)
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def _poll(key: str) -> None:
+def live_status(key: str, session_key: str, finish: Callable[[str, object], None]):
+    """The status of the job ``key`` this session follows under ``session_key``, while it is queued or running.
+
+    When the status cannot be read, the job is dropped with the reason; when the job has ended,
+    ``finish(key, status)`` says how. Either way the whole app reruns (this never returns then)."""
     try:
         status = jobs.status(key)
     except AnalysisError as exc:
-        st.session_state.pop(state.JOB, None)
+        st.session_state.pop(session_key, None)
         state.notify("error", str(exc))
         st.rerun(scope="app")
     if status.state not in ACTIVE_STATES:
-        _finish(key, status)
+        finish(key, status)
         st.rerun(scope="app")
+    return status
+
+
+def progress_bar(status, line: str) -> None:
+    """The job's fraction done as a bar, with ``line`` (what it is doing, elapsed, ETA) on it."""
+    fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
+    st.progress(fraction, text=f"{fraction:.0%} · {line}")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _poll(key: str) -> None:
+    status = live_status(key, state.JOB, _finish)
     label = "Waiting for a worker ..." if status.state == "queued" else "Analysing ..."
     st.markdown(f"**{label}** {status.model_id or ''} on {status.dataset_id or ''}  \n`job {key}`")
-    fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
-    st.progress(fraction, text=f"{fraction:.0%} · {progress_line(status)}")
+    progress_bar(status, progress_line(status))
     if status.message:
         st.caption(status.message)
     st.button("Cancel analysis", key=f"cancel-{key}", on_click=cancel_job, args=(key,), icon=":material/stop_circle:")

@@ -107,25 +107,21 @@ def _submit(result: Result) -> None:
     st.session_state[JOB] = key
 
 
+def _finish(key: str, status) -> None:
+    """Stop following the subspaces job; say why when it did not finish (a finished one opens the view)."""
+    st.session_state.pop(JOB, None)
+    if status.state == "cancelled":
+        state.notify("warning", "Computing the subspaces was cancelled.")
+    elif status.state == "failed":
+        state.notify("error", status.message or "Computing the subspaces failed (no reason recorded).")
+
+
 @st.fragment(run_every=POLL_SECONDS)
 def _poll(key: str) -> None:
-    try:
-        status = jobs.status(key)
-    except AnalysisError as exc:
-        st.session_state.pop(JOB, None)
-        state.notify("error", str(exc))
-        st.rerun(scope="app")
-    if status.state not in jobs_view.ACTIVE_STATES:
-        st.session_state.pop(JOB, None)
-        if status.state == "cancelled":
-            state.notify("warning", "Computing the subspaces was cancelled.")
-        elif status.state == "failed":
-            state.notify("error", status.message or "Computing the subspaces failed (no reason recorded).")
-        st.rerun(scope="app")
+    status = jobs_view.live_status(key, JOB, _finish)
     label = "Waiting for a worker ..." if status.state == "queued" else "Computing the subspaces ..."
     st.markdown(f"**{label}** `job {key}`")
-    fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
-    st.progress(fraction, text=f"{fraction:.0%} · {jobs_view.progress_line(status)}")
+    jobs_view.progress_bar(status, jobs_view.progress_line(status))
     st.caption("It runs in its own process: switch pages or reload, it goes on; this page opens when it is done.")
     st.button("Cancel", key=f"one-image-cancel-{key}", on_click=jobs_view.cancel_job, args=(key, "job"),
               icon=":material/stop_circle:")
