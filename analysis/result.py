@@ -27,7 +27,7 @@ from .errors import SettingsError
 from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
 from .projection import preservation_error_table, projected_singular_values, rotated_weight
-from .spectra import Eigen
+from .spectra import CPU_EIGH_THREADS, Eigen, cpu_threads
 
 ENERGY_GRID: tuple[float, ...] = tuple(
     sorted(
@@ -107,6 +107,13 @@ class LayerSpectrum:
     ) -> "LayerSpectrum":
         """``weight``: the effective ``d_out x d_in`` weight the forward applies (:mod:`analysis.capture`;
         default: the module's own). ``in_mlu`` holds only for layers the adapter counts whose ``status`` is ok."""
+        with cpu_threads(CPU_EIGH_THREADS):  # LAPACK's last bits depend on the thread count: fix it
+            return cls._from_statistics(spec, n_samples, eig_in, eig_out, extra_energies, weight=weight,
+                                        status=status, status_reason=status_reason, tokens=tokens)
+
+    @classmethod
+    def _from_statistics(cls, spec, n_samples, eig_in, eig_out, extra_energies, *, weight, status, status_reason,
+                         tokens) -> "LayerSpectrum":
         if weight is None:
             weight = weight_matrix(spec.module).detach().cpu()
         w_singular = torch.linalg.svdvals(weight.to(torch.float64)).numpy()

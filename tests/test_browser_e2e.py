@@ -53,8 +53,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _pct(value: float) -> str:
-    return f"{value:.1%}"
+def _mlu(result) -> str:
+    """The MLU as the app shows it: with its split-half error bar (percentage points)."""
+    from ui.text import plus_minus
+
+    return plus_minus(result.mlu, result.mlu_err)
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +228,9 @@ def test_compare_shows_regime_accuracy_and_caveat_for_each_zoo_model(page, serve
 
 def test_layers_chart_first_and_clicking_a_bar_selects_that_layer(page, server):
     _open(page, "Layers")
-    assert _charts_rendered(page, 2) == 2
+    assert _charts_rendered(page, 3) == 3  # bars, block x kind heatmap, convergence (in its expander)
     assert _first_chart_top(page) < SMALL["height"] * 0.6
-    assert _sidebar_mlu(page) == _pct(server.a.mlu)
+    assert _sidebar_mlu(page) == _mlu(server.a)
     assert "analysis=" + server.a.key in page.url
     bars = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").first
     assert bars.locator("g.point").count() == len(server.a.layers)  # one bar per analysed layer
@@ -280,14 +283,14 @@ def test_next_and_previous_step_through_the_layers(page, server):
 
 def test_moving_an_energy_slider_changes_the_numbers(page, server):
     expected = server.a.at_energy(0.99, 0.98)  # this model's ranks are set by k_out: move e_out
-    assert _pct(expected.mlu) != _pct(server.a.mlu)
+    assert _mlu(expected) != _mlu(server.a)
     thumb = page.locator("[data-testid='stSidebar'] input[type='range']").nth(1)
     thumb.focus()
     thumb.press("ArrowLeft")  # e_out: 0.99 -> 0.98 (the previous grid value)
     page.wait_for_function(
         "(want) => { const m = document.querySelector(\"[data-testid='stSidebar'] [data-testid='stMetricValue']\");"
         " return m && m.innerText.trim() === want; }",
-        arg=_pct(expected.mlu),
+        arg=_mlu(expected),
     )
     assert thumb.get_attribute("aria-valuetext") == "0.98"
     page.wait_for_function(
@@ -296,7 +299,7 @@ def test_moving_an_energy_slider_changes_the_numbers(page, server):
         arg="0.99 / 0.98",
     )
     main_metrics = page.locator("[data-testid='stMain'] [data-testid='stMetricValue']").all_inner_texts()
-    assert _pct(expected.mlu) in [m.strip() for m in main_metrics]
+    assert _mlu(expected) in [m.strip() for m in main_metrics]
 
 
 def test_spectra_page_and_the_energy_sweep_plays(page, server):
@@ -304,7 +307,7 @@ def test_spectra_page_and_the_energy_sweep_plays(page, server):
     assert _charts_rendered(page, 4) == 4
     layer = "blocks.0.attn.proj"  # selected by the clicks on the Layers page
     assert page.get_by_text(f"Singular values of W and W' — {layer}").count() >= 1
-    assert _sidebar_mlu(page) == _pct(server.a.at_energy(0.99, 0.98).mlu)  # the energies stay shared
+    assert _sidebar_mlu(page) == _mlu(server.a.at_energy(0.99, 0.98))  # the energies stay shared
     assert _first_chart_top(page) < SMALL["height"]
     _shot(page, "spectra")
     sweep = page.locator("[data-testid='stPlotlyChart'] .js-plotly-plot").nth(1)

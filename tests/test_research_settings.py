@@ -121,7 +121,7 @@ def test_centre_crop_keeps_the_central_positions_of_convolutions_and_patch_grids
     assert table.loc["blocks.0.mlp.fc1", "n_samples"] == SAMPLES * 4  # prefix tokens dropped, 2x2 patches
     assert table.loc["blocks.0.mlp.fc1", "tokens"] == "centre 2x2 of 4x4"
     cnn = analyze("random:resnet18?num_classes=5", DATASET, samples=8, use_cache=False, token_set="centre:0.5",
-                  uncertainty=False)
+                  uncertainty=False, layers="conv1,fc")  # the stem and the head suffice (and keep it quick)
     conv = cnn.layers.set_index("layer").loc["conv1"]
     # resnet18's stem on a 224x224 input: 112x112 output positions, the centre 56x56 kept
     assert conv["n_samples"] == 8 * 56 * 56 and conv["tokens"] == "centre 56x56 of 112x112"
@@ -136,6 +136,15 @@ def test_dropping_the_highest_norm_tokens_removes_them_per_image():
 
 
 # ------------------------------------------------------------------------------------------- centring
+
+
+def test_mlu_with_its_error_bar_reads_as_people_write_it():
+    from ui.text import plus_minus
+
+    assert plus_minus(0.388, 0.009) == "38.8% ± 0.9"
+    assert plus_minus(0.177, 0.0001) == "17.7% ± <0.1"  # not zero, below the shown precision
+    assert plus_minus(0.5, 0.0) == "50.0% ± 0.0"
+    assert plus_minus(0.5, float("nan")) == "50.0%"  # no halves: no error bar claimed
 
 
 def test_centred_moments_are_the_uncentred_ones_minus_the_mean_direction():

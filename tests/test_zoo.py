@@ -16,7 +16,14 @@ from analysis.models.zoo import (ARCH_KWARGS, DATA_CONFIG, MANIFEST_PATH, ZOO_NA
                                  read_manifest, sha256_file)
 from analysis.training import common, dino, evaluate, mae, random_init, supervised
 
-torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The zoo's training steps run on one thread here (as the recipes' tests were written); restored after,
+    so the rest of the suite runs with the machine's default (set at import, it leaked into every test)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_architecture_names_and_data_config():
@@ -187,8 +194,12 @@ def test_published_supervised_top1_matches_manifest():
         pytest.skip("vit-fmnist-supervised is not published yet")
     model, data_config = registry.load_model("zoo:vit-fmnist-supervised")  # verifies sha256
     assert data_config == DATA_CONFIG
+    previous = torch.get_num_threads()
     torch.set_num_threads(2)
-    acc = evaluate.top1(model, common.load_split("test"))
+    try:
+        acc = evaluate.top1(model, common.load_split("test"))
+    finally:
+        torch.set_num_threads(previous)
     assert acc == pytest.approx(entry["accuracy"]["top1"], abs=0.005)
 
 

@@ -77,7 +77,10 @@ def plus_minus(value: float, error: float, digits: int = 1) -> str:
     """``38.8 % ± 0.9`` (percentage points); the value alone when the error is unknown."""
     if error is None or (isinstance(error, float) and math.isnan(error)):
         return pct(value, digits)
-    return f"{pct(value, digits)} ± {100 * error:.{digits}f}"
+    points = 100 * error
+    if 0 < points < 0.5 * 10 ** -digits:  # below the shown precision, but not zero
+        return f"{pct(value, digits)} ± <{10 ** -digits:.{digits}f}"
+    return f"{pct(value, digits)} ± {points:.{digits}f}"
 
 
 # ------------------------------------------------------------------------------------------ teaching texts
