@@ -35,7 +35,11 @@ PAGES = [
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
+st.session_state[frame.ENTRY_RAN] = True
 page = st.navigation(PAGES)
+intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first served without this router
+if intended and intended != page.url_path:
+    st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
 state.init()
 state.adopt_query_params()
 state.ensure_default()

@@ -11,6 +11,7 @@ from analysis.regimes import training_facts
 from analysis.settings import AnalysisSettings
 from ui import charts, frame, learn, state, text
 
+frame.through_entry_point()
 st.title("Learn")
 frame.notices()
 st.markdown(

@@ -15,6 +15,7 @@ README's copies, with ``UPDATE_SCREENSHOTS=1``). The server is always terminated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -85,17 +86,13 @@ def _default_result():
     return ResultCache(SEED_ROOT).load(entry["key"])
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, browser_path):
+@contextlib.contextmanager
+def _streamlit(cache_dir: Path, log_path: Path):
     """``python -m streamlit run app.py`` in the repository root (the README's command; only the port is
-    chosen), on a fresh cache folder; the clock starts when the process is started."""
-    cache_dir = tmp_path_factory.mktemp("e2e-fresh-cache")
-    a = _default_result()
-    assert a is not None, "the shipped default entry is missing or stale: run python -m analysis.demo_results"
+    chosen) on ``cache_dir``; yields ``(url, started)`` once the server answers; always terminated."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "ANALYSIS_DEFAULT"))}
     env.update(ANALYSIS_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                "--server.address", "127.0.0.1"]
     started = time.monotonic()
@@ -116,9 +113,20 @@ def server(tmp_path_factory, browser_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not answer within 180 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield SimpleNamespace(url=url, a=a, log=log_path, started=started, cache_dir=cache_dir, times={})
+        yield url, started
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, browser_path):
+    """The app's server on a fresh cache folder; the clock starts when the process is started."""
+    cache_dir = tmp_path_factory.mktemp("e2e-fresh-cache")
+    a = _default_result()
+    assert a is not None, "the shipped default entry is missing or stale: run python -m analysis.demo_results"
+    log_path = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
+    with _streamlit(cache_dir, log_path) as (url, started):
+        yield SimpleNamespace(url=url, a=a, log=log_path, started=started, cache_dir=cache_dir, times={})
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +366,28 @@ def test_every_page_at_1920x1080(page, server):
             page.screenshot(path=str(ARTIFACTS / f"1920x1080-{title.lower()}.png"))
     finally:
         page.set_viewport_size(SMALL)
+
+
+def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_the_app(tmp_path, browser_path):
+    """A shared link opened first on a just-started server: Streamlit may serve it through its legacy pages/
+    navigation (the page alone, no router); the page must come back through app.py, to the same page."""
+    from playwright.sync_api import sync_playwright
+
+    key = _default_result().key
+    with _streamlit(tmp_path / "cache", tmp_path / "streamlit.log") as (url, _started):
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=browser_path, headless=True, args=CHROMIUM_ARGS)
+            try:
+                tab = browser.new_page(viewport=SMALL)
+                tab.set_default_timeout(STEP_MS)
+                tab.goto(f"{url}/heads?analysis={key}")
+                tab.wait_for_function(
+                    "() => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
+                    " return h && h.innerText.trim() === 'Heads'; }")
+                _charts_rendered(tab, 1)
+                nav = [t.strip().splitlines()[-1] for t in tab.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
+                assert nav[:3] == ["Compare", "Layers", "Heads"] and "app" not in nav  # the router's pages
+                assert _sidebar_mlu(tab) == _mlu(_default_result())  # the frame and the analysis are there
+                assert f"analysis={key}" in tab.url
+            finally:
+                browser.close()

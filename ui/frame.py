@@ -119,11 +119,39 @@ def notices() -> None:
         getattr(st, level, st.info)(message)
 
 
+ENTRY_RAN = "entry_point_ran"
+"""Session key set by ``app.py`` on every run: a page run without it was started by Streamlit's legacy
+``pages/`` navigation (see :func:`through_entry_point`)."""
+INTENDED_PAGE = "intended_page"
+"""The page a deep link asked for, kept while :func:`through_entry_point` goes round ``app.py``."""
+
+
+def through_entry_point() -> None:
+    """Send a page started without ``app.py`` through it, to the same page.
+
+    On a freshly started server, the very first request for a deep link (``/layers?analysis=KEY``) can be
+    served by Streamlit's legacy ``pages/`` navigation: the page runs alone, without the router, the frame or
+    the default analysis (streamlit#9624, #10276). The page then stores its own name and switches to
+    ``app.py``, whose router opens that page again (query parameters are kept by the session)."""
+    if st.session_state.get(ENTRY_RAN):
+        return
+    import sys
+    from pathlib import Path
+
+    frame = sys._getframe(1)
+    while frame is not None and Path(frame.f_globals.get("__file__", "")).parent.name != "pages":
+        frame = frame.f_back
+    if frame is not None:  # the page module being run
+        st.session_state[INTENDED_PAGE] = Path(frame.f_globals["__file__"]).stem
+    st.switch_page("app.py")
+
+
 def intro(title: str, paragraph: str, formula: str | None = None, outro: str | None = None,
           lead: str | None = None) -> None:
     """Page title, the queued notices, a one-line ``lead`` saying what the page shows, and the theory (the
     teaching paragraph, optional displayed formula and closing sentences) in a collapsible panel, so the
     charts come first; folded in presentation mode, open otherwise only when there is no lead."""
+    through_entry_point()
     st.title(title)
     state.publish_query_params()  # also here: AppTest reruns a page without its entry point
     notices()
