@@ -368,26 +368,23 @@ def test_every_page_at_1920x1080(page, server):
         page.set_viewport_size(SMALL)
 
 
-def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_the_app(tmp_path, browser_path):
+def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_the_app(tmp_path, page):
     """A shared link opened first on a just-started server: Streamlit may serve it through its legacy pages/
     navigation (the page alone, no router); the page must come back through app.py, to the same page."""
-    from playwright.sync_api import sync_playwright
-
     key = _default_result().key
     with _streamlit(tmp_path / "cache", tmp_path / "streamlit.log") as (url, _started):
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=browser_path, headless=True, args=CHROMIUM_ARGS)
-            try:
-                tab = browser.new_page(viewport=SMALL)
-                tab.set_default_timeout(STEP_MS)
-                tab.goto(f"{url}/heads?analysis={key}")
-                tab.wait_for_function(
-                    "() => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
-                    " return h && h.innerText.trim() === 'Heads'; }")
-                _charts_rendered(tab, 1)
-                nav = [t.strip().splitlines()[-1] for t in tab.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
-                assert nav[:3] == ["Compare", "Layers", "Heads"] and "app" not in nav  # the router's pages
-                assert _sidebar_mlu(tab) == _mlu(_default_result())  # the frame and the analysis are there
-                assert f"analysis={key}" in tab.url
-            finally:
-                browser.close()
+        context = page.context.browser.new_context(viewport=SMALL)  # a new visitor, in the module's browser
+        try:
+            tab = context.new_page()
+            tab.set_default_timeout(STEP_MS)
+            tab.goto(f"{url}/heads?analysis={key}")
+            tab.wait_for_function(
+                "() => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
+                " return h && h.innerText.trim() === 'Heads'; }")
+            _charts_rendered(tab, 1)
+            nav = [t.strip().splitlines()[-1] for t in tab.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
+            assert nav[:3] == ["Compare", "Layers", "Heads"] and "app" not in nav  # the router's pages
+            assert _sidebar_mlu(tab) == _mlu(_default_result())  # the frame and the analysis are there
+            assert f"analysis={key}" in tab.url
+        finally:
+            context.close()
