@@ -52,3 +52,19 @@ def stop_process(process) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=20)
+
+
+def plotly_figures(app_test) -> list[dict]:
+    """The Plotly figures an AppTest run drew, as the JSON specs Streamlit sends to the browser."""
+    import json
+
+    return [json.loads(node.proto.spec) for node in app_test.get("plotly_chart")]
+
+
+def trace_values(data) -> list:
+    """A trace's data array from a figure spec (Plotly sends numeric arrays base64-encoded)."""
+    import base64
+
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
+    return list(data)

@@ -25,6 +25,7 @@ from analysis import defaults
 from analysis.engine import analyze
 from analysis.result import ENERGY_GRID
 from tests.helpers import TINY_VIT, TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -75,22 +76,6 @@ def _metric(at, label: str) -> str:
 
 def _pct(value: float) -> str:
     return f"{value:.1%}"
-
-
-def _charts(at) -> list[dict]:
-    """The Plotly figures on the page, as the JSON specs Streamlit sends to the browser."""
-    import json
-
-    return [json.loads(node.proto.spec) for node in at.get("plotly_chart")]
-
-
-def _values(data) -> list:
-    """A trace's data array from a figure spec (Plotly sends numeric arrays base64-encoded)."""
-    import base64
-
-    if isinstance(data, dict) and "bdata" in data:
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
-    return list(data)
 
 
 # ------------------------------------------------------------------------------------------ pages

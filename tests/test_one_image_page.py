@@ -5,7 +5,6 @@ residual heatmap, which must be the library's numbers (:func:`analysis.one_image
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from analysis import defaults, jobs
 from analysis.engine import analyze, plan, run_plan
 from analysis.one_image import one_image, open_analysis
 from tests.helpers import TINY_VIT
+from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -27,18 +27,6 @@ TIMEOUT = 180
 def analysed(tmp_path_factory):
     cache_dir = tmp_path_factory.mktemp("one-image-page-cache")
     return analyze(TINY_VIT, DATASET, samples=SAMPLES, cache_dir=str(cache_dir)), cache_dir
-
-
-def _charts(at) -> list[dict]:
-    return [json.loads(node.proto.spec) for node in at.get("plotly_chart")]
-
-
-def _values(data) -> list:
-    import base64
-
-    if isinstance(data, dict) and "bdata" in data:
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
-    return list(data)
 
 
 def _bars(figure: dict) -> dict:

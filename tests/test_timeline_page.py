@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from analysis import defaults, timeline
 from tests.helpers import TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -33,18 +32,6 @@ def series(tmp_path_factory):
     result = timeline(spec, DATASET, samples=SAMPLES, cache_dir=str(cache_dir))
     assert set(result.table["status"]) == {"ok"}
     return spec, cache_dir, result
-
-
-def _charts(at) -> list[dict]:
-    return [json.loads(node.proto.spec) for node in at.get("plotly_chart")]
-
-
-def _values(data) -> list:
-    import base64
-
-    if isinstance(data, dict) and "bdata" in data:
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
-    return list(data)
 
 
 def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, monkeypatch):
