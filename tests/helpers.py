@@ -68,3 +68,16 @@ def trace_values(data) -> list:
     if isinstance(data, dict) and "bdata" in data:
         return np.frombuffer(base64.b64decode(data["bdata"]), dtype=np.dtype(data["dtype"])).tolist()
     return list(data)
+
+
+def assert_page_ok(app_test) -> None:
+    """No exception and no error box on an AppTest page."""
+    assert not app_test.exception, [e.value for e in app_test.exception]
+    assert not app_test.error, [e.value for e in app_test.error]
+
+
+def main_metric(app_test, label: str) -> str:
+    """The value of the main area's metric named ``label`` (fails, listing the labels, when there is none)."""
+    values = [m.value for m in app_test.main.metric if m.label == label]
+    assert values, f"no metric {label!r}; have {[m.label for m in app_test.main.metric]}"
+    return values[0]

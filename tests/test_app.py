@@ -25,6 +25,7 @@ from analysis import defaults
 from analysis.engine import analyze
 from analysis.result import ENERGY_GRID
 from tests.helpers import TINY_VIT, TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+from tests.helpers import assert_page_ok as _ok, main_metric as _metric
 from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,18 +61,6 @@ def app(results, monkeypatch):
 
     _point_app_at(results.cache_dir, monkeypatch)
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
-
-
-def _ok(at) -> None:
-    """No exception and no error box on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _metric(at, label: str) -> str:
-    values = [m.value for m in at.main.metric if m.label == label]
-    assert values, f"no metric {label!r}; have {[m.label for m in at.main.metric]}"
-    return values[0]
 
 
 def _pct(value: float) -> str:

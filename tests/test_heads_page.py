@@ -17,6 +17,7 @@ from analysis.cache import ResultCache
 from analysis.engine import analyze
 from analysis.heads import head_table
 from tests.helpers import TINY_VIT
+from tests.helpers import assert_page_ok as _ok
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -47,11 +48,6 @@ def app(analysed, monkeypatch):
     monkeypatch.setattr(defaults, "DEFAULT_SAMPLES", SAMPLES)
     monkeypatch.setattr(defaults, "DEFAULT_COMPARISON", (TINY_VIT,))
     return AppTest.from_file(APP, default_timeout=TIMEOUT)
-
-
-def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _heatmap(at) -> tuple[dict, dict]:

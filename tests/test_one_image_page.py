@@ -14,6 +14,7 @@ from analysis import defaults, jobs
 from analysis.engine import analyze, plan, run_plan
 from analysis.one_image import one_image, open_analysis
 from tests.helpers import TINY_VIT
+from tests.helpers import assert_page_ok as _ok, main_metric as _metric
 from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +44,6 @@ def _grid(data) -> np.ndarray:
         shape = tuple(int(n) for n in str(data["shape"]).split(","))
         return np.array(_values(data)).reshape(shape)
     return np.array([_values(row) for row in data])
-
-
-def _ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
-def _metric(at, label: str) -> str:
-    values = [m.value for m in at.main.metric if m.label == label]
-    assert values, f"no metric {label!r}; have {[m.label for m in at.main.metric]}"
-    return values[0]
 
 
 def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them(analysed, monkeypatch):
