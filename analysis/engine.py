@@ -322,7 +322,7 @@ def compute_spectra(
     collector = streamed.collector
     findings = collector.findings()
     uncentred = affine_layers(applicable, moments, findings, centred=False)
-    affine = affine_layers(applicable, moments, findings, settings.centred)
+    affine = {name: centring.centred(layer) for name, layer in uncentred.items()} if settings.centred else uncentred
     statuses = {spec.name: _status(spec, moments[spec.name].count, findings.get(spec.name), collector)
                 for spec in applicable}
     eig_device = device if device.type == "cuda" else torch.device("cpu")
@@ -424,7 +424,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
 
 def _snapshot_images(streamed: Streamed) -> tuple[int, ...]:
     """Images seen at each stored snapshot, then the whole run's (empty without snapshots)."""
-    snapshots = getattr(streamed, "snapshots", None)
+    snapshots = streamed.snapshots
     return tuple(snapshots.images) + (streamed.images,) if snapshots is not None else ()
 
 

@@ -125,7 +125,7 @@ def layer_output_second_moment(spec, c_in: torch.Tensor, column_sum: torch.Tenso
 # ------------------------------------------------------------------------------------ one symmetric matrix
 
 
-def _prepare(matrix: torch.Tensor) -> torch.Tensor:
+def symmetrized_with_jitter(matrix: torch.Tensor) -> torch.Tensor:
     """Symmetrized float64 copy with the jitter ``1e-12 * trace / d`` on the diagonal (batched: ``... x d x d``)."""
     m = matrix.to(torch.float64)
     m = 0.5 * (m + m.transpose(-1, -2))
@@ -181,7 +181,7 @@ def _decompose_direct(matrices: dict[str, torch.Tensor], device: torch.device) -
     """One batched ``eigh`` of same-shaped matrices (stacked on the host, one copy to ``device``)."""
     names = list(matrices)
     stack = torch.stack([matrices[n].to("cpu", torch.float64) for n in names]).to(device)
-    values, vectors = _eigh(_prepare(stack))
+    values, vectors = _eigh(symmetrized_with_jitter(stack))
     values, vectors = values.cpu(), vectors.cpu()
     return {name: Eigen(values=values[i], vectors=vectors[i]) for i, name in enumerate(names)}
 
@@ -189,7 +189,7 @@ def _decompose_direct(matrices: dict[str, torch.Tensor], device: torch.device) -
 # ------------------------------------------------------------------ output moments through the m problem
 
 
-def _augmented(layer: AffineLayer) -> tuple[torch.Tensor, torch.Tensor]:
+def augmented(layer: AffineLayer) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M, G)`` in float64 on the CPU: ``M = [W b]`` (``d_out x m``), ``G = [[C_in, s], [s^T, N]]``."""
     w = layer.weight.detach().to("cpu", torch.float64)
     c = layer.c_in.detach().to("cpu", torch.float64)
@@ -238,7 +238,7 @@ def _small_problem(m_stack: torch.Tensor, g_stack: torch.Tensor) -> tuple[torch.
 def _decompose_small(layers: dict[str, AffineLayer], device: torch.device) -> dict[str, Eigen]:
     """Batched small-problem decomposition of same-shaped layers (``d_out``, ``m`` equal)."""
     names = list(layers)
-    pairs = [_augmented(layers[n]) for n in names]
+    pairs = [augmented(layers[n]) for n in names]
     m_stack = torch.stack([p[0] for p in pairs])
     g_stack = torch.stack([p[1] for p in pairs])
     try:

@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .spectra import CPU_EIGH_THREADS, JITTER, AffineLayer, cpu_threads, output_second_moment
+from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_threads, output_second_moment,
+                      symmetrized_with_jitter)
 
 SNAPSHOTS = 6
 """Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
@@ -60,12 +61,8 @@ def snapshot_batches(n_batches: int, batch_size: int, n_images: int) -> list[int
 
 
 def _eigvalsh(matrix: torch.Tensor) -> np.ndarray:
-    m = matrix.to(torch.float64)
-    m = 0.5 * (m + m.T)
-    d = m.shape[0]
-    trace = float(torch.diagonal(m).sum().clamp_min(0.0))
-    m = m + JITTER * (trace / d if trace > 0 else 1.0) * torch.eye(d, dtype=m.dtype)
-    return torch.linalg.eigvalsh(m).flip(0).clamp_min(0.0).numpy()
+    """Descending, clipped eigenvalues with the same symmetrization and jitter as :mod:`analysis.spectra`."""
+    return torch.linalg.eigvalsh(symmetrized_with_jitter(matrix)).flip(0).clamp_min(0.0).numpy()
 
 
 def eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -80,19 +77,8 @@ def _eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
     if not layer.uses_small_problem():
         c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
         return lam_in, _eigvalsh(c_out)
-    w = layer.weight.to(torch.float64)
-    c = layer.c_in.to(torch.float64)
-    if layer.bias is not None:
-        s = layer.column_sum.to(torch.float64).reshape(-1, 1)
-        g = torch.cat([torch.cat([c, s], 1), torch.cat([s.T, torch.tensor([[float(layer.count)]], dtype=c.dtype)], 1)])
-        w = torch.cat([w, layer.bias.to(torch.float64).reshape(-1, 1)], 1)
-    else:
-        g = c
-    g = 0.5 * (g + g.T)
-    m = g.shape[0]
-    trace = float(torch.diagonal(g).sum().clamp_min(0.0))
-    jitter = JITTER * (trace / m if trace > 0 else 1.0)
-    factor, info = torch.linalg.cholesky_ex(g + jitter * torch.eye(m, dtype=g.dtype))
+    w, g = augmented(layer)  # M = [W b], G = [[C_in, s], [s^T, N]]
+    factor, info = torch.linalg.cholesky_ex(symmetrized_with_jitter(g))
     if int(info) != 0:  # not positive definite even with the jitter: a symmetric square root instead
         values, vectors = torch.linalg.eigh(g)
         factor = vectors * values.clamp_min(0.0).sqrt()

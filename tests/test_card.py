@@ -43,7 +43,7 @@ DATASET = "fashion-mnist:test"
 def _planned_result(model: str, dataset: str, settings: AnalysisSettings, images: int = 64) -> Result:
     """A result whose meta is what the engine records for this plan (no spectra: the card reads none)."""
     the_plan = plan(model, dataset, settings)
-    meta = result_meta(the_plan, SimpleNamespace(images=images, first_batch=0), Timings())
+    meta = result_meta(the_plan, SimpleNamespace(images=images, first_batch=0, snapshots=None), Timings())
     return Result(meta=meta, spectra=[], energy_in=settings.energy_in, energy_out=settings.energy_out)
 
 

@@ -45,8 +45,8 @@ def analysis_note(meta) -> str:
     """Which vectors an analysis counted, for chart titles: ``"patch tokens only · centred"``."""
     from analysis.tokens import label
 
-    words = label(getattr(meta, "token_set", "all"))
-    return f"{words} · centred" if getattr(meta, "centred", False) else words
+    words = label(meta.token_set)
+    return f"{words} · centred" if meta.centred else words
 
 
 def analyses_note(metas) -> str:
