@@ -8,7 +8,7 @@ Memory (bytes, peak of the run):
   (where the float64 CPU copy, ``8 d_in^2``, is made once the pass is over);
 - after the pass, all at once: ``C_in`` (float64 CPU), ``C_out = W C_in W^T + ...`` (``8 d_out^2``) and the
   eigenvectors of both (``8 (d_in^2 + d_out^2)``), plus the eigen-solver's stacked copy and workspace of the
-  largest matrix (``2 * 8 d^2``);
+  largest matrix (``2 * 8 d^2``), once per CPU worker (:data:`analysis.spectra.CPU_WORKERS`) on the CPU;
 - transient unfold of a convolution's input in one chunk: ``rows x d_in`` float32, twice (unfold and its
   contiguous copy), with ``rows = min(B T, max(65536, T))`` (the collector's chunking);
 - the model's parameters (float32).
@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import AnalysisError
 from .models.layers import LayerSpec
+from . import spectra
 
 MAX_ROWS_PER_CHUNK = 1 << 16
 """The statistics collector's chunk of unfolded rows (kept equal to :mod:`analysis.statistics`)."""
@@ -206,7 +207,7 @@ def estimate(
         stats_work += images * used * sq_in
         eig_work += (spec.d_in ** 3 + spec.d_out ** 3) * (1 + 0.2 * (2 + SNAPSHOTS) * (halves - 1))
         layers.append(LayerCost(spec.name, spec.d_in, spec.d_out, t, cpu_bytes))
-    memory = int(resident + largest + transient + params)
+    memory = int(resident + largest * (1 if on_gpu else spectra.CPU_WORKERS) + transient + params)
     rates = RATES["cuda" if on_gpu else "cpu"]
     stats_s, eig_s = stats_work / rates["stats"], eig_work / rates["eig"]
     widest = max(specs, key=lambda s: s.width, default=None)

@@ -33,7 +33,7 @@ from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
 from .capture import effective_parameters, layer_status
 from . import status as layer_status_codes
-from .spectra import AffineLayer, layer_eigen
+from .spectra import AffineLayer, cpu_map, decomposition_cost, layer_eigen
 from .statistics import LayerMoments, MomentCollector
 from .tokens import TokenLayout, TokenSet
 from . import centring, uncertainty
@@ -237,8 +237,13 @@ def stream_statistics(
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
             positions = torch.arange(batch_index * batch_size, batch_index * batch_size + batch.shape[0])
-            collector.begin_batch(rank + positions * world_size)  # indices in the analysed selection
-            _forward(model, batch.to(device, non_blocking=True), the_plan)
+            image_ids = rank + positions * world_size  # indices in the analysed selection
+            batch = batch.to(device, non_blocking=True)
+            if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
+                order = uncertainty.half_order(image_ids)
+                batch, image_ids = batch[order.to(device)], image_ids[order]
+            collector.begin_batch(image_ids)
+            _forward(model, batch, the_plan)
             collector.next_batch()
             images += batch.shape[0]
             if batch_index + 1 in snapshot_at:
@@ -332,13 +337,20 @@ def compute_spectra(
     eig_in, eig_out, eig_s = layer_eigen(affine, eig_device,
                                          progress=lambda done, _total, _s: clock.report(done, streamed.images))
     extra = (settings.energy_in, settings.energy_out)
-    spectra = [
-        LayerSpectrum.from_statistics(spec, moments[spec.name].count, eig_in[spec.name], eig_out[spec.name], extra,
-                                      weight=affine[spec.name].weight, status=statuses[spec.name][0],
-                                      status_reason=statuses[spec.name][1],
-                                      tokens=collector.selector.rules.get(spec.name, ""))
-        for spec in applicable
-    ]
+    by_name = {spec.name: spec for spec in applicable}
+
+    def derived(name: str) -> LayerSpectrum:
+        spec = by_name[name]
+        return LayerSpectrum.from_statistics(spec, moments[name].count, eig_in[name], eig_out[name], extra,
+                                             weight=affine[name].weight, status=statuses[name][0],
+                                             status_reason=statuses[name][1],
+                                             tokens=collector.selector.rules.get(name, ""))
+
+    def svd_cost(name: str) -> float:  # W's singular values and the preservation grid: about d_in d_out (d_in + d_out)
+        return float(by_name[name].d_in * by_name[name].d_out * (by_name[name].d_in + by_name[name].d_out))
+
+    built = dict(cpu_map(derived, list(by_name), cost=svd_cost))
+    spectra = [built[spec.name] for spec in applicable]
     for spectrum in spectra:
         share_in, share_out = centring.mean_shares(uncentred[spectrum.name])
         spectrum.extras["mean_share_in"] = np.array([share_in])
@@ -374,11 +386,18 @@ def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec
     half_layers = [affine_layers([s for s in applicable if s.name in half], half, findings, centred)
                    for half in halves]
     snapshots = streamed.snapshots
+    wanted = [(name, label) for spectrum in spectra
+              if len(half_layers) == 2 and (name := spectrum.name) in half_layers[0] and spectrum.n_samples > 0
+              for label in ("a", "b")]
+    layer_of = {(name, label): layers[name] for name in {n for n, _ in wanted}
+                for label, layers in zip(("a", "b"), half_layers)}
+    half_values = dict(cpu_map(lambda key: uncertainty.eigenvalues(layer_of[key]), wanted,
+                               cost=lambda key: decomposition_cost(layer_of[key])))
     for spectrum in spectra:
         name = spectrum.name
-        if len(half_layers) == 2 and name in half_layers[0] and spectrum.n_samples > 0:
-            for label, layers in zip(("a", "b"), half_layers):
-                lam_in, lam_out = uncertainty.eigenvalues(layers[name])
+        for label in ("a", "b"):
+            if (name, label) in half_values:
+                lam_in, lam_out = half_values[(name, label)]
                 spectrum.extras[f"half.{label}.eig_in"] = lam_in
                 spectrum.extras[f"half.{label}.eig_out"] = lam_out
         if snapshots is not None and all(name in values for values in snapshots.values):

@@ -34,8 +34,9 @@ same jitter ``j = 1e-12 * trace / d_out``, so both routes give the same numbers)
 
 Devices: on a GPU every step runs in float64, matrices of one shape stacked into one batched call (one
 host-to-device copy per group, not per matrix); if the device solver fails, the group is redone on the
-CPU. On the CPU, LAPACK gains nothing from stacking, so each matrix is decomposed alone, on
-:data:`CPU_EIGH_THREADS` threads (see there for the measurement).
+CPU. On the CPU, LAPACK gains nothing from stacking, so each matrix is decomposed alone by single-threaded
+LAPACK (:data:`CPU_EIGH_THREADS`), and independent matrices run side by side on :data:`CPU_WORKERS` threads
+(:func:`cpu_map`): the bits of each result do not depend on the number of workers.
 
 Weights are passed in explicitly (:class:`AffineLayer`): this module never reads a module's parameters,
 so the caller decides which weight and bias the layer effectively uses (weight standardisation,
@@ -44,22 +45,28 @@ parametrizations).
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 import torch
 
 JITTER = 1e-12
 
-#: Threads for CPU eigen-decompositions (LAPACK ``syevd`` through ``torch.linalg.eigh``). Measured on this
-#: project's 2-core VM with ``benchmarks/bench_cpu_statistics.py`` (ViT-Ti, all 50 layers' C_in and C_out):
-#: with other work beside it (load 9-14, 2026-11-29) 5.6 s on 1 thread against 87.7 s on 2; earlier, on
-#: 2 busy cores, 6 s against 40 s. Two threads never won on shared cores; a quiet-machine comparison is
-#: still to be taken (``benchmarks/RESULTS.md``).
+#: LAPACK threads inside ONE CPU eigen-decomposition (``syevd`` through ``torch.linalg.eigh``). Fixed at 1:
+#: LAPACK's last bits depend on it (1 against 2 threads: 1e-13 relative), so a killed job resumed on another
+#: machine would not end bit-identical; and on shared cores a multi-threaded ``syevd`` collapses (ViT-Ti, all 50
+#: layers, load 9-14: 5.6 s on 1 thread against 87.7 s on 2; see ``benchmarks/RESULTS.md``).
 CPU_EIGH_THREADS: int = 1
+
+#: Worker threads that decompose independent matrices side by side (:func:`cpu_map`), each on one LAPACK
+#: thread: the machine's cores (at most 8), since every matrix's result is the same bits whichever worker
+#: computes it and however many there are. Measured with ``benchmarks/bench_cpu_statistics.py``.
+CPU_WORKERS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
 
 #: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group
 #: that completes layers (GPU).
@@ -156,21 +163,66 @@ def cpu_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+
+def cpu_map(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] | None = None,
+            workers: int | None = None) -> Iterator[tuple[K, R]]:
+    """``(key, fn(key))`` for every key, computed on ``workers`` threads (default :data:`CPU_WORKERS`) with torch
+    on :data:`CPU_EIGH_THREADS` thread(s) each, yielded in the calling thread as each completes.
+
+    Keys are started largest ``cost`` first (longest-processing-time order balances the workers). Torch and
+    LAPACK release the GIL, so the workers run in parallel; each call is single-threaded LAPACK, so its bits do
+    not depend on ``workers``. The first exception raised by ``fn`` is re-raised after the workers stop (keys not
+    yet started are dropped)."""
+    order = sorted(keys, key=cost, reverse=True) if cost is not None else list(keys)
+    count = max(1, min(workers if workers is not None else CPU_WORKERS, len(order)))
+    with cpu_threads(CPU_EIGH_THREADS):
+        if count == 1:
+            for key in order:
+                yield key, fn(key)
+            return
+        pending = iter(order)
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="eigen") as pool:
+            running: dict[Future, K] = {}
+            try:
+                for key in pending:
+                    running[pool.submit(fn, key)] = key
+                    if len(running) == count:
+                        break
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        key = running.pop(future)
+                        result = future.result()
+                        for following in pending:
+                            running[pool.submit(fn, following)] = following
+                            break
+                        yield key, result
+            finally:
+                for future in running:
+                    future.cancel()
+
+
 def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[dict[str, Eigen], float]:
     """Decompose every matrix, batched by shape. Returns the decompositions (on the CPU) and seconds spent."""
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
+    if device.type == "cpu":
+        for name, eig in cpu_map(lambda n: _decompose_direct({n: matrices[n]}, device)[n], list(matrices),
+                                 cost=lambda n: matrices[n].shape[0] ** 3):
+            out[name] = eig
+        return {n: out[n] for n in matrices}, time.perf_counter() - start
     with cpu_threads(CPU_EIGH_THREADS):
-        for names in _groups({n: m.shape[0] for n, m in matrices.items()}, device):
+        for names in _groups({n: m.shape[0] for n, m in matrices.items()}):
             out.update(_decompose_direct({n: matrices[n] for n in names}, device))
     return out, time.perf_counter() - start
 
 
-def _groups(sizes: dict[str, object], device: torch.device) -> list[list[str]]:
-    """Names grouped by shape key on a GPU (one batched call each), one name per group on the CPU."""
-    if device.type == "cpu":
-        return [[name] for name in sizes]
+def _groups(sizes: dict[str, object]) -> list[list[str]]:
+    """Names grouped by shape key (one batched call each on a GPU)."""
     by_shape: dict[object, list[str]] = defaultdict(list)
     for name, key in sizes.items():
         by_shape[key].append(name)
@@ -276,10 +328,22 @@ def output_eigen_batched(
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
+    if device.type == "cpu":
+        for name, eig in cpu_map(lambda n: _decompose_output({n: layers[n]}, device)[n], list(layers),
+                                 cost=lambda n: decomposition_cost(layers[n])):
+            out[name] = eig
+        return {n: out[n] for n in layers}, time.perf_counter() - start
     with cpu_threads(CPU_EIGH_THREADS):
-        for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
+        for names in _groups({n: _output_key(layer) for n, layer in layers.items()}):
             out.update(_decompose_output({n: layers[n] for n in names}, device))
     return out, time.perf_counter() - start
+
+
+def decomposition_cost(layer: AffineLayer) -> float:
+    """Relative cost of a layer's C_in and C_out decompositions (cubes of the sizes actually decomposed), to
+    balance :func:`cpu_map`'s workers."""
+    out_size = layer.m if layer.uses_small_problem() else layer.d_out
+    return float(layer.c_in.shape[0] ** 3 + out_size ** 3)
 
 
 def _output_key(layer: AffineLayer) -> tuple[str, int, int]:
@@ -304,9 +368,10 @@ def layer_eigen(
 ) -> tuple[dict[str, Eigen], dict[str, Eigen], float]:
     """Eigen-decompositions of every layer's ``C_in`` and ``C_out``: ``(eig_in, eig_out, seconds)``.
 
-    On the CPU, layer by layer (``C_in`` then ``C_out``), calling ``progress(i, n, elapsed_s)`` after each
-    layer; on a GPU, batched by shape (all ``C_in`` groups, then the ``C_out`` groups), calling ``progress``
-    whenever a group completes layers. ``elapsed_s / i * (n - i)`` estimates the time left.
+    On the CPU, layer by layer (``C_in`` then ``C_out``) on :func:`cpu_map`'s workers, calling
+    ``progress(i, n, elapsed_s)`` as each layer completes; on a GPU, batched by shape (all ``C_in`` groups, then
+    the ``C_out`` groups), calling ``progress`` whenever a group completes layers. ``elapsed_s / i * (n - i)``
+    estimates the time left. The returned dicts follow ``layers``' order.
     """
     start = time.perf_counter()
     device = torch.device(device)
@@ -322,16 +387,19 @@ def layer_eigen(
             reported = done
             progress(done, total, time.perf_counter() - start)
 
+    if device.type == "cpu":
+        def both(name: str) -> tuple[Eigen, Eigen]:
+            layer = layers[name]
+            return _decompose_direct({name: layer.c_in}, device)[name], _decompose_output({name: layer}, device)[name]
+
+        for name, (e_in, e_out) in cpu_map(both, list(layers), cost=lambda n: decomposition_cost(layers[n])):
+            eig_in[name], eig_out[name] = e_in, e_out
+            report()
+        return {n: eig_in[n] for n in layers}, {n: eig_out[n] for n in layers}, time.perf_counter() - start
     with cpu_threads(CPU_EIGH_THREADS):
-        if device.type == "cpu":
-            for name, layer in layers.items():
-                eig_in.update(_decompose_direct({name: layer.c_in}, device))
-                eig_out.update(_decompose_output({name: layer}, device))
-                report()
-        else:
-            for names in _groups({n: layer.c_in.shape[0] for n, layer in layers.items()}, device):
-                eig_in.update(_decompose_direct({n: layers[n].c_in for n in names}, device))
-            for names in _groups({n: _output_key(layer) for n, layer in layers.items()}, device):
-                eig_out.update(_decompose_output({n: layers[n] for n in names}, device))
-                report()
+        for names in _groups({n: layer.c_in.shape[0] for n, layer in layers.items()}):
+            eig_in.update(_decompose_direct({n: layers[n].c_in for n in names}, device))
+        for names in _groups({n: _output_key(layer) for n, layer in layers.items()}):
+            eig_out.update(_decompose_output({n: layers[n] for n in names}, device))
+            report()
     return eig_in, eig_out, time.perf_counter() - start

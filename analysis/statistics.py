@@ -107,6 +107,7 @@ class MomentCollector:
         self._batch = 0
         self._image_ids: torch.Tensor | None = None
         self._halves_of_batch: torch.Tensor | None = None
+        self._halves_sorted = False
         self.half_problems: dict[str, str] = {}
         """Layers whose vectors could not be attributed to images: their half statistics are not valid."""
 
@@ -137,9 +138,14 @@ class MomentCollector:
 
     def begin_batch(self, image_ids: torch.Tensor) -> None:
         """Call before each forward with the indices (in the analysed selection) of the batch's images:
-        token sets and the split halves (:mod:`analysis.uncertainty`) attribute vectors to images by them."""
+        token sets and the split halves (:mod:`analysis.uncertainty`) attribute vectors to images by them.
+        A batch ordered by :func:`analysis.uncertainty.half_order` has each half's vectors added as one slice
+        (no copy); any other order is gathered per half, with the same sums up to float32 rounding."""
         self._image_ids = image_ids.to(torch.int64).cpu()
-        self._halves_of_batch = half_of(self._image_ids).to(self.device) if self.n_halves == 2 else None
+        halves = half_of(self._image_ids)
+        self._halves_of_batch = halves if self.n_halves == 2 else None
+        # half-0 images first (analysis.uncertainty.half_order): each half is a slice, nothing is gathered
+        self._halves_sorted = bool((halves[1:] >= halves[:-1]).all())
 
     def next_batch(self) -> None:
         """Call once after each batch: checks finiteness (:meth:`check_finite`), ends discovery and runs the
@@ -209,9 +215,13 @@ class MomentCollector:
             self._flag_halves(name, "it was called without image ids")
             self._add_rows(name, 0, kept.reshape(-1, kept.shape[-1]))
             return
-        halves = halves[first_image : first_image + images].to(kept.device)
-        for half in (0, 1):
-            rows_of_half = kept[halves == half]
+        halves = halves[first_image : first_image + images]  # on the CPU: no device synchronisation
+        if self._halves_sorted:
+            first_of_half_1 = int((halves == 0).sum())
+            parts = (kept[:first_of_half_1], kept[first_of_half_1:])
+        else:
+            parts = (kept[(halves == 0).to(kept.device)], kept[(halves == 1).to(kept.device)])
+        for half, rows_of_half in enumerate(parts):
             self._add_rows(name, half, rows_of_half.reshape(-1, kept.shape[-1]))
 
     def _add_rows(self, name: str, half: int, rows: torch.Tensor) -> None:

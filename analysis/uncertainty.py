@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_threads, output_second_moment,
-                      symmetrized_with_jitter)
+from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_map, cpu_threads, decomposition_cost,
+                      output_second_moment, symmetrized_with_jitter)
 
 SNAPSHOTS = 6
 """Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
@@ -47,6 +47,13 @@ _GOLDEN = 2654435769
 def half_of(image_ids: torch.Tensor) -> torch.Tensor:
     """``0``/``1`` half of each image index (int64 tensor of indices into the analysed selection)."""
     return ((image_ids.to(torch.int64) * _GOLDEN) % (1 << 32)) >> 31
+
+
+def half_order(image_ids: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts a batch's half-0 images first and its half-1 images after, each in their
+    original order: with it, each half's vectors are one contiguous slice of every layer's input and the
+    statistics add them without gathering a copy (:class:`~analysis.statistics.MomentCollector`)."""
+    return torch.argsort(half_of(image_ids), stable=True)
 
 
 def snapshot_batches(n_batches: int, batch_size: int, n_images: int) -> list[int]:
@@ -98,7 +105,9 @@ class Snapshots:
     def take(self, images: int, layers: dict[str, AffineLayer]) -> None:
         start = time.perf_counter()
         self.images.append(int(images))
-        self.values.append({name: eigenvalues(layer) for name, layer in layers.items()})
+        values = dict(cpu_map(lambda name: eigenvalues(layers[name]), list(layers),
+                              cost=lambda name: decomposition_cost(layers[name])))
+        self.values.append({name: values[name] for name in layers})
         self.seconds += time.perf_counter() - start
 
     def state(self) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ For activations ``x`` (``n`` tokens x ``d`` features) each call adds, in place::
 ``x`` may be bfloat16, float16 or float32, any ``n >= 0`` and ``d >= 1``, with any row stride (a
 non-contiguous row-slice view is fine; a tensor without unit column stride is copied). 16-bit values are
 multiplied exactly and accumulated in float32; float32 values use full-precision products. The strict
-upper triangle of ``acc`` is unspecified (Triton leaves it mostly untouched, torch fills it); call
+upper triangle of ``acc`` is unspecified (Triton and the default CPU method leave most of it untouched); call
 :func:`symmetrize` for the full matrix.
 
 Backends (see :mod:`kernels.backend`): ``"triton"`` (CUDA, or the CPU interpreter under

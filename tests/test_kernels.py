@@ -503,7 +503,7 @@ def test_kernel_compiles_for_hopper_with_the_intended_precision() -> None:
     }, proc.stdout
 
 
-@pytest.mark.parametrize("method", ["syrk", "gemm"])
+@pytest.mark.parametrize("method", ["blocked", "syrk", "gemm"])
 @pytest.mark.parametrize("acc_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
 def test_torch_backend_keeps_float32_products_under_active_autocast(
     method: str, acc_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
@@ -514,7 +514,7 @@ def test_torch_backend_keeps_float32_products_under_active_autocast(
     from kernels import reference
 
     monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
-    n, d = 2000, 96
+    n, d = 2000, 96  # two column blocks for "blocked"
     x = _activations(n, d, torch.float32, _seed("autocast", method, acc_dtype))
     acc = torch.zeros(d, d, dtype=acc_dtype)
     colsum = torch.zeros(d, dtype=acc_dtype)
@@ -527,7 +527,6 @@ def test_torch_backend_keeps_float32_products_under_active_autocast(
     ref = both.T @ both
     err = _lower_rel_err(acc, ref)
     assert err <= 1e-6, f"{method}: relative error {err:.2e} under autocast (bf16 products give ~2e-3)"
-    assert torch.equal(acc, acc.T), "the torch path fills the full symmetric matrix"
     assert _vec_rel_err(colsum, both.sum(dim=0), both) <= 1e-6
     xr = x.to(torch.bfloat16).double()  # autocast rounds a layer's float32 input to bf16 (nearest even)
     assert _lower_rel_err(rounded_acc, xr.T @ xr) <= 1e-6
@@ -535,22 +534,45 @@ def test_torch_backend_keeps_float32_products_under_active_autocast(
     assert _lower_rel_err(rounded_acc, ref) > 1e-5, "the default under autocast rounds float32 inputs to bf16"
 
 
-def test_cpu_syrk_and_gemm_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rank-k update (one triangle, mirrored) equals the full GEMM on every element, ragged sizes and a
-    row-strided view included, and falls back to the GEMM when SciPy is missing."""
+@pytest.mark.parametrize("acc_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
+def test_cpu_methods_agree_on_the_lower_triangle(acc_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block rows (one GEMM per block row of the lower triangle), the rank-k update (one triangle,
+    mirrored) and the full GEMM equal the float64 product on the lower triangle, for widths of one, two and
+    several column blocks (ragged last block, both block sizes), a row-strided view and a single row. The
+    block rows never write right of the diagonal blocks (a poisoned strict upper triangle stays as it was
+    there), and the poison never reaches the lower triangle."""
     from kernels import reference
 
-    big = _activations(333, 130, torch.bfloat16, _seed("syrk-vs-gemm"))
-    for x in (big, big[::3, 5:122], big[:1, :17]):
-        got = {}
-        for method in ("syrk", "gemm"):
-            monkeypatch.setattr(reference, "CPU_METHOD", method, raising=False)  # (absent before the fix)
-            got[method] = kernels.second_moment(x, torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64),
-                                                backend="torch")
+    big = _activations(333, 300, torch.bfloat16, _seed("cpu-methods", acc_dtype))
+    for x in (big, big[:, :130], big[::3, 5:122], big[:1, :17], big[:, :64]):
+        d = x.shape[1]
         ref = x.double().T @ x.double()
-        for method, acc in got.items():
-            assert (acc - ref).norm() / ref.norm() <= 1e-6, method
-        assert torch.equal(got["syrk"], got["syrk"].T)
+        poison = torch.triu(torch.full((d, d), float("nan"), dtype=acc_dtype), diagonal=1)
+        for method in ("blocked", "syrk", "gemm"):
+            monkeypatch.setattr(reference, "CPU_METHOD", method)
+            start = poison.clone() if method == "blocked" else torch.zeros(d, d, dtype=acc_dtype)
+            acc = kernels.second_moment(x, start, backend="torch")
+            assert _lower_rel_err(acc, ref) <= 1e-6, (method, d)
+            if method == "blocked":
+                b = reference.block_columns(d)
+                block_of = torch.arange(d) // b
+                outside = block_of[None, :] > block_of[:, None]  # strictly right of each row's diagonal block
+                assert torch.isnan(acc[outside]).all(), "block rows wrote outside the lower block triangle"
+            if method == "syrk":
+                assert torch.equal(acc, acc.T)
+
+
+def test_block_columns_cover_every_width() -> None:
+    """Every width is covered exactly once by the block rows, with the measured block sizes."""
+    from kernels import reference
+
+    assert [reference.block_columns(d) for d in (1, 192, 256, 257, 768, 1024, 1025, 4096)] == \
+        [64, 64, 64, 128, 128, 128, 256, 256]
+
+
+def test_cpu_syrk_falls_back_to_the_gemm_without_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernels import reference
+
     monkeypatch.setattr(reference, "CPU_METHOD", "syrk")
     monkeypatch.setattr(reference, "_scipy_syrk", lambda: None)
     x = _activations(50, 9, torch.float32, _seed("no-scipy"))

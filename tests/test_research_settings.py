@@ -212,6 +212,35 @@ def _split_half_error(n: int, seed: int) -> float:
                           for e in energies]))
 
 
+def test_each_half_holds_exactly_its_images_in_any_batch_order():
+    """A batch ordered by half_order (each half one slice, the engine's way) and the same batch in its
+    loader order (each half gathered) give each half exactly the moment of its own images' tokens."""
+    n, tokens, d = 48, 5, 12
+    generator = torch.Generator().manual_seed(7)
+    data = torch.randn(n, tokens, d, generator=generator, dtype=torch.float64).float()
+    model = nn.Sequential(nn.Linear(d, 3))
+    ids = torch.arange(n)
+    expected = []
+    for half in (0, 1):
+        rows = data[uncertainty.half_of(ids) == half].reshape(-1, d).double()
+        expected.append((rows.T @ rows, rows.sum(0), rows.shape[0]))
+    assert min(e[2] for e in expected) > 0
+    order = uncertainty.half_order(ids)
+    assert torch.equal(uncertainty.half_of(ids[order]), uncertainty.half_of(ids).sort().values)
+    for batch_ids in (ids, ids[order]):
+        collector = MomentCollector(describe_layers(model), halves=True)
+        with collector, torch.no_grad():
+            for part in batch_ids.split(20):
+                collector.begin_batch(part)
+                model(data[part])
+                collector.next_batch()
+        for half, (c, s, count) in zip(collector.half_moments(), expected):
+            got = half["0"]
+            assert got.count == count
+            torch.testing.assert_close(got.second_moment, c, rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(got.column_sum, s, rtol=1e-6, atol=1e-5)
+
+
 def test_split_half_error_bars_shrink_as_samples_grow():
     for seed in (0, 1, 2):
         small, large = _split_half_error(96, seed), _split_half_error(12000, seed)

@@ -127,6 +127,57 @@ def test_layer_eigen_reports_progress_per_layer_and_matches_direct() -> None:
         _check_against_direct(eig_out[name], _direct(layer), layer)
 
 
+def test_cpu_workers_give_the_same_bits_in_the_layers_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Independent layers decomposed side by side (``CPU_WORKERS`` threads, one LAPACK thread each) give exactly
+    the bits of one worker, in the order of ``layers`` whatever order they finish in; progress counts up."""
+    layers = {f"l{i}": _layer(20 + 37 * (i % 4), 9 + 23 * (i % 3), 400, i % 2 == 0, seed=40 + i) for i in range(9)}
+    runs = {}
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(spectra, "CPU_WORKERS", workers)
+        calls: list[tuple[int, int, float]] = []
+        runs[workers] = layer_eigen(layers, "cpu", progress=lambda *a: calls.append(a))
+        assert [c[:2] for c in calls] == [(i, len(layers)) for i in range(1, len(layers) + 1)]
+    for workers, (eig_in, eig_out, _) in runs.items():
+        assert list(eig_in) == list(eig_out) == list(layers)
+        for name in layers:
+            for got, ref in ((eig_in[name], runs[1][0][name]), (eig_out[name], runs[1][1][name])):
+                assert torch.equal(got.values, ref.values) and torch.equal(got.vectors, ref.vectors), (workers, name)
+
+
+def test_cpu_map_runs_in_parallel_and_reraises_the_first_failure() -> None:
+    """Keys start largest cost first; two workers really overlap (each call waits for the other to start);
+    an exception in one call reaches the caller and the keys not yet started are dropped."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=30)
+    started: list[str] = []
+
+    def meet(key: str) -> str:
+        started.append(key)
+        barrier.wait()  # would time out (BrokenBarrierError) if the two calls ran one after the other
+        return key.upper()
+
+    got = list(spectra.cpu_map(meet, ["a", "b", "c", "d"], cost={"a": 1, "b": 4, "c": 3, "d": 2}.get, workers=2))
+    assert sorted(got) == [(k, k.upper()) for k in "abcd"]
+    assert set(started[:2]) == {"b", "c"}
+
+    ran: list[int] = []
+
+    def fail_on_two(key: int) -> int:
+        ran.append(key)
+        if key == 2:
+            raise ValueError("layer 2 is broken")
+        return key
+
+    with pytest.raises(ValueError, match="layer 2 is broken"):
+        list(spectra.cpu_map(fail_on_two, list(range(2, 40)), workers=1))
+    assert ran == [2]
+    ran.clear()
+    with pytest.raises(ValueError, match="layer 2 is broken"):
+        list(spectra.cpu_map(fail_on_two, list(range(2, 40)), workers=2))
+    assert 2 in ran and len(ran) <= 4
+
+
 def test_spectra_never_reads_module_parameters() -> None:
     """The caller passes the effective weight; AffineLayer holds tensors only (nothing to read a module from)."""
     layer = _layer(20, 5, 50, True, seed=11)
