@@ -33,7 +33,7 @@ from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
 from .capture import effective_parameters, layer_status
 from . import status as layer_status_codes
-from .spectra import AffineLayer, cpu_map, decomposition_cost, layer_eigen
+from .spectra import AffineLayer, cpu_dict, decomposition_cost, layer_eigen
 from .statistics import LayerMoments, MomentCollector
 from .tokens import TokenLayout, TokenSet
 from . import centring, uncertainty
@@ -347,10 +347,10 @@ def compute_spectra(
                                              tokens=collector.selector.rules.get(name, ""))
 
     def svd_cost(name: str) -> float:  # W's singular values and the preservation grid: about d_in d_out (d_in + d_out)
-        return float(by_name[name].d_in * by_name[name].d_out * (by_name[name].d_in + by_name[name].d_out))
+        spec = by_name[name]
+        return float(spec.d_in * spec.d_out * (spec.d_in + spec.d_out))
 
-    built = dict(cpu_map(derived, list(by_name), cost=svd_cost))
-    spectra = [built[spec.name] for spec in applicable]
+    spectra = list(cpu_dict(derived, list(by_name), cost=svd_cost).values())
     for spectrum in spectra:
         share_in, share_out = centring.mean_shares(uncentred[spectrum.name])
         spectrum.extras["mean_share_in"] = np.array([share_in])
@@ -386,13 +386,13 @@ def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec
     half_layers = [affine_layers([s for s in applicable if s.name in half], half, findings, centred)
                    for half in halves]
     snapshots = streamed.snapshots
-    wanted = [(name, label) for spectrum in spectra
-              if len(half_layers) == 2 and (name := spectrum.name) in half_layers[0] and spectrum.n_samples > 0
-              for label in ("a", "b")]
-    layer_of = {(name, label): layers[name] for name in {n for n, _ in wanted}
-                for label, layers in zip(("a", "b"), half_layers)}
-    half_values = dict(cpu_map(lambda key: uncertainty.eigenvalues(layer_of[key]), wanted,
-                               cost=lambda key: decomposition_cost(layer_of[key])))
+    layer_of: dict[tuple[str, str], AffineLayer] = {}  # (layer, half) -> that half's statistics
+    for spectrum in spectra:
+        if len(half_layers) == 2 and spectrum.name in half_layers[0] and spectrum.n_samples > 0:
+            for label, layers in zip(("a", "b"), half_layers):
+                layer_of[(spectrum.name, label)] = layers[spectrum.name]
+    half_values = cpu_dict(lambda key: uncertainty.eigenvalues(layer_of[key]), list(layer_of),
+                           cost=lambda key: decomposition_cost(layer_of[key]))
     for spectrum in spectra:
         name = spectrum.name
         for label in ("a", "b"):

@@ -66,7 +66,8 @@ CPU_EIGH_THREADS: int = 1
 #: Worker threads that decompose independent matrices side by side (:func:`cpu_map`), each on one LAPACK
 #: thread: the machine's cores (at most 8), since every matrix's result is the same bits whichever worker
 #: computes it and however many there are. Measured with ``benchmarks/bench_cpu_statistics.py``.
-CPU_WORKERS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+CPU_WORKERS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                else (os.cpu_count() or 1)))
 
 #: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group
 #: that completes layers (GPU).
@@ -205,16 +206,21 @@ def cpu_map(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] 
                     future.cancel()
 
 
+def cpu_dict(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] | None = None) -> dict[K, R]:
+    """``{key: fn(key)}`` in the order of ``keys``, computed by :func:`cpu_map`."""
+    done = dict(cpu_map(fn, keys, cost))
+    return {key: done[key] for key in keys}
+
+
 def eigen_batched(matrices: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[dict[str, Eigen], float]:
     """Decompose every matrix, batched by shape. Returns the decompositions (on the CPU) and seconds spent."""
     start = time.perf_counter()
     device = torch.device(device)
     out: dict[str, Eigen] = {}
     if device.type == "cpu":
-        for name, eig in cpu_map(lambda n: _decompose_direct({n: matrices[n]}, device)[n], list(matrices),
-                                 cost=lambda n: matrices[n].shape[0] ** 3):
-            out[name] = eig
-        return {n: out[n] for n in matrices}, time.perf_counter() - start
+        out = cpu_dict(lambda n: _decompose_direct({n: matrices[n]}, device)[n], list(matrices),
+                       cost=lambda n: matrices[n].shape[0] ** 3)
+        return out, time.perf_counter() - start
     with cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: m.shape[0] for n, m in matrices.items()}):
             out.update(_decompose_direct({n: matrices[n] for n in names}, device))
@@ -329,10 +335,9 @@ def output_eigen_batched(
     device = torch.device(device)
     out: dict[str, Eigen] = {}
     if device.type == "cpu":
-        for name, eig in cpu_map(lambda n: _decompose_output({n: layers[n]}, device)[n], list(layers),
-                                 cost=lambda n: decomposition_cost(layers[n])):
-            out[name] = eig
-        return {n: out[n] for n in layers}, time.perf_counter() - start
+        out = cpu_dict(lambda n: _decompose_output({n: layers[n]}, device)[n], list(layers),
+                       cost=lambda n: decomposition_cost(layers[n]))
+        return out, time.perf_counter() - start
     with cpu_threads(CPU_EIGH_THREADS):
         for names in _groups({n: _output_key(layer) for n, layer in layers.items()}):
             out.update(_decompose_output({n: layers[n] for n in names}, device))

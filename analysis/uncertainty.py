@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from . import metrics
-from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_map, cpu_threads, decomposition_cost,
+from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_dict, cpu_threads, decomposition_cost,
                       output_second_moment, symmetrized_with_jitter)
 
 SNAPSHOTS = 6
@@ -105,9 +105,8 @@ class Snapshots:
     def take(self, images: int, layers: dict[str, AffineLayer]) -> None:
         start = time.perf_counter()
         self.images.append(int(images))
-        values = dict(cpu_map(lambda name: eigenvalues(layers[name]), list(layers),
-                              cost=lambda name: decomposition_cost(layers[name])))
-        self.values.append({name: values[name] for name in layers})
+        self.values.append(cpu_dict(lambda name: eigenvalues(layers[name]), list(layers),
+                                    cost=lambda name: decomposition_cost(layers[name])))
         self.seconds += time.perf_counter() - start
 
     def state(self) -> dict[str, torch.Tensor]:

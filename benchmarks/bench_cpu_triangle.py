@@ -44,7 +44,8 @@ def _mkl_ssyrk() -> Callable[[torch.Tensor, torch.Tensor], None] | None:
         fn = lib.mkl_blas_ssyrk
     except (OSError, AttributeError):
         return None
-    integer = ctypes.c_longlong if torch.__config__.show().find("ILP64") >= 0 else ctypes.c_int
+    # 64-bit integers serve both MKL interfaces on a little-endian machine: ILP64 reads all 8 bytes, LP64 the low 4
+    integer = ctypes.c_longlong
 
     def syrk(x: torch.Tensor, acc: torch.Tensor) -> None:
         n, d = x.shape  # row-major n x d is Fortran d x n: C (Fortran upper) = A A^T is row-major lower X^T X
@@ -70,25 +71,15 @@ def main() -> None:
     mkl = _mkl_ssyrk()
     syrk = reference._scipy_syrk()
 
-    def openblas(threads: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    def through(method: str, syrk_threads: int = reference.SYRK_THREADS) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """The library's own CPU path with ``CPU_METHOD = method`` (and ``SYRK_THREADS``) for the call."""
         def run(x: torch.Tensor, acc: torch.Tensor) -> None:
-            previous = reference.SYRK_THREADS
-            reference.SYRK_THREADS = threads
-            try:
-                reference.CPU_METHOD = "syrk"
-                reference.second_moment_torch(x, acc)
-            finally:
-                reference.SYRK_THREADS = previous
-                reference.CPU_METHOD = "blocked"
-        return run
-
-    def through(method: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        def run(x: torch.Tensor, acc: torch.Tensor) -> None:
-            reference.CPU_METHOD = method
+            previous = reference.CPU_METHOD, reference.SYRK_THREADS
+            reference.CPU_METHOD, reference.SYRK_THREADS = method, syrk_threads
             try:
                 reference.second_moment_torch(x, acc)
             finally:
-                reference.CPU_METHOD = "blocked"
+                reference.CPU_METHOD, reference.SYRK_THREADS = previous
         return run
 
     methods: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], None], torch.dtype]] = {
@@ -96,8 +87,8 @@ def main() -> None:
         "blocked (MKL, lower block rows; the default)": (through("blocked"), torch.float64),
     }
     if syrk is not None:
-        methods["openblas ssyrk, 1 thread"] = (openblas(1), torch.float64)
-        methods["openblas ssyrk, 2 threads"] = (openblas(2), torch.float64)
+        methods["openblas ssyrk, 1 thread"] = (through("syrk", 1), torch.float64)
+        methods["openblas ssyrk, 2 threads"] = (through("syrk", 2), torch.float64)
     if mkl is not None:
         methods["mkl ssyrk (reference, float32 accumulator)"] = (mkl, torch.float32)
 
