@@ -67,13 +67,17 @@ def test_every_recipe_starts_from_build_model_of_its_seed_which_is_the_random_zo
 # ------------------------------------------------------------------------------------------ recipe checkpoints
 def test_tiny_recipe_run_writes_checkpoints_that_the_manifest_lists_and_loads(tmp_path):
     assert common.checkpoint_epochs(4) == [0, 1, 2, 4] and common.checkpoint_epochs(25) == [0, 1, 2, 4, 8, 16, 25]
+    assert common.checkpoint_steps(234, 25) == [0, 29, 58, 117, 234, 468, 936, 1872, 3744, 5850]
+    assert common.checkpoint_steps(468, 4) == [0, 58, 117, 234, 468, 936, 1872]  # DINO: 7 points in 4 epochs
+    assert common.checkpoint_steps(2, 1) == [0, 1, 2]
     run = tmp_path / "run"
     argv = ["--out", str(run), "--seed", "0", "--train-limit", "128", "--batch-size", "16", "--epochs", "4",
             "--threads", "1", "--eval-every-epoch", "0", "--checkpoint-probe-limit", "100",
             "--checkpoint-test-limit", "100"]
     assert supervised.main(argv) == 0
     records = json.loads((run / common.CHECKPOINT_RECORDS).read_text())
-    assert [r["step"] for r in records] == [0, 8, 16, 32] and [r["epoch"] for r in records] == [0, 1, 2, 4]
+    assert [r["step"] for r in records] == [0, 1, 2, 4, 8, 16, 32]
+    assert [r["epoch"] for r in records] == [0, 0.125, 0.25, 0.5, 1, 2, 4]
     for r in records:
         assert r["dtype"] == "float16" and 0.0 <= r["accuracy"]["linear_probe_top1"] <= 1.0
         assert r["evaluation"] == {"train_images": 100, "test_images": 100}
@@ -88,9 +92,9 @@ def test_tiny_recipe_run_writes_checkpoints_that_the_manifest_lists_and_loads(tm
                          "--test-limit", "200", "--threads", "1"]) == 0
     entry = read_manifest(manifest)["models"]["vit-fmnist-supervised"]
     listed = entry["checkpoints"]
-    assert [c["step"] for c in listed] == [0, 8, 16, 32]
-    assert [c["model_id"] for c in listed] == ["zoo:vit-fmnist-supervised?step=0", "zoo:vit-fmnist-supervised?step=8",
-                                               "zoo:vit-fmnist-supervised?step=16", "zoo:vit-fmnist-supervised"]
+    assert [c["step"] for c in listed] == [0, 1, 2, 4, 8, 16, 32]
+    assert [c["model_id"] for c in listed] == [f"zoo:vit-fmnist-supervised?step={s}" for s in (0, 1, 2, 4, 8, 16)] + [
+        "zoo:vit-fmnist-supervised"]
     assert listed[-1]["file"] == entry["file"] and listed[-1]["dtype"] == "float32"
     source = ZooSource(manifest)
     for c in listed[:-1]:
@@ -104,7 +108,7 @@ def test_tiny_recipe_run_writes_checkpoints_that_the_manifest_lists_and_loads(tm
     data[-1] ^= 0xFF
     (weights / listed[1]["file"]).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256"):
-        source.load("vit-fmnist-supervised", {"step": "8"})
+        source.load("vit-fmnist-supervised", {"step": "1"})
 
 
 # ------------------------------------------------------------------------------------------ timeline

@@ -13,9 +13,10 @@ draws always come from the CPU generator and are moved to the device, so a GPU r
 masks and batches as a CPU run (its arithmetic differs only by floating-point order). Batches are moved to
 the device one at a time; checkpoints and published weights are written from CPU copies.
 
-Checkpoints during training (:class:`Checkpointer`): the backbone is saved at log-spaced points, step 0 (before
-any update), then after epochs 1, 2, 4, 8, ... and after the last epoch (or the last step of a ``--max-steps``
-run), as ``<out>/checkpoints/step_<step:06d>.safetensors`` in float16 (``--checkpoint-dtype``), with the step,
+Checkpoints during training (:class:`Checkpointer`): the backbone is saved at log-spaced points
+(:func:`checkpoint_steps`): step 0 (before any update), after 1/8, 1/4 and 1/2 of the first epoch (where
+early training moves fastest), then after epochs 1, 2, 4, 8, ... and after the last epoch (or the last step of
+a ``--max-steps`` run), as ``<out>/checkpoints/step_<step:06d>.safetensors`` in float16 (``--checkpoint-dtype``), with the step,
 epoch, regime, seed and accuracies in the safetensors metadata (so the folder is a ``folder-of-checkpoints:``
 series for :func:`analysis.timeline`), and one record per checkpoint (file, step, epoch, sha256,
 linear-probe and k-NN top-1) in ``<out>/checkpoints.json``. float16 keeps 10 mantissa bits: weights reload to
@@ -232,7 +233,7 @@ def train_loop(
     ``step_fn`` sets the learning rate, does forward/backward/step and returns scalars to log. After every
     epoch ``modules``, the optimizer, ``extra_state`` (buffers such as DINO's centre), the epoch and the
     accumulated training seconds go atomically to ``<out>/last.pt``; ``--resume`` restores them.
-    ``checkpointer`` (optional) saves the backbone at step 0 and after the log-spaced epochs and the last one
+    ``checkpointer`` (optional) saves the backbone at the log-spaced steps of :func:`checkpoint_steps` and the last one
     (its evaluation time is not counted in ``train_seconds``).
     Returns ``{"epochs_done", "train_seconds", "steps"}``.
     """
@@ -253,6 +254,8 @@ def train_loop(
     elif args.resume:
         log(f"--resume given but {ckpt} does not exist; starting from scratch")
     step = start_epoch * steps_per_epoch
+    if checkpointer is not None:
+        checkpointer.plan(steps_per_epoch)
     if checkpointer is not None and step == 0:
         checkpointer.save(0, 0.0)
     for epoch in range(start_epoch, args.epochs):
@@ -268,6 +271,8 @@ def train_loop(
             n += 1
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+            if checkpointer is not None and i + 1 < steps_per_epoch and checkpointer.wanted(step):
+                checkpointer.save(step, round(step / steps_per_epoch, 4))  # a point inside the first epoch
             if i % 50 == 0:
                 log(f"epoch {epoch + 1}/{args.epochs} step {i}/{steps_per_epoch} "
                     + " ".join(f"{k}={v:.4g}" for k, v in out.items())
@@ -277,7 +282,7 @@ def train_loop(
         seconds += time.time() - t0
         msg = epoch_end(epoch) if epoch_end else ""
         stopped = args.max_steps is not None and step >= args.max_steps
-        if checkpointer is not None and (checkpointer.wanted(epoch + 1) or stopped or epoch + 1 == args.epochs):
+        if checkpointer is not None and (checkpointer.wanted(step) or stopped or epoch + 1 == args.epochs):
             checkpointer.save(step, round(step / steps_per_epoch, 4))
         save_atomic({
             "modules": {k: m.state_dict() for k, m in modules.items()},
@@ -299,7 +304,7 @@ CHECKPOINT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def checkpoint_epochs(epochs: int) -> list[int]:
-    """The log-spaced schedule: ``[0, 1, 2, 4, 8, ..., epochs]`` (powers of two below ``epochs``, then ``epochs``)."""
+    """The log-spaced epochs: ``[0, 1, 2, 4, 8, ..., epochs]`` (powers of two below ``epochs``, then ``epochs``)."""
     out, e = [0], 1
     while e < epochs:
         out.append(e)
@@ -307,6 +312,20 @@ def checkpoint_epochs(epochs: int) -> list[int]:
     if epochs > 0:
         out.append(epochs)
     return out
+
+
+FIRST_EPOCH_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)
+"""Points inside the first epoch, as fractions of it: the schedule stays log-spaced in steps down to 1/8 epoch."""
+
+
+def checkpoint_steps(steps_per_epoch: int, epochs: int) -> list[int]:
+    """The log-spaced schedule in optimizer steps: 0, then ``FIRST_EPOCH_FRACTIONS`` of the first epoch
+    (rounded down, at least step 1), then the ends of the epochs of :func:`checkpoint_epochs`.
+
+    E.g. 234 steps per epoch, 25 epochs: ``[0, 29, 58, 117, 234, 468, 936, 1872, 3744, 5850]``."""
+    inside = [max(1, int(steps_per_epoch * f)) for f in FIRST_EPOCH_FRACTIONS] if epochs > 0 else []
+    ends = [e * steps_per_epoch for e in checkpoint_epochs(epochs)]
+    return sorted(set([0] + [s for s in inside if s < steps_per_epoch] + ends))
 
 
 class Checkpointer:
@@ -327,10 +346,14 @@ class Checkpointer:
         if args.resume and self.records_path.is_file():
             self.records = json.loads(self.records_path.read_text())
         self._data: tuple[Split, Split] | None = None
-        self.schedule = set(checkpoint_epochs(args.epochs))
+        self.schedule: set[int] = set()
 
-    def wanted(self, epochs_done: int) -> bool:
-        return epochs_done in self.schedule
+    def plan(self, steps_per_epoch: int) -> None:
+        """Fix the schedule for a run of ``steps_per_epoch`` x ``args.epochs`` steps (:func:`checkpoint_steps`)."""
+        self.schedule = set(checkpoint_steps(steps_per_epoch, self.args.epochs))
+
+    def wanted(self, step: int) -> bool:
+        return step in self.schedule
 
     def _eval_data(self) -> tuple[Split, Split]:
         if self._data is None:

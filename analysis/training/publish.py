@@ -14,8 +14,8 @@ Checkpoints: a run's intermediate checkpoints (``<run>/checkpoints.json``, writt
 sha256 checked after the copy) and listed under the model as ``checkpoints``, ordered by step; the run's last
 checkpoint is replaced by the published float32 model itself (``model_id`` ``zoo:<name>``), whose accuracies are
 the full evaluation's. Each listed checkpoint loads as ``zoo:<name>?step=<step>``. Size budget:
-:data:`CHECKPOINT_BUDGET_MB` per regime for the intermediate files (a zoo ViT is 0.92 MB in float16, so up to 8
-points: step 0 and epochs 1, 2, 4, ..., 64 fit); publishing refuses a run over budget.
+:data:`CHECKPOINT_BUDGET_MB` per regime for the intermediate files (a zoo ViT is 0.92 MB in float16, so up to 10
+points: step 0, three points inside the first epoch and epochs 1, 2, 4, ..., 16 fit); publishing refuses a run over budget.
 
 A model published before checkpoints were kept (no ``checkpoints.json``) gets the only honest series it has:
 its step-0 initialisation and its final weights. Every recipe builds its model with
@@ -70,11 +70,12 @@ ARCH_RATIONALE = (
 )
 
 
-CHECKPOINT_BUDGET_MB = 8.0
+CHECKPOINT_BUDGET_MB = 10.0
 """Most megabytes of intermediate checkpoints kept in the repository per regime."""
 
 CHECKPOINT_POLICY = (
-    "Intermediate checkpoints: the backbone (+ head) at step 0 and after epochs 1, 2, 4, 8, ... of training, "
+    "Intermediate checkpoints: the backbone (+ head) at step 0, after 1/8, 1/4 and 1/2 of the first epoch and after "
+    "epochs 1, 2, 4, 8, ... of training, "
     "stored in float16 (not an exact reload of the float32 training weights: relative error <= 2^-11 per weight, "
     "immaterial to the analysed ranks), at most " + f"{CHECKPOINT_BUDGET_MB:g}" + " MB per regime; the last point is "
     "the published float32 model. Accuracies at intermediate checkpoints: probe and k-NN fitted on the first "
@@ -215,7 +216,7 @@ def write_manifest(entries: dict[str, dict[str, Any]], path: Path) -> None:
         "architecture": {"arch": ARCH_NAME, "timm_class": "timm.models.vision_transformer.VisionTransformer",
                          "arch_kwargs": ARCH_KWARGS, "rationale": ARCH_RATIONALE},
         "checkpoint_policy": {"text": CHECKPOINT_POLICY, "budget_mb_per_regime": CHECKPOINT_BUDGET_MB,
-                              "schedule": "step 0, epochs 1, 2, 4, 8, ..., last", "dtype": "float16"},
+                              "schedule": "step 0, epochs 1/8, 1/4, 1/2, 1, 2, 4, 8, ..., last", "dtype": "float16"},
         "models": {k: entries[k] for k in sorted(entries)},
     }
     tmp = path.with_name(path.name + ".tmp")
