@@ -33,6 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .defaults import DEFAULT_ENERGY
 from .demo_results import SEED_ROOT, seed_entry
 from .errors import CacheError
 from .meta import ResultMeta
@@ -291,8 +292,8 @@ def _entry_from_manifest(manifest: dict) -> CacheEntry:
         key=manifest["key"],
         created=float(created) if isinstance(created, (int, float)) else 0.0,
         meta=ResultMeta.from_dict(manifest["meta"]),
-        energy_in=manifest.get("energy_in", 0.99),
-        energy_out=manifest.get("energy_out", 0.99),
+        energy_in=manifest.get("energy_in", DEFAULT_ENERGY),
+        energy_out=manifest.get("energy_out", DEFAULT_ENERGY),
         n_layers=len(manifest.get("layers", [])),
         n_not_applicable=len(manifest.get("not_applicable", [])),
     )

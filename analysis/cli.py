@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import defaults
+from .defaults import DEFAULT_ENERGY
 from .tokens import label as token_label
 from .errors import AnalysisError, SettingsError
 
@@ -32,14 +32,46 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see python -m analysis {self.prog.split()[-1]} --help)\n")
 
 
-def _add_data_pass_options(command: argparse.ArgumentParser) -> None:
-    """The options of one pass over the data, shared by ``run`` and ``timeline``."""
-    command.add_argument("--samples", type=int, default=None, help="number of images (default: the whole dataset)")
-    command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--energy-in", type=float, default=0.99)
-    command.add_argument("--energy-out", type=float, default=0.99)
-    command.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    command.add_argument("--batch-size", type=int, default=None)
+def add_settings_options(command: argparse.ArgumentParser, exclude: Sequence[str] = ()) -> None:
+    """One option per :class:`~analysis.settings.AnalysisSettings` field (but ``exclude``), generated from the
+    dataclass: ``--<name-with-dashes>`` (or the field's ``flag``), its type, default, choices and help text;
+    a true/false field gets ``--x/--no-x``, the layer patterns one comma-separated string. The parsed value of
+    each lands under the field's own name (:func:`settings_from_args`)."""
+    from .settings import setting_fields, setting_types
+
+    types = setting_types()
+    for spec in setting_fields():
+        if spec.name in exclude:
+            continue
+        meta = spec.metadata
+        options: dict = {"dest": spec.name, "default": spec.default, "help": meta.get("help")}
+        kind = _option_type(types[spec.name])
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+        for name in ("choices", "metavar"):
+            if name in meta:
+                options[name] = meta[name]
+        command.add_argument(meta.get("flag", "--" + spec.name.replace("_", "-")), **options)
+
+
+def _option_type(annotation) -> type:
+    """``int | None`` -> int; ``tuple[str, ...] | None`` -> str (validated into patterns later); bool; str."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = typing.get_origin(args[0]) or args[0]
+    return str if kind is tuple else kind
+
+
+def settings_from_args(args: argparse.Namespace, **overrides) -> "AnalysisSettings":
+    """The settings a parsed command line asks for (the fields :func:`add_settings_options` added; not yet
+    validated), with ``overrides``."""
+    from .settings import AnalysisSettings, setting_names
+
+    given = {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
+    return AnalysisSettings(**{**given, **overrides})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,24 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="analyse a model on a dataset (cached)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model id (default {DEFAULT_MODEL})")
     run.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id: {dataset_forms} (default {DEFAULT_DATASET}; see `list datasets`)")
-    _add_data_pass_options(run)
-    run.add_argument("--tokens-per-image", type=int, default=None, help="sub-sample tokens per image (seeded)")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    run.add_argument("--keep-moments", action="store_true", help="also store the raw second moments (large)")
-    run.add_argument("--max-width", type=int, default=None,
-                     help="skip layers with max(d_in, d_out) above N (their statistics would not fit)")
-    run.add_argument("--layers", default=None,
-                     help="analyse only layers whose names match PATTERN[,PATTERN] (shell globs, e.g. 'blocks.*.attn.*')")
-    run.add_argument("--tokens", default="all", metavar="SET",
-                     help="which input vectors count: all, cls, patch, no-registers, no-outliers:Q (percent), "
-                          "centre[:F] (default all; see README, Research settings)")
-    run.add_argument("--centred", action=argparse.BooleanOptionalAction, default=False,
-                     help="analyse centred moments C - s s^T/N (the mean direction's share is reported either way; "
-                          "default --no-centred)")
-    run.add_argument("--no-uncertainty", action="store_true",
-                     help="skip the split-half error bars and the convergence snapshots (less memory and time)")
-    run.add_argument("--uncertainty", dest="no_uncertainty", action="store_false",
-                     help="store the error bars and convergence snapshots (the default; says so explicitly)")
+    add_settings_options(run)
     run.add_argument("--no-cache", action="store_true", help="recompute and do not store")
     run.add_argument("--export", default=None, help="also write the table to PATH.csv|.parquet|.json")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--samples", type=int, default=None, help="analysis images (default: the whole dataset)")
     comp.add_argument("--eval-samples", type=int, default=None, help="evaluation images (default: all)")
     comp.add_argument("--seed", type=int, default=0)
-    comp.add_argument("--energy-in", type=float, default=0.99)
-    comp.add_argument("--energy-out", type=float, default=0.99)
+    comp.add_argument("--energy-in", type=float, default=DEFAULT_ENERGY)
+    comp.add_argument("--energy-out", type=float, default=DEFAULT_ENERGY)
     comp.add_argument("--keep", type=float, default=None,
                       help="parameter budget: fraction of the counted layers' parameters to keep (overrides energies)")
     comp.add_argument("--finetune-steps", type=int, default=0)
@@ -133,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--series", action="append", required=True,
                     help="zoo:<name>, folder-of-checkpoints:<path>?arch=<timm arch>, or a model id (repeatable)")
     tl.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
-    _add_data_pass_options(tl)
-    tl.add_argument("--layers", action="store_true", help="also print the per-layer utilization (long format)")
+    add_settings_options(tl, exclude=("layers",))  # --layers prints the per-layer table here
+    tl.add_argument("--layers", dest="print_layers", action="store_true",
+                    help="also print the per-layer utilization (long format)")
     tl.add_argument("--export", default=None, help="also write the wide table to PATH.csv|.parquet|.json")
     tl.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -247,14 +263,7 @@ def run_settings(args, device: str | None = None) -> "AnalysisSettings":
     """The settings a parsed ``run`` command line asks for (not yet validated); ``device`` overrides
     ``--device`` (under torchrun each rank's own GPU). :func:`analysis.card.reproduce_command` relies on
     this mapping: its tests parse the command and plan these settings."""
-    from .settings import AnalysisSettings
-
-    return AnalysisSettings(
-        samples=args.samples, seed=args.seed, energy_in=args.energy_in, energy_out=args.energy_out,
-        device=device or args.device, batch_size=args.batch_size, tokens_per_image=args.tokens_per_image,
-        precision=args.precision, keep_moments=args.keep_moments, max_width=args.max_width, layers=args.layers,
-        token_set=args.tokens, centred=args.centred, uncertainty=not args.no_uncertainty,
-    )
+    return settings_from_args(args, **({"device": device} if device else {}))
 
 
 def cmd_run(args) -> int:
@@ -269,8 +278,8 @@ def cmd_run(args) -> int:
     rank, world_size = distributed.world()
     update, close = _progress_bar(args.quiet or rank != 0)
     try:
-        result = analyze(args.model, args.dataset, **asdict(run_settings(args, device)),
-                         use_cache=not args.no_cache, progress=update)
+        result = analyze(args.model, args.dataset, run_settings(args, device), use_cache=not args.no_cache,
+                         progress=update)
     finally:
         close()
         distributed.shutdown()
@@ -302,13 +311,14 @@ def cmd_list(args) -> int:
 
         for entry in catalogue():
             print(f"{entry.model_id:45s} {entry.group:22s} {entry.description}")
-        print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>")
+        print("also: timm:<name>[.<tag>], random:<timm arch>, file:<path>?arch=<timm arch>, tv:<torchvision name>, "
+              "hf:<model folder>")
     elif args.what == "datasets":
         from .data import dataset_templates, list_datasets
 
-        for dataset_id, description, available, reason in list_datasets():
-            state = "available" if available else f"unavailable: {reason}"
-            print(f"{dataset_id:28s} {description}  [{state}]")
+        for entry in list_datasets():
+            state = "available" if entry.available else f"unavailable: {entry.reason}"
+            print(f"{entry.dataset_id:28s} {entry.description}  [{state}]")
         print("also: " + ", ".join(template for template, _ in dataset_templates()))
     else:
         from .cache import ResultCache
@@ -444,8 +454,7 @@ def cmd_timeline(args) -> int:
         format_from_path(args.export)
     update, close = _progress_bar(args.quiet)
     try:
-        result = timeline(args.series, args.dataset, samples=args.samples, seed=args.seed, energy_in=args.energy_in,
-                          energy_out=args.energy_out, device=args.device, batch_size=args.batch_size, progress=update)
+        result = timeline(args.series, args.dataset, settings_from_args(args), progress=update)
     finally:
         close()
     table = result.table
@@ -454,7 +463,7 @@ def cmd_timeline(args) -> int:
                            "display.float_format", "{:.4g}".format):
         shown = table[TIMELINE_COLUMNS].assign(status=table["status"].str.slice(0, 60))
         print(shown.to_string(index=False))
-        if args.layers:
+        if args.print_layers:
             print()
             print(result.layers().to_string(index=False))
     if args.export:

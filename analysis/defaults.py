@@ -1,5 +1,6 @@
-"""The embedded default experience: the zoo's supervised ViT on the embedded Fashion-MNIST test split,
-and the comparison set of the three trained regimes plus random initialisation.
+"""The defaults: the method's energy (:data:`DEFAULT_ENERGY`), and the embedded default experience (the zoo's
+supervised ViT on the embedded Fashion-MNIST test split, and the comparison set of the three trained regimes
+plus random initialisation).
 
 ``ANALYSIS_DEFAULT_MODEL``, ``ANALYSIS_DEFAULT_DATASET``, ``ANALYSIS_DEFAULT_SAMPLES`` (a positive integer)
 and ``ANALYSIS_DEFAULT_COMPARISON`` (comma-separated model ids) override the default (tests use a tiny
@@ -13,6 +14,9 @@ from __future__ import annotations
 from typing import Callable
 
 from .environment import env_int, env_text
+
+DEFAULT_ENERGY = 0.99
+"""The default energy of the method, ``e_in = e_out`` (README, section Method): the one place it is written."""
 
 BUILTIN_MODEL = "zoo:vit-fmnist-supervised"
 BUILTIN_DATASET = "fashion-mnist:test"

@@ -77,32 +77,20 @@ def plan(model_id: str, dataset_id: str, settings: AnalysisSettings) -> Plan:
 def analyze(
     model: str,
     dataset: str,
-    samples: int | None = None,
-    seed: int = 0,
-    energy_in: float = 0.99,
-    energy_out: float = 0.99,
-    *,
-    device: str = "cpu",
-    batch_size: int | None = None,
-    tokens_per_image: int | None = None,
-    precision: str = "fp32",
-    keep_moments: bool = False,
-    max_width: int | None = None,
-    layers: str | tuple[str, ...] | None = None,
-    token_set: str = "all",
-    centred: bool = False,
-    uncertainty: bool = True,
+    settings: AnalysisSettings | int | None = None,
+    *legacy,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    **changes,
 ) -> Result:
-    """Analyse ``model`` on ``dataset`` and return the :class:`Result` at the given energies."""
-    settings = AnalysisSettings(
-        samples=samples, seed=seed, energy_in=energy_in, energy_out=energy_out, device=device,
-        batch_size=batch_size, tokens_per_image=tokens_per_image, precision=precision, keep_moments=keep_moments,
-        max_width=max_width, layers=layers, token_set=token_set, centred=centred, uncertainty=uncertainty,
-    )
+    """Analyse ``model`` on ``dataset`` and return the :class:`Result` at the settings' energies.
+
+    ``settings`` (:class:`AnalysisSettings`) describes the run; any of its fields may also be given as a
+    keyword argument (``samples=500``, ``energy_in=0.95``, ...), which overrides it. For calls written before
+    settings existed, ``analyze(model, dataset, samples, seed, energy_in, energy_out)`` still works."""
+    settings = AnalysisSettings.of_call(settings, legacy, changes)
     return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
                     progress=progress, should_stop=should_stop)
 

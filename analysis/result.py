@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from . import metrics, status as layer_status, uncertainty
+from .defaults import DEFAULT_ENERGY
 from .errors import SettingsError
 from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
@@ -189,8 +190,8 @@ class Result:
     meta: ResultMeta
     spectra: list[LayerSpectrum]
     not_applicable: list[dict] = field(default_factory=list)
-    energy_in: float = 0.99
-    energy_out: float = 0.99
+    energy_in: float = DEFAULT_ENERGY
+    energy_out: float = DEFAULT_ENERGY
     _table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @property

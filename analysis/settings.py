@@ -1,48 +1,76 @@
-"""Analysis settings, validated before any model or data is touched."""
+"""Analysis settings: the one description of a run, validated before any model or data is touched.
+
+:class:`AnalysisSettings` is shared by every way of starting an analysis: :func:`analysis.analyze` and
+:func:`analysis.timeline` (``settings=`` or the same names as keyword arguments), the command line (whose
+options :mod:`analysis.cli` generates from the fields below, with the help texts in their metadata) and the
+jobs (``request.json`` holds the fields). A new setting is one field here, with its ``help``; the CLI, the
+jobs and the keyword arguments follow.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import difflib
+import typing
+from dataclasses import Field, asdict, dataclass, field, fields, replace
+from typing import Any, Mapping
 
 import torch
 
+from .defaults import DEFAULT_ENERGY
 from .errors import SettingsError
 from .result import check_energy
 from .tokens import TokenSet
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+UNKEYED = ("energy_in", "energy_out", "device", "batch_size")
+"""Settings that do not change the statistics: left out of the cache key (energies only threshold the
+stored spectra; device and batch size change nothing but float rounding)."""
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """A settings field with what the command line needs: its ``help``, and where the option is not simply
+    ``--<name-with-dashes>``, its ``flag``; ``metavar`` and ``choices`` as in :mod:`argparse`."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
+    return field(default=default, metadata={k: v for k, v in metadata.items() if v is not None})
+
 
 @dataclass(frozen=True)
 class AnalysisSettings:
-    """What one analysis does.
+    """What one analysis does (README, sections Command line and Research settings).
 
-    ``samples`` None means the whole dataset. ``tokens_per_image`` None means every token/position.
-    ``precision`` is the forward pass's autocast dtype (statistics always accumulate in float32 or better).
-    ``energy_in``/``energy_out`` only threshold the stored spectra: they are not part of the cache key.
-    ``max_width`` skips layers with ``max(d_in, d_out)`` above it; ``layers`` keeps only layers whose names
-    match one of its shell globs (``"blocks.*.attn.qkv"``; a comma-separated string is accepted). Both change
-    which layers are analysed, so both are part of the cache key.
-    ``token_set`` chooses which input vectors count (:mod:`analysis.tokens`: ``all``, ``cls``, ``patch``,
-    ``no-registers``, ``no-outliers:Q``, ``centre:F``); ``centred`` analyses ``C_in - s s^T / N`` instead of
-    the uncentred moment; ``uncertainty`` also accumulates two half-samples (split-half error bars) and
-    snapshots of the running sums (the convergence curve). All three are part of the cache key.
+    Every field but ``energy_in``, ``energy_out``, ``device`` and ``batch_size`` is part of the cache key
+    (:meth:`key_parts`).
     """
 
-    samples: int | None = None
-    seed: int = 0
-    energy_in: float = 0.99
-    energy_out: float = 0.99
-    device: str = "cpu"
-    batch_size: int | None = None
-    tokens_per_image: int | None = None
-    precision: str = "fp32"
-    keep_moments: bool = False
-    max_width: int | None = None
-    layers: tuple[str, ...] | None = None
-    token_set: str = "all"
-    centred: bool = False
-    uncertainty: bool = True
+    samples: int | None = setting(None, "number of images (default: the whole dataset; a data object: its "
+                                         "first N images)", metavar="N")
+    seed: int = setting(0, "seed of the image subsample and of the token subsample (default 0)", metavar="S")
+    energy_in: float = setting(DEFAULT_ENERGY, f"input energy e_in in (0, 1] (default {DEFAULT_ENERGY}); "
+                                               "only thresholds the stored spectra", metavar="E")
+    energy_out: float = setting(DEFAULT_ENERGY, f"output energy e_out in (0, 1] (default {DEFAULT_ENERGY}); "
+                                                "only thresholds the stored spectra", metavar="E")
+    device: str = setting("cpu", "cpu or cuda[:N] (default cpu)", metavar="DEVICE")
+    batch_size: int | None = setting(None, "images per forward pass (default 32 on the CPU, 256 on a GPU)",
+                                     metavar="B")
+    tokens_per_image: int | None = setting(None, "sub-sample this many tokens per image (seeded; default all)",
+                                           metavar="T")
+    precision: str = setting("fp32", "autocast dtype of the forward pass; statistics always accumulate in "
+                                     "float32 or better (default fp32)", choices=tuple(PRECISIONS))
+    keep_moments: bool = setting(False, "also store the raw second moments (large; needed to re-project)")
+    max_width: int | None = setting(None, "skip layers with max(d_in, d_out) above N (their statistics would "
+                                          "not fit)", metavar="N")
+    layers: tuple[str, ...] | None = setting(None, "analyse only layers whose names match PATTERN[,PATTERN] "
+                                                   "(shell globs, e.g. 'blocks.*.attn.*')",
+                                             metavar="PATTERN[,PATTERN]")
+    token_set: str = setting("all", "which input vectors count: all, cls, patch, no-registers, no-outliers:Q "
+                                    "(percent), centre[:F] (default all; README, Research settings)",
+                             flag="--tokens", metavar="SET")
+    centred: bool = setting(False, "analyse centred moments C - s s^T/N (the mean direction's share is "
+                                   "reported either way; default --no-centred)")
+    uncertainty: bool = setting(True, "store split-half error bars and convergence snapshots (default; "
+                                      "--no-uncertainty saves memory and time)")
 
     def validated(self) -> "AnalysisSettings":
         check_energy(self.energy_in, "energy_in")
@@ -62,7 +90,7 @@ class AnalysisSettings:
         if self.precision == "fp16" and device == "cpu":
             raise SettingsError("fp16 autocast is not supported on the CPU; use fp32 or bf16")
         _positive_or_none(self.max_width, "max_width")
-        for flag in ("centred", "uncertainty"):
+        for flag in ("centred", "uncertainty", "keep_moments"):
             if not isinstance(getattr(self, flag), bool):
                 raise SettingsError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         token_set = TokenSet.parse(self.token_set).spec
@@ -72,7 +100,7 @@ class AnalysisSettings:
         """The settings that change the statistics (and therefore the cache entry)."""
         parts = asdict(self)
         parts["layers"] = list(self.layers) if self.layers else None
-        for name in ("energy_in", "energy_out", "device", "batch_size"):
+        for name in UNKEYED:
             parts.pop(name)
         return parts
 
@@ -80,6 +108,59 @@ class AnalysisSettings:
         if self.batch_size:
             return self.batch_size
         return 256 if str(self.device).startswith("cuda") else 32
+
+    def updated(self, changes: Mapping[str, Any], caller: str = "analyze") -> "AnalysisSettings":
+        """These settings with ``changes`` (field names) applied; an unknown name is a :class:`TypeError`
+        that names the closest setting, as Python does for a misspelt keyword argument."""
+        unknown = sorted(set(changes) - set(setting_names()))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], setting_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}{hint}; settings are "
+                            f"{', '.join(setting_names())}")
+        return replace(self, **changes) if changes else self
+
+    @classmethod
+    def of_call(cls, settings: "AnalysisSettings | int | None", legacy: tuple, changes: Mapping[str, Any],
+                caller: str = "analyze") -> "AnalysisSettings":
+        """The settings of a call ``f(model, data, settings=None, *legacy, **changes)``.
+
+        ``settings`` is an :class:`AnalysisSettings` (or None for the defaults); for calls written before it
+        existed it may be the sample count, and ``legacy`` the positional ``seed, energy_in, energy_out`` that
+        followed it. Keyword ``changes`` override the given settings."""
+        if len(legacy) > len(LEGACY_POSITIONAL):
+            raise TypeError(f"{caller}() takes at most {3 + len(LEGACY_POSITIONAL)} positional arguments")
+        positional = dict(zip(LEGACY_POSITIONAL, legacy))
+        if isinstance(settings, cls):
+            base = settings
+        elif settings is None or (isinstance(settings, int) and not isinstance(settings, bool)):
+            base = cls()
+            if settings is not None:
+                positional["samples"] = settings
+        else:
+            raise TypeError(f"{caller}() settings must be an AnalysisSettings, got {type(settings).__name__}")
+        both = sorted(set(positional) & set(changes))
+        if both:
+            raise TypeError(f"{caller}() got multiple values for argument {both[0]!r}")
+        return base.updated({**positional, **changes}, caller)
+
+
+LEGACY_POSITIONAL = ("seed", "energy_in", "energy_out")
+"""Positional arguments after the sample count in ``analyze(model, dataset, samples, seed, e_in, e_out)``."""
+
+
+def setting_fields() -> tuple[Field, ...]:
+    """The fields of :class:`AnalysisSettings`, in order (the command line's options come from these)."""
+    return fields(AnalysisSettings)
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in setting_fields()]
+
+
+def setting_types() -> dict[str, Any]:
+    """Each field's type, resolved (``int | None``, ``tuple[str, ...] | None``, ...)."""
+    return typing.get_type_hints(AnalysisSettings)
 
 
 def _positive_or_none(value: object, label: str) -> None:

@@ -42,9 +42,11 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .defaults import DEFAULT_ENERGY
 from .errors import AnalysisError, SettingsError
 from .progress import ProgressCallback
 from .result import Result
+from .settings import AnalysisSettings
 
 FOLDER_PREFIX = "folder-of-checkpoints:"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -193,8 +195,8 @@ class Timeline:
     results: list[Result | None]
     errors: list[str | None]
     dataset: str
-    energy_in: float = 0.99
-    energy_out: float = 0.99
+    energy_in: float = DEFAULT_ENERGY
+    energy_out: float = DEFAULT_ENERGY
 
     def at_energy(self, energy_in: float, energy_out: float | None = None) -> "Timeline":
         """Every checkpoint re-thresholded from its stored spectra."""
@@ -264,26 +266,24 @@ def resolve(series: str | Sequence[str]) -> list[Checkpoint]:
 def timeline(
     series: str | Sequence[str],
     dataset: str,
-    samples: int | None = None,
-    seed: int = 0,
-    energy_in: float = 0.99,
-    energy_out: float = 0.99,
-    *,
-    device: str = "cpu",
-    batch_size: int | None = None,
+    settings: AnalysisSettings | int | None = None,
+    *legacy,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
+    **changes,
 ) -> Timeline:
     """Analyse every checkpoint of ``series`` (one spec or a list, see the module docstring) on ``dataset``.
 
-    Each checkpoint goes through :func:`analysis.engine.analyze` with the same settings; an
-    :class:`~analysis.errors.AnalysisError` of one checkpoint becomes that row's ``status`` and the rest go on.
-    ``progress`` receives each analysis' :class:`~analysis.progress.Progress` with the stage prefixed by
-    ``"<i>/<n> <checkpoint>: "``.
+    Each checkpoint goes through :func:`analysis.engine.analyze` with the same ``settings``
+    (:class:`~analysis.settings.AnalysisSettings`; its fields may also be keyword arguments, as for
+    ``analyze``); an :class:`~analysis.errors.AnalysisError` of one checkpoint becomes that row's ``status``
+    and the rest go on. ``progress`` receives each analysis' :class:`~analysis.progress.Progress` with the
+    stage prefixed by ``"<i>/<n> <checkpoint>: "``.
     """
     from .engine import analyze
 
+    settings = AnalysisSettings.of_call(settings, legacy, changes, caller="timeline")
     points = resolve(series)
     results: list[Result | None] = []
     errors: list[str | None] = []
@@ -300,9 +300,8 @@ def timeline(
         prefix = f"{i + 1}/{len(points)} {point.label}: "
         forward = None if progress is None else (lambda p, prefix=prefix: progress(replace(p, stage=prefix + p.stage)))
         try:
-            result = analyze(point.model_id, dataset, samples=samples, seed=seed, energy_in=energy_in,
-                         energy_out=energy_out, device=device, batch_size=batch_size, use_cache=use_cache,
-                         cache_dir=cache_dir, progress=forward)
+            result = analyze(point.model_id, dataset, settings, use_cache=use_cache, cache_dir=cache_dir,
+                             progress=forward)
         except AnalysisError as exc:
             results.append(None)
             errors.append(f"{point.label}: {exc}")
@@ -310,23 +309,5 @@ def timeline(
         by_model[point.model_id] = result
         results.append(result)
         errors.append(None)
-    return Timeline(points=points, results=results, errors=errors, dataset=dataset, energy_in=energy_in,
-                    energy_out=energy_out)
-
-
-def from_results(points: Iterable[Checkpoint], results: Mapping[str, Result | None], errors: Mapping[str, str],
-                 dataset: str, energy_in: float, energy_out: float) -> Timeline:
-    """A :class:`Timeline` from analyses done elsewhere (the app's background jobs), keyed by model id;
-    ``errors[model_id]`` explains a missing one."""
-    points = list(points)
-    res, errs = [], []
-    for point in points:
-        result = None if point.problem else results.get(point.model_id)
-        res.append(None if result is None else result.at_energy(energy_in, energy_out))
-        errs.append(point.problem or (None if result is not None else
-                                      f"{point.label}: {errors.get(point.model_id, 'not analysed yet')}"))
-    return Timeline(points=points, results=res, errors=errs, dataset=dataset, energy_in=energy_in,
-                    energy_out=energy_out)
-
-
-__all__ = ["Checkpoint", "Timeline", "from_results", "resolve", "series_checkpoints", "timeline"]
+    return Timeline(points=points, results=results, errors=errors, dataset=dataset, energy_in=settings.energy_in,
+                    energy_out=settings.energy_out)

@@ -107,7 +107,7 @@ def test_the_command_does_not_depend_on_the_cli_defaults():
     result = _planned_result(TINY_VIT, DATASET, AnalysisSettings(samples=64))
     parser = build_parser()
     run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
-    run.set_defaults(tokens="patch", centred=True, no_uncertainty=True, seed=5, precision="bf16")
+    run.set_defaults(token_set="patch", centred=True, uncertainty=False, seed=5, precision="bf16")
     args = parser.parse_args(shlex.split(reproduce_command(result))[3:])
     assert plan(args.model, args.dataset, run_settings(args)).key == result.key
     bare = parser.parse_args(["run", "--model", TINY_VIT, "--dataset", DATASET, "--samples", "64"])

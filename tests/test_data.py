@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from analysis.data import AnalysisDataset, list_datasets, load_dataset, make_loader
+from analysis.data import AnalysisDataset, DatasetEntry, DatasetId, list_datasets, load_dataset, make_loader
 from analysis.data import fashion_mnist
 from analysis.data.transforms import ImageTransform
 from analysis.errors import DatasetError, SettingsError
@@ -138,8 +138,8 @@ def test_fashion_mnist_train_missing_names_both_places(tmp_path, monkeypatch):
     message = str(err.value)
     assert "FASHION_MNIST_ROOT" in message and str(tmp_path / "empty") in message
     assert str(tmp_path / "nowhere") in message and "apt-get install dataset-fashion-mnist" in message
-    row = {r[0]: r for r in list_datasets()}["fashion-mnist:train"]
-    assert row[2] is False and "apt-get install dataset-fashion-mnist" in row[3]
+    row = {r.dataset_id: r for r in list_datasets()}["fashion-mnist:train"]
+    assert row.available is False and "apt-get install dataset-fashion-mnist" in row.reason
 
 
 def test_truncated_idx_files_are_refused(tmp_path, monkeypatch):
@@ -416,15 +416,30 @@ def test_unknown_dataset_lists_known_ones():
         load_dataset("digits:big")
 
 
+def test_dataset_ids_parse_into_typed_parts(tmp_path):
+    parsed = DatasetId.parse(" CIFAR10:/data/c10?split=train ")
+    assert parsed == DatasetId("cifar10", "/data/c10", {"split": "train"}) and str(parsed) == "cifar10:/data/c10?split=train"
+    family, argument, options = DatasetId.parse("digits")  # unpacks like the 3-tuple before it
+    assert (family, argument, options) == ("digits", "", {})
+    odd = tmp_path / "a?b"
+    odd.mkdir()
+    assert DatasetId.parse(f"folder:{odd}").argument == str(odd)  # an existing path keeps its '?'
+    with pytest.raises(DatasetError, match="cannot read options"):
+        DatasetId.parse("cifar10:/nowhere?split")
+
+
 def test_list_datasets_rows():
     from analysis.data import dataset_templates
 
     rows = list_datasets()
-    by_id = {row[0]: row for row in rows}
-    assert all(len(row) == 4 and isinstance(row[2], bool) and isinstance(row[3], str) for row in rows)
-    assert by_id["fashion-mnist:test"][1:] == ("Fashion-MNIST test split (10,000 images, embedded)", True, "")
+    by_id = {row.dataset_id: row for row in rows}
+    assert all(isinstance(row.available, bool) and isinstance(row.reason, str) for row in rows)
+    assert by_id["fashion-mnist:test"] == DatasetEntry("fashion-mnist:test",
+                                                       "Fashion-MNIST test split (10,000 images, embedded)", True, "")
     assert set(by_id) == {"fashion-mnist:test", "fashion-mnist:train", "mnist", "digits", "photos"}
-    assert all(row[3] == "" for row in rows if row[2]) and all(row[3] for row in rows if not row[2])
+    assert all(row.reason == "" for row in rows if row.available) and all(row.reason for row in rows if not row.available)
+    dataset_id, description, available, reason = by_id["digits"]  # unpacks like the tuples before it
+    assert (dataset_id, available) == ("digits", by_id["digits"].available)
     templates = dict(dataset_templates())
     assert set(templates) == {"folder:<path>", "cifar10:<root>", "cifar100:<root>"}
 
@@ -461,13 +476,13 @@ def test_a_registered_family_is_loadable_listed_and_offered_everywhere(monkeypat
 
         @classmethod
         def catalogue(cls):
-            return [("stripes:4", "stripes of width 4", True, "")]
+            return [DatasetEntry("stripes:4", "stripes of width 4")]
 
     monkeypatch.setattr(registry, "_FAMILIES", dict(registry.registered_families()))
     registry.register_family("stripes", Stripes, registry.PathTemplate("stripes:<width>", "stripes", label="stripes"))
     ds = load_dataset("stripes:6", samples=4, seed=0)
     assert len(ds) == 4 and ds.dataset_id == "stripes:6" and ds[0][0].shape == (3, 4, 6)
-    assert ("stripes:4", "stripes of width 4", True, "") in list_datasets()
+    assert DatasetEntry("stripes:4", "stripes of width 4", True, "") in list_datasets()
     assert "stripes:<width>" in dict(registry.dataset_templates())
     with pytest.raises(DatasetError, match="stripes:4"):
         load_dataset("nope")

@@ -38,7 +38,7 @@ DEFAULT_JOB = "default_job"
 DEFAULT_FALLBACK = "default_fallback"
 URL_ADOPTED = "url_adopted"
 
-DEFAULT_ENERGY = 0.99
+DEFAULT_ENERGY = defaults.DEFAULT_ENERGY
 
 
 def init() -> None:

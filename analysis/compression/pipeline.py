@@ -26,6 +26,7 @@ from torch import nn
 
 from ..cache import atomic_write_bytes, content_key
 from ..data import load_dataset
+from ..defaults import DEFAULT_ENERGY
 from ..engine import plan
 from ..errors import SettingsError
 from ..paths import cache_root
@@ -57,8 +58,8 @@ class CompressionRequest:
     samples: int | None = None
     eval_samples: int | None = None
     seed: int = 0
-    energy_in: float = 0.99
-    energy_out: float = 0.99
+    energy_in: float = DEFAULT_ENERGY
+    energy_out: float = DEFAULT_ENERGY
     keep: float | None = None
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     device: str = "cpu"

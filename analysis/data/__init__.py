@@ -8,7 +8,8 @@ Public API (README, sections Python and Command line)::
     ds.dataset_id, ds.fingerprint, ds.indices, ds.source_size, ds.num_classes, ds.class_names, ds.description
     ds.labels                         # labels of the selected images (int64), without reading images
     for images, labels in make_loader(ds, batch_size=64): ...
-    list_datasets()                   # [(dataset_id, description, available, reason), ...]
+    list_datasets()                   # [DatasetEntry(dataset_id, description, available, reason), ...]
+    parse_dataset_id("cifar10:/data?split=train")   # DatasetId(family, argument, options)
     dataset_templates()               # [("folder:<path>", description), ...]: ids that take a path
     register_family("name", SourceClass, PathTemplate(...) or None)   # a new family of ids
 
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 from .base import AnalysisDataset, ImageSource, select_indices
 from .loader import make_loader
-from .families import (DEFAULT_DATASET, DatasetFamily, PathTemplate, dataset_templates, id_forms, known_ids,
+from .families import (DEFAULT_DATASET, DatasetEntry, DatasetFamily, DatasetId, PathTemplate, dataset_templates, id_forms, known_ids,
                        list_datasets, load_dataset, open_source, parse_dataset_id, path_templates, register_family,
                        registered_families)
 from .transforms import ImageTransform
 
 __all__ = [
-    "AnalysisDataset", "DEFAULT_DATASET", "DatasetFamily", "ImageSource", "ImageTransform", "PathTemplate",
+    "AnalysisDataset", "DEFAULT_DATASET", "DatasetEntry", "DatasetFamily", "DatasetId", "ImageSource", "ImageTransform", "PathTemplate",
     "dataset_templates", "id_forms", "known_ids", "list_datasets", "load_dataset", "make_loader",
     "open_source", "parse_dataset_id", "path_templates", "register_family", "registered_families", "select_indices",
 ]

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
-from .families import PathTemplate, register_family
+from .families import DatasetEntry, PathTemplate, register_family
 from .safe_pickle import load_plain_pickle
 
 
@@ -134,7 +134,7 @@ class CifarSource(ArraySource):
         return cls(arg, options.get("split", "test").strip().lower())
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         return []  # needs a root: offered as a path template, not as a concrete dataset
 
 

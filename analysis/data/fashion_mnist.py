@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DatasetError
 from .base import ArraySource, sha256_bytes
 from .idx import read_idx
-from .families import register_family
+from .families import DatasetEntry, register_family
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded" / "fashion-mnist"
 SYSTEM_DIRS: list[Path] = [Path("/usr/share/datasets/fashion-mnist")]
@@ -135,14 +135,14 @@ class FashionMNISTSource(ArraySource):
         return cls(split)
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         rows = []
         for split, (_, count) in SPLITS.items():
             found = locate(split)
             name = "test split" if split == "test" else "training split"
             where = "embedded" if split == "test" else (str(found[0].parent) if found else "not installed")
-            rows.append((f"fashion-mnist:{split}", f"Fashion-MNIST {name} ({count:,} images, {where})",
-                         found is not None, "" if found else missing_reason(split)))
+            rows.append(DatasetEntry(f"fashion-mnist:{split}", f"Fashion-MNIST {name} ({count:,} images, {where})",
+                                     found is not None, "" if found else missing_reason(split)))
         return rows
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DatasetError
 from .base import ImageSource, sha256_bytes
 from .image_files import IMAGE_EXTENSIONS, is_hidden, is_image_name, read_image_file
-from .families import PathTemplate, register_family
+from .families import DatasetEntry, PathTemplate, register_family
 
 
 class _Scan:
@@ -146,7 +146,7 @@ class FolderSource(ImageSource):
         return cls(arg)
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         return []  # needs a path: offered as a path template, not as a concrete dataset
 
 

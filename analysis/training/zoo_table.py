@@ -19,13 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..defaults import default_dataset
+from ..defaults import DEFAULT_ENERGY, default_dataset
 from ..models.zoo import MANIFEST_PATH, ZOO_NAMES, read_manifest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
-ENERGY = 0.99
-HEADER = ("| model | regime | training | top-1 | linear probe | k-NN | MLU (e = 0.99) | params kept "
+ENERGY = DEFAULT_ENERGY
+HEADER = (f"| model | regime | training | top-1 | linear probe | k-NN | MLU (e = {ENERGY:g}) | params kept "
           "| MLU first / middle / last checkpoint |\n"
           "|---|---|---|---|---|---|---|---|---|")
 TWO_POINT_NOTE = (
