@@ -1,8 +1,11 @@
 """The analysis pipeline: model -> data -> statistics -> spectra -> metrics -> cache.
 
-:func:`analyze` is the public entry point (README, section Python). A cache hit reads no data: the content
-key is built from the model's weight fingerprint, the dataset's fingerprint (source identity and selected
-indices), the settings that change statistics and the schema version.
+:func:`analyze` is the public entry point (README, section Python). The model and the data are ids or
+objects (a ``torch.nn.Module``; a ``Dataset``, ``DataLoader`` or iterable of image batches). The content key
+is built from the model's weight fingerprint (:mod:`analysis.models.model_objects` for objects), the data's
+fingerprint (source identity and selected indices for an id; the tensors read for an object,
+:mod:`analysis.data.data_objects`), the settings that change statistics and the schema version. A cache hit
+reads no data for an id, and no more than one fingerprinting read for an object.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import kernels
 from . import __version__, distributed, heads
 from .cache import ResultCache, content_key
 from .data import load_dataset, make_loader
-from .errors import AnalysisError, ForwardError
+from .data.data_objects import DataObject
+from .errors import AnalysisError, ForwardError, SettingsError
 from .cost import guard_plan
 from .meta import ResultMeta, Timings
 from .models import describe_layers, load as load_loaded_model
+from .models.model_objects import check_module, load_object, object_session, prepared
 from .models.layers import Coverage, LayerSpec, coverage, select_layers
 from .partial import PartialStore
 from .provenance import code_provenance
@@ -47,21 +52,48 @@ class Cancelled(AnalysisError):
 
 @dataclass
 class Plan:
-    """Everything decided before the data pass: what to load, and the cache key."""
+    """Everything decided before the data pass: what to load, and the cache key (None when the data cannot
+    be identified before reading it: the result is then not stored)."""
 
     loaded: object
     dataset: object
     settings: AnalysisSettings
-    key: str
+    key: str | None
     key_parts: dict
 
 
-def plan(model_id: str, dataset_id: str, settings: AnalysisSettings) -> Plan:
-    """Validate settings, load the model and dataset handle (no images read), and compute the key."""
+def plan(model, dataset, settings: AnalysisSettings, *, data_id: str | None = None,
+         data_config: dict | None = None, read_data: bool = True) -> Plan:
+    """Validate settings, load the model and the dataset handle, and compute the key.
+
+    ``model``: a model id or a ``torch.nn.Module``; ``dataset``: a dataset id (no image is read) or a data
+    object (read once to fingerprint it unless ``read_data`` is False or it cannot be identified that way;
+    ``data_id`` names it instead). ``data_config`` overrides the model's own preprocessing of dataset ids."""
     settings = settings.validated()
-    loaded = load_loaded_model(model_id)
+    if isinstance(model, str):
+        loaded = load_loaded_model(model)
+        if data_config is not None:
+            loaded = replace(loaded, data_config=dict(data_config))
+    else:
+        loaded = load_object(model, data_config)
     TokenLayout.of_model(loaded.model).check(TokenSet.parse(settings.token_set), loaded.model_id)
-    dataset = load_dataset(dataset_id, data_config=loaded.data_config, samples=settings.samples, seed=settings.seed)
+    if isinstance(dataset, str):
+        if data_id is not None:
+            raise SettingsError(f"data_id names a data object; the dataset id {dataset!r} names itself")
+        if "input_size" not in loaded.data_config:
+            raise SettingsError(
+                f"{loaded.model_id} names no preprocessing of its own: pass data_config={{'input_size': (3, H, W), "
+                "'mean': ..., 'std': ...}, or give the data as a Dataset or DataLoader with its own transforms"
+            )
+        dataset = load_dataset(dataset, data_config=loaded.data_config, samples=settings.samples, seed=settings.seed)
+    else:
+        if distributed.world()[1] > 1:
+            raise SettingsError("data given as an object cannot be sharded over processes; under torchrun use a "
+                                "dataset id")
+        dataset = DataObject(dataset, samples=settings.samples, seed=settings.seed,
+                             batch_size=settings.effective_batch_size(), data_id=data_id)
+        dataset.prepare(read=read_data)
+        loaded = replace(loaded, data_config={"input_size": dataset.image_shape})  # the data's own transforms
     parts = {
         "code": __version__,
         "model_id": loaded.model_id,
@@ -71,28 +103,46 @@ def plan(model_id: str, dataset_id: str, settings: AnalysisSettings) -> Plan:
         "input": list(loaded.data_config.get("input_size", ())),
         **settings.key_parts(),
     }
-    return Plan(loaded=loaded, dataset=dataset, settings=settings, key=content_key(parts), key_parts=parts)
+    key = content_key(parts) if getattr(dataset, "cacheable", True) else None
+    return Plan(loaded=loaded, dataset=dataset, settings=settings, key=key, key_parts=parts)
 
 
 def analyze(
-    model: str,
-    dataset: str,
+    model,
+    data=None,
     settings: AnalysisSettings | int | None = None,
     *legacy,
+    data_id: str | None = None,
+    data_config: dict | None = None,
     use_cache: bool = True,
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    dataset=None,
     **changes,
 ) -> Result:
-    """Analyse ``model`` on ``dataset`` and return the :class:`Result` at the settings' energies.
+    """Analyse ``model`` on ``data`` and return the :class:`Result` at the settings' energies.
 
-    ``settings`` (:class:`AnalysisSettings`) describes the run; any of its fields may also be given as a
-    keyword argument (``samples=500``, ``energy_in=0.95``, ...), which overrides it. For calls written before
-    settings existed, ``analyze(model, dataset, samples, seed, energy_in, energy_out)`` still works."""
+    ``model``: a model id (``timm:...``, ``tv:resnet18``, ``hf:/folder``, ...) or any ``torch.nn.Module``
+    (left as it was: mode and device are restored). ``data``: a dataset id or a ``Dataset``, ``DataLoader`` or
+    iterable of image batches or ``(images, labels)`` (:mod:`analysis.data.data_objects`; ``dataset=`` is the
+    old name of this argument). ``settings`` (:class:`AnalysisSettings`) describes the run; any of its fields
+    may also be given as a keyword argument (``samples=500``, ``energy_in=0.95``, ...), which overrides it. For
+    calls written before settings existed, ``analyze(model, dataset, samples, seed, energy_in, energy_out)``
+    still works. ``data_id`` names a data object for the cache (the caller vouches for its identity);
+    ``data_config`` gives a model object's preprocessing for a dataset id."""
+    if dataset is not None:
+        if data is not None:
+            raise TypeError("analyze() got both data and dataset (the old name of data)")
+        data = dataset
+    if data is None:
+        raise TypeError("analyze() needs the data: a dataset id, a Dataset, a DataLoader or an iterable of images")
     settings = AnalysisSettings.of_call(settings, legacy, changes)
-    return run_plan(plan(model, dataset, settings), use_cache=use_cache, cache_dir=cache_dir,
-                    progress=progress, should_stop=should_stop)
+    session = contextlib.nullcontext() if isinstance(model, str) else object_session(check_module(model))
+    with session:
+        the_plan = plan(model, data, settings, data_id=data_id, data_config=data_config, read_data=use_cache)
+        return run_plan(the_plan, use_cache=use_cache, cache_dir=cache_dir, progress=progress,
+                        should_stop=should_stop)
 
 
 def run_plan(
@@ -112,6 +162,7 @@ def run_plan(
     settings = the_plan.settings
     cache = ResultCache(cache_dir)
     rank, world_size = distributed.world()
+    use_cache = use_cache and the_plan.key is not None  # data that cannot be identified: never stored
     if use_cache:
         cached = cache.load(the_plan.key) if rank == 0 else None
         cached = distributed.broadcast_from_rank0(cached)
@@ -124,8 +175,8 @@ def run_plan(
             cache.check_writable()
         partial = PartialStore(cache.root, the_plan.key, settings.effective_batch_size(), rank, world_size)
     result, moments = compute(the_plan, progress=progress, should_stop=should_stop, partial=partial)
-    if use_cache and rank == 0:
-        cache.store(the_plan.key, result, moments if settings.keep_moments else None)
+    if use_cache and rank == 0 and result.key is not None:  # None: the data changed between two reads
+        cache.store(result.key, result, moments if settings.keep_moments else None)
     if partial is not None:
         partial.clear()
     return result
@@ -149,12 +200,15 @@ def compute(
         all_specs = describe_layers(model)
         specs, deselected = select_layers(all_specs, the_plan.settings.max_width, the_plan.settings.layers)
         applicable = [s for s in specs if s.applicable]
-        streamed = stream_statistics(the_plan, model, applicable, device, progress=progress,
-                                     should_stop=should_stop, partial=partial)
-        streamed = merge_across_processes(streamed, device)
-        if distributed.world()[0] != 0:
-            return distributed.broadcast_from_rank0(None), {}
-        attention = heads.attention_layouts(model, applicable, the_plan.loaded.data_config.get("input_size"), device)
+        with prepared(model):
+            streamed = stream_statistics(the_plan, model, applicable, device, progress=progress,
+                                         should_stop=should_stop, partial=partial)
+            streamed = merge_across_processes(streamed, device)
+            the_plan = settled(the_plan)
+            if distributed.world()[0] != 0:
+                return distributed.broadcast_from_rank0(None), {}
+            attention = heads.attention_layouts(model, applicable, the_plan.loaded.data_config.get("input_size"),
+                                                device)
         spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress,
                                            attention=attention)
     finally:
@@ -193,7 +247,6 @@ def stream_statistics(
     discarded and the pass starts from the first batch. Moments are per shard (not yet merged)."""
     settings, dataset = the_plan.settings, the_plan.dataset
     rank, world_size = distributed.world()
-    shard = distributed.shard(dataset, rank, world_size)
     batch_size = settings.effective_batch_size()
     snapshots = uncertainty.Snapshots() if settings.uncertainty else None
     layout = TokenLayout.of_model(model)
@@ -212,10 +265,12 @@ def stream_statistics(
         break
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
-    start = min(len(shard), first_batch * batch_size)
-    loader = make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
-    clock = StageClock(progress, "statistics", total=-(-len(shard) // batch_size), items_total=len(shard))
-    snapshot_at = _snapshot_schedule(len(dataset), world_size, batch_size) if snapshots is not None else []
+    loader, total_batches, total_images = _batches(the_plan, batch_size, first_batch, device)
+    clock = StageClock(progress, "statistics", total=total_batches, items_total=total_images)
+    if snapshots is not None and not len(dataset):  # an iterator of unknown length: no convergence curve
+        snapshots = None
+    snapshot_at = _snapshot_schedule(len(dataset), world_size, _uniform_batch(dataset, batch_size)) \
+        if snapshots is not None else []
     autocast_dtype = PRECISIONS[settings.precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -224,7 +279,7 @@ def stream_statistics(
         for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
-            positions = torch.arange(batch_index * batch_size, batch_index * batch_size + batch.shape[0])
+            positions = torch.arange(images, images + batch.shape[0])  # this process's images so far
             image_ids = rank + positions * world_size  # indices in the analysed selection
             batch = batch.to(device, non_blocking=True)
             if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
@@ -244,6 +299,38 @@ def stream_statistics(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - clock.start - (snapshots.seconds if snapshots else 0.0)
     return Streamed(collector, {}, images, first_batch, seconds, snapshots)
+
+
+def _batches(the_plan: Plan, batch_size: int, first_batch: int, device: torch.device):
+    """``(batches of (images, labels) from batch first_batch on, batches in all, images in all)`` of this
+    process's share: a shard of a dataset id's selection, or a data object read in its own order (its
+    totals 0 when unknown)."""
+    dataset = the_plan.dataset
+    if isinstance(dataset, DataObject):
+        total = dataset.n_images or 0
+        per_batch = _uniform_batch(dataset, batch_size)
+        return dataset.batches(skip=first_batch), -(-total // per_batch), total
+    rank, world_size = distributed.world()
+    shard = distributed.shard(dataset, rank, world_size)
+    start = min(len(shard), first_batch * batch_size)
+    loader = make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
+    return loader, -(-len(shard) // batch_size), len(shard)
+
+
+def _uniform_batch(dataset, batch_size: int) -> int:
+    """Images per batch: a data object's own (a DataLoader's batch size), else the settings'."""
+    return (dataset.batch_size or batch_size) if isinstance(dataset, DataObject) else batch_size
+
+
+def settled(the_plan: Plan) -> Plan:
+    """After the data pass: a data object's fingerprint of what was read, and no key when it cannot be stored
+    (:meth:`~analysis.data.data_objects.DataObject.settle`); a dataset id's plan unchanged."""
+    dataset = the_plan.dataset
+    if not isinstance(dataset, DataObject):
+        return the_plan
+    dataset.settle()
+    return replace(the_plan, key=the_plan.key if dataset.cacheable else None,
+                   key_parts={**the_plan.key_parts, "dataset": dataset.fingerprint})
 
 
 def _snapshot_schedule(n_images: int, world_size: int, batch_size: int) -> list[int]:
@@ -417,7 +504,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         snapshot_images=_snapshot_images(streamed),
         precision=settings.precision,
         device=str(torch.device(settings.device)),
-        batch_size=settings.effective_batch_size(),
+        batch_size=_uniform_batch(dataset, settings.effective_batch_size()),
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in loaded.data_config.items()},
         timings=timings,
         world_size=distributed.world()[1],
@@ -426,6 +513,7 @@ def result_meta(the_plan: Plan, streamed: Streamed, timings: Timings, covered: C
         weights_analysed_fraction=covered.fraction if covered is not None else None,
         skipped_module_types=dict(covered.skipped) if covered is not None else {},
         provenance=code_provenance(),
+        data_note=getattr(dataset, "note", ""),
     )
 
 

@@ -42,3 +42,7 @@ class NumericalError(AnalysisError):
 
 class CacheError(AnalysisError):
     """A cache entry or cache folder that cannot be used (unwritable, bad key, ...)."""
+
+
+class UnsupportedModelError(AnalysisError):
+    """A model object the tool cannot analyse (no Linear or Conv2d layer, weights that are not float32, ...)."""

@@ -72,6 +72,9 @@ class ResultMeta:
     provenance: dict = field(default_factory=dict)
     """The code that made the result (:func:`analysis.provenance.code_provenance`: version, git commit,
     library versions); empty for results made before it was recorded."""
+    data_note: str = ""
+    """Why this result was not stored in the cache (data given as an object whose images cannot be
+    fingerprinted: :mod:`analysis.data.data_objects`); empty otherwise."""
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (tuples become lists when dumped)."""

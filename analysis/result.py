@@ -235,8 +235,10 @@ class Result:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per flagged status (:mod:`analysis.status`) naming the layers withheld from the MLU."""
-        return layer_status.status_warnings([(s.name, s.status, s.status_reason) for s in self.spectra])
+        """One line per flagged status (:mod:`analysis.status`) naming the layers withheld from the MLU, after
+        the data note (why the result is not in the cache) when there is one."""
+        notes = [self.meta.data_note] if self.meta.data_note else []
+        return notes + layer_status.status_warnings([(s.name, s.status, s.status_reason) for s in self.spectra])
 
     def layer(self, name: str) -> LayerSpectrum:
         for spectrum in self.spectra:

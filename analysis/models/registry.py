@@ -218,7 +218,7 @@ def catalogue() -> list[CatalogueEntry]:
     return entries
 
 
-_BUILTIN_MODULES: list[str] = ["sources"]
+_BUILTIN_MODULES: list[str] = ["sources", "model_objects"]
 OPTIONAL_SOURCE_MODULES: list[str] = ["zoo", "packaged", "torchvision_source", "transformers_source"]
 """Modules inside ``analysis.models`` that register more sources when present (``zoo:``, ``pkg:``, ``tv:``,
 ``hf:``)."""
