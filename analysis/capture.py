@@ -8,7 +8,13 @@ modules is not enough for every network:
   the Linear's own forward never runs, and the bias applied is ``cat(q_bias, 0, v_bias)``;
 - weight-standardised convolutions (timm ``StdConv2d``, ``ScaledStdConv2d``) call ``F.conv2d`` with a
   transformed weight, and "same"-padding variants pad the input inside their forward;
-- ``torch.nn.utils.parametrize`` computes ``weight`` on access (weight norm, spectral norm).
+- ``torch.nn.utils.parametrize`` computes ``weight`` on access (weight norm, spectral norm);
+- ``nn.MultiheadAttention`` applies its packed ``in_proj_weight`` (the layer ``<attention>.in_proj``, see
+  :class:`analysis.models.layers.InProjection`) and its ``out_proj`` inside one
+  ``F.multi_head_attention_forward`` call, which the function mode would see as a whole: that call's body
+  is run with the mode active (:meth:`LayerCapture.attention_call`), so both ``F.linear`` calls are seen,
+  and their sequence-first inputs are handed on grouped by image. With query, key and value not one tensor
+  (cross-attention) ``in_proj`` is not one affine layer and is reported as such.
 
 **Discovery** (the first batch): a :class:`torch.overrides.TorchFunctionMode` sees every ``F.linear`` and
 ``F.conv2d`` call. A call belongs to an analysed layer if (a) the weight tensor passed *is* that layer's
@@ -53,7 +59,9 @@ wrong weight, bias or input gives errors of order 1.
 
 from __future__ import annotations
 
+import inspect
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -334,6 +342,24 @@ class _Frame:
     outputs: list = field(default_factory=list)
 
 
+def _dispatching_body(fn: Callable) -> Callable | None:
+    """A copy of the Python function ``fn`` (of ``torch.nn.functional``) whose own ``__torch_function__``
+    check is off, so that the function mode sees the calls it makes inside (None if ``fn`` does not make that
+    check by the name ``has_torch_function``). The copy has its own globals; ``fn`` is not changed."""
+    code = getattr(fn, "__code__", None)
+    if code is None or "has_torch_function" not in code.co_names:
+        return None
+    namespace = dict(fn.__globals__)
+    namespace["has_torch_function"] = lambda *_args: False
+    body = types.FunctionType(code, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    body.__kwdefaults__ = fn.__kwdefaults__
+    return body
+
+
+_ATTENTION_BODY = _dispatching_body(F.multi_head_attention_forward)
+_ATTENTION_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, capture: "LayerCapture") -> None:
         super().__init__()
@@ -341,6 +367,8 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.multi_head_attention_forward:
+            return self.capture.attention_call(self, args, kwargs)
         out = func(*args, **kwargs)
         if func is F.linear or func is F.conv2d:
             self.capture.observe(func, args, kwargs, out)
@@ -376,6 +404,7 @@ class LayerCapture:
         self._hooked: set[str] = set()
         self._moded: set[str] = set()
         self._stack: list[_Frame] = []
+        self._sequence_first: list[tuple[int, int] | None] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._mode: _Mode | None = None
         self._busy = False
@@ -450,6 +479,49 @@ class LayerCapture:
             self._busy = False
 
     # -- calls ------------------------------------------------------------------------------------------
+    def attention_call(self, mode: TorchFunctionMode, args: tuple, kwargs: dict):
+        """``F.multi_head_attention_forward(*args, **kwargs)`` (``nn.MultiheadAttention``'s whole forward, which
+        the function mode sees as one call), run so that its in- and out-projections reach :meth:`observe` as
+        the ``F.linear`` calls they are: its body runs with ``mode`` pushed again (a copy of the function
+        without its own ``__torch_function__`` check, see :func:`_dispatching_body`). Its sequence-first
+        ``(L, N, E)`` and ``(L N) x E`` inputs are handed on batch-major (rows grouped by image)."""
+        bound = _ATTENTION_SIGNATURE.bind(*args, **kwargs).arguments
+        names = [self._layer_of(bound.get(key)) for key in ("in_proj_weight", "out_proj_weight")]
+        wanted = [n for n in names if n is not None and (self.discovering or n in self._moded)]
+        if not wanted or _ATTENTION_BODY is None or self._busy or self._closed:
+            return F.multi_head_attention_forward(*args, **kwargs)
+        query, key, value = bound["query"], bound["key"], bound["value"]
+        if names[0] is not None and self.discovering and not (query is key and key is value):
+            self.findings.setdefault(names[0], LayerFinding(names[0])).note(
+                "query, key and value are different tensors (cross-attention): its q, k and v rows multiply "
+                "different inputs, so it is not one layer y = W x + b")
+        self._sequence_first.append(tuple(query.shape[:2]) if query.dim() == 3 else None)
+        try:
+            with mode:
+                return _ATTENTION_BODY(*args, **kwargs)
+        finally:
+            self._sequence_first.pop()
+
+    def _layer_of(self, weight) -> str | None:
+        """The analysed layer whose weight Parameter ``weight`` is (None for any other tensor)."""
+        name = self._by_param.get(id(weight)) if isinstance(weight, torch.Tensor) else None
+        if name is not None and self.specs[name].module._parameters.get("weight") is not weight:
+            return None  # a recycled id
+        return name
+
+    def _batch_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Inside ``F.multi_head_attention_forward`` (sequence length L, batch N): its ``(L, N, E)`` and
+        ``(L N) x E`` (rows ``l N + n``) inputs as ``(N, L, E)``, so each image's vectors are one group."""
+        layout = self._sequence_first[-1] if self._sequence_first else None
+        if layout is None:
+            return x
+        length, batch = layout
+        if x.dim() == 3 and tuple(x.shape[:2]) == (length, batch):
+            return x.transpose(0, 1)
+        if x.dim() == 2 and x.shape[0] == length * batch:
+            return x.reshape(length, batch, x.shape[1]).transpose(0, 1)
+        return x
+
     def observe(self, func, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         """One ``F.linear``/``F.conv2d`` call seen by the function mode (its output ``out`` already computed)."""
         if self._busy or self._closed:
@@ -459,9 +531,7 @@ class LayerCapture:
             return
         is_conv = call.geometry is not None
         frame = self._stack[-1] if self._stack else None
-        name = self._by_param.get(id(call.weight))
-        if name is not None and self.specs[name].module._parameters.get("weight") is not call.weight:
-            name = None  # a recycled id
+        name = self._layer_of(call.weight)
         via_module = False
         if name is not None:
             via_module = frame is not None and frame.name == name
@@ -478,7 +548,7 @@ class LayerCapture:
                 if self.discovering:
                     self._discover(name, call, x, out, frame if via_module else None)
                 if call.groups == 1:
-                    self._on_input(name, x, call.geometry)
+                    self._on_input(name, self._batch_major(x), call.geometry)
         finally:
             self._busy = False
         if via_module:

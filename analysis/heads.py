@@ -75,7 +75,9 @@ import torch
 from torch import nn
 
 from . import metrics
+from .capture import LayerCapture
 from .models.kinds import Kind
+from .models.layers import LayerSpec, find_layer, functional_layers
 from .spectra import CPU_EIGH_THREADS, AffineLayer, cpu_threads, output_second_moment
 
 __all__ = [
@@ -91,7 +93,7 @@ ATTENTION_KINDS = frozenset({Kind.ATTN_QKV.value, Kind.ATTN_PROJ.value, Kind.CLA
                              Kind.CLASS_ATTN_PROJ.value})
 """Layer kinds that should get head numbers, or a reason why not."""
 
-FUSED_NAMES = ("qkv", "to_qkv")
+FUSED_NAMES = ("qkv", "to_qkv", "in_proj")
 Q_NAMES = ("q", "q_proj", "query", "to_q", "wq")
 K_NAMES = ("k", "k_proj", "key", "to_k", "wk")
 V_NAMES = ("v", "v_proj", "value", "to_v", "wv")
@@ -143,7 +145,7 @@ class AttentionLayouts:
 
 # ------------------------------------------------------------------------------------------ discovery
 def _child(module: nn.Module, names: Iterable[str]) -> tuple[str, nn.Module] | None:
-    children = dict(module.named_children())
+    children = {**dict(module.named_children()), **dict(functional_layers("", module))}
     for name in names:
         if name in children:
             return name, children[name]
@@ -240,17 +242,17 @@ def _spread(values: torch.Tensor) -> tuple[float, float]:
 def _forward_capturing(model: nn.Module, batch: torch.Tensor, layouts: list[AttentionLayout],
                        zeroed: dict[str, int]) -> dict[str, torch.Tensor]:
     """Run ``model`` on ``batch`` with the v rows of head ``zeroed[attention]`` of those layouts set to zero
-    (weights, and outputs where the layer's own forward runs); return the input of each layout's projection
-    (``rows x d_in``, float64 CPU; absent if the projection never ran as a module)."""
+    (weights, and outputs where the layer's own forward runs); return the input each layout's projection
+    really multiplies (``rows x d_in``, float64 CPU, captured by :class:`analysis.capture.LayerCapture`, so
+    also where the projection's weight is applied functionally, as in ``nn.MultiheadAttention``; absent if
+    the projection never ran)."""
     captured: dict[str, list[torch.Tensor]] = {}
+    attention_of = {layout.proj: layout.attention for layout in layouts}
+    projections = [LayerSpec.of(layout.proj, find_layer(model, layout.proj)) for layout in layouts]
     handles, restore = [], []
 
-    def capture(name: str):
-        def hook(_module, args):
-            if args and isinstance(args[0], torch.Tensor):
-                x = args[0].detach()
-                captured.setdefault(name, []).append(x.reshape(-1, x.shape[-1]).to("cpu", torch.float64))
-        return hook
+    def capture(name: str, x: torch.Tensor, _geometry) -> None:
+        captured.setdefault(attention_of[name], []).append(x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float64))
 
     def zero_output(rows: torch.Tensor):
         def hook(_module, _args, output):
@@ -262,16 +264,16 @@ def _forward_capturing(model: nn.Module, batch: torch.Tensor, layouts: list[Atte
     try:
         with torch.no_grad(), _exact_float32():
             for layout in layouts:
-                handles.append(model.get_submodule(layout.proj).register_forward_pre_hook(capture(layout.attention)))
                 if layout.attention not in zeroed:
                     continue
                 layer_name, rows = layout.v_rows(zeroed[layout.attention])
-                layer = model.get_submodule(layer_name)
+                layer = find_layer(model, layer_name)
                 index = torch.as_tensor(rows, dtype=torch.long, device=layer.weight.device)
                 restore.append((layer.weight, index, layer.weight[index].clone()))
                 layer.weight[index] = 0
                 handles.append(layer.register_forward_hook(zero_output(index)))
-            model(batch)
+            with LayerCapture(projections, capture, check=False):
+                model(batch)
     finally:
         with torch.no_grad():
             for weight, index, saved in reversed(restore):

@@ -16,7 +16,7 @@ from torch import nn
 
 from analysis import status
 from analysis.capture import LayerCapture, discover
-from analysis.models.layers import LayerSpec, describe_layers, weight_matrix
+from analysis.models.layers import LayerSpec, coverage, describe_layers, weight_matrix
 from analysis.spectra import output_second_moment
 from analysis.statistics import MomentCollector
 
@@ -387,3 +387,161 @@ def test_a_functionally_used_layer_is_counted_but_never_swapped():
     sub = LayerSubspace(spec, eig, eig, counted=True, swappable=False)
     (decision,) = choose_ranks({"fc": sub}, 0.5, 0.5)
     assert not decision.factorized and decision.params_kept == decision.params_dense
+
+
+# -- nn.MultiheadAttention: in_proj and out_proj applied inside F.multi_head_attention_forward -------------
+class _SelfAttention(nn.Module):
+    """One ``nn.MultiheadAttention`` on token inputs (``(B, L, E)``, or ``(L, B, E)`` without batch_first)."""
+
+    def __init__(self, embed: int, heads: int, batch_first: bool, bias: bool, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=batch_first, bias=bias)
+        self.need_weights = need_weights
+        if bias:
+            with torch.no_grad():  # torch initialises both biases to zero
+                self.attn.in_proj_bias.normal_()
+                self.attn.out_proj.bias.normal_()
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=self.need_weights)[0]
+
+
+def _by_hand_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(in_proj outputs, out_proj inputs) of batch-first tokens ``x`` (``B, L, E``) by hand in float64: rows
+    ``(B L) x 3E`` and ``(B L) x E``, image by image."""
+    w = attn.in_proj_weight.detach().double()
+    b = attn.in_proj_bias.detach().double() if attn.in_proj_bias is not None else None
+    qkv = F.linear(x.double(), w, b)
+    batch, length, embed = x.shape
+    heads, dh = attn.num_heads, embed // attn.num_heads
+    q, k, v = (part.reshape(batch, length, heads, dh).transpose(1, 2) for part in qkv.split(embed, -1))
+    mixed = ((q @ k.transpose(-2, -1)) / dh**0.5).softmax(-1) @ v  # B, H, L, dh
+    return qkv.reshape(-1, 3 * embed), mixed.transpose(1, 2).reshape(-1, embed)
+
+
+@pytest.mark.parametrize("batch_first,bias,need_weights", [(True, True, False), (False, True, True),
+                                                           (True, False, True), (False, False, False)])
+def test_multihead_attention_in_and_out_projections_are_exact(batch_first, bias, need_weights):
+    from analysis.uncertainty import half_of
+
+    torch.manual_seed(7)
+    model = _SelfAttention(12, 3, batch_first, bias, need_weights).eval()
+    specs = [s for s in describe_layers(model) if s.applicable]
+    assert [(s.name, s.kind, s.d_in, s.d_out, s.has_bias) for s in specs] == [
+        ("attn.in_proj", "attn_qkv", 12, 36, bias), ("attn.out_proj", "attn_proj", 12, 12, bias)]
+    real: dict = {"in": 0, "out": 0, "half0": 0}
+
+    def record_output(_module, _args, output):  # out_proj's output is the attention module's output
+        rows = output[0].reshape(-1, 12).double()
+        real["out"] = real["out"] + rows.T @ rows
+
+    model.attn.register_forward_hook(record_output)
+    batches = [torch.randn(4, 5, 12) for _ in range(3)]  # 4 images of 5 tokens, batch-major
+    with MomentCollector(specs, halves=True) as collector, torch.inference_mode():
+        for i, x in enumerate(batches):
+            ids = torch.arange(4 * i, 4 * i + 4)
+            collector.begin_batch(ids)
+            model(x if batch_first else x.transpose(0, 1))
+            collector.next_batch()
+            in_out, proj_in = _by_hand_attention(model.attn, x)
+            real["in"] = real["in"] + in_out.T @ in_out
+            first_half = (half_of(ids) == 0).repeat_interleave(5)
+            rows = x.reshape(-1, 12).double()[first_half]
+            real["half0"] = real["half0"] + rows.T @ rows
+            real["proj_in"] = real.get("proj_in", 0) + proj_in[first_half].T @ proj_in[first_half]
+    moments, findings = collector.moments(), collector.findings()
+    for name in ("attn.in_proj", "attn.out_proj"):
+        assert moments[name].count == 3 * 4 * 5  # every token of every batch (before: 0, "not reached")
+        assert findings[name].functional and findings[name].check.passed and findings[name].problem is None
+    assert _rel(_analytic(moments, findings, "attn.in_proj"), real["in"]) < RTOL
+    assert _rel(_analytic(moments, findings, "attn.out_proj"), real["out"]) < RTOL
+    # the sequence-first inputs inside F.multi_head_attention_forward are attributed to their images
+    assert collector.half_problems == {}
+    halves = collector.half_moments()
+    assert _rel(halves[0]["attn.in_proj"].second_moment, real["half0"]) < RTOL
+    assert _rel(halves[0]["attn.out_proj"].second_moment, real["proj_in"]) < RTOL
+
+
+def test_multihead_attention_heads_are_probed_and_per_head_numbers_match_the_real_projections():
+    from analysis import heads
+    from analysis.spectra import AffineLayer
+
+    torch.manual_seed(8)
+    model = _SelfAttention(12, 3, True, True, False).eval()
+    specs = [s for s in describe_layers(model) if s.applicable]
+    found = heads.attention_layouts(model, specs, input_size=(5, 12))
+    assert found.reasons == {}
+    (layout,) = found.layouts
+    assert layout.arrangement == "part-major [q; k; v]" and layout.layers() == ["attn.in_proj", "attn.out_proj"]
+    x = torch.randn(6, 5, 12)
+    moments, findings = _run(model, specs, [x])
+    affine = {n: AffineLayer(findings[n].weight, findings[n].bias, moments[n].second_moment,
+                             moments[n].column_sum, moments[n].count) for n in ("attn.in_proj", "attn.out_proj")}
+    extras = {**heads.part_extras(affine["attn.in_proj"], layout.outputs["attn.in_proj"]),
+              **heads.proj_in_extras(affine["attn.out_proj"], layout.proj_heads)}
+    qkv, proj_in = _by_hand_attention(model.attn, x)
+
+    def same_spectrum(stored, rows: torch.Tensor) -> None:  # float32 forward against float64 by hand
+        expected = torch.linalg.eigvalsh(rows.T @ rows).flip(0).clamp_min(0)
+        torch.testing.assert_close(torch.from_numpy(stored), expected, rtol=0, atol=1e-5 * float(expected.sum()))
+
+    for i, part in enumerate("qkv"):
+        rows = qkv[:, 12 * i : 12 * (i + 1)]
+        same_spectrum(extras[f"part.{part}.eig"], rows)
+        for h in range(3):
+            same_spectrum(extras[f"part.{part}.heads"][h], rows[:, 4 * h : 4 * (h + 1)])
+    for h in range(3):
+        same_spectrum(extras["part.proj_in.heads"][h], proj_in[:, 4 * h : 4 * (h + 1)])
+
+
+def test_multihead_cross_attention_in_proj_is_not_exact_with_the_reason():
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x.flip(1), x.flip(1), need_weights=False)[0]
+
+    model = Cross().eval()
+    specs = [s for s in describe_layers(model) if s.applicable]
+    from analysis.capture import layer_status
+
+    moments, findings = _run(model, specs, [torch.randn(2, 3, 8) for _ in range(2)])
+    code, reason = layer_status(specs[0], moments["attn.in_proj"].count, findings.get("attn.in_proj"))
+    assert code == status.NOT_EXACT and "cross-attention" in reason
+    assert findings["attn.out_proj"].check.passed and moments["attn.out_proj"].count == 12
+
+
+def test_torchvision_vision_transformer_is_ok_on_every_encoder_layer():
+    import torchvision
+
+    from analysis import heads
+    from analysis.capture import layer_status
+
+    torch.manual_seed(9)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                 hidden_dim=24, mlp_dim=48, num_classes=5).eval()
+    specs = [s for s in describe_layers(model) if s.applicable]
+    encoder = [s for s in specs if s.name.startswith("encoder.layers.")]
+    assert len(encoder) == 2 * 4 and sum(s.name.endswith("self_attention.in_proj") for s in encoder) == 2
+    real: dict = {}
+    for s in encoder:
+        if s.name.endswith("out_proj"):  # out_proj's output is the attention module's output
+            attention = model.get_submodule(s.name.rsplit(".", 1)[0])
+            attention.register_forward_hook(lambda _m, _a, out, n=s.name: real.update(
+                {n: real.get(n, 0) + out[0].reshape(-1, 24).double().T @ out[0].reshape(-1, 24).double()}))
+    moments, findings = _run(model, specs, [torch.randn(3, 3, 32, 32) for _ in range(2)])
+    for s in encoder:
+        assert moments[s.name].count == 2 * 3 * 17
+        assert layer_status(s, moments[s.name].count, findings.get(s.name)) == (status.OK, ""), s.name
+        if s.name in real:
+            assert _rel(_analytic(moments, findings, s.name), real[s.name]) < RTOL
+    found = heads.attention_layouts(model, specs, input_size=(3, 32, 32))
+    assert found.reasons == {} and [lo.arrangement for lo in found.layouts] == ["part-major [q; k; v]"] * 2
+    # the weights analysed count the packed in-projection, which is not a module of its own
+    report = coverage(model, specs)
+    assert report.analysed_params == sum(s.d_out * s.d_in + s.d_out * s.has_bias for s in specs)
+    assert report.analysed_params == sum(p.numel() for n, p in model.named_parameters()
+                                         if n.endswith(("weight", "bias")) and ".ln" not in n and "ln_" not in n)
+    assert not any(k.startswith("MultiheadAttention") for k in report.skipped)

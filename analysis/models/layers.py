@@ -78,6 +78,13 @@ class LayerSpec:
         """The larger side of W: the statistics hold ``d_in x d_in`` and ``d_out x d_out`` matrices."""
         return max(self.d_in, self.d_out)
 
+    @classmethod
+    def of(cls, name: str, module: nn.Module, kind: str = "linear") -> "LayerSpec":
+        """A spec of ``module`` outside any block (its dimensions and bias read from the module)."""
+        d_in, d_out = _dims(module)
+        return cls(name=name, kind=kind, block=None, module=module, d_in=d_in, d_out=d_out,
+                   has_bias=getattr(module, "bias", None) is not None)
+
 
 def weight_matrix(module: nn.Module):
     """The layer's weight as a ``d_out x d_in`` matrix (conv kernels flattened channel-major, like unfold)."""
@@ -91,11 +98,50 @@ def _dims(module: nn.Module) -> tuple[int, int]:
     return int(w[0].numel()), int(w.shape[0])
 
 
+class InProjection(nn.Linear):
+    """The packed q, k, v projection of an ``nn.MultiheadAttention`` as a layer of its own.
+
+    ``nn.MultiheadAttention`` keeps it as two tensors of its own (``in_proj_weight``, ``3 E x E``, rows
+    part-major ``[q; k; v]``, and ``in_proj_bias``) and applies it inside ``F.multi_head_attention_forward``
+    as ``F.linear(x, in_proj_weight, in_proj_bias)`` when query, key and value are one tensor. This view
+    shares those very Parameters (nothing is copied, the model is not changed) and is named
+    ``<attention>.in_proj``; it is never called, so :mod:`analysis.capture` finds every use of its weight as a
+    functional call. Separate q/k/v weights (``kdim``/``vdim`` different from ``embed_dim``) are not viewed."""
+
+    def __init__(self, attention: nn.MultiheadAttention) -> None:
+        nn.Module.__init__(self)
+        weight = attention.in_proj_weight
+        self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
+        self.weight = weight
+        self.register_parameter("bias", attention.in_proj_bias)
+
+
+def functional_layers(name: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Layers a module applies with its own tensors rather than through child modules (``in_proj`` of an
+    ``nn.MultiheadAttention`` with packed q, k, v weights), as ``(qualified name, view)``."""
+    if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        yield (f"{name}.in_proj" if name else "in_proj"), InProjection(module)
+
+
 def analysable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Every Linear and Conv2d (timm's Conv2dSame subclasses Conv2d) in module order."""
+    """Every Linear and Conv2d (timm's Conv2dSame subclasses Conv2d) in module order, and the layers modules
+    apply with their own tensors (:func:`functional_layers`) before the module's children."""
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             yield name, module
+        yield from functional_layers(name, module)
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module (or :func:`functional_layers` view) of layer ``name``; AttributeError when there is none."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        parent, _, _child = name.rpartition(".")
+        for layer_name, layer in functional_layers(parent, model.get_submodule(parent)):
+            if layer_name == name:
+                return layer
+        raise
 
 
 # ------------------------------------------------------------------------------------------ heads
@@ -424,21 +470,33 @@ class Coverage:
     skipped: dict[str, int]
 
 
+def layer_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The Parameters a layer's ``W`` and ``b`` are made of: its own (for a :func:`functional_layers` view,
+    the owner's tensors it shares) and, for a parametrized layer (``torch.nn.utils.parametrize``), the
+    ``original*`` tensors its parametrizations compute the weight from."""
+    found = [p for p in module._parameters.values() if p is not None]
+    parametrizations = getattr(module, "parametrizations", None)
+    if isinstance(parametrizations, nn.ModuleDict):
+        found.extend(parametrizations.parameters())
+    return found
+
+
 def coverage(model: nn.Module, analysed: Iterable[LayerSpec]) -> Coverage:
-    analysed_ids = {id(s.module) for s in analysed}
+    analysed_ids = {id(p) for s in analysed for p in layer_parameters(s.module)}
     total = analysed_params = 0
     skipped: dict[str, int] = {}
+    seen: set[int] = set()
     for module in model.modules():
-        own = list(module.named_parameters(recurse=False))
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]  # tied: once
+        seen.update(id(p) for _, p in own)
         if not own:
             continue
+        total += sum(p.numel() for _, p in own)
+        analysed_params += sum(p.numel() for _, p in own if id(p) in analysed_ids)
+        own = [(n, p) for n, p in own if id(p) not in analysed_ids]
         count = sum(p.numel() for _, p in own)
-        total += count
-        if id(module) in analysed_ids:
-            analysed_params += count
-            continue
         cls = type(module).__name__
-        if "Norm" in cls or cls in ("Affine", "LayerScale", "LayerScale2d"):
+        if not own or "Norm" in cls or cls in ("Affine", "LayerScale", "LayerScale2d"):
             continue
         if isinstance(module, nn.Conv2d) and module.groups > 1:
             key = f"{cls} (grouped)"
