@@ -362,7 +362,8 @@ class ArchitectureAdapter:
 
 # ------------------------------------------------------------------------------------------ families
 ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
-"""Model class name (``type(model).__name__``) -> adapter class. Unknown classes get the generic adapter."""
+"""Model class name (``type(model).__name__``, or the qualified ``module.Class`` name) -> adapter class.
+Unknown classes get the generic adapter."""
 
 
 def register_adapter(*class_names: str):
@@ -422,8 +423,12 @@ EfficientNetAdapter = _family("efficientnet", "EfficientNet", "MobileNetV3", "Mo
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter registered for the model's class (the generic one for any other model)."""
-    return ADAPTERS.get(type(model).__name__, ArchitectureAdapter)(model)
+    """The adapter registered for the model's class: under its qualified name (``torchvision.models.
+    vision_transformer.VisionTransformer``, where two libraries use one class name), else its name (the
+    generic one for any other model)."""
+    cls = type(model)
+    qualified = f"{cls.__module__}.{cls.__qualname__}"
+    return ADAPTERS.get(qualified, ADAPTERS.get(cls.__name__, ArchitectureAdapter))(model)
 
 
 def describe_layers(model: nn.Module) -> list[LayerSpec]:

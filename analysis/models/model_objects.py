@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import UnknownModelError, UnsupportedModelError
 from .layers import analysable_modules
 from .preprocessing import torchvision_config, transformers_config
-from .registry import LoadedModel, register_source, resolve_data_config, weights_fingerprint
+from .registry import LoadedModel, register_source, registered_sources, resolve_data_config, weights_fingerprint
 
 OBJECT_PREFIX = "object"
 
@@ -111,6 +111,7 @@ def check_module(module: object) -> nn.Module:
 
 def load_object(module: nn.Module, data_config: Mapping | None = None) -> LoadedModel:
     """``module`` as a :class:`LoadedModel` (nothing copied or changed; see the module docstring)."""
+    registered_sources()  # the families' adapters and preparations (tv:, hf: modules) are registered with them
     module = check_module(module)
     cls = type(module)
     config = getattr(module, "config", None)

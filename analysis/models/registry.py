@@ -85,13 +85,16 @@ class SourceModel:
     eval), the architecture name, an honest description of the weights, and optionally the preprocessing
     (timm-style ``data_config``) and what each classifier output means (``class_names``). A None
     ``data_config`` is resolved from the module (timm); None ``class_names`` become ImageNet-1k's for a
-    1000-way classifier, else stay None."""
+    1000-way classifier, else stay None. ``identity``: see the field."""
 
     module: nn.Module
     arch: str
     description: str
     data_config: dict | None = None
     class_names: list[str] | None = None
+    identity: str = ""
+    """What else, beside the weights, decides the forward (a ``transformers`` config): mixed into the
+    fingerprint when not empty."""
 
 
 class ModelSource(Protocol):
@@ -189,9 +192,17 @@ def load(model_id: str) -> LoadedModel:
         data_config=data_config,
         arch=loaded.arch,
         description=loaded.description,
-        fingerprint=weights_fingerprint(module),
+        fingerprint=_fingerprint(module, loaded.identity),
         class_names=class_names,
     )
+
+
+def _fingerprint(module: nn.Module, identity: str) -> str:
+    """The weights' fingerprint, or with a source's ``identity``: sha256 of both."""
+    weights = weights_fingerprint(module)
+    if not identity:
+        return weights
+    return hashlib.sha256(f"{weights}\n{identity}".encode()).hexdigest()
 
 
 def _default_class_names(model: nn.Module) -> list[str] | None:
