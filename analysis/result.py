@@ -246,6 +246,46 @@ class Result:
                 return spectrum
         raise KeyError(f"no analysed layer named {name!r}")
 
+    def status_counts(self) -> dict[str, int]:
+        """Layers per status (:mod:`analysis.status`), ``ok`` first, then the layers not analysed."""
+        counts: dict[str, int] = {layer_status.OK: 0}
+        for spectrum in self.spectra:
+            counts[spectrum.status] = counts.get(spectrum.status, 0) + 1
+        if self.not_applicable:
+            counts["not analysed"] = len(self.not_applicable)
+        return counts
+
+    def __repr__(self) -> str:
+        error = "" if math.isnan(self.mlu_err) else f" ± {self.mlu_err:.3f}"
+        return (f"Result(model={self.meta.model_id!r}, data={self.meta.dataset_id!r}, images={self.meta.n_images}, "
+                f"mlu={self.mlu:.3f}{error}, energies=({self.energy_in:g}, {self.energy_out:g}), key={self.key!r})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the MLU with its split-half error, model, data, energies, layers per status, the
+        parameters kept at the utilized rank, and the cache key (or why there is none)."""
+        from html import escape
+
+        meta, params = self.meta, self.parameters()
+        error = "" if math.isnan(self.mlu_err) else f" &plusmn; {100 * self.mlu_err:.1f} pp"
+        counted = int(self.layers["in_mlu"].sum())
+        statuses = ", ".join(f"{count} {escape(name)}" for name, count in self.status_counts().items())
+        rows = [
+            ("model", f"{escape(meta.model_id)}<br><small>{escape(meta.model_description)}</small>"),
+            ("data", f"{escape(meta.dataset_id)}, {meta.n_images:,} images<br>"
+                     f"<small>{escape(meta.dataset_description)}</small>"),
+            ("energies", f"e_in {self.energy_in:g}, e_out {self.energy_out:g}"),
+            ("layers", f"{statuses}; {counted} counted in the MLU"),
+            ("parameters", f"{params['params_factorized']:,} of {params['params_dense']:,} kept at the utilized "
+                           f"rank ({params['kept']:.1%})"),
+            ("key", escape(self.key) if self.key else f"not stored: {escape(meta.data_note or 'no cache key')}"),
+        ]
+        body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{name}</th><td style='text-align:left'>"
+                       f"{value}</td></tr>" for name, value in rows)
+        warnings = "".join(f"<li>{escape(line)}</li>" for line in self.warnings)
+        return (f"<div><div style='font-size:1.3em'><b>MLU {100 * self.mlu:.1f}%</b>{error}</div>"
+                f"<table>{body}</table>" + (f"<ul style='color:#a15c00'>{warnings}</ul>" if warnings else "")
+                + "</div>")
+
     def summary(self) -> dict:
         params = self.parameters()
         return {

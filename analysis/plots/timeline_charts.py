@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui.charts import CHART_HEIGHT, analysis_color
+from analysis.plots.charts import CHART_HEIGHT, analysis_color
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "

@@ -1,0 +1,72 @@
+"""Notebook views of results: the Result's own HTML and the analysis.plots figures, which are the app's
+chart builders (ui.charts is analysis.plots.charts)."""
+
+from __future__ import annotations
+
+from html import escape
+
+import pytest
+import torch
+from torch import nn
+
+from analysis import analyze, plots
+from tests.helpers import TINY_VIT
+
+
+def _traces(figure) -> str:
+    import json
+
+    from plotly.utils import PlotlyJSONEncoder
+
+    return json.dumps(figure.to_plotly_json()["data"], cls=PlotlyJSONEncoder, sort_keys=True)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("cache"))
+    a = analyze(TINY_VIT, "fashion-mnist:test", samples=32, cache_dir=cache)
+    b = analyze(TINY_VIT, "digits", samples=32, cache_dir=cache)
+    return a, b
+
+
+def test_the_app_draws_with_the_library_builders():
+    import ui
+    from ui import charts, timeline_charts
+
+    assert charts is plots.charts and timeline_charts is plots.timeline_charts and ui.charts is plots.charts
+    from ui.charts import utilization_bars
+
+    assert utilization_bars is plots.charts.utilization_bars
+
+
+def test_plots_are_the_page_charts_of_the_result(results):
+    a, b = results
+    figure = plots.utilization(a)
+    page = plots.charts.utilization_bars(a.layers, a.mlu, None, mlu_err=a.mlu_err)
+    assert _traces(figure) == _traces(page)
+    assert "all tokens" in figure.layout.title.text
+    layer = a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0]
+    spectra = plots.spectra(a, layer)
+    names = [t.name or "" for t in spectra.data]
+    assert any(n.startswith("W ") for n in names) and any(n.startswith("W'") for n in names)
+    assert plots.eigenvalues(a, layer, side="out").data
+    compared = plots.compare([a, b], labels=["fmnist", "digits"])
+    assert [t.name for t in compared.data] == ["fmnist", "digits"]
+    assert list(compared.data[0].y) == list(a.layers["utilization"])
+    bars = plots.compare_mlu([a, b], labels=["fmnist", "digits"])
+    assert list(bars.data[0].y) == [a.mlu, b.mlu]
+    with pytest.raises(ValueError, match="1 labels for 2 results"):
+        plots.compare([a, b], labels=["x"])
+
+
+def test_a_result_shows_itself_in_a_notebook(results):
+    a, _ = results
+    html = a._repr_html_()
+    counts = a.status_counts()
+    assert f"MLU {100 * a.mlu:.1f}%" in html and f"&plusmn; {100 * a.mlu_err:.1f} pp" in html
+    assert escape(a.meta.model_id) in html and "fashion-mnist:test, 32 images" in html and a.key in html
+    assert f"{counts['ok']} ok" in html and sum(counts.values()) >= len(a.spectra)
+    assert repr(a).startswith(f"Result(model='{a.meta.model_id}'") and "mlu=" in repr(a)
+    torch.manual_seed(0)
+    unstored = analyze(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (b for b in [torch.randn(8, 3, 2, 2)]))
+    assert "not stored: not stored in the cache: a one-shot iterator" in unstored._repr_html_()
