@@ -311,3 +311,21 @@ def timeline(
         errors.append(None)
     return Timeline(points=points, results=results, errors=errors, dataset=dataset, energy_in=settings.energy_in,
                     energy_out=settings.energy_out)
+
+
+def from_results(points: Iterable[Checkpoint], results: Mapping[str, Result | None], errors: Mapping[str, str],
+                 dataset: str, energy_in: float, energy_out: float) -> Timeline:
+    """A :class:`Timeline` from analyses done elsewhere (the app's background jobs), keyed by model id;
+    ``errors[model_id]`` explains a missing one."""
+    points = list(points)
+    res, errs = [], []
+    for point in points:
+        result = None if point.problem else results.get(point.model_id)
+        res.append(None if result is None else result.at_energy(energy_in, energy_out))
+        errs.append(point.problem or (None if result is not None else
+                                      f"{point.label}: {errors.get(point.model_id, 'not analysed yet')}"))
+    return Timeline(points=points, results=res, errors=errs, dataset=dataset, energy_in=energy_in,
+                    energy_out=energy_out)
+
+
+__all__ = ["Checkpoint", "Timeline", "from_results", "resolve", "series_checkpoints", "timeline"]
