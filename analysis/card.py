@@ -86,6 +86,10 @@ def reproduce_argv(meta: ResultMeta, energy_in: float, energy_out: float) -> lis
     dataset_id = parts.get("dataset_id", meta.dataset_id)
     if not model_id or not dataset_id:
         raise AnalysisError(f"result {meta.key} records no model or dataset id; it cannot be reproduced")
+    objects = [i for i in (model_id, dataset_id) if str(i).startswith("object:")]
+    if objects:
+        raise AnalysisError(f"result {meta.key} was made from Python objects ({', '.join(objects)}): no command "
+                            "recreates it; analyze() the same objects again (same weights and data, same key)")
     world_size = max(1, int(meta.world_size or 1))
     device = str(meta.device or "cpu")
     prefix = ["python", "-m", "analysis", "run"]

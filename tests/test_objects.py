@@ -190,3 +190,12 @@ def test_the_command_line_options_are_the_settings_fields():
     assert settings_from_args(args) == AnalysisSettings(samples=5, token_set="patch", uncertainty=False, layers="a,b")
     args = parser.parse_args(["timeline", "--series", "zoo:x", "--layers", "--centred", "--energy-in", "0.9"])
     assert args.print_layers and settings_from_args(args) == AnalysisSettings(centred=True, energy_in=0.9)
+
+
+def test_a_result_of_objects_says_why_no_command_recreates_it(net, images, tmp_path):
+    from analysis.card import reproducibility_card
+
+    card = reproducibility_card(analyze(net, TensorDataset(images), cache_dir=str(tmp_path)))
+    assert card["reproduce"] is None and "made from Python objects (object:SmallNet, object:TensorDataset)" \
+        in card["reproduce_note"]
+    assert card["model"]["weights_fingerprint"] and card["dataset"]["fingerprint"]

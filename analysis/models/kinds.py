@@ -4,7 +4,7 @@ Every other part (the adapters in :mod:`analysis.models.layers`, the charts' leg
 CLI and the pages) derives from :class:`Kind`. The order of the members is the order in which data meets
 the layers of a network (stem first, classifier last): legends and heatmap rows follow it.
 
-Adding a kind is one line below (and, optionally, one colour in ``ui/charts.py``; unknown kinds get a stable
+Adding a kind is one line below (and, optionally, one colour in ``analysis/plots/charts.py``; unknown kinds get a stable
 fallback colour).
 """
 
