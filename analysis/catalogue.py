@@ -23,8 +23,9 @@ from .models import CatalogueEntry, ModelId
 GROUP_ORDER: tuple[str, ...] = ("zoo", "package", "timm", "random")
 """Menu order of catalogue groups: a group whose name contains the first word comes first, and so on."""
 
-CATALOGUE_ONLY_SOURCES: tuple[str, ...] = ("zoo", "pkg")
-"""Sources whose models exist only when the catalogue lists them (a zoo model not trained yet is absent)."""
+CATALOGUE_ONLY_SOURCES: tuple[str, ...] = ("zoo", "pkg", "object")
+"""Sources whose models exist only when the catalogue lists them (a zoo model not trained yet is absent;
+``object:`` ids name Python objects and are never offered)."""
 
 def path_families() -> dict:
     """Dataset families given by a path (``folder:``, ``cifar10:``...), by the label the Analyze page shows:

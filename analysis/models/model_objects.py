@@ -148,6 +148,7 @@ class ObjectSource:
     """``object:<class>``: names a model given as an object in the results; it cannot be loaded again."""
 
     prefix = OBJECT_PREFIX
+    offered = False  # not suggested in error messages: no id of it can be loaded
 
     def load(self, name: str, options: Mapping[str, str]):
         raise UnknownModelError(

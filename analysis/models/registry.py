@@ -35,7 +35,8 @@ class ModelId:
         if not isinstance(text, str) or ":" not in text:
             raise UnknownModelError(
                 f"model id {text!r} has no source prefix; use one of "
-                f"{', '.join(p + ':' for p in sorted(_SOURCES))} (for example timm:vit_tiny_patch16_224)"
+                f"{', '.join(p + ':' for p in sorted(_SOURCES) if getattr(_SOURCES[p], 'offered', True))} "
+                "(for example timm:vit_tiny_patch16_224)"
             )
         source, _, rest = text.partition(":")
         name, sep, query = rest.partition("?")
