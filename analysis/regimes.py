@@ -63,7 +63,8 @@ class TrainingFacts:
     regime: str
     """``supervised``, ``mae``, ``dino``, ``dinov2``, ``random`` or ``unknown``."""
     budget: str
-    """Human-readable training budget, e.g. ``4 epochs (1,872 steps) on CPU, 2.1 h``."""
+    """Human-readable training budget in steps, images seen and hours, e.g. ``4 epochs (1,872 steps, 239,616 images
+    seen) on CPU, 2.1 h wall-clock on 1 thread``: regimes compared at matched effort can be checked."""
     linear_probe: float | None = None
     """Linear-probe top-1 on the test split (comparable across regimes), when measured."""
     top1: float | None = None
@@ -94,23 +95,31 @@ class TrainingFacts:
                 f"under-trained {self.label} model, not what that regime reaches.")
 
 
-def _hours(seconds: float | None) -> str:
+def _hours(seconds: float | None, threads: int | None = None) -> str:
     if not seconds:
         return ""
-    return f", {seconds / 3600:.1f} h" if seconds >= 3600 else f", {seconds / 60:.0f} min"
+    wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    return f", {wall} wall-clock" + (f" on {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
 
 
 def _zoo_facts(model_id: str, entry: dict) -> TrainingFacts:
     regime = str(entry.get("regime") or "unknown")
     epochs = entry.get("epochs") or 0
     hardware = str(entry.get("hardware") or "")
-    where = " on CPU" if "CPU" in hardware and "cuda" not in hardware.split("CPU")[-1].lower() else ""
+    on_cpu = "CPU" in hardware and "cuda" not in hardware.split("CPU")[-1].lower()
     if regime == "random" or not epochs:
         budget = "none (initialisation)"
     else:
         steps = entry.get("steps")
-        budget = (f"{epochs} epochs" + (f" ({steps:,} steps)" if steps else "") + where
-                  + _hours(entry.get("train_seconds")))
+        hyper = entry.get("hyperparameters") or {}
+        batch = hyper.get("batch_size")
+        seen = f", {_count(steps * batch)} images seen" if steps and batch else ""
+        budget = (f"{epochs} epochs" + (f" ({steps:,} steps{seen})" if steps else "") + (" on CPU" if on_cpu else " on GPU" if "(CUDA)" in hardware else "")
+                  + _hours(entry.get("train_seconds"), hyper.get("threads") if on_cpu else None))
     accuracy = entry.get("accuracy") or {}
     target = RECIPE_TARGETS.get(regime)
     measured = accuracy.get(target.metric) if target is not None else None

@@ -236,6 +236,33 @@ class Timeline:
             table[col] = table[col].astype(float)
         return table
 
+    def groups(self) -> pd.DataFrame:
+        """Mean utilization per layer group (kind) at every analysed checkpoint, over the layers that count in
+        the MLU (``in_mlu``, which holds only for ``ok`` layers): ``series, checkpoint, step, kind, label, utilization, layers``.
+
+        A group is a layer kind (:class:`analysis.models.kinds.Kind`: attention q,k,v, attention output, MLP
+        expand, MLP contract, ...), in data-flow order; ``utilization`` is the mean ``u = r / min(d_in, d_out)``
+        of its layers, so the groups' means weighted by ``layers`` give the MLU."""
+        from .models.kinds import kind_label, kinds_in_order
+
+        rows = []
+        for point, result in zip(self.points, self.results):
+            if result is None:
+                continue
+            counted = result.layers[result.layers["in_mlu"].astype(bool)]
+            for kind in kinds_in_order(counted["kind"]):
+                u = counted.loc[counted["kind"] == kind, "utilization"].astype(float)
+                rows.append({"series": point.series, "checkpoint": point.label, "step": point.step, "kind": kind,
+                             "label": kind_label(kind), "utilization": float(u.mean()), "layers": int(u.size)})
+        return pd.DataFrame(rows, columns=["series", "checkpoint", "step", "kind", "label", "utilization", "layers"])
+
+    def reading(self, names: Mapping[str, str] | None = None) -> str:
+        """One sentence that says what the MLU curves show, computed from the table
+        (:func:`analysis.timeline_reading.reading`); ``names`` maps series to display names."""
+        from .timeline_reading import reading
+
+        return reading(self.table, names)
+
     def layers(self) -> pd.DataFrame:
         """Per-layer utilization in long format (module docstring)."""
         frames = []

@@ -45,7 +45,8 @@ def test_zoo_training_facts_come_from_the_manifest():
         "supervised", "self-supervised: MAE", "self-supervised: DINO", "untrained (random init)")
     assert (sup.family, mae.family, dino.family, rnd.family) == (
         "supervised", "self-supervised", "self-supervised", "untrained")
-    assert sup.budget.startswith("25 epochs (5,850 steps)") and dino.budget.startswith("4 epochs (1,872 steps) on CPU")
+    assert sup.budget.startswith("25 epochs (5,850 steps, 1.50 M images seen) on CPU, 1.5 h wall-clock on 2 threads")
+    assert dino.budget.startswith("4 epochs (1,872 steps, 239,616 images seen) on CPU, 2.1 h wall-clock on 1 thread")
     assert rnd.budget == "none (initialisation)"
     assert sup.top1 == pytest.approx(0.9022) and sup.linear_probe == pytest.approx(0.9051)
     assert dino.linear_probe == pytest.approx(0.7434) and dino.top1 is None

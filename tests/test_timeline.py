@@ -104,6 +104,18 @@ def test_tiny_recipe_run_writes_checkpoints_that_the_manifest_lists_and_loads(tm
         state = read_state_dict(path)
         assert all(torch.equal(model.state_dict()[k], state[k].float()) for k in state)
     assert sum(c["size_bytes"] for c in listed[:-1]) <= publish.CHECKPOINT_BUDGET_MB * 2**20
+    # with the random model published, a seed-0 run's step 0 is that file (one analysis for every regime's start)
+    shared = tmp_path / "zoo-shared"
+    shared.mkdir()
+    random_entry = read_manifest()["models"]["vit-fmnist-random"]
+    (shared / "manifest.json").write_text(json.dumps({"models": {"vit-fmnist-random": random_entry}}))
+    assert publish.main(["--run", str(run), "--manifest", str(shared / "manifest.json"), "--train-limit", "200",
+                         "--test-limit", "200", "--threads", "1"]) == 0
+    series = read_manifest(shared / "manifest.json")["models"]["vit-fmnist-supervised"]["checkpoints"]
+    assert [c["step"] for c in series] == [0, 1, 2, 4, 8, 16, 32]
+    assert series[0]["model_id"] == "zoo:vit-fmnist-random" and series[0]["sha256"] == random_entry["sha256"]
+    assert not list(shared.rglob("step_000000.safetensors"))
+
     data = bytearray((weights / listed[1]["file"]).read_bytes())
     data[-1] ^= 0xFF
     (weights / listed[1]["file"]).write_bytes(bytes(data))
@@ -199,3 +211,35 @@ def test_cli_timeline_bad_series_is_one_line(capsys):
     assert cli.main(["timeline", "--series", "folder-of-checkpoints:/no/such/folder?arch=resnet18"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "does not exist" in err and "\n" not in err
+
+
+# ------------------------------------------------------------------------------------------ the story of a timeline
+def _table(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["series", "step", "epoch", "mlu", "status"])
+
+
+def test_reading_names_the_change_when_it_happens_and_a_peak():
+    from analysis.timeline_reading import reading
+
+    rows = [("a", s, e, m, "ok") for s, e, m in ((0, 0, 0.15), (10, 0.5, 0.18), (100, 1, 0.20), (1000, 10, 0.21))]
+    rows += [("b", s, e, m, "ok") for s, e, m in ((0, 0, 0.15), (10, 0.5, 0.25), (100, 1, 0.20), (1000, 10, 0.17))]
+    text = reading(_table(rows), {"a": "supervised", "b": "DINO"})
+    assert text == ("From the same initialisation (MLU 15.0 %), supervised rises to 21.0 % (half of it by step 10, "
+                    "epoch 0.5) and DINO rises to a peak of 25.0 % (step 10, epoch 0.5), then falls to 17.0 %.")
+    # a falling series, a flat one, an error row that is left out, and different starts
+    rows = [("c", 0, None, 0.40, "ok"), ("c", 50, None, 0.39, "ok"), ("c", 60, None, 0.99, "error: x"),
+            ("c", 500, None, 0.30, "ok"), ("d", 0, None, 0.20, "ok"), ("d", 9, None, 0.202, "ok")]
+    assert reading(_table(rows)) == ("Over training, c falls from 40.0 % to 30.0 % (half of it by step 500) and "
+                                     "d stays near 20.1 %.")
+    assert reading(_table([])) == "No checkpoint has been analysed yet."
+
+
+def test_groups_are_kind_means_whose_weighted_mean_is_the_mlu(folder, cache_dir):
+    tl = timeline(f"folder-of-checkpoints:{folder}?{ARCH}", DATASET, samples=SAMPLES, cache_dir=cache_dir)
+    groups = tl.groups()
+    assert set(groups["kind"]) >= {"attn_qkv", "attn_proj", "mlp_fc1", "mlp_fc2"}
+    for (_, rows), mlu in zip(groups.groupby("step", sort=True), tl.table.sort_values("step")["mlu"]):
+        assert (rows["utilization"] * rows["layers"]).sum() / rows["layers"].sum() == pytest.approx(mlu, abs=1e-12)
+    assert tl.reading().startswith("Over training, folder-of-checkpoints:")

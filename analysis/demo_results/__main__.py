@@ -23,9 +23,15 @@ from . import INDEX, SEED_ROOT, code_fingerprint, read_index
 
 
 def demo_analyses() -> list[tuple[str, str, AnalysisSettings]]:
-    """(model id, dataset id, settings) of every shipped entry: the default first, then the comparison set,
-    with the settings the app uses for them (``ui.state.default_settings``: the default sample count)."""
-    models = list(dict.fromkeys([DEFAULT_MODEL, *[m.strip() for m in DEFAULT_COMPARISON if m.strip()]]))
+    """(model id, dataset id, settings) of every shipped entry: the default first, then the comparison set, then
+    every checkpoint of the comparison's zoo series (the Timeline page's default), with the settings the app uses
+    for them (``ui.state.default_settings``: the default sample count)."""
+    from ..timeline import series_checkpoints
+
+    comparison = [m.strip() for m in DEFAULT_COMPARISON if m.strip()]
+    checkpoints = [p.model_id for m in comparison if m.startswith("zoo:") for p in series_checkpoints(m)
+                   if not p.problem]
+    models = list(dict.fromkeys([DEFAULT_MODEL, *comparison, *checkpoints]))
     return [(m, DEFAULT_DATASET, AnalysisSettings(samples=DEFAULT_SAMPLES)) for m in models]
 
 

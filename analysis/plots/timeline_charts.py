@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.plots.charts import CHART_HEIGHT, analysis_color
+from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_color
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
@@ -25,14 +25,6 @@ INTRO = (
 )
 
 STEP0_NOTE = "step 0 (initialisation) is drawn at x = {x0:g} on the log axis"
-
-
-def _layout(fig: go.Figure, title: str, height: int = CHART_HEIGHT) -> go.Figure:
-    """Title at the left, legend above the plot (as on the other pages)."""
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
-                      margin=dict(l=60, r=30, t=60, b=60),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
-    return fig
 
 
 def step_zero_position(steps: Sequence[float | int | None]) -> float:
@@ -52,34 +44,103 @@ def _x(steps: pd.Series, x0: float) -> list[float | None]:
     return [None if _nan(s) else (x0 if float(s) <= 0 else float(s)) for s in steps]
 
 
-def _steps_with_zero_tick(fig: go.Figure, steps: pd.Series, x0: float) -> None:
-    fig.update_xaxes(type="log", title="training step (log scale)")
-    if any((not _nan(s)) and float(s) == 0 for s in steps):
-        positive = sorted({float(s) for s in steps if not _nan(s) and float(s) > 0})
-        ticks = [x0] + [10.0 ** k for k in range(0, 9) if positive and positive[0] / 10 <= 10.0 ** k <= positive[-1] * 10]
-        fig.update_xaxes(tickvals=ticks, ticktext=["0"] + [f"{t:g}" for t in ticks[1:]])
+def log_step_ticks(steps: Sequence[float | int | None], x0: float | None = None) -> tuple[list[float], list[str]]:
+    """Readable ticks for a log step axis: 1, 3, 10, 30, 100, 300, 1k, 3k, ... over the positive steps' range
+    (one tick before the smallest, one after the largest), plus ``0`` at ``x0`` when step 0 is drawn there."""
+    positive = sorted({float(s) for s in steps if not _nan(s) and float(s) > 0})
+    values: list[float] = []
+    if positive:
+        low, high = positive[0], positive[-1]
+        for k in range(0, 10):
+            for mantissa in (1, 3):
+                v = mantissa * 10.0 ** k
+                if low / 3.5 <= v <= high * 3.5:
+                    values.append(v)
+    labels = [_short(v) for v in values]
+    if x0 is not None:
+        values, labels = [x0] + [v for v in values if v > x0 * 1.5], ["0"] + [l for v, l in zip(values, labels) if v > x0 * 1.5]
+    return values, labels
+
+
+def _short(value: float) -> str:
+    """1, 30, 300, 1k, 3k, 10k, 1M: a tick label a projector can show."""
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+def _steps_with_zero_tick(fig: go.Figure, steps: pd.Series, x0: float, **axis) -> None:
+    has_zero = any((not _nan(s)) and float(s) == 0 for s in steps)
+    ticks, labels = log_step_ticks(list(steps), x0 if has_zero else None)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=labels, tickfont=dict(size=FONT_SIZE - 2, color="#222"),
+                     **axis)
+    if has_zero and not axis:
         fig.add_annotation(text=STEP0_NOTE.format(x0=x0), xref="paper", yref="paper", x=0.0, y=-0.28,
                            showarrow=False, font=dict(size=11), xanchor="left")
 
 
-def mlu_vs_step(table: pd.DataFrame) -> go.Figure:
-    """MLU against training step, one line per series (rows with an error are left out)."""
+def _hover(rows: pd.DataFrame, what: str) -> dict:
+    return dict(customdata=np.stack([rows["checkpoint"].astype(str), rows["step"].astype(str)], axis=-1),
+                hovertemplate="%{customdata[0]}<br>step %{customdata[1]}<br>" + what + "<extra>%{fullData.name}</extra>")
+
+
+def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height: int = CHART_HEIGHT + 140) -> go.Figure:
+    """MLU (top) and linear-probe top-1 (bottom) against training step for every series on one shared log axis,
+    one colour per series: when utilization moves, and whether the representation improved meanwhile."""
+    from plotly.subplots import make_subplots
+
+    names = names or {}
     ok = table[table["status"] == "ok"]
     x0 = step_zero_position(list(ok["step"]))
-    fig = go.Figure()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08)
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
-        fig.add_scatter(
-            x=_x(rows["step"], x0), y=rows["mlu"], mode="lines+markers", name=series,
-            line=dict(color=analysis_color(i)),
-            customdata=np.stack([rows["checkpoint"].astype(str), rows["step"].astype(str)], axis=-1),
-            hovertemplate="%{customdata[0]}<br>step %{customdata[1]}<br>MLU %{y:.1%}<extra>%{fullData.name}</extra>",
-        )
-    _steps_with_zero_tick(fig, ok["step"], x0)
-    fig.update_yaxes(tickformat=".0%", title="MLU", rangemode="tozero")
-    fig = _layout(fig, "MLU against training step")
-    fig.update_layout(margin=dict(b=90))  # room for the step-0 note
-    return fig
+        name, color = names.get(series, series), analysis_color(i)
+        fig.add_scatter(x=_x(rows["step"], x0), y=rows["mlu"], mode="lines+markers", name=name, legendgroup=series,
+                        line=dict(color=color, width=3), marker=dict(size=9), **_hover(rows, "MLU %{y:.1%}"),
+                        row=1, col=1)
+        probe = rows[rows["linear_probe_top1"].notna()]
+        fig.add_scatter(x=_x(probe["step"], x0), y=probe["linear_probe_top1"], mode="lines+markers", name=name,
+                        legendgroup=series, showlegend=False, line=dict(color=color, width=2, dash="dot"),
+                        marker=dict(size=7, symbol="diamond"), **_hover(probe, "linear probe %{y:.1%}"), row=2, col=1)
+    _steps_with_zero_tick(fig, ok["step"], x0, row=1, col=1)
+    _steps_with_zero_tick(fig, ok["step"], x0, row=2, col=1)
+    fig.update_xaxes(title="training step (log scale; 0 = initialisation)", row=2, col=1)
+    fig.update_yaxes(tickformat=".0%", title="MLU", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(tickformat=".0%", title="linear probe", row=2, col=1)
+    return _layout(fig, "MLU and linear-probe accuracy against training step", height=height)
+
+
+def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, height: int = CHART_HEIGHT) -> go.Figure:
+    """Mean utilization of each layer group (:meth:`analysis.timeline.Timeline.groups`) against training step:
+    one panel per group (data-flow order, at most four per row), one colour per series, one y scale for all."""
+    from plotly.subplots import make_subplots
+
+    names = names or {}
+    kinds = list(dict.fromkeys(groups["kind"]))
+    if not kinds:
+        return _layout(go.Figure(), "Utilization by layer group: no analysed checkpoint", height=height)
+    labels = list(dict.fromkeys(groups["label"]))
+    cols = min(4, len(kinds))
+    rows_n = -(-len(kinds) // cols)
+    fig = make_subplots(rows=rows_n, cols=cols, shared_yaxes=True, subplot_titles=labels, horizontal_spacing=0.04,
+                        vertical_spacing=0.22 if rows_n > 1 else 0.1)
+    x0 = step_zero_position(list(groups["step"]))
+    top = float(groups["utilization"].max()) if len(groups) else 1.0
+    for i, (series, part) in enumerate(groups.groupby("series", sort=False)):
+        for j, kind in enumerate(kinds):
+            rows = part[part["kind"] == kind].sort_values("step")
+            fig.add_scatter(x=_x(rows["step"], x0), y=rows["utilization"], mode="lines+markers",
+                            name=names.get(series, series), legendgroup=series, showlegend=j == 0,
+                            line=dict(color=analysis_color(i), width=2), marker=dict(size=6),
+                            **_hover(rows, "u %{y:.1%}"), row=j // cols + 1, col=j % cols + 1)
+    for j in range(len(kinds)):
+        _steps_with_zero_tick(fig, groups["step"], x0, row=j // cols + 1, col=j % cols + 1)
+    fig.update_yaxes(tickformat=".0%", range=[0, min(1.0, top * 1.1 + 0.02)])
+    fig.update_yaxes(title="mean utilization", col=1)
+    fig.update_annotations(font=dict(size=FONT_SIZE - 1, color="#222"))
+    return _layout(fig, "Utilization by layer group against training step", height=height * rows_n)
 
 
 def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
@@ -103,7 +164,7 @@ def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title="layer (depth order)", type="category")
     fig.update_xaxes(title="checkpoint", type="category")
     return _layout(fig, f"Utilization per layer across training: {series}",
-                   height=max(CHART_HEIGHT, 16 * len(order) + 120))
+                   height=max(CHART_HEIGHT, 16 * len(order) + 160))
 
 
 def mlu_vs_probe(table: pd.DataFrame) -> go.Figure:

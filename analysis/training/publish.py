@@ -13,7 +13,8 @@ Checkpoints: a run's intermediate checkpoints (``<run>/checkpoints.json``, writt
 :class:`analysis.training.common.Checkpointer`) are copied to ``zoo_weights/checkpoints/<name>/`` (float16,
 sha256 checked after the copy) and listed under the model as ``checkpoints``, ordered by step; the run's last
 checkpoint is replaced by the published float32 model itself (``model_id`` ``zoo:<name>``), whose accuracies are
-the full evaluation's. Each listed checkpoint loads as ``zoo:<name>?step=<step>``. Size budget:
+the full evaluation's, and a seed-0 run's step 0 by ``zoo:vit-fmnist-random`` (below): one file and one analysis
+for the shared initialisation of every regime. Each listed checkpoint loads as ``zoo:<name>?step=<step>``. Size budget:
 :data:`CHECKPOINT_BUDGET_MB` per regime for the intermediate files (a zoo ViT is 0.92 MB in float16, so up to 10
 points: step 0, three points inside the first epoch and epochs 1, 2, 4, ..., 16 fit); publishing refuses a run over budget.
 
@@ -94,8 +95,11 @@ def placeholder(regime: str) -> dict[str, Any]:
 
 
 def publish_run(run_dir: Path, weights_dir: Path, train_limit: int | None = None,
-                test_limit: int | None = None) -> dict[str, Any]:
-    """Evaluate ``run_dir/model.safetensors``, copy it into ``weights_dir`` and return its manifest entry."""
+                test_limit: int | None = None, random_entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate ``run_dir/model.safetensors``, copy it into ``weights_dir`` and return its manifest entry.
+
+    ``random_entry`` (the published ``zoo:vit-fmnist-random`` entry, if any) replaces a seed-0 run's step-0
+    checkpoint (:func:`initialisation_record`)."""
     run = json.loads((run_dir / "run.json").read_text())
     regime = run["regime"]
     name = REGIMES[regime]["name"]
@@ -107,7 +111,9 @@ def publish_run(run_dir: Path, weights_dir: Path, train_limit: int | None = None
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-    checkpoints = copy_checkpoints(run_dir, weights_dir, name, run.get("steps"))
+    start = initialisation_record(random_entry or {}, {"seed": run["seed"]},
+                                  "the run's own float16 step-0 file is not kept")
+    checkpoints = copy_checkpoints(run_dir, weights_dir, name, {run.get("steps")} | ({0} if start else set()))
     entry = {
         "name": name,
         "regime": regime,
@@ -139,7 +145,7 @@ def publish_run(run_dir: Path, weights_dir: Path, train_limit: int | None = None
         "status": "published",
     }
     if checkpoints is not None:
-        entry["checkpoints"] = checkpoints + [final_checkpoint(entry)]
+        entry["checkpoints"] = ([start] if start else []) + checkpoints + [final_checkpoint(entry)]
     return entry
 
 
@@ -152,13 +158,15 @@ def final_checkpoint(entry: dict[str, Any]) -> dict[str, Any]:
             "evaluation": {"train_images": 60000, "test_images": 10000}}
 
 
-def copy_checkpoints(run_dir: Path, weights_dir: Path, name: str, final_step: int | None) -> list[dict[str, Any]] | None:
-    """Copy the run's intermediate checkpoints (all but the final step) and return their manifest records, or None
-    when the run kept none. Raises when the files exceed :data:`CHECKPOINT_BUDGET_MB` or a copy's sha256 differs."""
+def copy_checkpoints(run_dir: Path, weights_dir: Path, name: str, skip_steps: set) -> list[dict[str, Any]] | None:
+    """Copy the run's intermediate checkpoints (all but ``skip_steps``: the final step, whose point is the published
+    float32 model, and step 0 where :func:`initialisation_record` stands for it) and return their manifest records,
+    or None when the run kept none. Raises when the files exceed :data:`CHECKPOINT_BUDGET_MB` or a copy's sha256
+    differs."""
     records_path = run_dir / common.CHECKPOINT_RECORDS
     if not records_path.is_file():
         return None
-    records = [r for r in json.loads(records_path.read_text()) if r["step"] != final_step]
+    records = [r for r in json.loads(records_path.read_text()) if r["step"] not in skip_steps]
     total = sum(int(r["size_bytes"]) for r in records)
     if total > CHECKPOINT_BUDGET_MB * 2**20:
         raise SystemExit(f"{run_dir}: {len(records)} intermediate checkpoints take {total / 2**20:.1f} MB, over the "
@@ -179,6 +187,24 @@ def copy_checkpoints(run_dir: Path, weights_dir: Path, name: str, final_step: in
     return out
 
 
+def initialisation_record(random_entry: dict[str, Any], entry: dict[str, Any], why: str) -> dict[str, Any] | None:
+    """Step 0 of a seed-0 regime as ``zoo:vit-fmnist-random``'s float32 file (its backbone is bit for bit
+    ``common.build_model(0)``'s, the initialisation every recipe starts from), or None when either is not seed 0
+    or the random model is not published. One file and one analysis then serve as step 0 of every regime."""
+    if not (random_entry.get("sha256") and entry.get("seed") == 0 and random_entry.get("seed") == 0):
+        return None
+    acc = random_entry.get("accuracy") or {}
+    return {
+        "model_id": f"zoo:{RANDOM_NAME}", "kind": "initialisation", "file": random_entry["file"], "step": 0,
+        "epoch": 0, "sha256": random_entry["sha256"], "dtype": "float32",
+        "accuracy": {"head_top1": None, "linear_probe_top1": acc.get("linear_probe_top1"),
+                     "knn_top1": acc.get("knn_top1")},
+        "evaluation": {"train_images": 60000, "test_images": 10000},
+        "note": "common.build_model(0) backbone, bit for bit that of zoo:vit-fmnist-random (whose head is a linear "
+                f"probe; this regime's step-0 head was untrained); {why}",
+    }
+
+
 def two_point_series(entries: dict[str, dict[str, Any]]) -> None:
     """For published models without checkpoints: ``[step 0 = zoo:vit-fmnist-random's file, final]`` (see the
     module docstring; only for seed 0, whose initialisation that file holds). The random model's series is itself."""
@@ -193,19 +219,9 @@ def two_point_series(entries: dict[str, dict[str, Any]]) -> None:
         if name == RANDOM_NAME:
             entry["checkpoints"] = [{**final_checkpoint(entry), "kind": "initialisation"}]
             continue
-        series = []
-        if random_entry.get("sha256") and entry.get("seed") == 0 and random_entry.get("seed") == 0:
-            acc = random_entry.get("accuracy") or {}
-            series.append({
-                "model_id": f"zoo:{RANDOM_NAME}", "kind": "initialisation", "file": random_entry["file"], "step": 0,
-                "epoch": 0, "sha256": random_entry["sha256"], "dtype": "float32",
-                "accuracy": {"head_top1": None, "linear_probe_top1": acc.get("linear_probe_top1"),
-                             "knn_top1": acc.get("knn_top1")},
-                "evaluation": {"train_images": 60000, "test_images": 10000},
-                "note": "common.build_model(0) backbone, bit for bit that of zoo:vit-fmnist-random (whose head is a "
-                        "linear probe; this regime's step-0 head was untrained); published before checkpoints were "
-                        "kept, so no intermediate point exists",
-            })
+        start = initialisation_record(random_entry, entry, "published before checkpoints were kept, so no "
+                                                           "intermediate point exists")
+        series = [start] if start is not None else []
         entry["checkpoints"] = series + [final_checkpoint(entry)]
 
 
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (entries.get(name) or {}).get("sha256"):
             entries[name] = placeholder(regime)
     for run_dir in args.run:
-        entry = publish_run(run_dir, args.manifest.parent, args.train_limit, args.test_limit)
+        entry = publish_run(run_dir, args.manifest.parent, args.train_limit, args.test_limit,
+                            random_entry=entries.get(RANDOM_NAME))
         entries[entry["name"]] = entry
         two_point_series(entries)
         write_manifest(entries, args.manifest)
