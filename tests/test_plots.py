@@ -70,3 +70,17 @@ def test_a_result_shows_itself_in_a_notebook(results):
     torch.manual_seed(0)
     unstored = analyze(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (b for b in [torch.randn(8, 3, 2, 2)]))
     assert "not stored: not stored in the cache: a one-shot iterator" in unstored._repr_html_()
+
+
+def test_a_timeline_plots_its_mlu_and_layer_groups_against_step(results):
+    from analysis.timeline import Checkpoint, Timeline
+
+    a, b = results
+    points = [Checkpoint("run", "init", "m0", step=0, accuracy={"linear_probe_top1": 0.1}),
+              Checkpoint("run", "final", "m1", step=100, accuracy={"linear_probe_top1": 0.8})]
+    series = Timeline(points=points, results=[a, b], errors=[None, None], dataset="fashion-mnist:test")
+    figure = plots.timeline(series, names={"run": "my run"})
+    mlu = next(t for t in figure.data if t.name == "my run")
+    assert list(mlu.y) == [a.mlu, b.mlu]
+    groups = plots.timeline_groups(series)
+    assert {t.name for t in groups.data} == {"run"} and len(groups.data) == series.groups()["kind"].nunique()

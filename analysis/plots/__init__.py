@@ -8,7 +8,8 @@ Public API (README, section Use it from Python)::
     plots.eigenvalues(result, "blocks.3.mlp.fc1", side="in")   # eigenvalues of C_in (or C_out) and e's k
     plots.compare([a, b], labels=["supervised", "MAE"])       # per-layer utilization overlaid
     plots.compare_mlu([a, b])                  # MLU per result with its split-half error
-    plots.timeline(timeline_result)            # MLU against training step, one line per series
+    plots.timeline(timeline_result)            # MLU and linear probe against training step, per series
+    plots.timeline_groups(timeline_result)     # utilization of each layer group against training step
 
 Each returns a ``plotly.graph_objects.Figure`` (shown by Jupyter; ``fig.write_html(...)`` to save). The
 builders themselves live in :mod:`analysis.plots.charts` and :mod:`analysis.plots.timeline_charts` (the
@@ -27,7 +28,7 @@ from ..tokens import label as token_label
 from . import charts, timeline_charts
 
 __all__ = ["charts", "compare", "compare_mlu", "eigenvalues", "spectra", "timeline", "timeline_charts",
-           "utilization"]
+           "timeline_groups", "utilization"]
 
 
 def _note(results: Sequence[Result]) -> str:
@@ -93,7 +94,13 @@ def compare_mlu(results: Sequence[Result], labels: Sequence[str] | None = None) 
     return charts.with_note(charts.mlu_bars(summary, captions=names), _note(results))
 
 
-def timeline(result) -> go.Figure:
-    """MLU against training step, one line per series (:func:`timeline_charts.mlu_vs_step`), from an
-    :func:`analysis.timeline` result."""
-    return timeline_charts.mlu_vs_step(result.table)
+def timeline(result, names: dict[str, str] | None = None) -> go.Figure:
+    """MLU and linear-probe accuracy against training step, one colour per series
+    (:func:`timeline_charts.story_chart`), from an :func:`analysis.timeline` result; ``names`` maps series to
+    display names."""
+    return timeline_charts.story_chart(result.table, names)
+
+
+def timeline_groups(result, names: dict[str, str] | None = None) -> go.Figure:
+    """Mean utilization of each layer group against training step (:func:`timeline_charts.groups_chart`)."""
+    return timeline_charts.groups_chart(result.groups(), names)
