@@ -99,7 +99,7 @@ if table["status"].eq("ok").sum() == 0:
     st.stop()
 
 metas = [r.meta for r in tl.results if r is not None]
-frame.plot(tc.mlu_vs_step(table), metas, key="timeline_mlu_step")
+frame.plot(tc.story_chart(table), metas, key="timeline_mlu_step")
 layers = tl.layers()
 series_done = [s for s in tl.series if (layers["series"] == s).any()]
 for tab, series in zip(st.tabs(series_done), series_done):

@@ -54,7 +54,7 @@ def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, 
 
     figures = _charts(at)
     titles = [f["layout"]["title"]["text"] for f in figures]
-    assert titles[0].startswith("MLU against training step") and titles[-1].startswith("MLU against linear-probe")
+    assert titles[0].startswith("MLU and linear-probe accuracy against training step") and titles[-1].startswith("MLU against linear-probe")
     assert all("all tokens" in title for title in titles)  # every chart says which vectors were counted
     mlus = list(result.table["mlu"])
     line = figures[0]["data"][0]
