@@ -44,9 +44,10 @@ def test_estimate_has_the_known_shapes_and_sizes():
     assert tokens == {"conv": 64, "fc": 64}
     est = cost.estimate(model, specs, input_size=(3, 10, 10), images=5, batch_size=5)
     by_name = {layer.name: layer for layer in est.layers}
-    # C_in, C_out and the eigenvectors of both, float64
+    # C_in, C_out and the eigenvectors of both, float64 (d_out 16 <= d_in + 1 = 28)
     assert by_name["conv"].memory_bytes == 8 * 2 * (27 ** 2 + 16 ** 2)
-    assert by_name["fc"].memory_bytes == 8 * 2 * (16 ** 2 + 40 ** 2)
+    # d_out 40 > d_in + 1 = 17: C_in and its eigenvectors, G (17 x 17) and the 40 x 17 eigenvectors of C_out
+    assert by_name["fc"].memory_bytes == 8 * 2 * 16 ** 2 + 8 * (17 ** 2 + 40 * 17)
     assert est.widest_layer == "fc" and est.widest_d == 40
     assert est.memory_bytes >= sum(layer.memory_bytes for layer in est.layers)
     assert est.stats_seconds == pytest.approx(5 * 64 * (27 ** 2 + 16 ** 2) / cost.RATES["cpu"]["stats"])
