@@ -95,7 +95,7 @@ CASES: tuple[FamilyCase, ...] = (
     _case("efficientnet", "efficientnet_b0", "", "squeeze_excite"),
     _case("efficientnet", "efficientnet_cc_b0_4e", "", "squeeze_excite", skipped="CondConv2d"),
     _case("sequencer", "sequencer2d_s", "layers=1,1,1,1", "token_mix mlp_fc1 downsample", skipped="LSTM"),
-    _case("convit", "convit_tiny", "img_size=32&depth=3&local_up_to_layer=2&embed_dim=16&num_heads=4",
+    _case("convit", "convit_tiny", "img_size=32&patch_size=4&depth=3&local_up_to_layer=2&embed_dim=8&num_heads=4",
           "attn_qkv attn_proj mlp_fc1", statuses=("fixed input",)),
     _case("mambaout", "mambaout_femto", "depths=1,1,1,1", "mlp_fc1 mlp_fc2 head_side"),
     _case("hgnetv2", "hgnetv2_b0", "", "head_side"),

@@ -133,3 +133,20 @@ def test_training_only_branches_get_no_role():
     specs, _ = describe_model(WithAux(), input_size=(3, 16, 16))
     aux = [s for s in specs if s.name.startswith("aux.")]
     assert aux and all(s.block is None and not s.in_mlu for s in aux)
+
+
+def test_a_depthwise_stem_is_not_applicable_not_a_stem_layer_waiting_for_input():
+    """FastViT/EfficientViT-style stems: a depthwise convolution before the blocks keeps its kind
+    ``grouped_conv`` (not applicable), only its dense neighbours become the stem (before: kind patch_embed,
+    then "not reached" because its grouped call feeds no statistics)."""
+
+    class DepthwiseStem(Net):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                       nn.Conv2d(8, 8, 4, stride=4))
+
+    specs, _ = describe_model(DepthwiseStem(), input_size=(3, 16, 16))
+    kinds = {s.name: s.kind for s in specs if s.name.startswith("embed.")}
+    assert kinds == {"embed.0": "patch_embed", "embed.1": "grouped_conv", "embed.2": "patch_embed"}
+    assert not next(s for s in specs if s.name == "embed.1").applicable

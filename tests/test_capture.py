@@ -634,3 +634,36 @@ def test_an_input_changed_in_place_is_caught_by_the_later_batch_re_verification(
             plain(x)
             collector.next_batch()
     assert collector.findings()["p"].problem is None
+
+
+@pytest.mark.parametrize("rows,d_out,bias", [(40, 300, True), (400, 300, True), (40, 7, False), (40, 300, False)])
+def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(rows, d_out, bias):
+    """Fewer output rows than d_out: the rows are kept instead of ``Y^T Y``; d_out > d_in + 1: ``C_out`` through
+    its factor ``K``. The reported relative error is the dense one computed by hand, and a wrong output fails."""
+    torch.manual_seed(12)
+    layer = nn.Linear(6, d_out, bias=bias)
+    batches = [torch.randn(rows // 2, 6) for _ in range(2)]
+    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            layer(x)
+        capture.end_discovery()
+    check = capture.findings["fc"].check
+    x = torch.cat(batches).double()
+    with torch.no_grad():
+        y = layer(torch.cat(batches)).double()
+    b = layer.bias.detach().double() if bias else None
+    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
+    dense = float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+    # the expanded form ||C_out||^2 - 2 tr(C_out C_real) + ||C_real||^2 cancels in float64: its floor is about
+    # sqrt(eps) ~ 1e-8 of ||C_real||, far below the tolerance (~1e-5) it is compared with
+    assert check.passed and check.relative_error == pytest.approx(dense, rel=1e-3, abs=1e-7)
+    assert check.relative_error < check.tolerance < 1e-4
+
+    shifted = nn.Linear(6, d_out, bias=bias)
+    shifted.load_state_dict(layer.state_dict())
+    shifted.forward = lambda x: F.linear(x, shifted.weight, shifted.bias) + 0.05  # not the captured call
+    with LayerCapture([_spec(shifted, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            shifted(x)
+        capture.end_discovery()
+    assert not capture.findings["fc"].check.passed

@@ -219,3 +219,33 @@ def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
     assert all(p.total == layers for p in spectra_steps)
     assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
     assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")
+
+
+def test_preservation_error_through_the_small_problem_is_the_measured_one() -> None:
+    """With the ``d_out x m`` eigenvectors of the small problem, the stored preservation error is the error
+    of the projected weight measured on the data (its denominator from the input side: rows of ``A`` past
+    ``m`` are not formed), and equals the one from the direct decomposition."""
+    from analysis.models.layers import LayerSpec
+    from analysis.projection import project_weight
+    from analysis.result import LayerSpectrum
+
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 10, generator=g, dtype=torch.float64)
+    x = x + 0.05 * torch.randn(300, 10, generator=g, dtype=torch.float64)
+    module = torch.nn.Linear(10, 60)
+    weight, bias = module.weight.detach().double(), module.bias.detach().double()
+    layer = AffineLayer(weight, bias, x.T @ x, x.sum(0), 300)
+    assert layer.uses_small_problem()
+    spec = LayerSpec.of("fc", module)
+    eig_in = eigen_batched({"x": layer.c_in})[0]["x"]
+    thin = output_eigen(weight, bias, layer.c_in, layer.column_sum, layer.count)
+    assert thin.vectors.shape == (60, 11)
+    small = LayerSpectrum.from_statistics(spec, 300, eig_in, thin, weight=weight)
+    direct = LayerSpectrum.from_statistics(spec, 300, eig_in, _direct(layer), weight=weight)
+    for e in (0.9, 0.99):
+        row = small.row(e, e)
+        projected = project_weight(weight, eig_in.vectors, thin.vectors, row["k_in"], row["k_out"])
+        measured = float(((x @ (weight - projected).T).square().sum() / (x @ weight.T).square().sum()))
+        assert row["preservation_error"] == pytest.approx(measured, rel=1e-8, abs=1e-14)
+        assert row["preservation_error"] == pytest.approx(direct.row(e, e)["preservation_error"], rel=1e-8, abs=1e-14)
+        assert row["k_out"] == direct.row(e, e)["k_out"]

@@ -5,7 +5,9 @@ tensors replaced by meta tensors of the same shape and dtype (module by module, 
 parents, as CoaT's convolutional position encodings, is swapped once and put back exactly; a Parameter tied
 between modules stays one tensor), and puts every original tensor back afterwards, also on error. Hooks the
 caller registered see the real module order and the shapes, never data. A model that cannot run on the meta
-device (data-dependent Python control flow, tensors kept as plain attributes) makes it return False.
+device (data-dependent Python control flow, tensors kept as plain attributes) makes it return False. The
+swap changes the module objects for its duration: no other thread may run the same model object meanwhile
+(the analysis runs it in its own job process).
 
 Used for the call order of the blocks (:mod:`analysis.models.blocks`) and the vectors per image of the cost
 estimate (:mod:`analysis.cost`).
