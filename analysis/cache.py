@@ -40,7 +40,9 @@ from .meta import ResultMeta
 from .paths import cache_root
 from .result import LayerSpectrum, Result, WPRIME_ENERGIES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: which layers count comes from the model's blocks (stem, head-side), the statuses fixed input, zero input
+and zero output, and k undefined for them: entries of schema 2 counted other layers and are recomputed."""
 KEY_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 ENTRY_FILES = ("spectra.npz", "layers.parquet", "layers.csv")
 

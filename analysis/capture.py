@@ -17,9 +17,13 @@ modules is not enough for every network:
   (cross-attention) ``in_proj`` is not one affine layer and is reported as such.
 
 **Discovery** (the first batch): a :class:`torch.overrides.TorchFunctionMode` sees every ``F.linear`` and
-``F.conv2d`` call. A call belongs to an analysed layer if (a) the weight tensor passed *is* that layer's
-``weight`` parameter (functional use), or else (b) it is made while that layer's own forward is running
-(tracked with a forward pre-hook / forward hook per layer) and its weight has the layer's shape. From the
+``F.conv2d`` call. A call belongs to an analysed layer if (a) it is made while that layer's own forward is
+running (tracked with a forward pre-hook / forward hook per layer) and its weight is that layer's ``weight``
+Parameter, or else (b) the weight tensor passed *is* the ``weight`` Parameter of exactly one layer
+(functional use), or else (c) it is made while that layer's own forward is running and its weight has the
+layer's shape. So a module's own forward owns its calls: two layers sharing one weight Parameter (tied
+weights) each get their own inputs; such a weight applied outside both forwards cannot be attributed and
+makes both "not exact". From the
 call it records the effective weight (as passed, reshaped ``d_out x d_in``, float64 CPU copy), the
 effective bias (as passed), the convolution geometry actually used (kernel, stride, explicit padding,
 dilation) and whether the call's input is the very tensor the layer's forward received.
@@ -32,6 +36,11 @@ mode, which stays active only while at least one layer needs it. A layer never s
 **What is multiplied**: under autocast, ``F.linear``/``F.conv2d`` cast a float32 input to the autocast
 dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`). A layer used
 several times per forward (shared weights) accumulates every call.
+
+**Re-verification** (one later batch, drawn from the run's seed): the layers captured by their pre-hook
+get the self-check below again, on the inputs the pre-hook saw and the module's outputs
+(:meth:`LayerCapture.start_verification`), so a forward that changes its input in place after the pre-hook
+(``x.clamp_()`` before ``F.linear``: right on the discovery batch, wrong from then on) is caught.
 
 **Self-check** (first batch, every run): for each layer, in float64 on the activations' device, the analytic
 
@@ -231,13 +240,21 @@ class SelfCheck:
 
 class _CheckSums:
     """float64 sums of one layer on the discovery batch: ``C_in, s, N`` of its inputs, ``Y^T Y`` of its
-    real outputs, and the largest unit roundoffs seen."""
+    real outputs, and the largest unit roundoffs seen.
+
+    No ``d_out x d_out`` matrix where a smaller form exists: while fewer output rows than ``d_out`` were seen,
+    the rows ``Y`` themselves are kept instead of ``C_real = Y^T Y`` (a 21,841-class head on a batch of
+    images), and where ``d_out > m = d_in + 1`` the analytic ``C_out = K K^T`` is used through its factor
+    ``K = M F`` (``d_out x m``, :func:`analysis.spectra.output_factor`). The comparison only needs
+    ``||C_out - C_real||_F^2 = ||C_out||_F^2 - 2 tr(C_out C_real) + ||C_real||_F^2``, each term from the small
+    forms (``||K^T K||``, ``||Y K||``, ``||Y Y^T||``); the dense difference is used when both are dense."""
 
     def __init__(self) -> None:
         self.c_in: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
         self.n = 0
         self.c_real: torch.Tensor | None = None
+        self.y_rows: list[torch.Tensor] = []
         self.n_out = 0
         self.u_in = 0.0
         self.u_acc = 0.0
@@ -268,28 +285,61 @@ class _CheckSums:
         rows = output_rows(y, is_conv)
         for chunk in rows.split(MAX_CHECK_ROWS):
             chunk = chunk.to(torch.float64)
-            if self.c_real is None:
-                self.c_real = torch.zeros(chunk.shape[1], chunk.shape[1], dtype=torch.float64, device=chunk.device)
-            self.c_real.addmm_(chunk.T, chunk)
             self.n_out += chunk.shape[0]
+            if self.c_real is None and self.n_out < chunk.shape[1]:
+                self.y_rows.append(chunk)
+                continue
+            if self.c_real is None:  # as many rows as outputs: Y^T Y is now the smaller form
+                self.c_real = torch.zeros(chunk.shape[1], chunk.shape[1], dtype=torch.float64, device=chunk.device)
+                for kept in self.y_rows:
+                    self.c_real.addmm_(kept.T, kept)
+                self.y_rows = []
+            self.c_real.addmm_(chunk.T, chunk)
+
+    def _real_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||C_real||_F, tr C_real)`` from whichever form is held."""
+        if self.c_real is not None:
+            return torch.linalg.matrix_norm(self.c_real), torch.diagonal(self.c_real).sum()
+        y = torch.cat(self.y_rows)
+        return torch.linalg.matrix_norm(y @ y.T), y.square().sum()
+
+    def _difference(self, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """``||C_out - C_real||_F`` (see the class docstring), without ``d_out x d_out`` matrices where possible."""
+        from .spectra import AffineLayer, augmented, output_factor, output_second_moment
+
+        layer = AffineLayer(w, b, self.c_in, self.s, self.n)
+        if not layer.uses_small_problem():
+            c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
+            if self.c_real is not None:
+                return torch.linalg.matrix_norm(c_out - self.c_real)
+            y = torch.cat(self.y_rows)
+            out_sq, cross = c_out.square().sum(), ((y @ c_out) * y).sum()
+        else:
+            m_aug, g = (t.to(w.device) for t in augmented(layer))
+            k = output_factor(m_aug, g)
+            out_sq = (k.T @ k).square().sum()
+            if self.c_real is not None:
+                cross = ((self.c_real @ k) * k).sum()
+            else:
+                cross = (torch.cat(self.y_rows) @ k).square().sum()
+        real_norm, _ = self._real_terms()
+        return (out_sq - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
 
     def verdict(self, weight: torch.Tensor, bias: torch.Tensor | None) -> SelfCheck:
-        from .spectra import output_second_moment
-
-        if self.c_in is None or self.c_real is None:
+        if self.c_in is None or (self.c_real is None and not self.y_rows):
             return SelfCheck(float("nan"), float("nan"), False, self.n)
         device = self.c_in.device
         w = weight.to(device)
         b = bias.to(device) if bias is not None else None
-        c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
-        if c_out.shape != self.c_real.shape or self.n_out != self.n:
+        d_real = self.c_real.shape[0] if self.c_real is not None else self.y_rows[0].shape[1]
+        if w.shape[0] != d_real or self.n_out != self.n:
             return SelfCheck(float("inf"), 0.0, False, self.n)
-        diff = torch.linalg.matrix_norm(c_out - self.c_real)
-        reference = torch.linalg.matrix_norm(self.c_real)
+        diff = self._difference(w, b)
+        reference, y_energy = self._real_terms()
         terms = (w.square().sum(0) * torch.diagonal(self.c_in)).sum()
         if b is not None:
             terms = terms + self.n * b.square().sum()
-        y_norm = torch.diagonal(self.c_real).sum().clamp_min(0).sqrt()
+        y_norm = y_energy.clamp_min(0).sqrt()
         d_in = w.shape[1]
         error = (math.sqrt(2.0) * self.u_in + math.sqrt(d_in) * self.u_acc) * terms.clamp_min(0).sqrt() + self.u_out * y_norm
         allowed = SAFETY * (2 * y_norm * error + error**2)
@@ -394,17 +444,19 @@ class LayerCapture:
         self.specs = {s.name: s for s in specs}
         self._on_input = on_input
         self._check = check
-        self._by_param: dict[int, str] = {}
+        self._by_param: dict[int, list[str]] = {}  # a Parameter tied between layers has several owners
         for spec in specs:
             param = spec.module._parameters.get("weight")
             if param is not None:
-                self._by_param[id(param)] = spec.name
+                self._by_param.setdefault(id(param), []).append(spec.name)
         self.discovering = True
         self.findings: dict[str, LayerFinding] = {}
         self._hooked: set[str] = set()
         self._moded: set[str] = set()
         self._stack: list[_Frame] = []
         self._sequence_first: list[tuple[int, int] | None] = []
+        self._verifying: dict[str, _CheckSums] | None = None
+        self.verified_batch: int | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._mode: _Mode | None = None
         self._busy = False
@@ -453,12 +505,21 @@ class LayerCapture:
                 self._stack.append(_Frame(name, args[0] if args else None))
             elif name in self._hooked:
                 with torch.no_grad():
-                    self._feed(name, as_multiplied(args[0]), self.findings[name].geometry)
+                    x = as_multiplied(args[0])
+                    geometry = self.findings[name].geometry
+                    self._feed(name, x, geometry)
+                    if self._verifying is not None and name in self._verifying:
+                        with torch.autocast(x.device.type, enabled=False):
+                            self._verifying[name].add_input(x, geometry)
 
         return hook
 
     def _post_hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output) -> None:
+            if self._verifying is not None and name in self._verifying and isinstance(output, torch.Tensor):
+                with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
+                    self._verifying[name].add_output(output, isinstance(module, nn.Conv2d))
+                return
             if self._busy or not self._stack:
                 return
             index = next((i for i in range(len(self._stack) - 1, -1, -1) if self._stack[i].name == name), None)
@@ -502,12 +563,15 @@ class LayerCapture:
         finally:
             self._sequence_first.pop()
 
+    def _owners(self, weight) -> list[str]:
+        """The analysed layers whose weight Parameter ``weight`` is (several when it is tied between them)."""
+        names = self._by_param.get(id(weight), []) if isinstance(weight, torch.Tensor) else []
+        return [n for n in names if self.specs[n].module._parameters.get("weight") is weight]  # not a recycled id
+
     def _layer_of(self, weight) -> str | None:
-        """The analysed layer whose weight Parameter ``weight`` is (None for any other tensor)."""
-        name = self._by_param.get(id(weight)) if isinstance(weight, torch.Tensor) else None
-        if name is not None and self.specs[name].module._parameters.get("weight") is not weight:
-            return None  # a recycled id
-        return name
+        """The one analysed layer whose weight Parameter ``weight`` is (None for any other or a tied one)."""
+        owners = self._owners(weight)
+        return owners[0] if len(owners) == 1 else None
 
     def _batch_major(self, x: torch.Tensor) -> torch.Tensor:
         """Inside ``F.multi_head_attention_forward`` (sequence length L, batch N): its ``(L, N, E)`` and
@@ -531,10 +595,19 @@ class LayerCapture:
             return
         is_conv = call.geometry is not None
         frame = self._stack[-1] if self._stack else None
-        name = self._layer_of(call.weight)
-        via_module = False
-        if name is not None:
-            via_module = frame is not None and frame.name == name
+        owners = self._owners(call.weight)
+        name, via_module = None, False
+        if frame is not None and frame.name in owners:  # a module's own forward owns its calls (tied weights)
+            name, via_module = frame.name, True
+        elif len(owners) == 1:
+            name = owners[0]
+        elif owners:  # a weight tied between layers, applied outside all their forwards: whose call is it?
+            if self.discovering:
+                for owner in owners:
+                    self.findings.setdefault(owner, LayerFinding(owner)).note(
+                        f"its weight is tied with {', '.join(o for o in owners if o != owner)} and applied outside "
+                        "their forwards, so its calls cannot be attributed to one of them")
+            return
         elif frame is not None and _shape_fits(self.specs[frame.name], call.weight, is_conv):
             name, via_module = frame.name, True
         if name is None or not _shape_fits(self.specs[name], call.weight, is_conv):
@@ -617,6 +690,29 @@ class LayerCapture:
             (self._hooked if finding.hookable else self._moded).add(name)
         if not self._moded:
             self._leave_mode()
+
+    def start_verification(self, batch: int) -> None:
+        """Re-verify the next forward (batch ``batch``, after discovery): every layer captured by its forward
+        pre-hook gets the self-check again, on the inputs that pre-hook sees and the module's outputs, so an
+        input changed in place inside the forward after discovery (``x.clamp_()`` before ``F.linear``) is
+        caught. Layers captured inside the function mode are captured at the call itself."""
+        passed = {n for n in self._hooked if self.findings[n].check is not None and self.findings[n].check.passed}
+        if self._check and not self.discovering and passed:  # a layer that failed already keeps that reason
+            self._verifying, self.verified_batch = {name: _CheckSums() for name in passed}, batch
+
+    def end_verification(self) -> None:
+        """The re-verification's verdicts: a layer that fails gets a problem (status "not exact")."""
+        sums, self._verifying = self._verifying, None
+        for name, layer_sums in (sums or {}).items():
+            if layer_sums.c_in is None:  # not called on this batch
+                continue
+            finding = self.findings[name]
+            with torch.no_grad(), torch.autocast(layer_sums.device_type, enabled=False):
+                check = layer_sums.verdict(finding.weight, finding.bias)
+            if not check.passed:
+                finding.note(f"re-verified on batch {self.verified_batch}: the inputs its forward receives no longer "
+                             f"give its outputs (relative error {check.relative_error:.3g} of the output second "
+                             f"moment > tolerance {check.tolerance:.2g}), e.g. an input changed in place")
 
 
 def discover(model: nn.Module, specs: list[LayerSpec], batch: torch.Tensor) -> dict[str, LayerFinding]:

@@ -6,17 +6,28 @@ Memory (bytes, peak of the run):
 
 - running statistics: ``C_in`` (``d_in^2``) and ``s`` per layer, float64 on the CPU, float32 on a GPU
   (where the float64 CPU copy, ``8 d_in^2``, is made once the pass is over);
-- after the pass, all at once: ``C_in`` (float64 CPU), ``C_out = W C_in W^T + ...`` (``8 d_out^2``) and the
-  eigenvectors of both (``8 (d_in^2 + d_out^2)``), plus the eigen-solver's stacked copy and workspace of the
-  largest matrix (``2 * 8 d^2``), once per CPU worker (:data:`analysis.spectra.CPU_WORKERS`) on the CPU;
+- during the first batch, the self-check's sums (:mod:`analysis.capture`): ``C_in`` again and the real
+  outputs' ``Y^T Y`` (``d_out^2``), or the rows ``Y`` themselves while fewer than ``d_out`` (``B T d_out``);
 - transient unfold of a convolution's input in one chunk: ``rows x d_in`` float32, twice (unfold and its
   contiguous copy), with ``rows = min(B T, max(65536, T))`` (the collector's chunking);
+- after the pass, all at once: the eigenvectors of ``C_in`` (``8 d_in^2``) and the output side, which is
+  ``C_out`` and its eigenvectors (``2 * 8 d_out^2``) where ``d_out <= m = d_in + 1`` (with a bias; ``d_in``
+  without), and only the ``m``-sized problem where ``d_out > m`` (:func:`analysis.spectra.output_eigen`: ``G``,
+  ``8 m^2``, and the ``d_out x m`` eigenvectors, ``8 d_out m``; no ``d_out x d_out`` matrix: a 21,841-class head
+  on 320 features costs 56 MB, not 7.6 GB); plus the eigen-solver's stacked copy and workspace of the
+  largest problem (``2 * 8 d^2``, ``d`` the largest of ``d_in`` and the output problem's size, plus
+  ``2 * 8 d_out m`` for the small problem's ``K`` and QR), once per CPU worker
+  (:data:`analysis.spectra.CPU_WORKERS`) on the CPU;
 - the model's parameters (float32).
 
+The peak is the parameters and running sums plus the larger of the first batch's extra and the spectra
+stage's.
+
 Time (seconds, rough): statistics ``sum_layers N T d_in^2 / R_stats`` and eigen-decompositions
-``sum_layers (d_in^3 + d_out^3) / R_eig``, with rates measured on a busy 2-core CPU (about 4e9 and 1e9 per
-second) and nominal GPU rates. The figures are meant for "about X s, Y GB" and for refusing runs that cannot
-fit; they are not benchmarks.
+``sum_layers (d_in^3 + o^3 + d_out o^2) / R_eig`` (``o`` the output problem's size; ``d_out o^2``, the small
+problem's products, only where ``o = m < d_out``), with rates measured on a busy 2-core CPU (about 4e9 and
+1e9 per second) and nominal GPU rates. The figures are meant for "about X s, Y GB" and for refusing runs that
+cannot fit; they are not benchmarks.
 
 ``T`` comes from a shape-only pass: the model runs once on a meta-device input (no memory, no arithmetic),
 hooks record each layer's input shape; if a model cannot run on the meta device, a convolution is assumed
@@ -58,6 +69,8 @@ class LayerCost:
     d_out: int
     tokens_per_image: int
     memory_bytes: int
+    m: int = 0
+    """Size of the augmented input problem (``d_in + 1`` with a bias)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,7 @@ def available_gpu_memory(device: str) -> int | None:
 
 def tokens_per_image(model: nn.Module, specs: list[LayerSpec], input_size: tuple[int, int, int]) -> dict[str, int]:
     """Input vectors one image gives each layer, from a shape-only (meta-device) forward; see the module doc."""
-    from torch.func import functional_call
+    from .models.shapes import meta_forward
 
     channels, height, width = (int(v) for v in input_size)
     found: dict[str, int] = {}
@@ -149,12 +162,7 @@ def tokens_per_image(model: nn.Module, specs: list[LayerSpec], input_size: tuple
 
     handles = [s.module.register_forward_pre_hook(hook_for(s)) for s in specs]
     try:
-        meta = {name: torch.empty_like(t, device="meta") for name, t in
-                list(model.named_parameters()) + list(model.named_buffers())}
-        with torch.no_grad():
-            functional_call(model, meta, (torch.empty(1, channels, height, width, device="meta"),), strict=False)
-    except Exception:  # a model that cannot run on the meta device: the fallback below
-        pass
+        meta_forward(model, (channels, height, width))  # a model that cannot run there: the fallback below
     finally:
         for handle in handles:
             handle.remove()
@@ -190,24 +198,30 @@ def estimate(
         tokens = tokens_per_image(model, specs, input_size) if specs else {}
     acc_bytes = 4  # the GPU accumulator (the CPU one is the float64 C_in counted below)
     params = sum(p.numel() for p in model.parameters()) * 4
-    layers, resident, gpu_resident, transient, largest = [], 0, 0, 0, 0
+    layers, sums, gpu_resident, transient, check, spectra_bytes, largest = [], 0, 0, 0, 0, 0, 0
     stats_work = eig_work = 0.0
     for spec in specs:
         t = tokens.get(spec.name, 1)
         used = min(t, tokens_cap) if tokens_cap else t
-        sq_in, sq_out = spec.d_in ** 2, spec.d_out ** 2
-        # C_in (+ its float64 CPU copy on a GPU run), C_out, eigenvectors of both
-        cpu_bytes = 8 * halves * sq_in + 8 * sq_out + 8 * (sq_in + sq_out)
+        out_size, out_bytes, workspace = output_problem(spec)
+        sq_in = spec.d_in ** 2
+        sums += 8 * halves * sq_in  # C_in (its float64 CPU copy on a GPU run)
         gpu_resident += halves * acc_bytes * sq_in if on_gpu else 0
-        resident += cpu_bytes
-        largest = max(largest, 16 * max(sq_in, sq_out))
+        check += 8 * (sq_in + min(batch_size * used, spec.d_out) * spec.d_out)
+        own = 8 * sq_in + out_bytes  # the eigenvectors of C_in and the output side
+        spectra_bytes += own
+        largest = max(largest, 16 * sq_in, workspace)
         if isinstance(spec.module, nn.Conv2d):
             rows = min(batch_size * t, max(MAX_ROWS_PER_CHUNK, t))
             transient = max(transient, 2 * 4 * rows * spec.d_in)
         stats_work += images * used * sq_in
-        eig_work += (spec.d_in ** 3 + spec.d_out ** 3) * (1 + 0.2 * (2 + SNAPSHOTS) * (halves - 1))
-        layers.append(LayerCost(spec.name, spec.d_in, spec.d_out, t, cpu_bytes))
-    memory = int(resident + largest * (1 if on_gpu else spectra.CPU_WORKERS) + transient + params)
+        small = out_size < spec.d_out
+        eig = spec.d_in ** 3 + out_size ** 3 + (spec.d_out * out_size ** 2 if small else 0)
+        eig_work += eig * (1 + 0.2 * (2 + SNAPSHOTS) * (halves - 1))
+        layers.append(LayerCost(spec.name, spec.d_in, spec.d_out, t, 8 * halves * sq_in + own,
+                                spec.d_in + spec.has_bias))
+    after = spectra_bytes + largest * (1 if on_gpu else spectra.CPU_WORKERS)
+    memory = int(params + sums + max(check + transient, after))
     rates = RATES["cuda" if on_gpu else "cpu"]
     stats_s, eig_s = stats_work / rates["stats"], eig_work / rates["eig"]
     widest = max(specs, key=lambda s: s.width, default=None)
@@ -251,7 +265,21 @@ def check_fits(estimate_: CostEstimate, specs: list[LayerSpec], model_id: str, r
 def _alone(estimate_: CostEstimate) -> int:
     """The widest layer's own statistics, vectors and eigen-solver workspace."""
     layer = next((c for c in estimate_.layers if c.name == estimate_.widest_layer), None)
-    return (layer.memory_bytes if layer else 0) + 16 * estimate_.widest_d ** 2
+    if layer is None:
+        return 0
+    _size, _bytes, workspace = _output_problem(layer.d_in, layer.d_out, layer.m)
+    return layer.memory_bytes + max(16 * layer.d_in ** 2, workspace)
+
+
+def output_problem(spec: LayerSpec) -> tuple[int, int, int]:
+    """``(size, bytes, workspace)`` of a layer's output decomposition (see the module docstring)."""
+    return _output_problem(spec.d_in, spec.d_out, spec.d_in + spec.has_bias)
+
+
+def _output_problem(d_in: int, d_out: int, m: int) -> tuple[int, int, int]:
+    if spectra.uses_small_problem(d_out, m):
+        return m, 8 * (m ** 2 + d_out * m), 16 * m ** 2 + 16 * d_out * m
+    return d_out, 2 * 8 * d_out ** 2, 16 * d_out ** 2
 
 
 def estimate_run(model_id: str, dataset_id: str, settings) -> CostEstimate:
@@ -283,7 +311,7 @@ def selected_layers(the_plan) -> tuple[list[LayerSpec], list[LayerSpec]]:
     from .models.layers import select_layers
 
     settings = the_plan.settings
-    all_specs = describe_layers(the_plan.loaded.model)
+    all_specs = describe_layers(the_plan.loaded.model, the_plan.loaded.data_config.get("input_size"))
     selected, _ = select_layers(all_specs, settings.max_width, settings.layers)
     if not any(s.applicable for s in selected):
         raise SettingsError(

@@ -28,7 +28,8 @@ from .data.data_objects import DataObject
 from .errors import AnalysisError, ForwardError, SettingsError
 from .cost import guard_plan
 from .meta import ResultMeta, Timings
-from .models import describe_layers, load as load_loaded_model
+from .models import load as load_loaded_model
+from .models.layers import describe_model
 from .models.model_objects import check_module, load_object, object_session, prepared
 from .models.layers import Coverage, LayerSpec, coverage, select_layers
 from .partial import PartialStore
@@ -36,9 +37,9 @@ from .provenance import code_provenance
 from .progress import Progress, ProgressCallback, StageClock
 from .result import LayerSpectrum, Result
 from .settings import PRECISIONS, AnalysisSettings
-from .capture import effective_parameters, layer_status
+from .capture import TF32_UNIT, effective_parameters, layer_status
 from . import status as layer_status_codes
-from .spectra import AffineLayer, cpu_dict, decomposition_cost, layer_eigen
+from .spectra import AffineLayer, cpu_dict, decomposition_cost, energy_status, layer_eigen
 from .statistics import LayerMoments, MomentCollector
 from .tokens import TokenLayout, TokenSet
 from . import centring, uncertainty
@@ -197,7 +198,7 @@ def compute(
     device = torch.device(the_plan.settings.device)
     model = the_plan.loaded.model.to(device)
     try:
-        all_specs = describe_layers(model)
+        all_specs, structure = describe_model(model, the_plan.loaded.data_config.get("input_size"))
         specs, deselected = select_layers(all_specs, the_plan.settings.max_width, the_plan.settings.layers)
         applicable = [s for s in specs if s.applicable]
         with prepared(model):
@@ -213,7 +214,8 @@ def compute(
                                            attention=attention)
     finally:
         model.to("cpu")
-    result = Result(meta=result_meta(the_plan, streamed, timings, coverage(model, applicable)), spectra=spectra,
+    meta = result_meta(the_plan, streamed, timings, coverage(model, applicable)).replace(blocks_reason=structure.reason)
+    result = Result(meta=meta, spectra=spectra,
                     not_applicable=not_applicable_layers(specs, deselected, all_specs),
                     energy_in=the_plan.settings.energy_in, energy_out=the_plan.settings.energy_out)
     return distributed.broadcast_from_rank0(result), raw_moments(streamed.moments)
@@ -253,7 +255,9 @@ def stream_statistics(
     while True:
         resumed = partial.load() if partial is not None else None
         collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed,
-                                    token_set=settings.token_set, layout=layout, halves=settings.uncertainty)
+                                    token_set=settings.token_set, layout=layout, halves=settings.uncertainty,
+                                    verify_batch=MomentCollector.verification_batch(-(-len(shard) // batch_size),
+                                                                                    settings.seed))
         if resumed is not None:
             try:
                 collector.load_state(resumed.state, batches_done=resumed.batches_done)
@@ -403,8 +407,9 @@ def compute_spectra(
     findings = collector.findings()
     uncentred = affine_layers(applicable, moments, findings, centred=False)
     affine = {name: centring.centred(layer) for name, layer in uncentred.items()} if settings.centred else uncentred
-    statuses = {spec.name: _status(spec, moments[spec.name].count, findings.get(spec.name), collector)
-                for spec in applicable}
+    unit, fixed = run_unit(settings, device), collector.fixed_inputs()
+    statuses = {spec.name: _status(spec, moments[spec.name].count, findings.get(spec.name), collector,
+                                   affine[spec.name], unit, fixed) for spec in applicable}
     eig_device = device if device.type == "cuda" else torch.device("cpu")
     # the images behind the statistics are all in: the spectra stage carries them, so a job's final record
     # still says how many images the analysis saw
@@ -439,9 +444,15 @@ def compute_spectra(
     return spectra, timings
 
 
-def _status(spec: LayerSpec, count: int, finding, collector: MomentCollector) -> tuple[str, str]:
+def _status(spec: LayerSpec, count: int, finding, collector: MomentCollector, layer: AffineLayer,
+            unit: float, fixed: set[str]) -> tuple[str, str]:
     """The layer's status (:func:`analysis.capture.layer_status`), with the token set's say: a set that
-    cannot be located among its vectors makes it "not exact"; a set with no vectors at it, "not reached"."""
+    cannot be located among its vectors makes it "not exact"; a set with no vectors at it, "not reached".
+    A measured layer whose input energy (of ``layer``, the statistics its spectra come from) is zero is "zero
+    input"; else one whose input was the same for every image is "fixed input"; else one whose output energy is
+    zero, "zero output"
+    (:func:`analysis.spectra.energy_status`, ``unit``: the run's unit roundoff; ``fixed``: the collector's
+    :meth:`~analysis.statistics.MomentCollector.fixed_inputs`)."""
     problem = collector.selector.problems.get(spec.name)
     if problem is not None:
         return layer_status_codes.NOT_EXACT, f"token set: {problem}"
@@ -449,7 +460,25 @@ def _status(spec: LayerSpec, count: int, finding, collector: MomentCollector) ->
     rule = collector.selector.rules.get(spec.name)
     if count == 0 and rule is not None and collector.selector.token_set.kind != "all":
         return layer_status_codes.NOT_REACHED, f"token set '{collector.selector.token_set.spec}': {rule}"
-    return status
+    if status[0] not in (layer_status_codes.OK, layer_status_codes.TOO_FEW_SAMPLES):
+        return status
+    degenerate = energy_status(layer, unit)
+    if degenerate is not None and degenerate[0] == layer_status_codes.ZERO_INPUT:  # the same (zero) for all too
+        return degenerate
+    if spec.name in fixed:
+        return layer_status_codes.FIXED_INPUT, ("its input is the same for every image (it does not depend on "
+                                                "the image), so its subspaces say nothing about the data")
+    return degenerate or status
+
+
+def run_unit(settings: AnalysisSettings, device: torch.device) -> float:
+    """Unit roundoff of what the run's layers multiply: the autocast dtype's, TF32's on CUDA in float32 (as
+    :func:`analysis.capture.operand_unit`), else float32's."""
+    dtype = PRECISIONS[settings.precision] or torch.float32
+    unit = torch.finfo(dtype).eps / 2
+    if dtype == torch.float32 and device.type == "cuda":
+        unit = max(unit, TF32_UNIT)
+    return unit
 
 
 def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec], streamed: "Streamed",

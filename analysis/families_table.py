@@ -40,6 +40,9 @@ class FamilyCase:
     expect: frozenset[str]
     max_width: int | None = None
     skipped_types: frozenset[str] = frozenset()
+    statuses: frozenset[str] = frozenset()
+    """Layer statuses the run must show (``fixed input`` for ConViT's ``pos_proj``, ``zero output`` for
+    NF-RegNet's gain-0 ``conv3``)."""
 
     @property
     def arch(self) -> str:
@@ -52,10 +55,10 @@ seconds on a CPU; the weights column counts only what was analysed."""
 
 
 def _case(family: str, arch: str, options: str, expect: str, max_width: int | None = WIDTH_CAP,
-          skipped: str = "") -> FamilyCase:
+          skipped: str = "", statuses: tuple[str, ...] = ()) -> FamilyCase:
     query = "&".join(p for p in (options, "num_classes=10") if p)
     return FamilyCase(family, f"random:{arch}?{query}", frozenset(expect.split()), max_width,
-                      frozenset(skipped.split()))
+                      frozenset(skipped.split()), frozenset(statuses))
 
 
 _VIT = "img_size=32&patch_size=8&depth=2&embed_dim=48&num_heads=2"
@@ -85,13 +88,17 @@ CASES: tuple[FamilyCase, ...] = (
     _case("hrnet", "hrnet_w18_small", "", "downsample"),
     _case("levit", "levit_128s", "", "attn_qkv attn_proj mlp_fc1"),
     _case("efficientformer", "efficientformer_l1", "", "mlp_fc1 downsample"),
-    _case("nfnet", "nf_regnet_b0", "", "squeeze_excite downsample"),
+    _case("nfnet", "nf_regnet_b0", "", "squeeze_excite downsample", statuses=("zero output",)),
     _case("resnetv2", "resnetv2_50x1_bit", "", "downsample"),
     _case("resnet", "resnet18", "", "downsample"),
-    _case("vgg", "vgg11", "", "mlp_fc1 mlp_fc2"),
+    _case("vgg", "vgg11", "", "head_side"),
     _case("efficientnet", "efficientnet_b0", "", "squeeze_excite"),
     _case("efficientnet", "efficientnet_cc_b0_4e", "", "squeeze_excite", skipped="CondConv2d"),
     _case("sequencer", "sequencer2d_s", "layers=1,1,1,1", "token_mix mlp_fc1 downsample", skipped="LSTM"),
+    _case("convit", "convit_tiny", "img_size=32&patch_size=4&depth=3&local_up_to_layer=2&embed_dim=8&num_heads=4",
+          "attn_qkv attn_proj mlp_fc1", statuses=("fixed input",)),
+    _case("mambaout", "mambaout_femto", "depths=1,1,1,1", "mlp_fc1 mlp_fc2 head_side"),
+    _case("hgnetv2", "hgnetv2_b0", "", "head_side"),
 )
 
 
@@ -110,7 +117,7 @@ def row_for(case: FamilyCase, result, family: str) -> dict[str, str]:
         "layers": f"{len(counted)} / {len(table)}",
         "weights": f"{meta.weights_analysed_fraction or 0.0:.1%}",
         "skipped": ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "") or "-",
-        "status": status_of(table),
+        "status": "no block found" if meta.blocks_reason else status_of(table),
     }
 
 

@@ -60,6 +60,9 @@ class ResultMeta:
     """Parameters of the analysed layers (W and b) over all the model's parameters."""
     skipped_module_types: dict = field(default_factory=dict)
     """Parameter-holding module types not analysed -> their parameter count (CondConv2d, LSTM, ...)."""
+    blocks_reason: str = ""
+    """Why no layer counts: the model's repeated blocks could not be found (:mod:`analysis.models.blocks`);
+    empty when they were."""
 
     token_set: str = "all"
     """Which input vectors were counted (:class:`analysis.tokens.TokenSet` spec)."""

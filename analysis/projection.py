@@ -31,17 +31,39 @@ def rotated_weight(weight: torch.Tensor, v_in: torch.Tensor, v_out: torch.Tensor
 
 
 def preservation_error_table(
-    rotated: torch.Tensor, eig_in: torch.Tensor, k_out_values: np.ndarray, k_in_values: np.ndarray
+    rotated: torch.Tensor, eig_in: torch.Tensor, k_out_values: np.ndarray, k_in_values: np.ndarray,
+    total: float | None = None,
 ) -> np.ndarray:
-    """``err[a, b] = err(k_out_values[a], k_in_values[b])`` (see the module docstring)."""
+    """``err[a, b] = err(k_out_values[a], k_in_values[b])`` (see the module docstring). ``total``:
+    ``sum_ij G_ij = tr(W C_in W^T)`` when ``rotated`` has only the first rows of ``A`` (``V_out`` of the
+    small problem, :func:`analysis.spectra.output_eigen`: its rows past them may still carry energy when the
+    output's null space does not hold ``W x`` alone, as with a bias); default: the sum over ``rotated``."""
     g = rotated.square() * eig_in.to(torch.float64).clamp_min(0.0)[None, :]
-    total = float(g.sum())
+    total = float(g.sum()) if total is None else float(total)
     prefix = torch.zeros(g.shape[0] + 1, g.shape[1] + 1, dtype=torch.float64)
     prefix[1:, 1:] = g.cumsum(0).cumsum(1)
     kept = prefix[np.asarray(k_out_values)[:, None], np.asarray(k_in_values)[None, :]].numpy()
     if total <= 0:
         return np.zeros_like(kept)
     return np.clip(1.0 - kept / total, 0.0, 1.0)
+
+
+def weight_energy(weight: torch.Tensor, v_in: torch.Tensor, eig_in: torch.Tensor) -> float:
+    """``tr(W C_in W^T) = sum_j ||W v_j||^2 lambda_j`` (the preservation error's denominator) from the input side."""
+    return float(((weight.to(torch.float64) @ v_in.to(torch.float64)).square()
+                  * eig_in.to(torch.float64).clamp_min(0.0)[None, :]).sum())
+
+
+def rotated_and_errors(weight: torch.Tensor, eig_in, eig_out, k_out_values: np.ndarray, k_in_values: np.ndarray
+                       ) -> tuple[torch.Tensor, np.ndarray]:
+    """``(A, err)``: the rotated weight for the eigenvectors at hand and :func:`preservation_error_table`,
+    whose denominator comes from the input side when ``eig_out`` holds fewer eigenvectors than values (the
+    small problem of :func:`analysis.spectra.output_eigen`). ``eig_in``, ``eig_out``:
+    :class:`~analysis.spectra.Eigen`."""
+    rotated = rotated_weight(weight, eig_in.vectors, eig_out.vectors)
+    thin = eig_out.vectors.shape[1] < eig_out.values.shape[0]
+    total = weight_energy(weight, eig_in.vectors, eig_in.values) if thin else None
+    return rotated, preservation_error_table(rotated, eig_in.values, k_out_values, k_in_values, total)
 
 
 def projected_singular_values(rotated: torch.Tensor, k_out: int, k_in: int) -> np.ndarray:

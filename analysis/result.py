@@ -27,7 +27,7 @@ from .defaults import DEFAULT_ENERGY
 from .errors import SettingsError
 from .meta import ResultMeta
 from .models.layers import LayerSpec, weight_matrix
-from .projection import preservation_error_table, projected_singular_values, rotated_weight
+from .projection import projected_singular_values, rotated_and_errors
 from .spectra import CPU_EIGH_THREADS, Eigen, cpu_threads
 
 ENERGY_GRID: tuple[float, ...] = tuple(
@@ -118,12 +118,11 @@ class LayerSpectrum:
         if weight is None:
             weight = weight_matrix(spec.module).detach().cpu()
         w_singular = torch.linalg.svdvals(weight.to(torch.float64)).numpy()
-        rotated = rotated_weight(weight, eig_in.vectors, eig_out.vectors)
         lam_in, lam_out = eig_in.values.numpy(), eig_out.values.numpy()
         energies = sorted(set(ENERGY_GRID) | set(extra_energies))
         k_in_set = np.unique([metrics.k_at_energy(lam_in, e) for e in energies])
         k_out_set = np.unique([metrics.k_at_energy(lam_out, e) for e in energies])
-        table = preservation_error_table(rotated, eig_in.values, k_out_set, k_in_set)
+        rotated, table = rotated_and_errors(weight, eig_in, eig_out, k_out_set, k_in_set)
         wprime = {
             e: projected_singular_values(rotated, metrics.k_at_energy(lam_out, e), metrics.k_at_energy(lam_in, e))
             for e in WPRIME_ENERGIES
@@ -138,9 +137,19 @@ class LayerSpectrum:
 
     def row(self, energy_in: float, energy_out: float) -> dict:
         """The table row (README, section Method) at the given energies."""
-        k_in = metrics.k_at_energy(self.eig_in, energy_in)
-        k_out = metrics.k_at_energy(self.eig_out, energy_out)
+        undefined = layer_status.UNDEFINED_K.get(self.status, ())
+        k_in = None if "k_in" in undefined else metrics.k_at_energy(self.eig_in, energy_in)
+        k_out = None if "k_out" in undefined else metrics.k_at_energy(self.eig_out, energy_out)
+        if undefined:  # zero input or output energy: no k, so no rank, utilization or factorization
+            return self._row(energy_in, energy_out, k_in, k_out, None, float("nan"),
+                             metrics.dense_params(self.d_in, self.d_out, self.has_bias), float("nan"))
         rank = metrics.utilized_rank(k_in, k_out)
+        return self._row(energy_in, energy_out, k_in, k_out, rank, metrics.utilization(rank, self.d_in, self.d_out),
+                         metrics.factorized_params(rank, self.d_in, self.d_out, self.has_bias),
+                         self.preservation_error(k_out, k_in))
+
+    def _row(self, energy_in: float, energy_out: float, k_in: int | None, k_out: int | None, rank: int | None,
+             utilization: float, params_factorized: int, preservation_error: float) -> dict:
         return {
             "layer": self.name,
             "kind": self.kind,
@@ -152,10 +161,10 @@ class LayerSpectrum:
             "k_in": k_in,
             "k_out": k_out,
             "rank": rank,
-            "utilization": metrics.utilization(rank, self.d_in, self.d_out),
+            "utilization": utilization,
             "params_dense": metrics.dense_params(self.d_in, self.d_out, self.has_bias),
-            "params_factorized": metrics.factorized_params(rank, self.d_in, self.d_out, self.has_bias),
-            "preservation_error": self.preservation_error(k_out, k_in),
+            "params_factorized": params_factorized,
+            "preservation_error": preservation_error,
             "w_stable_rank": metrics.stable_rank(self.w_singular),
             "w_effective_rank": metrics.effective_rank(self.w_singular),
             "energy_in": energy_in,
@@ -205,6 +214,9 @@ class Result:
             rows = [s.row(self.energy_in, self.energy_out) for s in self.spectra]
             table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
             table["block"] = table["block"].astype("Int64")
+            for column in ("k_in", "k_out", "rank"):  # undefined k (zero energy) is <NA>, never a number
+                if table[column].isna().any():
+                    table[column] = table[column].astype("Int64")
             self._table = table
         return self._table
 
@@ -235,9 +247,12 @@ class Result:
 
     @property
     def warnings(self) -> list[str]:
-        """One line per flagged status (:mod:`analysis.status`) naming the layers withheld from the MLU, after
-        the data note (why the result is not in the cache) when there is one."""
+        """The data note (why the result is not in the cache) when there is one, why no layer counts when the
+        model has no block (:mod:`analysis.models.blocks`), then one line per flagged status
+        (:mod:`analysis.status`) naming the layers withheld from the MLU."""
         notes = [self.meta.data_note] if self.meta.data_note else []
+        if self.meta.blocks_reason:
+            notes.append(f"{self.meta.model_id or 'the model'}: {self.meta.blocks_reason}")
         return notes + layer_status.status_warnings([(s.name, s.status, s.status_reason) for s in self.spectra])
 
     def layer(self, name: str) -> LayerSpectrum:

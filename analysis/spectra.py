@@ -10,9 +10,12 @@ semi-definite).
 
 Eigen-decomposition of one symmetric matrix (:func:`eigen_batched`): ``C`` is symmetrized
 (``(C + C^T) / 2``), promoted to float64, given a tiny jitter ``j = 1e-12 * trace / d`` on the diagonal (so
-exactly singular moments decompose stably) and decomposed with ``torch.linalg.eigh``. Eigenvalues are
-returned in descending order, clipped at 0 (a second moment is positive semi-definite; negative values are
-rounding), with their eigenvectors as columns in the same order.
+exactly singular moments decompose stably; ``j = 0`` for a zero matrix) and decomposed with
+``torch.linalg.eigh``. The eigenvalues of ``C + j I`` are those of ``C`` plus ``j``: ``j`` is subtracted
+again, so the jitter never creates dimensions (a zero moment has all-zero eigenvalues, a rank-r one r
+non-zero ones up to rounding). Eigenvalues are returned in descending order, clipped at 0 (a second moment
+is positive semi-definite; negative values are rounding), with their eigenvectors as columns in the same
+order.
 
 Output moments through the smaller problem (:func:`output_eigen`): ``rank(C_out) <= m``, so when
 ``d_out > m`` the eigen-decomposition comes from ``m``-sized problems instead of the ``d_out``-sized one,
@@ -23,13 +26,15 @@ exactly (no approximation beyond float64 rounding):
 2. ``K = M F`` (``d_out x m``), so ``C_out = K K^T``; the non-zero eigenvalues of ``K K^T`` are those of
    ``H = K^T K`` (``m x m``): ``H v = lambda v`` gives ``C_out u = lambda u`` with ``u = K v / sqrt(lambda)``;
 3. the ``u`` of the numerically non-zero ``lambda`` (``lambda > d_out * eps * lambda_max``) are
-   re-orthonormalised, in descending order, by a complete QR factorisation, whose remaining ``d_out - r``
-   columns complete the basis: they span the null space of ``C_out``, whose eigenvalues are 0 (the
-   ``d_out - m`` of them that the small problem does not produce are padded with zeros).
+   re-orthonormalised, in descending order, by a reduced QR factorisation (``d_out x m``), whose columns for
+   the zero ``lambda`` lie in the null space of ``C_out``; the ``d_out - m`` eigenvalues the small problem
+   does not produce are 0 and are padded with zeros, their eigenvectors (the rest of the null space) are not
+   formed.
 
-The returned :class:`Eigen` has the same form as a direct decomposition: all ``d_out`` eigenvalues (plus the
-same jitter ``j = 1e-12 * trace / d_out``, so both routes give the same numbers) and a square orthonormal
-``d_out x d_out`` matrix of eigenvectors. It is used when ``d_out > m`` (ViT-B: qkv 2304 and fc1 3072 from
+The returned :class:`Eigen` holds all ``d_out`` eigenvalues (no jitter, like the direct route) and the
+``d_out x m`` eigenvectors of the first ``m``: no ``d_out x d_out`` matrix is ever built (a 21,841-class head on
+320 features needs 56 MB, not 3.8 GB). Every consumer takes the first ``k <= rank`` eigenvectors
+(projection, factorization), never the null space. It is used when ``d_out > m`` (ViT-B: qkv 2304 and fc1 3072 from
 769 instead of 2304 and 3072; about 32x fewer operations for fc1).
 
 Devices: on a GPU every step runs in float64, matrices of one shape stacked into one batched call (one
@@ -45,6 +50,7 @@ parametrizations).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import defaultdict
@@ -76,7 +82,8 @@ SpectraProgress = Callable[[int, int, float], None]
 
 @dataclass
 class Eigen:
-    """Descending eigenvalues (float64, >= 0) and matching eigenvectors (columns)."""
+    """Descending eigenvalues (float64, >= 0) and matching eigenvectors (columns): all of them, or, from the
+    small problem, those of the first ``m`` values (every value after them is 0)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
@@ -104,7 +111,13 @@ class AffineLayer:
 
     def uses_small_problem(self) -> bool:
         """``d_out > m``: the output moment's rank is at most ``m``, so decompose through the ``m`` problem."""
-        return self.d_out > self.m
+        return uses_small_problem(self.d_out, self.m)
+
+
+def uses_small_problem(d_out: int, m: int) -> bool:
+    """Whether the output spectrum comes from the ``m``-sized problem (``d_out > m``, ``m = d_in + 1`` with a
+    bias, ``d_in`` without): on every device, and in the cost estimate (:mod:`analysis.cost`)."""
+    return d_out > m
 
 
 def output_second_moment(
@@ -121,6 +134,49 @@ def output_second_moment(
     return c_out
 
 
+FLOAT32_TINY = torch.finfo(torch.float32).tiny
+"""The smallest normal float32 number: an input whose mean squared entry is below it is zero."""
+
+FLOAT32_UNIT = 2.0**-24
+
+
+def energy_status(layer: AffineLayer, unit: float = FLOAT32_UNIT) -> tuple[str, str] | None:
+    """``(status, reason)`` when the layer's input or output energy is zero, else None (:mod:`analysis.status`).
+
+    - zero input: ``tr C_in <= N d_in * FLOAT32_TINY`` (every entry below float32's smallest normal number on
+      average; exactly 0 included);
+    - zero output: ``tr C_out = ||Y||_F^2 <= max(E^2, sqrt(d_in) u_32 T^2)`` with
+      ``T^2 = sum_i ||W[:, i]||^2 C_in[i, i] + N ||b||^2`` (the energy the layer's products carry):
+      ``E = (sqrt(2) + sqrt(d_in)) u T`` is the float rounding of the real outputs (the bound of
+      :mod:`analysis.capture`'s self-check, ``u`` the run's unit roundoff), and ``sqrt(d_in) u_32 T^2`` the
+      resolution of the analytic ``C_out`` itself, whose ``C_in`` sums products rounded to float32
+      (``u_32 = 2^-24``). An output energy below both is rounding, not data (exactly 0 included): a gain-0
+      ``ScaledStdConv2d``, a zeroed Linear, inputs orthogonal to every row of W.
+
+    ``tr C_out = sum((M G) * M)`` with ``M = [W b]``, ``G = [[C_in, s], [s^T, N]]`` (no ``d_out x d_out``
+    matrix)."""
+    from . import status
+
+    if layer.count <= 0:
+        return None
+    w, g = augmented(layer)
+    d_in = int(layer.weight.shape[1])
+    c_diag = torch.diagonal(g)[:d_in]
+    energy_in = float(c_diag.sum())
+    if energy_in <= layer.count * d_in * FLOAT32_TINY:
+        size = "exactly zero" if energy_in == 0 else f"zero ({energy_in / layer.count:.3g} per vector)"
+        return status.ZERO_INPUT, f"its input is {size}, so k_in, k_out and the utilization are undefined"
+    energy_out = float(((w @ g) * w).sum().clamp_min(0.0))
+    products = float((w.square() * torch.diagonal(g)).sum().clamp_min(0.0))  # T^2, with the bias column
+    resolution = max(((math.sqrt(2.0) + math.sqrt(d_in)) * unit) ** 2, math.sqrt(d_in) * FLOAT32_UNIT) * products
+    if energy_out <= resolution:
+        size = ("exactly zero (its effective weight and bias are zero on its input)" if energy_out == 0 else
+                f"zero: {energy_out / layer.count:.3g} per vector, below the float resolution of its products "
+                f"({resolution / layer.count:.3g})")
+        return status.ZERO_OUTPUT, f"its output is {size}, so k_out and the utilization are undefined"
+    return None
+
+
 def layer_output_second_moment(spec, c_in: torch.Tensor, column_sum: torch.Tensor, count: int) -> torch.Tensor:
     """:func:`output_second_moment` of an analysed layer (a :class:`~analysis.models.layers.LayerSpec`): its
     weight as ``d_out x d_in`` (convolutions flattened like unfold) and its bias, if any, read on the CPU."""
@@ -133,22 +189,37 @@ def layer_output_second_moment(spec, c_in: torch.Tensor, column_sum: torch.Tenso
 # ------------------------------------------------------------------------------------ one symmetric matrix
 
 
+def jitter_of(matrix: torch.Tensor) -> torch.Tensor:
+    """The diagonal jitter ``1e-12 * trace / d`` of a (stack of) symmetric matrices (0 where the trace is 0)."""
+    trace = torch.diagonal(matrix, dim1=-2, dim2=-1).sum(-1).to(torch.float64).clamp_min(0.0)
+    return JITTER * trace / matrix.shape[-1]
+
+
 def symmetrized_with_jitter(matrix: torch.Tensor) -> torch.Tensor:
-    """Symmetrized float64 copy with the jitter ``1e-12 * trace / d`` on the diagonal (batched: ``... x d x d``)."""
+    """Symmetrized float64 copy with the jitter :func:`jitter_of` on the diagonal (batched: ``... x d x d``)."""
     m = matrix.to(torch.float64)
     m = 0.5 * (m + m.transpose(-1, -2))
-    d = m.shape[-1]
-    trace = torch.diagonal(m, dim1=-2, dim2=-1).sum(-1).clamp_min(0.0)
-    jitter = JITTER * torch.where(trace > 0, trace / d, torch.ones_like(trace))
-    return m + jitter[..., None, None] * torch.eye(d, dtype=m.dtype, device=m.device)
+    return m + jitter_of(m)[..., None, None] * torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+
+
+def eigvalsh_without_jitter(matrix: torch.Tensor) -> torch.Tensor:
+    """Descending eigenvalues of a (stack of) symmetric matrices, decomposed with the jitter and returned
+    without it, clipped at 0 (float64)."""
+    jittered = symmetrized_with_jitter(matrix)
+    values = torch.linalg.eigvalsh(jittered).flip(-1) - jitter_of(jittered)[..., None]
+    return values.clamp_min(0.0)
 
 
 def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Descending, clipped ``eigh`` of a (stack of) symmetric matrices; the CPU solver if the device's fails."""
+    """Descending, clipped ``eigh`` of a (stack of) symmetric matrices decomposed with the jitter, which is
+    subtracted from the eigenvalues again; the CPU solver if the device's fails."""
+    jittered = symmetrized_with_jitter(stack)
     try:
-        values, vectors = torch.linalg.eigh(stack)
+        values, vectors = torch.linalg.eigh(jittered)
     except RuntimeError:  # e.g. a GPU solver that fails to converge: fall back to the CPU
-        values, vectors = torch.linalg.eigh(stack.cpu())
+        jittered = jittered.cpu()
+        values, vectors = torch.linalg.eigh(jittered)
+    values = values - jitter_of(jittered)[..., None]
     return values.flip(-1).clamp_min(0.0), vectors.flip(-1)
 
 
@@ -239,7 +310,7 @@ def _decompose_direct(matrices: dict[str, torch.Tensor], device: torch.device) -
     """One batched ``eigh`` of same-shaped matrices (stacked on the host, one copy to ``device``)."""
     names = list(matrices)
     stack = torch.stack([matrices[n].to("cpu", torch.float64) for n in names]).to(device)
-    values, vectors = _eigh(symmetrized_with_jitter(stack))
+    values, vectors = _eigh(stack)
     values, vectors = values.cpu(), vectors.cpu()
     return {name: Eigen(values=values[i], vectors=vectors[i]) for i, name in enumerate(names)}
 
@@ -261,16 +332,21 @@ def augmented(layer: AffineLayer) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([w, b], dim=1), torch.cat([top, bottom], dim=0)
 
 
+def output_factor(m_aug: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``K = M F`` (``d_out x m``, batched) with ``C_out = M G M^T = K K^T``: ``F = Q diag(sqrt(g))`` from
+    ``G = Q diag(g) Q^T`` (eigh, ``g`` clipped at 0), so it holds also for a singular ``G``."""
+    g_values, g_vectors = torch.linalg.eigh(0.5 * (g + g.transpose(-1, -2)))
+    return m_aug @ (g_vectors * g_values.clamp_min(0.0).sqrt()[..., None, :])
+
+
 def _small_problem(m_stack: torch.Tensor, g_stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition of ``C_out = M G M^T`` for a stack (``B x d_out x m``, ``B x m x m``), ``d_out > m``.
 
-    Returns descending values (``B x d_out``, jitter included) and orthonormal vectors (``B x d_out x d_out``).
-    See the module docstring for the steps.
+    Returns descending values (``B x d_out``, no jitter; those past ``m`` are 0) and orthonormal vectors for
+    the first ``m`` of them (``B x d_out x m``). See the module docstring for the steps.
     """
     d_out, m = m_stack.shape[-2], m_stack.shape[-1]
-    g_values, g_vectors = torch.linalg.eigh(0.5 * (g_stack + g_stack.transpose(-1, -2)))
-    factor = g_vectors * g_values.clamp_min(0.0).sqrt()[..., None, :]  # F, G = F F^T
-    k = m_stack @ factor  # K = M F, C_out = K K^T
+    k = output_factor(m_stack, g_stack)
     h = k.transpose(-1, -2) @ k
     lam, v = torch.linalg.eigh(0.5 * (h + h.transpose(-1, -2)))
     lam, v = lam.flip(-1).clamp_min(0.0), v.flip(-1)
@@ -280,17 +356,15 @@ def _small_problem(m_stack: torch.Tensor, g_stack: torch.Tensor) -> tuple[torch.
     # come out orthogonal to the u's, i.e. in C_out's null space).
     scale = torch.where(nonzero, lam.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(lam))
     u = (k @ v) * scale[..., None, :]
-    q, r = torch.linalg.qr(u, mode="complete")
+    q, r = torch.linalg.qr(u, mode="reduced")
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     signs = torch.where(nonzero & (signs != 0), signs, torch.ones_like(signs))
-    q[..., :, :m] = q[..., :, :m] * signs[..., None, :]
+    q = q * signs[..., None, :]
     # With some lambda_i numerically zero, their u columns were zero: QR (Householder) still returns an
-    # orthonormal column there, orthogonal to the earlier ones; the full Q is an orthonormal eigenbasis.
+    # orthonormal column there, orthogonal to the earlier ones, in C_out's null space.
     values = torch.zeros(lam.shape[:-1] + (d_out,), dtype=torch.float64, device=lam.device)
     values[..., :m] = torch.where(nonzero, lam, torch.zeros_like(lam))
-    jitter = JITTER * values.sum(-1, keepdim=True).clamp_min(0.0) / d_out
-    jitter = torch.where(jitter > 0, jitter, torch.full_like(jitter, JITTER))
-    return values + jitter, q
+    return values, q
 
 
 def _decompose_small(layers: dict[str, AffineLayer], device: torch.device) -> dict[str, Eigen]:

@@ -17,6 +17,11 @@ multiplies (also when a model calls ``F.linear(x, layer.weight, ...)`` itself, o
 convolution's forward), unfolded with the geometry of the real call; it also records the effective weight
 and bias and runs the first batch's self-check (:meth:`MomentCollector.findings`).
 
+Verification beyond the first batch: one later batch (``verify_batch``, drawn by the engine from the run's
+seed, :meth:`MomentCollector.verification_batch`) is re-verified: the layers captured by their forward
+pre-hooks get the self-check again (:meth:`analysis.capture.LayerCapture.start_verification`), so an input
+that the forward changes in place after discovery is caught (the layer becomes "not exact").
+
 Finiteness: :meth:`MomentCollector.check_finite` (run by :meth:`~MomentCollector.next_batch`) checks every
 layer's running column sum for NaN/inf with one fused reduction and one device synchronisation per batch.
 
@@ -90,6 +95,7 @@ class MomentCollector:
         token_set: TokenSet | str = "all",
         layout: TokenLayout | None = None,
         halves: bool = False,
+        verify_batch: int | None = None,
     ) -> None:
         self.specs = [s for s in specs if s.applicable]
         self.device = torch.device(device)
@@ -104,12 +110,16 @@ class MomentCollector:
         self._sum = {s.name: torch.zeros(h, s.d_in, dtype=acc_dtype, device=self.device) for s in self.specs}
         self._count = {s.name: [0] * h for s in self.specs}
         self._capture: LayerCapture | None = None
+        self.verify_batch = verify_batch
+        """The later batch (0-based) whose forward is re-verified (:meth:`LayerCapture.start_verification`)."""
         self._batch = 0
         self._image_ids: torch.Tensor | None = None
         self._halves_of_batch: torch.Tensor | None = None
         self._halves_sorted = False
         self.half_problems: dict[str, str] = {}
         """Layers whose vectors could not be attributed to images: their half statistics are not valid."""
+        self._sameness = {s.name: [0, 0] for s in self.specs}
+        """Per layer: [calls whose images all had the same input vectors, calls where they differed]."""
 
     def __enter__(self) -> "MomentCollector":
         self._capture = LayerCapture(self.specs, self._accumulate)
@@ -141,6 +151,8 @@ class MomentCollector:
         token sets and the split halves (:mod:`analysis.uncertainty`) attribute vectors to images by them.
         A batch ordered by :func:`analysis.uncertainty.half_order` has each half's vectors added as one slice
         (no copy); any other order is gathered per half, with the same sums up to float32 rounding."""
+        if self._capture is not None and self._batch == self.verify_batch:
+            self._capture.start_verification(self._batch)
         self._image_ids = image_ids.to(torch.int64).cpu()
         halves = half_of(self._image_ids)
         self._halves_of_batch = halves if self.n_halves == 2 else None
@@ -153,6 +165,8 @@ class MomentCollector:
         self.check_finite()
         if self._capture is not None and self._capture.discovering:
             self._capture.end_discovery()
+        elif self._capture is not None:
+            self._capture.end_verification()
         self._batch += 1
 
     def findings(self) -> dict[str, LayerFinding]:
@@ -162,6 +176,12 @@ class MomentCollector:
             return {}
         self._capture.end_discovery()
         return {n: f for n, f in self._capture.findings.items() if f.calls > 0 or f.problem is not None}
+
+    @staticmethod
+    def verification_batch(n_batches: int, seed: int) -> int | None:
+        """The later batch to re-verify, drawn from ``1 .. n_batches - 1`` by the run's seed (None with one
+        batch: discovery checked it)."""
+        return 1 + zlib.crc32(f"verify|{seed}".encode()) % (n_batches - 1) if n_batches > 1 else None
 
     def _sample_tokens(self, rows: torch.Tensor, name: str) -> torch.Tensor:
         """``(B, T, d)`` -> ``(B, t, d)`` with ``t = tokens_per_image`` random tokens per image."""
@@ -197,6 +217,8 @@ class MomentCollector:
         if images is None:  # no image ids (a caller outside the engine): the first axis is taken as images
             images = rows.shape[0]
         vectors = arrange(x, rows, geometry, images, self.selector.layout)
+        if vectors is not None and vectors.rows.shape[0] == images:
+            self._check_sameness(name, vectors.rows)
         if vectors is None:
             if self.selector.token_set.kind != "all":
                 self.selector.problems.setdefault(name, "this layer's input vectors cannot be attributed to images")
@@ -223,6 +245,19 @@ class MomentCollector:
             parts = (kept[(halves == 0).to(kept.device)], kept[(halves == 1).to(kept.device)])
         for half, rows_of_half in enumerate(parts):
             self._add_rows(name, half, rows_of_half.reshape(-1, kept.shape[-1]))
+
+    def _check_sameness(self, name: str, rows: torch.Tensor) -> None:
+        """Count whether every image of this call gave the same input vectors as its first (``rows``:
+        ``images x T x d``); once they differed, the layer is not checked again."""
+        counts = self._sameness[name]
+        if counts[1] or rows.shape[0] < 2:
+            return
+        counts[0 if bool((rows == rows[:1]).all()) else 1] += 1
+
+    def fixed_inputs(self) -> set[str]:
+        """Layers whose input was the same for every image of every batch checked (at least one batch of two
+        or more images): their input does not depend on the image (:data:`analysis.status.FIXED_INPUT`)."""
+        return {name for name, (same, differed) in self._sameness.items() if same and not differed}
 
     def _add_rows(self, name: str, half: int, rows: torch.Tensor) -> None:
         if rows.shape[0] == 0:
@@ -295,9 +330,11 @@ class MomentCollector:
         failed = torch.tensor([int(n in findings and (findings[n].problem is not None or
                                                      (findings[n].check is not None and not findings[n].check.passed)))
                                for n in names], dtype=torch.int64, device=self.device)
-        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts, failed])
-        for name, count, fails in zip(names, counts.tolist(), failed.tolist()):
+        sameness = torch.tensor([self._sameness[n] for n in names], dtype=torch.int64, device=self.device)
+        reduce_sum([self._acc[n] for n in names] + [self._sum[n] for n in names] + [counts, failed, sameness])
+        for name, count, fails, same in zip(names, counts.tolist(), failed.tolist(), sameness.tolist()):
             self._count[name] = [int(c) for c in count]
+            self._sameness[name] = [int(v) for v in same]
             if fails and name in findings:
                 findings[name].note("the self-check failed in another process of this run")
 

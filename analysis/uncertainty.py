@@ -21,8 +21,10 @@ curve (MLU and per-layer k against images seen) re-thresholds at any energy like
 
 **Eigenvalues only** (:func:`eigenvalues`): ``eigvalsh`` of ``C_in``; for the output, when
 ``d_out > m`` (``m = d_in + 1`` with a bias), the non-zero eigenvalues of ``C_out = M G M^T`` are those of
-``L^T M^T M L`` with ``G + jI = L L^T`` (Cholesky, jitter ``j = 1e-12 tr(G)/m`` as in
-:mod:`analysis.spectra`), padded with zeros; otherwise ``eigvalsh(C_out)`` directly.
+``L^T M^T M L`` with ``G = L L^T`` (Cholesky; for a singular ``G`` the symmetric square root
+``Q diag(sqrt(g))`` of its eigen-decomposition, as in :mod:`analysis.spectra`: no jitter enters ``C_out``),
+padded with zeros; otherwise ``eigvalsh(C_out)`` directly. Every ``eigvalsh`` uses the jitter of
+:mod:`analysis.spectra` and removes it again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 
 from . import metrics
 from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_dict, cpu_threads, decomposition_cost,
-                      output_second_moment, symmetrized_with_jitter)
+                      eigvalsh_without_jitter, output_second_moment)
 
 SNAPSHOTS = 6
 """Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
@@ -68,8 +70,9 @@ def snapshot_batches(n_batches: int, batch_size: int, n_images: int) -> list[int
 
 
 def _eigvalsh(matrix: torch.Tensor) -> np.ndarray:
-    """Descending, clipped eigenvalues with the same symmetrization and jitter as :mod:`analysis.spectra`."""
-    return torch.linalg.eigvalsh(symmetrized_with_jitter(matrix)).flip(0).clamp_min(0.0).numpy()
+    """Descending, clipped eigenvalues with the same symmetrization and jitter (removed again) as
+    :mod:`analysis.spectra`."""
+    return eigvalsh_without_jitter(matrix).numpy()
 
 
 def eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
@@ -85,9 +88,9 @@ def _eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
         c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
         return lam_in, _eigvalsh(c_out)
     w, g = augmented(layer)  # M = [W b], G = [[C_in, s], [s^T, N]]
-    factor, info = torch.linalg.cholesky_ex(symmetrized_with_jitter(g))
-    if int(info) != 0:  # not positive definite even with the jitter: a symmetric square root instead
-        values, vectors = torch.linalg.eigh(g)
+    factor, info = torch.linalg.cholesky_ex(0.5 * (g + g.T))
+    if int(info) != 0:  # singular (few samples, constant features): a symmetric square root instead
+        values, vectors = torch.linalg.eigh(0.5 * (g + g.T))
         factor = vectors * values.clamp_min(0.0).sqrt()
     k = w @ factor
     small = _eigvalsh(k.T @ k)

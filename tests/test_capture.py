@@ -545,3 +545,125 @@ def test_torchvision_vision_transformer_is_ok_on_every_encoder_layer():
     assert report.analysed_params == sum(p.numel() for n, p in model.named_parameters()
                                          if n.endswith(("weight", "bias")) and ".ln" not in n and "ln_" not in n)
     assert not any(k.startswith("MultiheadAttention") for k in report.skipped)
+
+
+# -- tied weights, and inputs changed in place after discovery ------------------------------------------------
+class _Tied(nn.Module):
+    """Two Linear modules sharing one weight Parameter (own biases), on inputs of rank 2 and rank 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+        self.b.weight = self.a.weight
+
+    def forward(self, pair):
+        x, z = pair
+        return self.a(x), self.b(z)
+
+
+def test_tied_weights_are_attributed_to_the_module_whose_forward_makes_the_call():
+    from analysis.metrics import k_at_energy
+    from analysis.spectra import output_eigen
+
+    torch.manual_seed(10)
+    model = _Tied()
+    real: dict = {}
+
+    def record(name: str):
+        def hook(_module, _args, out):
+            real[name] = real.get(name, 0) + out.double().T @ out.double()
+            real[f"n_{name}"] = real.get(f"n_{name}", 0) + len(out)
+        return hook
+
+    for name in ("a", "b"):
+        getattr(model, name).register_forward_hook(record(name))
+    basis_a, basis_b = torch.randn(2, 8), torch.randn(3, 8)
+    batches = [(torch.randn(10, 2) @ basis_a, torch.randn(15, 3) @ basis_b) for _ in range(3)]
+    specs = [_spec(model.a, "a"), _spec(model.b, "b")]
+    moments, findings = _run(model, specs, batches)
+    for name, rank in (("a", 3), ("b", 4)):  # rank of the inputs, plus the bias direction
+        assert moments[name].count == real[f"n_{name}"]  # before: a saw both modules' inputs, b none
+        assert findings[name].check.passed and findings[name].problem is None and not findings[name].functional
+        assert _rel(_analytic(moments, findings, name), real[name]) < RTOL
+        m, f = moments[name], findings[name]
+        values = output_eigen(f.weight, f.bias, m.second_moment, m.column_sum, m.count).values
+        k_out = k_at_energy(values.numpy(), 0.9999)
+        real_k = k_at_energy(torch.linalg.eigvalsh(real[name]).flip(0).clamp_min(0).numpy(), 0.9999)
+        assert k_out == real_k == rank
+
+
+class _ClampsInPlace(nn.Linear):
+    """Changes its input in place before multiplying it: what the pre-hook saw is no longer what is multiplied."""
+
+    def forward(self, x):
+        x.clamp_(min=0.0)
+        return F.linear(x, self.weight, self.bias)
+
+
+def test_an_input_changed_in_place_is_caught_by_the_later_batch_re_verification():
+    torch.manual_seed(11)
+    layer = _ClampsInPlace(6, 4)
+    spec = _spec(layer, "fc")
+    batches = [torch.randn(20, 6) for _ in range(4)]
+
+    def run(verify_batch):
+        with MomentCollector([spec], verify_batch=verify_batch) as collector, torch.inference_mode():
+            for i, x in enumerate(batches):
+                collector.begin_batch(torch.arange(i * 20, (i + 1) * 20))
+                layer(x.clone())
+                collector.next_batch()
+        return collector.moments()["fc"], collector.findings()["fc"]
+
+    moments, finding = run(None)  # discovery alone: the first batch is right, later ones are not
+    assert finding.check.passed and finding.problem is None and finding.hookable
+    clamped = torch.cat([x.clamp(min=0.0) for x in batches]).double()
+    assert _rel(moments.second_moment, clamped.T @ clamped) > 0.1  # wrong from batch 2 on
+    verify = MomentCollector.verification_batch(len(batches), seed=0)
+    assert verify in (1, 2, 3)
+    _, finding = run(verify)
+    assert finding.problem and f"re-verified on batch {verify}" in finding.problem
+    from analysis.capture import layer_status
+
+    assert layer_status(spec, moments.count, finding)[0] == status.NOT_EXACT
+    # a layer that leaves its input alone passes the same re-verification
+    plain = nn.Linear(6, 4)
+    with MomentCollector([_spec(plain, "p")], verify_batch=verify) as collector, torch.inference_mode():
+        for i, x in enumerate(batches):
+            collector.begin_batch(torch.arange(i * 20, (i + 1) * 20))
+            plain(x)
+            collector.next_batch()
+    assert collector.findings()["p"].problem is None
+
+
+@pytest.mark.parametrize("rows,d_out,bias", [(40, 300, True), (400, 300, True), (40, 7, False), (40, 300, False)])
+def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(rows, d_out, bias):
+    """Fewer output rows than d_out: the rows are kept instead of ``Y^T Y``; d_out > d_in + 1: ``C_out`` through
+    its factor ``K``. The reported relative error is the dense one computed by hand, and a wrong output fails."""
+    torch.manual_seed(12)
+    layer = nn.Linear(6, d_out, bias=bias)
+    batches = [torch.randn(rows // 2, 6) for _ in range(2)]
+    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            layer(x)
+        capture.end_discovery()
+    check = capture.findings["fc"].check
+    x = torch.cat(batches).double()
+    with torch.no_grad():
+        y = layer(torch.cat(batches)).double()
+    b = layer.bias.detach().double() if bias else None
+    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
+    dense = float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+    # the expanded form ||C_out||^2 - 2 tr(C_out C_real) + ||C_real||^2 cancels in float64: its floor is about
+    # sqrt(eps) ~ 1e-8 of ||C_real||, far below the tolerance (~1e-5) it is compared with
+    assert check.passed and check.relative_error == pytest.approx(dense, rel=1e-3, abs=1e-7)
+    assert check.relative_error < check.tolerance < 1e-4
+
+    shifted = nn.Linear(6, d_out, bias=bias)
+    shifted.load_state_dict(layer.state_dict())
+    shifted.forward = lambda x: F.linear(x, shifted.weight, shifted.bias) + 0.05  # not the captured call
+    with LayerCapture([_spec(shifted, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            shifted(x)
+        capture.end_discovery()
+    assert not capture.findings["fc"].check.passed

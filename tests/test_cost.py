@@ -44,9 +44,10 @@ def test_estimate_has_the_known_shapes_and_sizes():
     assert tokens == {"conv": 64, "fc": 64}
     est = cost.estimate(model, specs, input_size=(3, 10, 10), images=5, batch_size=5)
     by_name = {layer.name: layer for layer in est.layers}
-    # C_in, C_out and the eigenvectors of both, float64
+    # C_in, C_out and the eigenvectors of both, float64 (d_out 16 <= d_in + 1 = 28)
     assert by_name["conv"].memory_bytes == 8 * 2 * (27 ** 2 + 16 ** 2)
-    assert by_name["fc"].memory_bytes == 8 * 2 * (16 ** 2 + 40 ** 2)
+    # d_out 40 > d_in + 1 = 17: C_in and its eigenvectors, G (17 x 17) and the 40 x 17 eigenvectors of C_out
+    assert by_name["fc"].memory_bytes == 8 * 2 * 16 ** 2 + 8 * (17 ** 2 + 40 * 17)
     assert est.widest_layer == "fc" and est.widest_d == 40
     assert est.memory_bytes >= sum(layer.memory_bytes for layer in est.layers)
     assert est.stats_seconds == pytest.approx(5 * 64 * (27 ** 2 + 16 ** 2) / cost.RATES["cpu"]["stats"])
@@ -110,3 +111,17 @@ def test_cli_prints_the_analysed_weights_and_takes_the_options(folder, tmp_path,
     line = next(line for line in out.splitlines() if line.startswith("weights"))
     assert "of the parameters analysed" in line and "Linear (not selected)" in line
     assert "blocks.1.attn.qkv" in out and "patch_embed.proj" not in out.split("not analysed")[0]
+
+
+def test_a_wide_head_costs_its_small_problem_and_is_not_refused(folder, monkeypatch):
+    """tiny_vit_5m_224's default head maps 320 features to 21,841 classes: C_out has rank <= 321, so its
+    spectrum needs the 321-sized problem and 21,841 x 321 eigenvectors, not two 21,841^2 matrices (7.6 GB);
+    before, the run was refused ("would need about 23.3 GB")."""
+    monkeypatch.setattr(cost, "available_memory", lambda: 16 * 10 ** 9)
+    the_plan = plan("random:tiny_vit_5m_224", folder, AnalysisSettings(samples=2, batch_size=2))
+    est = cost.guard_plan(the_plan)  # not refused
+    head = next(layer for layer in est.layers if layer.name == "head.fc")
+    assert (head.d_in, head.d_out, head.m) == (320, 21841, 321)
+    # C_in in two halves (error bars) and its eigenvectors; G and the eigenvectors of the small problem
+    assert head.memory_bytes == 8 * 3 * 320 ** 2 + 8 * (321 ** 2 + 21841 * 321)
+    assert est.memory_bytes < 2 * 10 ** 9 and est.fits

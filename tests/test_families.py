@@ -79,6 +79,8 @@ def test_family(case):
     assert (result.layers["n_samples"] > 0).any()
     counted = result.layers[result.layers["in_mlu"]]
     assert (counted["n_samples"] > 0).all() and (counted["status"] == "ok").all()
+    assert case.statuses <= set(result.layers["status"]), f"missing {case.statuses - set(result.layers['status'])}"
+    assert counted["block"].notna().all() and result.meta.blocks_reason == ""
 
     RECORDED[case.model_id.split("?", 1)[0]] = row_for(case, result, case.family)
 
@@ -112,3 +114,66 @@ def test_condconv_and_lstm_shares_are_reported():
         assert report.analysed_params == sum(p.numel() for s in specs for p in s.module.parameters(recurse=False))
         assert report.fraction == pytest.approx(report.analysed_params / sum(p.numel() for p in model.parameters()))
         assert report.fraction < 0.9
+
+
+# Families the issue named (and a few nobody named): which layers count, from structure alone (no run).
+# arch -> (timm options, input side, layers that must not count: stem or head-side, layers that must be
+# attention, layers that must be MLP); every case also checks the general rules in the test.
+STRUCTURE_CASES = {
+    "volo_d1_224": (dict(img_size=64), 64, {"patch_embed.conv.0", "patch_embed.conv.3", "patch_embed.conv.6",
+                                            "patch_embed.proj"}, set(), set()),
+    "nest_tiny": (dict(img_size=64), 64, {"patch_embed.proj"}, {"levels.0.transformer_encoder.0.attn.qkv"}, set()),
+    "dla34": ({}, 64, {"base_layer.0", "level0.0", "level1.0"}, set(), set()),
+    "dpn68": ({}, 64, {"features.conv1_1.conv"}, set(), set()),
+    "coat_lite_tiny": (dict(img_size=64), 64, {"patch_embed1.proj"},
+                       {"serial_blocks1.0.factoratt_crpe.qkv", "serial_blocks4.1.factoratt_crpe.proj"}, set()),
+    "inception_next_tiny": ({}, 64, {"head.fc1"}, set(), {"stages.0.blocks.0.mlp.fc1"}),
+    "mambaout_femto": ({}, 64, {"head.pre_logits.fc"}, set(), {"stages.0.blocks.0.fc1", "stages.3.blocks.2.fc2"}),
+    "efficientvit_b0": ({}, 64, {"head.classifier.0", "head.in_conv.conv"},
+                        {"stages.3.blocks.1.context_module.main.qkv.conv"}, set()),
+    "ghostnet_100": ({}, 64, {"conv_head"}, set(), set()),
+    "mobilenetv3_small_050": ({}, 64, {"conv_head"}, set(), set()),
+    "tf_efficientnet_lite0": ({}, 64, {"conv_head"}, set(), set()),
+    "hgnetv2_b0": ({}, 64, {"head.last_conv.0"}, set(), set()),
+    "gcvit_xxtiny": ({}, 224, set(), {"stages.0.blocks.0.attn.qkv", "stages.3.blocks.1.attn.proj"}, set()),
+    "convit_tiny": (dict(img_size=64), 64, set(), {"blocks.0.attn.qk", "blocks.0.attn.v", "blocks.11.attn.qkv"}, set()),
+    "hiera_tiny_224": ({}, 224, set(), {"blocks.0.attn.qkv", "blocks.0.attn.proj"}, set()),
+    "pvt_v2_b0": ({}, 64, set(), set(), set()),
+    "rexnet_100": ({}, 64, set(), set(), set()),
+    "repvit_m1": ({}, 64, set(), set(), set()),
+}
+
+
+@pytest.mark.parametrize("arch", list(STRUCTURE_CASES))
+def test_blocks_stem_and_head_side_from_structure(arch):
+    import timm
+
+    from analysis.models.layers import describe_model
+
+    options, side, not_counted, attention, mlp = STRUCTURE_CASES[arch]
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, **options).eval()
+    specs, blocks = describe_model(model, (3, side, side))
+    by_name = {s.name: s for s in specs}
+    assert blocks.reason == "" and blocks.order == "forward"
+    for name in not_counted:
+        assert by_name[name].kind in ("patch_embed", "head_side") and not by_name[name].in_mlu, name
+    assert {by_name[n].kind for n in attention} <= {"attn_qkv", "attn_proj"}
+    assert all(by_name[n].in_mlu for n in attention)
+    assert {by_name[n].kind for n in mlp} <= {"mlp_fc1", "mlp_fc2"}
+    # every counted layer sits in a block; depth follows the real forward; the stem comes before every block
+    # and head-side layers after every block
+    assert all(s.block is not None for s in specs if s.in_mlu) and sum(s.in_mlu for s in specs) > 10
+    order: list[str] = []
+    handles = [s.module.register_forward_pre_hook(lambda _m, _a, n=s.name: order.append(n) if n not in order else None)
+               for s in specs]
+    with torch.no_grad():
+        model(torch.randn(1, 3, side, side))
+    for handle in handles:
+        handle.remove()
+    position = {name: i for i, name in enumerate(order)}
+    in_blocks = [n for n in order if by_name[n].block is not None]
+    assert [by_name[n].block for n in in_blocks] == sorted(by_name[n].block for n in in_blocks)
+    stem = [position[s.name] for s in specs if s.kind == "patch_embed" and s.name in position]
+    tail = [position[s.name] for s in specs if s.kind == "head_side" and s.name in position]
+    assert all(p < position[in_blocks[0]] for p in stem) and all(p > position[in_blocks[-1]] for p in tail)

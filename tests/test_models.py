@@ -124,10 +124,11 @@ def test_layer_kinds_have_one_source():
     assert set(charts.KIND_COLORS) == set(KIND_NAMES)
     assert charts.kind_label("attn_qkv") == kind_label("attn_qkv") == Kind.ATTN_QKV.label
     assert kinds_in_order(["head", "mlp_fc1", "patch_embed", "zzz"]) == ["patch_embed", "mlp_fc1", "head", "zzz"]
-    assert FLAGGED_KINDS == {"patch_embed", "pos_embed", "head"}
+    assert FLAGGED_KINDS == {"patch_embed", "pos_embed", "head_side", "head"}
     spec = LayerSpec("x", "grouped_conv", None, torch.nn.Identity(), 4, 4, False)
     assert not spec.applicable and not spec.in_mlu
     assert LayerSpec("x", "class_attn_qkv", 0, torch.nn.Identity(), 4, 4, False).in_mlu
+    assert not LayerSpec("x", "class_attn_qkv", None, torch.nn.Identity(), 4, 4, False).in_mlu  # outside blocks
 
 
 def test_a_registered_source_returns_one_typed_model(monkeypatch):

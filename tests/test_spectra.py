@@ -5,7 +5,7 @@
 the direct float64 ``eigh`` of the explicitly formed ``C_out`` (:func:`analysis.spectra.eigen_batched`).
 
 Tolerances: eigenvalues to ``1e-10 * lambda_max`` absolute (both routes are float64 and backward stable, so
-their difference is rounding, ~1e-15 measured, plus the identical jitter); eigenvectors as subspaces, by the
+their difference is rounding, ~1e-15 measured; the jitter is removed from both); eigenvectors as subspaces, by the
 Frobenius (>= spectral) norm of the difference of the projectors ``V_k V_k^T`` onto the top ``k`` eigenvectors, for every
 ``k`` whose eigengap ``lambda_k - lambda_{k+1}`` exceeds ``1e-6 lambda_max`` (Davis-Kahan: the error is at
 most rounding over the gap, <= ~1e-9 here); the tolerance 1e-6 is far below what a wrong vector gives (a
@@ -45,25 +45,28 @@ def _direct(layer: AffineLayer) -> Eigen:
 
 
 def _check_against_direct(got: Eigen, ref: Eigen, layer: AffineLayer) -> None:
-    d_out = layer.d_out
-    assert got.values.shape == (d_out,) and got.vectors.shape == (d_out, d_out)
+    """The small problem gives all ``d_out`` values and the ``d_out x m`` eigenvectors of the first ``m`` (the
+    rest are 0: no ``d_out x d_out`` matrix is built)."""
+    d_out, cols = layer.d_out, min(layer.d_out, layer.m)
+    assert got.values.shape == (d_out,) and got.vectors.shape == (d_out, cols)
     assert got.values.dtype == torch.float64 and got.vectors.dtype == torch.float64
     top = float(ref.values[0])
     assert float((got.values - ref.values).abs().max()) <= VALUE_TOL * top
     assert bool((got.values[:-1] >= got.values[1:]).all()), "eigenvalues must be descending"
-    eye = torch.eye(d_out, dtype=torch.float64)
+    eye = torch.eye(cols, dtype=torch.float64)
     assert float((got.vectors.T @ got.vectors - eye).abs().max()) <= 1e-10, "eigenvectors must be orthonormal"
     c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
-    residual = c_out @ got.vectors - got.vectors * got.values
+    residual = c_out @ got.vectors - got.vectors * got.values[:cols]
     assert float(residual.norm() / c_out.norm()) <= 1e-10
-    # ||P_got,k - P_ref,k||_F^2 = 2 ||V_ref[:, :k]^T V_got[:, k:]||_F^2 (both bases orthonormal): no
-    # cancellation, and the Frobenius norm bounds the spectral one.
-    cross = (ref.vectors.T @ got.vectors).square().cumsum(dim=0)  # [k-1, j] = sum_{i<k} (v_ref_i . v_got_j)^2
+    # ||P_got,k - P_ref,k||_F^2 = 2 k - 2 ||V_ref[:, :k]^T V_got[:, :k]||_F^2 (both bases orthonormal; the
+    # Frobenius norm bounds the spectral one)
+    overlap = ref.vectors[:, :cols].T @ got.vectors
     gaps = ref.values[:-1] - ref.values[1:]
     checked = 0
-    for k in range(1, d_out):
+    for k in range(1, cols):
         if gaps[k - 1] > GAP * top:
-            diff = float((2 * cross[k - 1, k:].sum()).sqrt())
+            inside = float(overlap[:k, :k].square().sum())
+            diff = max(0.0, 2 * (k - inside)) ** 0.5
             assert diff <= PROJECTOR_TOL, f"top-{k} subspace differs by {diff:.2e}"
             checked += 1
     assert checked >= min(layer.m, d_out) // 2, "too few well-separated subspaces to compare"
@@ -216,3 +219,33 @@ def test_engine_reports_the_spectra_stage_layer_by_layer(tmp_path) -> None:
     assert all(p.total == layers for p in spectra_steps)
     assert spectra_steps[-1].eta_s == 0.0 and spectra_steps[0].elapsed_s <= spectra_steps[-1].elapsed_s
     assert seen.index(spectra_steps[0]) > max(i for i, p in enumerate(seen) if p.stage == "statistics")
+
+
+def test_preservation_error_through_the_small_problem_is_the_measured_one() -> None:
+    """With the ``d_out x m`` eigenvectors of the small problem, the stored preservation error is the error
+    of the projected weight measured on the data (its denominator from the input side: rows of ``A`` past
+    ``m`` are not formed), and equals the one from the direct decomposition."""
+    from analysis.models.layers import LayerSpec
+    from analysis.projection import project_weight
+    from analysis.result import LayerSpectrum
+
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(300, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 10, generator=g, dtype=torch.float64)
+    x = x + 0.05 * torch.randn(300, 10, generator=g, dtype=torch.float64)
+    module = torch.nn.Linear(10, 60)
+    weight, bias = module.weight.detach().double(), module.bias.detach().double()
+    layer = AffineLayer(weight, bias, x.T @ x, x.sum(0), 300)
+    assert layer.uses_small_problem()
+    spec = LayerSpec.of("fc", module)
+    eig_in = eigen_batched({"x": layer.c_in})[0]["x"]
+    thin = output_eigen(weight, bias, layer.c_in, layer.column_sum, layer.count)
+    assert thin.vectors.shape == (60, 11)
+    small = LayerSpectrum.from_statistics(spec, 300, eig_in, thin, weight=weight)
+    direct = LayerSpectrum.from_statistics(spec, 300, eig_in, _direct(layer), weight=weight)
+    for e in (0.9, 0.99):
+        row = small.row(e, e)
+        projected = project_weight(weight, eig_in.vectors, thin.vectors, row["k_in"], row["k_out"])
+        measured = float(((x @ (weight - projected).T).square().sum() / (x @ weight.T).square().sum()))
+        assert row["preservation_error"] == pytest.approx(measured, rel=1e-8, abs=1e-14)
+        assert row["preservation_error"] == pytest.approx(direct.row(e, e)["preservation_error"], rel=1e-8, abs=1e-14)
+        assert row["k_out"] == direct.row(e, e)["k_out"]

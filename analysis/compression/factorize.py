@@ -31,7 +31,7 @@ from torch import nn
 from .. import metrics
 from ..errors import SettingsError
 from ..models import weight_matrix
-from ..projection import factorize, preservation_error_table, rotated_weight
+from ..projection import factorize, rotated_and_errors
 from ..result import ENERGY_GRID, check_energy
 from .thin_layers import factorized_layer, replace_module
 from .subspaces import LayerSubspace
@@ -118,8 +118,8 @@ def energy_for_budget(subspaces: dict[str, LayerSubspace], keep: float) -> float
 
 def preservation_error(sub: LayerSubspace, k_in: int, k_out: int) -> float:
     """Exact ``||(W - W') X||^2 / ||W X||^2`` on the analysed data (see :mod:`analysis.projection`)."""
-    rotated = rotated_weight(_weight(sub), sub.eig_in.vectors, sub.eig_out.vectors)
-    return float(preservation_error_table(rotated, sub.eig_in.values, np.array([k_out]), np.array([k_in]))[0, 0])
+    _rotated, table = rotated_and_errors(_weight(sub), sub.eig_in, sub.eig_out, np.array([k_out]), np.array([k_in]))
+    return float(table[0, 0])
 
 
 def _weight(sub: LayerSubspace):

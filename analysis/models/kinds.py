@@ -45,6 +45,7 @@ class Kind(str, Enum):
     DOWNSAMPLE = ("downsample", "downsampling / transition")
     LINEAR = ("linear", "linear")
     GROUPED_CONV = ("grouped_conv", "grouped convolution", False, False)
+    HEAD_SIDE = ("head_side", "after the last block (head convs, pre-logits)", False)
     HEAD = ("head", "classifier head", False)
 
     def __str__(self) -> str:

@@ -1,17 +1,21 @@
 """Which layers of a model are analysed, what each one is, and where it sits in the data flow.
 
 Every ``nn.Linear`` and ``nn.Conv2d`` (timm's ``Conv2dSame``/``StdConv2d`` subclass it) is a layer
-``y = W x + b``. Its kind (:class:`analysis.models.kinds.Kind`) comes from generic rules, read from the
+``y = W x + b``, and so is the packed q/k/v projection of an ``nn.MultiheadAttention`` (:class:`InProjection`,
+``<attention>.in_proj``). Its kind (:class:`analysis.models.kinds.Kind`) comes from generic rules, read from the
 model itself rather than from per-name if-chains:
 
 - **head**: the classifier the model names itself (timm ``get_classifier()``, which may be a tuple for
   distilled models; ``pretrained_cfg["classifier"]``, a name or a tuple such as ``("head", "head_dist")``),
   every layer under it (LeViT's BN+Linear heads);
-- **stem** (``patch_embed``): every layer met before the first block (patch embedding, conv stem);
+- **stem** (``patch_embed``): every layer called before the first block (patch embedding, conv stem);
+- **head_side**: every layer called after the last block (``conv_head``, pre-logits, ``head.fc1``);
 - the nearest enclosing module decides the rest: an attention module (class name ending in ``Attention``,
-  ``Attn``, ``XCA``...) makes its ``q/k/v/qkv/kv`` children ``attn_qkv`` and ``proj`` ``attn_proj``
-  (``class_attn_*`` in CaiT/XCiT class attention and CrossViT's CLS cross-attention); an MLP module
-  (``Mlp``, ``ConvMlp``, ``GluMlp``, ``LevitMlp``...) makes its last layer ``mlp_fc2`` and the others
+  ``Attn``, ``XCA``..., or by structure: a q/k/v child with an integer ``num_heads``/``heads`` or with an
+  output projection, :func:`is_attention`) makes its ``q/k/v/qkv/kv/in_proj`` children ``attn_qkv`` and
+  ``proj``/``out_proj`` ``attn_proj`` (``class_attn_*`` in CaiT/XCiT class attention and CrossViT's CLS
+  cross-attention); an MLP module (``Mlp``, ``ConvMlp``, ``GluMlp``, ``LevitMlp``..., or by structure: its
+  own Linears widen and narrow back, :func:`is_mlp`) makes its last layer ``mlp_fc2`` and the others
   ``mlp_fc1``, and ``token_mix_*`` when the path names tokens (``mlp_tokens``, ``linear_tokens``,
   ``rnn_tokens``); squeeze-excitation modules give ``squeeze_excite``; ``downsample``/``reduction``/
   ``transition``/``pool``/``shortcut``/HRNet ``fuse_layers`` give ``downsample``; relative-position MLPs
@@ -19,11 +23,13 @@ model itself rather than from per-name if-chains:
 - otherwise a 1x1 convolution is ``pointwise_conv``, a k x k one ``conv``, a grouped one ``grouped_conv``
   (not applicable), anything else ``linear``.
 
-Depth: ``block`` is the index of the layer's block in forward order and ``block_label`` its
-``stage.block`` name for hierarchical models (``"2.3"``), from one table of block patterns
-(:data:`BLOCK_PATTERNS`) that covers the timm families; a family whose names these rules do not fit gets a
-small :class:`ArchitectureAdapter` subclass registered by its model class name (timm style, see
-:data:`ADAPTERS`).
+Depth: ``block`` is the index of the layer's block (or other unit) in forward order and ``block_label`` its
+``stage.block`` name for hierarchical models (``"2.3"``), found from the module tree and the call order for
+any family (:mod:`analysis.models.blocks`); a layer counts in the MLU only inside a block
+(:attr:`LayerSpec.in_mlu`), so a model without blocks counts nothing (:attr:`Blocks.reason` says why). A
+family these rules do not fit gets a small :class:`ArchitectureAdapter` subclass registered by its model
+class name (timm style, see :data:`ADAPTERS`) that overrides :meth:`ArchitectureAdapter.classify_extra` or
+:meth:`ArchitectureAdapter.find_blocks`.
 
 Layer names are the module's qualified name in the model (``blocks.3.attn.qkv``), as in TransformerLens.
 """
@@ -37,11 +43,13 @@ from typing import ClassVar, Iterable, Iterator
 
 from torch import nn
 
+from .blocks import HEAD_SIDE, STEM, Blocks, find_blocks
 from .kinds import FLAGGED_KINDS, NOT_APPLICABLE_KINDS, Kind, counts_in_mlu, is_applicable
 
 __all__ = [
-    "ADAPTERS", "BLOCK_PATTERNS", "FLAGGED_KINDS", "NOT_APPLICABLE_KINDS", "ArchitectureAdapter", "LayerSpec",
-    "Coverage", "adapter_for", "classifier_names", "coverage", "describe_layers", "register_adapter",
+    "ADAPTERS", "Blocks", "FLAGGED_KINDS", "NOT_APPLICABLE_KINDS", "ArchitectureAdapter", "LayerSpec",
+    "Coverage", "adapter_for", "classifier_names", "coverage", "describe_layers", "describe_model", "is_attention",
+    "is_mlp", "register_adapter",
     "select_layers", "weight_matrix",
 ]
 
@@ -67,7 +75,8 @@ class LayerSpec:
 
     @property
     def in_mlu(self) -> bool:
-        return counts_in_mlu(self.kind)
+        """Counted: a kind that counts, inside a block (DESIGN.md: every counted layer sits in a block)."""
+        return counts_in_mlu(self.kind) and self.block is not None
 
     @property
     def applicable(self) -> bool:
@@ -157,7 +166,7 @@ def classifier_names(model: nn.Module) -> list[str]:
     Sources: timm ``get_classifier()`` (a module, or a tuple for distilled models), the pretrained
     config's ``classifier`` (a name or tuple of names). A module without parameters (``Identity`` of a
     headless model) is not a classifier. Without either source, the conventional names
-    ``head``/``fc``/``classifier``/``head_dist`` are used.
+    ``head``/``fc``/``classifier``/``head_dist``/``heads`` (torchvision's ViT) are used.
     """
     found: list[nn.Module] = []
     get_classifier = getattr(model, "get_classifier", None)
@@ -177,62 +186,11 @@ def classifier_names(model: nn.Module) -> list[str]:
     names = [n for n, m in model.named_modules() if id(m) in ids and n]
     if names or callable(get_classifier):
         return names
-    return [n for n, _ in model.named_modules() if n in {"head", "fc", "classifier", "head.fc", "head_dist"}]
+    return [n for n, _ in model.named_modules() if n in {"head", "fc", "classifier", "head.fc", "head_dist", "heads"}]
 
 
 def _under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-# ------------------------------------------------------------------------------------------ blocks
-BLOCK_PATTERNS: tuple[str, ...] = (
-    r"layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # Swin, SwinV2
-    r"(?P<stage_down>layers\.(?P<stage>\d+)\.downsample)",  # Swin patch merging
-    r"stages\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # ConvNeXt, MaxViT, CoAtNet, LeViT, EfficientFormer, ResNetV2, Sequencer
-    r"(?P<stage_down>stages\.(?P<stage>\d+)\.downsample)",
-    r"stages\.(?P<stage>\d+)\.(?P<block>\d+)",  # NFNet / NF-RegNet, CSP-style
-    r"transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)",  # PiT
-    r"(?P<stage_down>transformers\.(?P<stage>\d+)\.pool)",
-    r"s(?P<stage>\d+)\.b(?P<block>\d+)",  # RegNet
-    r"features\.denseblock(?P<stage>\d+)\.denselayer(?P<block>\d+)",  # DenseNet
-    r"(?P<stage_down>features\.transition(?P<stage>\d+))",
-    r"layer(?P<stage>\d+)\.(?P<block>\d+)",  # ResNet, HRNet stage 1
-    r"(?P<stage_down>transition(?P<stage>\d+))",  # HRNet
-    r"stage(?P<stage>\d+)\.(?P<block>\d+)",  # HRNet
-    r"(?P<neck>incre_modules|downsamp_modules|final_layer)",  # HRNet neck: one unit (its parts interleave)
-    r"Mixed_(?P<stage>\d+)(?P<block>[a-z])",  # Inception
-    r"blocks\.(?P<stage>\d+)\.(?P<block>\d+)",  # EfficientNet / MobileNet (stage.block)
-    r"(?P<tail>blocks_token_only|cls_attn_blocks)\.(?P<block>\d+)",  # CaiT, XCiT class-attention blocks
-    r"blocks\.(?P<block>\d+)",  # ViT, DeiT, BEiT, EVA, CaiT, XCiT, Mixer, TNT, CrossViT
-    r"features\.(?P<block>\d+)",  # VGG: every convolution is a depth step
-)
-"""Regexes (anchored at the start of a layer name, followed by ``.``) naming the block a layer belongs to;
-the first that matches wins. ``stage`` and ``block`` groups give the ``stage.block`` label; a
-``stage_down`` group marks a stage's downsampling/transition unit (label ``"<stage>.down"``); a ``neck``
-group puts all its matches into one unit (label ``"neck"``)."""
-
-_COMPILED = tuple(re.compile(rf"^(?:{p})(?=\.|$)") for p in BLOCK_PATTERNS)
-
-
-def _block_unit(name: str, patterns=_COMPILED) -> tuple[str, str] | None:
-    """``(unit prefix, label)`` of the block containing ``name``, or None outside blocks."""
-    for pattern in patterns:
-        match = pattern.match(name)
-        if match is None:
-            continue
-        groups = {k: v for k, v in match.groupdict().items() if v is not None}
-        if "neck" in groups:
-            return "neck", "neck"
-        if "stage_down" in groups:
-            label = f"{groups['stage']}.down"
-        elif "tail" in groups:
-            label = f"{groups['tail']}.{groups['block']}"
-        elif "stage" in groups:
-            label = f"{groups['stage']}.{groups['block']}"
-        else:
-            label = groups["block"]
-        return match.group(0), label
-    return None
 
 
 # ------------------------------------------------------------------------------------------ kinds
@@ -257,13 +215,53 @@ def _conv_kind(module: nn.Module) -> str:
     return Kind.LINEAR.value
 
 
+def _head_count(module: nn.Module) -> int | None:
+    for attr in ("num_heads", "heads"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _direct_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The analysable children of ``module`` (and its functional views), in module order."""
+    found = [(n, m) for n, m in module.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return list(functional_layers("", module)) + found
+
+
+def is_attention(module: nn.Module) -> bool:
+    """An attention module, from its class name (``...Attention``, ``...Attn``, ``XCA``) or its structure: a
+    q/k/v-producing child (``qkv``, ``q``, ``kv``, ``qk``, ``in_proj`` ...) with an integer head count
+    (``num_heads`` or ``heads``) or with an output projection child (``proj``, ``out_proj``...; EfficientViT's
+    ``LiteMLA`` keeps no head count)."""
+    if _ATTENTION_CLASS.search(type(module).__name__):
+        return True
+    children = {n for n, _ in module.named_children()} | {n for n, _ in functional_layers("", module)}
+    return bool(children & _QKV_PARTS) and (_head_count(module) is not None or bool(children & _PROJ_PARTS))
+
+
+def is_mlp(module: nn.Module) -> bool:
+    """An MLP, from its class name (``Mlp``, ``FeedForward``, ``SwiGLU``, ``FFN``...) or its structure: its own
+    applicable layers are Linears (depthwise convolutions may sit between them), at least two, the first
+    widening its input and the last returning to that width (timm ``Mlp``, torchvision ``MLPBlock``,
+    MambaOut's gated block)."""
+    if _MLP_CLASS.search(type(module).__name__):
+        return True
+    if is_attention(module):
+        return False
+    layers = [m for _, m in _direct_layers(module) if not (isinstance(m, nn.Conv2d) and m.groups > 1)]
+    if len(layers) < 2 or not all(isinstance(m, nn.Linear) for m in layers):
+        return False
+    first, last = layers[0], layers[-1]
+    return first.out_features > first.in_features and last.out_features == first.in_features
+
+
 class ArchitectureAdapter:
     """Names, classifies and orders the layers of one architecture family (generic rules; see the module
-    docstring). Subclasses override :attr:`block_patterns` or :meth:`classify_extra` only where their
-    family's names need it, and register with :func:`register_adapter`."""
+    docstring). Subclasses override :meth:`classify_extra` or :meth:`find_blocks` only where their family
+    needs it, and register with :func:`register_adapter`."""
 
     family: ClassVar[str] = "generic"
-    block_patterns: ClassVar[tuple[re.Pattern, ...]] = _COMPILED
 
     def __init__(self, model: nn.Module | None = None) -> None:
         self._model = model
@@ -273,8 +271,10 @@ class ArchitectureAdapter:
         """A family-specific kind for ``name`` (None: the generic rules decide)."""
         return None
 
-    def block_unit(self, name: str) -> tuple[str, str] | None:
-        return _block_unit(name, self.block_patterns)
+    def find_blocks(self, model: nn.Module, layers: dict[str, nn.Module], applicable: list[str],
+                    input_size: tuple[int, int, int] | None = None) -> Blocks:
+        """The blocks and roles of ``layers`` (:func:`analysis.models.blocks.find_blocks`, from structure)."""
+        return find_blocks(model, layers, applicable, input_size)
 
     # ---- generic machinery
     def classify(self, name: str, module: nn.Module, model: nn.Module, logical: list[str] | None = None) -> str:
@@ -294,14 +294,14 @@ class ArchitectureAdapter:
             child = parts[depth]
             if _POS_PARTS.match(part) or _POS_CLASS.search(cls):
                 return Kind.POS_EMBED.value
-            if _ATTENTION_CLASS.search(cls):
+            if is_attention(ancestor):
                 class_attn = bool(_CLASS_ATTENTION_CLASS.match(cls))
                 if child in _QKV_PARTS:
                     return (Kind.CLASS_ATTN_QKV if class_attn else Kind.ATTN_QKV).value
                 if child in _PROJ_PARTS:
                     return (Kind.CLASS_ATTN_PROJ if class_attn else Kind.ATTN_PROJ).value
                 return _conv_kind(module)
-            if _MLP_CLASS.search(cls):
+            if _MLP_CLASS.search(cls) or (depth == len(parts) - 1 and is_mlp(ancestor)):
                 inside = [n for n in (logical or []) if n.startswith(ancestor_name + ".")]
                 last = bool(inside) and inside[-1] == name
                 if tokens:
@@ -315,7 +315,8 @@ class ArchitectureAdapter:
             return Kind.TOKEN_MIX.value
         return _conv_kind(module)
 
-    def describe(self, model: nn.Module) -> list[LayerSpec]:
+    def describe(self, model: nn.Module, input_size: tuple[int, int, int] | None = None
+                 ) -> tuple[list[LayerSpec], Blocks]:
         layers = list(analysable_modules(model))
         heads = classifier_names(model)
         logical_names = []
@@ -336,28 +337,25 @@ class ArchitectureAdapter:
                 kinds.append(model.get_submodule(logical).factorized_from)  # a thin layer keeps its original's kind
             else:  # a factorized pair without a recorded kind is classified by its first (original-shaped) factor
                 kinds.append(self.classify(logical, kind_module, model, distinct_logical))
-        units = [None if k == Kind.HEAD.value else self.block_unit(n) for n, k in zip(logical_names, kinds)]
-        first_block = next((i for i, u in enumerate(units) if u is not None), len(units))
-        for i, kind in enumerate(kinds):
-            if kind in (Kind.HEAD.value, Kind.POS_EMBED.value):
-                continue
-            before_blocks = i < first_block and first_block < len(units)
-            first_conv = i == 0 and first_block == 0 and len(layers) > 1 and isinstance(layers[0][1], nn.Conv2d)
-            if before_blocks or first_conv:  # the stem: everything the data meets before the first block
-                kinds[i], units[i] = Kind.PATCH_EMBED.value, None
-        unit_index: dict[str, int] = {}
-        for unit in units:
-            if unit is not None and unit[0] not in unit_index:
-                unit_index[unit[0]] = len(unit_index)
+        heads_at = {name for (name, _), kind in zip(layers, kinds) if kind == Kind.HEAD.value}
+        structure = self.find_blocks(model, {n: m for n, m in layers if n not in heads_at},
+                                     [n for (n, _), k in zip(layers, kinds) if is_applicable(k) and n not in heads_at],
+                                     input_size)
         specs = []
-        for (name, module), kind, unit in zip(layers, kinds, units):
+        for (name, module), kind in zip(layers, kinds):
+            role, unit = structure.role.get(name), structure.unit.get(name)
+            if kind not in (Kind.HEAD.value, Kind.GROUPED_CONV.value):
+                if role == STEM and kind != Kind.POS_EMBED.value:
+                    kind = Kind.PATCH_EMBED.value
+                elif role == HEAD_SIDE:
+                    kind = Kind.HEAD_SIDE.value
             d_in, d_out = _dims(module)
             specs.append(LayerSpec(
-                name=name, kind=kind, block=unit_index[unit[0]] if unit else None, module=module,
+                name=name, kind=kind, block=unit.index if unit else None, module=module,
                 d_in=d_in, d_out=d_out, has_bias=getattr(module, "bias", None) is not None,
-                block_label=unit[1] if unit else "",
+                block_label=unit.label if unit else "",
             ))
-        return specs
+        return specs, structure
 
 
 # ------------------------------------------------------------------------------------------ families
@@ -431,9 +429,17 @@ def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     return ADAPTERS.get(qualified, ADAPTERS.get(cls.__name__, ArchitectureAdapter))(model)
 
 
-def describe_layers(model: nn.Module) -> list[LayerSpec]:
+def describe_model(model: nn.Module, input_size: tuple[int, int, int] | None = None
+                   ) -> tuple[list[LayerSpec], Blocks]:
+    """Every layer of ``model`` with its kind, block and dimensions, in module order, and the block structure
+    they were placed by (its ``reason`` says why no layer counts when no block was found). ``input_size``:
+    ``(C, H, W)`` of the shape-only forward that reads the call order (default: the model's data config)."""
+    return adapter_for(model).describe(model, input_size)
+
+
+def describe_layers(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> list[LayerSpec]:
     """Every Linear/Conv2d layer of ``model`` with its kind, block and dimensions, in module order."""
-    return adapter_for(model).describe(model)
+    return describe_model(model, input_size)[0]
 
 
 # ------------------------------------------------------------------------------------------ selection

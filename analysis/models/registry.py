@@ -158,8 +158,10 @@ def resolve_data_config(model: nn.Module) -> dict:
 
     config = dict(timm_resolve({}, model=model))
     # a ViT built with another img_size keeps its pretrained config's size: the patch grid is the truth
-    for attr in ("patch_embed", "stem", "pixel_embed"):  # ViTs; MLP-Mixer/ResMLP's stem; TNT's pixel embedding
-        embed = getattr(model, attr, None)
+    named = ("patch_embed", "stem", "pixel_embed")  # ViTs; MLP-Mixer/ResMLP's stem; TNT's pixel embedding
+    embeds = [getattr(model, attr, None) for attr in named]
+    embeds += [m for _, m in model.named_modules() if hasattr(m, "img_size")]  # else the first that has one (CoaT)
+    for embed in embeds:
         img_size = getattr(embed, "img_size", None)
         if img_size is not None and not getattr(embed, "dynamic_img_size", False):
             size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -110,12 +109,11 @@ class TorchvisionSource:
 
 @register_adapter("torchvision.models.vision_transformer.VisionTransformer")
 class TorchvisionViTAdapter(ArchitectureAdapter):
-    """torchvision's ViT: blocks ``encoder.layers.encoder_layer_<i>``; in each, ``self_attention`` (an
+    """torchvision's ViT: blocks ``encoder.layers.encoder_layer_<i>`` (found from structure); in each, ``self_attention`` (an
     ``nn.MultiheadAttention``: its ``in_proj`` and ``out_proj`` follow the generic attention rules) and an
     ``MLPBlock`` (first Linear ``mlp_fc1``, last ``mlp_fc2``); ``heads`` is the classifier."""
 
     family = "torchvision_vit"
-    block_patterns = (re.compile(r"^encoder\.layers\.encoder_layer_(?P<block>\d+)(?=\.|$)"),)
 
     def classify_extra(self, name: str, module: nn.Module, model: nn.Module) -> str | None:
         if name == "heads" or name.startswith("heads."):

@@ -9,8 +9,9 @@ is refused. The preprocessing is the folder's ``preprocessor_config.json`` when 
 (:func:`analysis.models.preprocessing.transformers_config`). ``transformers`` is an optional dependency
 (``pip install .[hf]``); without it ``hf:`` ids say so.
 
-Layers (:class:`TransformersAdapter`): blocks ``[<prefix>.][encoder.]layer[s].<i>`` (transformers 5 names
-ViT's ``layers.<i>``, DINOv2's ``encoder.layer.<i>``, CLIP's ``encoder.layers.<i>``); q/k/v by the generic
+Layers (:class:`TransformersAdapter`): blocks are the repeated layer list, found from structure like any
+model's (:mod:`analysis.models.blocks`: ViT's ``layers.<i>`` in transformers 5, DINOv2's ``encoder.layer.<i>``,
+CLIP's ``encoder.layers.<i>``); q/k/v by the generic
 attention rules; ``*SelfOutput.dense`` (ViT, ViT-MAE, DINOv2) is the attention output, ``*Intermediate.dense``
 and the block's ``*Output.dense`` the MLP, ``*MLP.fc1/fc2`` (DINOv2, CLIP) too; the pooler, the projection and
 the classifier are head-side (reported, never counted).
@@ -132,7 +133,6 @@ class TransformersAdapter(ArchitectureAdapter):
     """See the module docstring (layers)."""
 
     family = "transformers_vit"
-    block_patterns = (re.compile(r"^(?:[a-z0-9_]+\.)*?layers?\.(?P<block>\d+)(?=\.|$)"),)
 
     def classify_extra(self, name: str, module: nn.Module, model: nn.Module) -> str | None:
         if _HEAD_SIDE.match(name):

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis import metrics
+from analysis import status as layer_status
 from analysis.models.kinds import KIND_NAMES
 from analysis.models.kinds import kind_label as _kind_label
 from analysis.models.kinds import kinds_in_order as _kinds_in_order
@@ -46,6 +47,7 @@ KIND_COLORS: dict[str, str] = {
     "downsample": "#c5b0d5",
     "linear": "#8c564b",
     "grouped_conv": "#e377c2",
+    "head_side": "#d4d47a",
     "head": "#bcbd22",
 }
 """The colour of each layer kind, used by every chart that colours layers (names, labels and order live in
@@ -109,15 +111,20 @@ def with_note(fig: go.Figure, note: str) -> go.Figure:
 
 
 # ------------------------------------------------------------------------------------------ Layers
+def _count(value) -> str:
+    """An integer, or ``undefined`` for a missing k (zero input or output energy, :mod:`analysis.status`)."""
+    return "undefined" if pd.isna(value) else str(int(value))
+
+
 def _layer_customdata(table: pd.DataFrame) -> np.ndarray:
     error = table["preservation_error"].astype(float)
     return np.column_stack([
         table["layer"].astype(str),
         table["d_in"].astype(int),
         table["d_out"].astype(int),
-        table["k_in"].astype(int),
-        table["k_out"].astype(int),
-        table["rank"].astype(int),
+        table["k_in"].map(_count),
+        table["k_out"].map(_count),
+        table["rank"].map(_count),
         table["params_dense"].astype(int).map("{:,}".format),
         table["params_factorized"].astype(int).map("{:,}".format),
         error.map(lambda v: "n/a" if np.isnan(v) else f"{v:.2e}"),
@@ -355,9 +362,13 @@ def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out:
     fig.add_hline(y=ZERO_FLOOR, line_dash="dot", line_color="#555", line_width=2)
     fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(ZERO_FLOOR), yref="y", yanchor="bottom",
                        text="zero beyond r", showarrow=False, font=dict(size=FONT_SIZE, color="#333"))
-    fig.add_vline(x=rank, line_dash="dash", line_color="#555", line_width=2)
-    fig.add_annotation(x=rank, xref="x", xanchor="left", y=1.0, yref="paper", yanchor="top", text=f" r = {rank}",
-                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#333"))
+    if spectrum.status in layer_status.UNDEFINED_K:  # zero energy: no k, so no r to mark
+        fig.add_annotation(x=0.5, xref="paper", y=1.0, yref="paper", yanchor="top", showarrow=False,
+                           text=f"r undefined ({spectrum.status})", font=dict(size=FONT_SIZE + 1, color="#333"))
+    else:
+        fig.add_vline(x=rank, line_dash="dash", line_color="#555", line_width=2)
+        fig.add_annotation(x=rank, xref="x", xanchor="left", y=1.0, yref="paper", yanchor="top", text=f" r = {rank}",
+                           showarrow=False, font=dict(size=FONT_SIZE + 1, color="#333"))
     fig.update_xaxes(title="index i (descending)")
     fig.update_yaxes(type="log", title="singular value / largest of W", exponentformat="power",
                      range=[np.log10(ZERO_FLOOR) - 0.5, 0.3])
@@ -393,9 +404,13 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
         fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
                            text=f"1 − e = {threshold:.3g}", showarrow=False,
                            font=dict(size=FONT_SIZE, color="#c00"))
-    fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
-    fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom", text=f" k = {k} of {d}",
-                       showarrow=False, font=dict(size=FONT_SIZE + 1, color="#222"))
+    if d and cumulative[-1] > 0:
+        fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
+        fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom",
+                           text=f" k = {k} of {d}", showarrow=False, font=dict(size=FONT_SIZE + 1, color="#222"))
+    else:  # zero energy: k is undefined (analysis.status), never a number
+        fig.add_annotation(x=0.5, xref="paper", y=0.5, yref="paper", showarrow=False,
+                           text="zero energy: k undefined", font=dict(size=FONT_SIZE + 1, color="#222"))
     fig.update_xaxes(title="index i / number of directions k")
     fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
     fig.update_yaxes(type="log", dtick=1, title="energy not held (1 − cumulative)", exponentformat="power",
