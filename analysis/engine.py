@@ -252,12 +252,12 @@ def stream_statistics(
     batch_size = settings.effective_batch_size()
     snapshots = uncertainty.Snapshots() if settings.uncertainty else None
     layout = TokenLayout.of_model(model)
+    total_batches, total_images = _totals(the_plan, batch_size)
     while True:
         resumed = partial.load() if partial is not None else None
         collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed,
                                     token_set=settings.token_set, layout=layout, halves=settings.uncertainty,
-                                    verify_batch=MomentCollector.verification_batch(-(-len(shard) // batch_size),
-                                                                                    settings.seed))
+                                    verify_batch=MomentCollector.verification_batch(total_batches, settings.seed))
         if resumed is not None:
             try:
                 collector.load_state(resumed.state, batches_done=resumed.batches_done)
@@ -269,7 +269,7 @@ def stream_statistics(
         break
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
-    loader, total_batches, total_images = _batches(the_plan, batch_size, first_batch, device)
+    loader = _batches(the_plan, batch_size, first_batch, device)
     clock = StageClock(progress, "statistics", total=total_batches, items_total=total_images)
     if snapshots is not None and not len(dataset):  # an iterator of unknown length: no convergence curve
         snapshots = None
@@ -305,20 +305,25 @@ def stream_statistics(
     return Streamed(collector, {}, images, first_batch, seconds, snapshots)
 
 
-def _batches(the_plan: Plan, batch_size: int, first_batch: int, device: torch.device):
-    """``(batches of (images, labels) from batch first_batch on, batches in all, images in all)`` of this
-    process's share: a shard of a dataset id's selection, or a data object read in its own order (its
-    totals 0 when unknown)."""
+def _totals(the_plan: Plan, batch_size: int) -> tuple[int, int]:
+    """``(batches in all, images in all)`` of this process's share (0, 0 for a data object of unknown length)."""
     dataset = the_plan.dataset
     if isinstance(dataset, DataObject):
         total = dataset.n_images or 0
-        per_batch = _uniform_batch(dataset, batch_size)
-        return dataset.batches(skip=first_batch), -(-total // per_batch), total
-    rank, world_size = distributed.world()
-    shard = distributed.shard(dataset, rank, world_size)
+        return -(-total // _uniform_batch(dataset, batch_size)), total
+    images = len(distributed.shard(dataset, *distributed.world()))
+    return -(-images // batch_size), images
+
+
+def _batches(the_plan: Plan, batch_size: int, first_batch: int, device: torch.device):
+    """Batches of ``(images, labels)`` of this process's share from batch ``first_batch`` on: a shard of a
+    dataset id's selection, or a data object read in its own order."""
+    dataset = the_plan.dataset
+    if isinstance(dataset, DataObject):
+        return dataset.batches(skip=first_batch)
+    shard = distributed.shard(dataset, *distributed.world())
     start = min(len(shard), first_batch * batch_size)
-    loader = make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
-    return loader, -(-len(shard) // batch_size), len(shard)
+    return make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
 
 
 def _uniform_batch(dataset, batch_size: int) -> int:
