@@ -41,17 +41,20 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 import kernels
+from kernels import cpu_pool
 
 from .capture import ConvGeometry, LayerCapture, LayerFinding, rows_per_image, vectors_per_image
 from .errors import NumericalError
 from .models.layers import LayerSpec
 from .tokens import TokenLayout, TokenSelector, TokenSet, Vectors, arrange
 from .uncertainty import half_of
+
+R = TypeVar("R")
 
 MAX_ROWS_PER_CHUNK = 1 << 16
 """Unfolded convolution inputs are processed in chunks of at most this many rows to bound memory."""
@@ -234,45 +237,56 @@ class MomentCollector:
         if self.n_halves == 2:
             self.half_problems.setdefault(name, f"no split-half error bars: {reason}")
 
+    def _per_layer(self, build: Callable[[str], R], names: list[str]) -> dict[str, R]:
+        """``{name: build(name)}``: on the CPU on :mod:`kernels.cpu_pool`'s single-threaded workers (many small
+        float64 ops; on shared cores a 2-thread team makes each wait for a time slice), elsewhere in a loop."""
+        if self.device.type != "cpu":
+            return {name: build(name) for name in names}
+        done = dict(cpu_pool.imap(build, names, cost=lambda name: float(self._acc[name].shape[-1]) ** 2))
+        return {name: done[name] for name in names}
+
     def moments(self) -> dict[str, LayerMoments]:
         """Symmetrized float64 CPU statistics of every hooked layer (both halves together)."""
-        out = {}
-        for spec in self.specs:
-            full = kernels.symmetrize(self._acc[spec.name].sum(0)).to("cpu", torch.float64)
-            out[spec.name] = LayerMoments(
-                name=spec.name,
-                second_moment=full,
-                column_sum=self._sum[spec.name].sum(0).to("cpu", torch.float64),
-                count=sum(self._count[spec.name]),
-            )
-        return out
+        def build(name: str) -> LayerMoments:
+            full = kernels.symmetrize(self._acc[name].sum(0)).to("cpu", torch.float64)
+            return LayerMoments(name=name, second_moment=full,
+                                column_sum=self._sum[name].sum(0).to("cpu", torch.float64),
+                                count=sum(self._count[name]))
+
+        return self._per_layer(build, [spec.name for spec in self.specs])
 
     def half_moments(self) -> list[dict[str, LayerMoments]]:
         """The two halves' statistics (like :meth:`moments`), or ``[]`` without halves. Layers in
         :attr:`half_problems` are left out."""
         if self.n_halves != 2:
             return []
-        halves: list[dict[str, LayerMoments]] = [{}, {}]
-        for spec in self.specs:
-            if spec.name in self.half_problems:
-                continue
-            for half in (0, 1):
-                halves[half][spec.name] = LayerMoments(
-                    name=spec.name,
-                    second_moment=kernels.symmetrize(self._acc[spec.name][half].clone()).to("cpu", torch.float64),
-                    column_sum=self._sum[spec.name][half].to("cpu", torch.float64),
-                    count=self._count[spec.name][half],
-                )
-        return halves
+        names = [spec.name for spec in self.specs if spec.name not in self.half_problems]
+
+        def build(name: str) -> tuple[LayerMoments, LayerMoments]:
+            return tuple(LayerMoments(
+                name=name,
+                second_moment=kernels.symmetrize(self._acc[name][half].clone()).to("cpu", torch.float64),
+                column_sum=self._sum[name][half].to("cpu", torch.float64),
+                count=self._count[name][half],
+            ) for half in (0, 1))
+
+        both = self._per_layer(build, names)
+        return [{name: pair[half] for name, pair in both.items()} for half in (0, 1)]
 
     def snapshot_sums(self, reduce_sum: Callable[[list[torch.Tensor]], None] | None = None) -> dict[str, LayerMoments]:
         """A copy of the whole-run statistics so far (summed over processes with ``reduce_sum``)."""
         names = list(self._acc)
+        totals = [sum(self._count[n]) for n in names]
+        if reduce_sum is None:
+            def build(name: str) -> LayerMoments:
+                return LayerMoments(name, kernels.symmetrize(self._acc[name].sum(0)).to("cpu", torch.float64),
+                                    self._sum[name].sum(0).to("cpu", torch.float64), totals[names.index(name)])
+
+            return self._per_layer(build, names)
         acc = [self._acc[n].sum(0) for n in names]
         sums = [self._sum[n].sum(0) for n in names]
-        counts = torch.tensor([sum(self._count[n]) for n in names], dtype=torch.int64, device=self.device)
-        if reduce_sum is not None:
-            reduce_sum(acc + sums + [counts])
+        counts = torch.tensor(totals, dtype=torch.int64, device=self.device)
+        reduce_sum(acc + sums + [counts])
         return {
             n: LayerMoments(n, kernels.symmetrize(a).to("cpu", torch.float64), c.to("cpu", torch.float64), int(k))
             for n, a, c, k in zip(names, acc, sums, counts.tolist())

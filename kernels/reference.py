@@ -42,10 +42,11 @@ default) for float32 accuracy.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from . import cpu_pool
 from ._validation import check_inputs
 
 #: OpenBLAS threads for the CPU ``ssyrk``. Measured on this project's 2-core VM (2026-11-29, load 4-12 from
@@ -71,17 +72,32 @@ def block_columns(d: int) -> int:
     return 128 if d <= 1024 else 256
 
 
-def _lower_blocks_into(xf: torch.Tensor, acc: torch.Tensor) -> None:
-    """``acc[lower block rows] += X^T X`` for float32 ``xf`` (``n x d``) and a float32/float64 ``acc``."""
+def _lower_block_tasks(xf: torch.Tensor, acc: torch.Tensor) -> list[tuple[Callable[[], None], float]]:
+    """``acc[lower block rows] += X^T X`` for float32 ``xf`` (``n x d``) and a float32/float64 ``acc``, as one
+    task per block row (each writes its own rows of ``acc``) with its relative cost."""
     d = xf.shape[1]
     b = block_columns(d)
-    for start in range(0, d, b):
-        stop = min(start + b, d)
-        left = xf[:, start:stop].T
-        if acc.dtype == torch.float32:
-            acc[start:stop, :stop].addmm_(left, xf[:, :stop])
-        else:
-            acc[start:stop, :stop].add_(torch.mm(left, xf[:, :stop]))
+
+    def block_row(start: int, stop: int) -> Callable[[], None]:
+        def task() -> None:
+            left = xf[:, start:stop].T
+            if acc.dtype == torch.float32:
+                acc[start:stop, :stop].addmm_(left, xf[:, :stop])
+            else:
+                acc[start:stop, :stop].add_(torch.mm(left, xf[:, :stop]))
+        return task
+
+    return [(block_row(start, min(start + b, d)), float((min(start + b, d) - start) * min(start + b, d)))
+            for start in range(0, d, b)]
+
+
+def _lower_blocks_into(xf: torch.Tensor, acc: torch.Tensor, colsum: torch.Tensor | None) -> None:
+    """The ``"blocked"`` method: every block row (and the column sum) as an independent single-threaded task on
+    :mod:`kernels.cpu_pool`'s workers; returns when all are done."""
+    tasks = _lower_block_tasks(xf, acc)
+    if colsum is not None:
+        tasks.append((lambda: colsum.add_(xf.sum(dim=0)), float(xf.shape[1])))
+    cpu_pool.run_all([task for task, _ in tasks], [cost for _, cost in tasks])
 
 
 @functools.cache
@@ -143,7 +159,8 @@ def second_moment_torch(
             x = x.to(round_to)
         xf = x.to(torch.float32)
         if x.device.type == "cpu" and CPU_METHOD == "blocked":
-            _lower_blocks_into(xf, acc)
+            _lower_blocks_into(xf, acc, colsum)
+            return acc
         elif x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
             acc.add_(_syrk_lower(xf.contiguous()))
         elif acc.dtype == torch.float32:
