@@ -24,8 +24,9 @@ geometry of the real call). Any other layer that was reached keeps being capture
 mode, which stays active only while at least one layer needs it. A layer never seen is "not reached".
 
 **What is multiplied**: under autocast, ``F.linear``/``F.conv2d`` cast a float32 input to the autocast
-dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`). A layer used
-several times per forward (shared weights) accumulates every call.
+dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`), and in steady
+state a plain ``nn.Linear``/``nn.Conv2d`` is handed that cast tensor, so the forward and the statistics share
+one cast. A layer used several times per forward (shared weights) accumulates every call.
 
 **Self-check** (first batch, every run): for each layer, in float64 on the activations' device, the analytic
 
@@ -163,6 +164,12 @@ def output_rows(y: torch.Tensor, is_conv: bool) -> torch.Tensor:
         y = y.unsqueeze(0) if y.dim() == 3 else y
         return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
+
+
+#: Modules whose forward is only ``F.linear``/``F.conv2d`` of their input: in steady state the forward pre-hook
+#: passes them the input already cast by :func:`as_multiplied` (the cast autocast would make inside the call,
+#: bit for bit), so the statistics and the layer share one cast instead of the hook making a second.
+_PLAIN_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv2d)
 
 
 def as_multiplied(x: torch.Tensor) -> torch.Tensor:
@@ -424,7 +431,10 @@ class LayerCapture:
                 self._stack.append(_Frame(name, args[0] if args else None))
             elif name in self._hooked:
                 with torch.no_grad():
-                    self._feed(name, as_multiplied(args[0]), self.findings[name].geometry)
+                    x = as_multiplied(args[0])
+                    self._feed(name, x, self.findings[name].geometry)
+                if x is not args[0] and type(module) in _PLAIN_LAYERS:
+                    return (x, *args[1:])  # one cast for both: the layer's autocast finds it done (issue 28)
 
         return hook
 

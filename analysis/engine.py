@@ -20,7 +20,7 @@ import kernels
 
 from . import __version__, distributed, heads
 from .cache import ResultCache, content_key
-from .data import load_dataset, make_loader
+from .data import device_batches, load_dataset, make_loader
 from .errors import AnalysisError, ForwardError
 from .cost import guard_plan
 from .meta import ResultMeta, Timings
@@ -225,7 +225,10 @@ def stream_statistics(
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
     start = min(len(shard), first_batch * batch_size)
-    loader = make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
+    positions = list(range(start, len(shard)))  # in the shard, batch after batch
+    if settings.uncertainty:  # each batch's half-0 images first: the statistics slice the halves, no gather
+        positions = _halves_in_order(positions, batch_size, rank, world_size)
+    loader = make_loader(Subset(shard, positions), batch_size=batch_size, device=device)
     clock = StageClock(progress, "statistics", total=-(-len(shard) // batch_size), items_total=len(shard))
     snapshot_at = _snapshot_schedule(len(dataset), world_size, batch_size) if snapshots is not None else []
     autocast_dtype = PRECISIONS[settings.precision]
@@ -233,15 +236,11 @@ def stream_statistics(
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
     with collector, torch.inference_mode(), autocast, kernels.layer_precision(autocast_dtype):
-        for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
+        for batch_index, (batch, _labels) in enumerate(device_batches(loader, device), start=first_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
-            positions = torch.arange(batch_index * batch_size, batch_index * batch_size + batch.shape[0])
-            image_ids = rank + positions * world_size  # indices in the analysed selection
-            batch = batch.to(device, non_blocking=True)
-            if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
-                order = uncertainty.half_order(image_ids)
-                batch, image_ids = batch[order.to(device)], image_ids[order]
+            offset = (batch_index - first_batch) * batch_size
+            image_ids = rank + torch.tensor(positions[offset : offset + batch.shape[0]]) * world_size  # in the selection
             collector.begin_batch(image_ids)
             _forward(model, batch, the_plan)
             collector.next_batch()
@@ -251,11 +250,22 @@ def stream_statistics(
             if partial is not None and partial.due(batch_index + 1):
                 partial.save({**collector.state(), **(snapshots.state() if snapshots else {})}, batch_index + 1, images)
             clock.report(batch_index + 1, images)
-    collector.next_batch()  # final finiteness check of the running sums
+    collector.finish()  # final finiteness check of the running sums (waits for the GPU's answer)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - clock.start - (snapshots.seconds if snapshots else 0.0)
     return Streamed(collector, {}, images, first_batch, seconds, snapshots)
+
+
+def _halves_in_order(positions: list[int], batch_size: int, rank: int, world_size: int) -> list[int]:
+    """``positions`` with each batch's images put in :func:`analysis.uncertainty.half_order` (half 0 first, each
+    half in its original order), so the loader delivers every batch ready for sliced halves: nothing is
+    gathered on the device and no index tensor is copied to it."""
+    ordered = []
+    for first in range(0, len(positions), batch_size):
+        chunk = torch.tensor(positions[first : first + batch_size], dtype=torch.int64)
+        ordered.extend(chunk[uncertainty.half_order(rank + chunk * world_size)].tolist())
+    return ordered
 
 
 def _snapshot_schedule(n_images: int, world_size: int, batch_size: int) -> list[int]:

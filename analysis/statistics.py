@@ -18,7 +18,9 @@ convolution's forward), unfolded with the geometry of the real call; it also rec
 and bias and runs the first batch's self-check (:meth:`MomentCollector.findings`).
 
 Finiteness: :meth:`MomentCollector.check_finite` (run by :meth:`~MomentCollector.next_batch`) checks every
-layer's running column sum for NaN/inf with one fused reduction and one device synchronisation per batch.
+layer's running column sums and the diagonal of its ``C`` for NaN/inf with one fused reduction per batch; on a
+GPU its answer is read one batch later (no synchronisation per batch), and :meth:`MomentCollector.finish`
+reads the last.
 
 Precision: each batch's ``X^T X`` is formed in float32 (or better) and added into the running sum; on the
 CPU the running sums are float64, on CUDA they are float32 accumulated by :mod:`kernels`. Partial sums are
@@ -111,6 +113,7 @@ class MomentCollector:
         self._image_ids: torch.Tensor | None = None
         self._halves_of_batch: torch.Tensor | None = None
         self._halves_sorted = False
+        self._pending_check: tuple[torch.Tensor, object, int] | None = None
         self.half_problems: dict[str, str] = {}
         """Layers whose vectors could not be attributed to images: their half statistics are not valid."""
 
@@ -126,16 +129,49 @@ class MomentCollector:
     def check_finite(self) -> None:
         """Raise :class:`NumericalError` if any layer's running sums hold NaN or inf.
 
-        One fused reduction over every layer's column sum and one device synchronisation (a NaN or inf
-        anywhere in an input vector reaches its column sum); the offending layer is located only on failure."""
+        One fused reduction over every layer's column sums and the diagonal of its ``C`` (a NaN or inf in an
+        input vector reaches its column sum; a square that overflows reaches the diagonal, and an overflowing
+        off-diagonal sum implies one on the diagonal: ``|C_ab| <= sqrt(C_aa C_bb)``, each diagonal sum only
+        grows). On the CPU it is read at once. On a GPU the flag is copied to pinned host memory behind the
+        batch's work and read at the next call, so the host never waits for the batch it has just queued and
+        the GPU is never idle between batches; :meth:`finish` reads the last one. The offending layer is
+        located only on failure."""
         if not self._sum:
             return
-        sums = [colsum.reshape(-1) for colsum in self._sum.values()]
-        if bool(torch.isfinite(torch.cat(sums)).all()):
+        finite = torch.isfinite(torch.cat([*self._sum.values(),
+                                           *(acc.diagonal(dim1=-2, dim2=-1) for acc in self._acc.values())],
+                                          dim=1)).all()
+        if self.device.type != "cuda":
+            if not bool(finite):
+                self._raise_non_finite(self._batch)
             return
-        name = next(n for n, colsum in self._sum.items() if not torch.isfinite(colsum).all())
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(finite, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        pending, self._pending_check = self._pending_check, (host, done, self._batch)
+        if pending is not None:
+            self._read_check(pending)
+
+    def _read_check(self, pending: tuple[torch.Tensor, object, int]) -> None:
+        host, done, batch = pending
+        done.synchronize()
+        if not bool(host):
+            self._raise_non_finite(batch)
+
+    def finish(self) -> None:
+        """The final finiteness check (after the last batch): checks now and waits for its answer."""
+        self.check_finite()
+        pending, self._pending_check = self._pending_check, None
+        if pending is not None:
+            self._read_check(pending)
+
+    def _raise_non_finite(self, batch: int) -> None:
+        name = next((n for n in self._sum if not (torch.isfinite(self._sum[n]).all()
+                                                   and torch.isfinite(self._acc[n].diagonal(dim1=-2, dim2=-1)).all())),
+                    next(iter(self._sum)))
         raise NumericalError(
-            f"layer {name!r} received NaN or inf activations (batch {self._batch}); "
+            f"layer {name!r} received NaN or inf activations, or their squares overflow (batch {batch}); "
             "the model is numerically broken on this data or precision"
         )
 
