@@ -247,12 +247,12 @@ class MomentCollector:
             return
         kept = self._sample_tokens(kept, name)
         if self.n_halves == 1:
-            self._add_rows(name, 0, kept.reshape(-1, kept.shape[-1]))
+            self._add_rows(name, kept.reshape(-1, kept.shape[-1]))
             return
         halves = self._halves_of_batch
         if halves is None or images is None or kept.shape[0] != images:
             self._flag_halves(name, "it was called without image ids")
-            self._add_rows(name, 0, kept.reshape(-1, kept.shape[-1]))
+            self._add_rows(name, kept.reshape(-1, kept.shape[-1]))
             return
         halves = halves[first_image : first_image + images]  # on the CPU: no device synchronisation
         if self._halves_sorted:
@@ -260,14 +260,15 @@ class MomentCollector:
             parts = (kept[:first_of_half_1], kept[first_of_half_1:])
         else:
             parts = (kept[(halves == 0).to(kept.device)], kept[(halves == 1).to(kept.device)])
-        for half, rows_of_half in enumerate(parts):
-            self._add_rows(name, half, rows_of_half.reshape(-1, kept.shape[-1]))
+        self._add_rows(name, [rows_of_half.reshape(-1, kept.shape[-1]) for rows_of_half in parts])
 
-    def _add_rows(self, name: str, half: int, rows: torch.Tensor) -> None:
-        if rows.shape[0] == 0:
-            return
-        kernels.second_moment(rows, self._acc[name][half], self._sum[name][half], backend=self.backend)
-        self._count[name][half] += rows.shape[0]
+    def _add_rows(self, name: str, rows: torch.Tensor | list[torch.Tensor]) -> None:
+        """Add ``rows`` (one tensor for half 0, or one per half) into the layer's running sums, in one call."""
+        parts = [(half, r) for half, r in enumerate(rows if isinstance(rows, list) else [rows]) if r.shape[0]]
+        kernels.second_moments([(r, self._acc[name][half], self._sum[name][half]) for half, r in parts],
+                               backend=self.backend)
+        for half, r in parts:
+            self._count[name][half] += r.shape[0]
 
     def _flag_halves(self, name: str, reason: str) -> None:
         if self.n_halves == 2:

@@ -15,8 +15,10 @@ count. (torch's ``mm`` and ``sum(dim=0)`` gave the same bits on 1 and 2 threads 
 statistics on this machine; the end-to-end check is ``benchmarks/bench_cpu_end_to_end.py --compare``.)
 
 Thread counts: torch's thread count is per thread (OpenMP), but ``torch.set_num_threads`` also sets the count a
-thread starts with. Workers are created all at once, each sets itself to one thread, and the count new threads
-start with is then put back, so neither the caller nor threads created later are changed. Tasks run with
+thread starts with, and a thread's first use of torch's thread pool sets its count to that default (so a
+worker must make that first use before setting its own count, or it silently runs 2-thread teams again).
+Workers are created all at once, each sets itself to one thread, and the count new threads start with is then
+put back, so neither the caller nor threads created later are changed. Tasks run with
 autograd off, in inference mode when the caller is. A task that itself calls :func:`run_all` or :func:`imap` (from a worker) runs its tasks inline,
 so the pool never waits on itself.
 """
@@ -44,6 +46,7 @@ _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 def _start_worker(ready: threading.Barrier) -> None:
     _local.worker = True
+    torch.get_num_threads()  # torch's per-thread first use: it would later reset the count to the default
     torch.set_num_threads(1)
     ready.wait()
 

@@ -42,7 +42,7 @@ default) for float32 accuracy.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -89,15 +89,6 @@ def _lower_block_tasks(xf: torch.Tensor, acc: torch.Tensor) -> list[tuple[Callab
 
     return [(block_row(start, min(start + b, d)), float((min(start + b, d) - start) * min(start + b, d)))
             for start in range(0, d, b)]
-
-
-def _lower_blocks_into(xf: torch.Tensor, acc: torch.Tensor, colsum: torch.Tensor | None) -> None:
-    """The ``"blocked"`` method: every block row (and the column sum) as an independent single-threaded task on
-    :mod:`kernels.cpu_pool`'s workers; returns when all are done."""
-    tasks = _lower_block_tasks(xf, acc)
-    if colsum is not None:
-        tasks.append((lambda: colsum.add_(xf.sum(dim=0)), float(xf.shape[1])))
-    cpu_pool.run_all([task for task, _ in tasks], [cost for _, cost in tasks])
 
 
 @functools.cache
@@ -149,27 +140,49 @@ def second_moment_torch(
     option of the same name does (16-bit ``x`` is unaffected). ``n == 0`` leaves both untouched. Raises
     :class:`ValueError` for inputs outside the contract. Safe under an active autocast.
     """
-    x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+    return second_moments_torch([(x, acc, colsum)], round_to=round_to)[0]
+
+
+def second_moments_torch(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]], *,
+                         round_to: torch.dtype | None = None) -> list[torch.Tensor]:
+    """:func:`second_moment_torch` of every ``(x, acc, colsum)`` (distinct accumulators); returns their
+    accumulators.
+
+    With the CPU's ``"blocked"`` method the block rows and column sums of all parts are one set of tasks on
+    :mod:`kernels.cpu_pool`'s single-threaded workers, waited for once (the split halves of one layer call
+    are two parts: one wait instead of two, and twice the tasks to balance)."""
     if round_to not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"round_to must be None, torch.bfloat16 or torch.float16, got {round_to!r}")
-    if x.shape[0] == 0:
-        return acc
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        if round_to is not None and x.dtype == torch.float32:
-            x = x.to(round_to)
-        xf = x.to(torch.float32)
-        if x.device.type == "cpu" and CPU_METHOD == "blocked":
-            _lower_blocks_into(xf, acc, colsum)
-            return acc
-        elif x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
-            acc.add_(_syrk_lower(xf.contiguous()))
-        elif acc.dtype == torch.float32:
-            acc.addmm_(xf.T, xf)
-        else:
-            acc.add_(torch.mm(xf.T, xf))
-        if colsum is not None:
-            colsum.add_(xf.sum(dim=0))
-    return acc
+    accs, tasks = [], []
+    for x, acc, colsum in parts:
+        x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+        accs.append(acc)
+        if x.shape[0] == 0:
+            continue
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if round_to is not None and x.dtype == torch.float32:
+                x = x.to(round_to)
+            xf = x.to(torch.float32)
+            if x.device.type == "cpu" and CPU_METHOD == "blocked":
+                tasks.extend(_lower_block_tasks(xf, acc))
+                if colsum is not None:
+                    tasks.append((functools.partial(_add_column_sums, xf, colsum), float(xf.shape[1])))
+                continue
+            if x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
+                acc.add_(_syrk_lower(xf.contiguous()))
+            elif acc.dtype == torch.float32:
+                acc.addmm_(xf.T, xf)
+            else:
+                acc.add_(torch.mm(xf.T, xf))
+            if colsum is not None:
+                _add_column_sums(xf, colsum)
+    if tasks:
+        cpu_pool.run_all([task for task, _ in tasks], [cost for _, cost in tasks])
+    return accs
+
+
+def _add_column_sums(xf: torch.Tensor, colsum: torch.Tensor) -> None:
+    colsum.add_(xf.sum(dim=0))
 
 
 def symmetrize(acc: torch.Tensor) -> torch.Tensor:

@@ -503,6 +503,55 @@ def test_cpu_methods_agree_on_the_lower_triangle(acc_dtype: torch.dtype, monkeyp
                 assert torch.equal(acc, acc.T)
 
 
+def test_cpu_pool_runs_each_task_on_one_thread_and_leaves_thread_counts_alone() -> None:
+    """Workers run torch on one thread; the caller's count, and the count a new thread starts with, are unchanged
+    (torch.set_num_threads in a worker also sets the latter); results come back in the tasks' order, and the
+    first exception reaches the caller."""
+    import threading
+
+    from kernels import cpu_pool
+
+    before = torch.get_num_threads()
+    counts = cpu_pool.run_all([torch.get_num_threads] * 6, workers=3)
+    assert counts == [1] * 6 and torch.get_num_threads() == before
+    fresh: list[int] = []
+    thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert fresh == [before]
+    assert cpu_pool.run_all([lambda i=i: i * i for i in range(7)], cost=[1, 5, 2, 7, 3, 0, 4], workers=2) == \
+        [i * i for i in range(7)]
+    with pytest.raises(ValueError, match="task 3"):
+        cpu_pool.run_all([lambda i=i: i if i != 3 else (_ for _ in ()).throw(ValueError("task 3")) for i in range(6)],
+                         workers=2)
+    # a worker's task that maps again runs inline: no deadlock when every worker does it
+    assert cpu_pool.run_all([lambda: sum(cpu_pool.run_all([lambda: 1] * 3, workers=2))] * 2, workers=2) == [3, 3]
+
+
+@pytest.mark.parametrize("acc_dtype", [torch.float64, torch.float32], ids=["acc64", "acc32"])
+def test_blocked_statistics_give_the_same_bits_on_any_worker_count(acc_dtype: torch.dtype,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block row and column sum is one single-threaded task, so the sums are the same bits with 1, 2 or 3
+    workers, and the two halves of a call given together (second_moments) equal two separate calls."""
+    from kernels import cpu_pool
+
+    halves = [_activations(700, 300, torch.float32, _seed("pool-bits", h)) for h in (0, 1)]
+    runs = []
+    for workers in (1, 2, 3):
+        monkeypatch.setattr(cpu_pool, "WORKERS", workers)
+        parts = [(x, torch.zeros(300, 300, dtype=acc_dtype), torch.zeros(300, dtype=acc_dtype)) for x in halves]
+        kernels.second_moments(parts, backend="torch")
+        runs.append(parts)
+    separate = [(torch.zeros(300, 300, dtype=acc_dtype), torch.zeros(300, dtype=acc_dtype)) for _ in halves]
+    for x, (acc, colsum) in zip(halves, separate):
+        kernels.second_moment(x, acc, colsum, backend="torch")
+    for parts in runs[1:] + [[(None, *pair) for pair in separate]]:
+        for (_, acc, colsum), (_, ref_acc, ref_colsum) in zip(parts, runs[0]):
+            assert torch.equal(acc, ref_acc) and torch.equal(colsum, ref_colsum)
+    for x, (_, acc, _) in zip(halves, runs[0]):
+        assert _lower_rel_err(acc, x.double().T @ x.double()) <= RTOL_FP32
+
+
 def test_block_columns_cover_every_width() -> None:
     """Every width is covered exactly once by the block rows, with the measured block sizes."""
     from kernels import reference
