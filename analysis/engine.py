@@ -240,7 +240,8 @@ def stream_statistics(
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
             offset = (batch_index - first_batch) * batch_size
-            image_ids = rank + torch.tensor(positions[offset : offset + batch.shape[0]]) * world_size  # in the selection
+            # indices in the analysed selection
+            image_ids = rank + torch.tensor(positions[offset : offset + batch.shape[0]]) * world_size
             collector.begin_batch(image_ids)
             _forward(model, batch, the_plan)
             collector.next_batch()

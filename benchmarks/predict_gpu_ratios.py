@@ -17,7 +17,7 @@ Also the kernel alone (``bench_kernels.py`` shapes: useful TFLOP/s = ``n d^2`` p
 time), and what items 1 and 2 of issue 28 are worth in this model (d = 3072 with ``S = 1`` as the former cap
 forced; the former extra bf16 cast pass of the 24 float32 layer inputs at ``--hbm-tbps``).
 
-    .venv/bin/python benchmarks/predict_gpu_ratios.py [--batch 128] [--kernel-efficiency 0.6] [--forward-efficiency 0.35]
+    .venv/bin/python benchmarks/predict_gpu_ratios.py [--batch 128] [--kernel-efficiency 0.6]
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def main() -> None:
     for arch in args.models.split(","):
         f = model_figures(arch, args)
         st, r = f["stats_ms"], f["ratio"]
-        print(f"| {arch} | {f['forward_tflop']:.1f}, {f['forward_ms']:.1f} | {st['halves']:.2f} / {st['no halves']:.2f} / "
+        print(f"| {arch} | {f['forward_tflop']:.1f}, {f['forward_ms']:.1f} | "
+              f"{st['halves']:.2f} / {st['no halves']:.2f} / "
               f"{st['halves, S = 1 at d >= 3072']:.2f} | {r['halves']:.3f} / {r['no halves']:.3f} / "
               f"{r['halves, S = 1 at d >= 3072']:.3f} | {f['cast_ms']:.2f} ({f['ratio_with_cast']:.3f}) |")
     print("\nSensitivity of the engine-default ratio (halves) to the two efficiencies:")

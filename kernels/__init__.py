@@ -11,6 +11,12 @@ multiplied exactly and accumulated in float32; float32 values use full-precision
 upper triangle of ``acc`` is unspecified (Triton and the default CPU method leave most of it untouched); call
 :func:`symmetrize` for the full matrix.
 
+:func:`second_moments` takes several ``(x, acc, colsum)`` at once (the collector's two split halves): on the
+CPU their work is one set of single-threaded tasks (:mod:`kernels.cpu_pool`). On the Triton backend the
+deterministic mode (``ANALYSIS_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``) gives the
+same bits for the same input (:mod:`kernels.triton_second_moment`); ``python -m kernels.aot`` reviews the
+kernel's builds for Hopper and Ampere without a GPU (:mod:`kernels.aot`).
+
 Backends (see :mod:`kernels.backend`): ``"triton"`` (CUDA, or the CPU interpreter under
 ``TRITON_INTERPRET=1``; :mod:`kernels.triton_second_moment`), ``"torch"`` (anywhere;
 :mod:`kernels.reference`, which also accepts float64 accumulators). ``backend=None``/``"auto"`` picks

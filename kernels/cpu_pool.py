@@ -18,9 +18,9 @@ Thread counts: torch's thread count is per thread (OpenMP), but ``torch.set_num_
 thread starts with, and a thread's first use of torch's thread pool sets its count to that default (so a
 worker must make that first use before setting its own count, or it silently runs 2-thread teams again).
 Workers are created all at once, each sets itself to one thread, and the count new threads start with is then
-put back, so neither the caller nor threads created later are changed. Tasks run with
-autograd off, in inference mode when the caller is. A task that itself calls :func:`run_all` or :func:`imap` (from a worker) runs its tasks inline,
-so the pool never waits on itself.
+put back, so neither the caller nor threads created later are changed. Tasks run with autograd off, in
+inference mode when the caller is. A task that itself calls :func:`run_all` or :func:`imap` (from a worker)
+runs its tasks inline, so the pool never waits on itself.
 """
 
 from __future__ import annotations
@@ -125,10 +125,45 @@ def imap(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] | N
 
 def run_all(tasks: Sequence[Callable[[], R]], cost: Sequence[float] | None = None,
             workers: int | None = None) -> list[R]:
-    """Run every task (each on one thread) and return their results in the tasks' order."""
-    indices = list(range(len(tasks)))
-    done = dict(imap(lambda i: tasks[i](), indices, cost.__getitem__ if cost is not None else None, workers))
-    return [done[i] for i in indices]
+    """Run every task (each on one thread, torch's autocast off) and return their results in the tasks' order.
+
+    The caller takes part: it and ``workers - 1`` workers take the next task (largest ``cost`` first) from one
+    shared list until it is empty, so a call wakes each worker once, not once per task (each hand-over between
+    threads waits for the scheduler, which on shared cores costs milliseconds). The first exception is
+    re-raised once the others have stopped (tasks not yet taken are dropped)."""
+    order = list(range(len(tasks)))
+    if cost is not None:
+        order.sort(key=cost.__getitem__, reverse=True)
+    count = max(1, min(workers if workers is not None else WORKERS, len(order)))
+    results: list = [None] * len(tasks)
+    failures: list[BaseException] = []
+    pending = iter(order)  # next() on a list iterator is atomic under the GIL: each task is taken once
+    inference = torch.is_inference_mode_enabled()
+
+    def drain() -> None:
+        with torch.inference_mode(inference), torch.no_grad(), torch.autocast("cpu", enabled=False):
+            for index in pending:
+                if failures:
+                    return
+                try:
+                    results[index] = tasks[index]()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller below
+                    failures.append(exc)
+                    return
+
+    helpers = [] if count == 1 or in_worker() else [_pool(count - 1).submit(drain) for _ in range(count - 1)]
+    previous = torch.get_num_threads()
+    if previous != 1:
+        torch.set_num_threads(1)
+    try:
+        drain()
+    finally:
+        if previous != 1:
+            torch.set_num_threads(previous)
+        wait(helpers)
+    if failures:
+        raise failures[0]
+    return results
 
 
 __all__ = ["WORKERS", "imap", "in_worker", "run_all"]

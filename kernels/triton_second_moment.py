@@ -285,7 +285,8 @@ def _device_limits(device_index: int) -> tuple[int, int]:
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any) -> list[triton.Config]:
-    """Keep the configs of the call's operand class that suit ``d`` and fit shared memory (:func:`candidate_configs`)."""
+    """Keep the configs of the call's operand class that suit ``d`` and fit shared memory
+    (:func:`candidate_configs`)."""
     if INTERPRETED:
         return configs
     x = named_args["x_ptr"]
@@ -694,7 +695,8 @@ def second_moment_triton(
     args = (x, acc, colsum_arg)
     sizes = (n, d, n_class(n), x.stride(0), acc.stride(0), acc.stride(1), stride_c)
     if deterministic:
-        _deterministic_launch(x, acc, colsum, args, sizes, flags, splits, operand_mode(x.dtype, rounding, fp32_precision))
+        mode = operand_mode(x.dtype, rounding, fp32_precision)
+        _deterministic_launch(x, acc, colsum, args, sizes, flags, splits, mode)
         return acc
     dtype_name = str(x.dtype).removeprefix("torch.")
 

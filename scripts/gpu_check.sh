@@ -88,7 +88,7 @@ if [[ "$DEVICE" == "cuda" ]]; then
     if "$PY" -c "import timm" 2>/dev/null; then
         step "end-to-end benchmark" 170 bench_gpu_end_to_end.txt \
             "$PY" benchmarks/bench_gpu_end_to_end.py --models vit_base_patch16_224:128,vit_large_patch16_224:128 \
-            --batches 4 --repeats 3 --eigen-repeats 2 --out-dir "$RAW"
+            --batches 4 --repeats 3 --eigen-repeats 1 --out-dir "$RAW"
     else
         say "end-to-end benchmark: SKIPPED, timm is not importable with $PY"
         FAILED=1

@@ -10,7 +10,8 @@ relative Frobenius norm of the lower triangle. Tolerance: float32 accumulation o
 
 Module state: ``tests/test_kernels.py`` reloads :mod:`kernels.triton_second_moment` in interpreter mode
 (reload keeps the module object, so every holder sees the change). The fixture here reloads it compiled
-(with the three-config quick tuning) for this module's tests and restores the mode it found afterwards.
+(with the quick tuning: one tiling per operand class and width) for this module's tests and restores the mode
+it found afterwards.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def tsm():
     was_interpreted = module.INTERPRETED
     saved = os.environ.pop("TRITON_INTERPRET", None)
     saved_configs = os.environ.get(module.CONFIGS_ENV)
-    os.environ[module.CONFIGS_ENV] = "quick"  # three configs: compiles in seconds (see the module)
+    os.environ[module.CONFIGS_ENV] = "quick"  # one tiling per class and width: compiles in seconds
     module = importlib.reload(module)
     assert not module.INTERPRETED
     try:
@@ -165,7 +166,8 @@ def test_split_choice_fills_waves_at_3072(tsm) -> None:
     per_sm = [v for k, v in tsm._RESIDENCY.items() if k[0] == 128 and k[2] == "bfloat16"]
     if not per_sm:
         pytest.skip("the tuner chose a tiling narrower than 128 for d = 3072")
-    assert tsm.choose_splits(256 * 197, 300, 64, torch.device("cuda"), per_sm[0]) == tsm.wave_splits(300, 788, sms * per_sm[0])
+    chosen = tsm.choose_splits(256 * 197, 300, 64, torch.device("cuda"), per_sm[0])
+    assert chosen == tsm.wave_splits(300, 788, sms * per_sm[0])
     assert tsm.wave_splits(300, 788, sms * per_sm[0]) > 1 or per_sm[0] * sms >= 300
 
 

@@ -66,7 +66,8 @@ def test_the_review_reads_what_the_paths_compile_to(builds: list[dict]) -> None:
             assert b["sass"]["HGMMA"] > 0 and all(loop["wgmma"] > 0 for loop in loops), _label(b)
         if job["mode"] == "16bit" and wide_hopper:
             assert all(min(loop["waits"]) >= 1 for loop in loops), _label(b)
-            assert len(loops) == 2 and loops[0]["wgmma"] != loops[1]["wgmma"], "diagonal (with column sum) + off-diagonal loop"
+            # the diagonal loop (with the column sum) and the off-diagonal one
+            assert len(loops) == 2 and loops[0]["wgmma"] != loops[1]["wgmma"], _label(b)
         if job["mode"] in ("rounded", "tf32x3") and wide_hopper:
             assert all(0 in loop["waits"] for loop in loops), _label(b)
         if job["mode"] == "ieee":
@@ -84,6 +85,7 @@ def test_the_row_count_is_not_specialised() -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = "import kernels.triton_second_moment as t; print(sorted(t._second_moment_body.do_not_specialize))"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {"n", "n_class"} <= set(ast.literal_eval(proc.stdout.strip()))
