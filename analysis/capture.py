@@ -168,7 +168,8 @@ def output_rows(y: torch.Tensor, is_conv: bool) -> torch.Tensor:
 
 #: Modules whose forward is only ``F.linear``/``F.conv2d`` of their input: in steady state the forward pre-hook
 #: passes them the input already cast by :func:`as_multiplied` (the cast autocast would make inside the call,
-#: bit for bit), so the statistics and the layer share one cast instead of the hook making a second.
+#: bit for bit), so the statistics and the layer share one cast instead of the hook making a second. Not when
+#: the input requires grad (the hook's cast is made without autograd).
 _PLAIN_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv2d)
 
 
@@ -433,7 +434,7 @@ class LayerCapture:
                 with torch.no_grad():
                     x = as_multiplied(args[0])
                     self._feed(name, x, self.findings[name].geometry)
-                if x is not args[0] and type(module) in _PLAIN_LAYERS:
+                if x is not args[0] and type(module) in _PLAIN_LAYERS and not args[0].requires_grad:
                     return (x, *args[1:])  # one cast for both: the layer's autocast finds it done (issue 28)
 
         return hook

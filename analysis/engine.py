@@ -247,8 +247,10 @@ def stream_statistics(
             collector.next_batch()
             images += batch.shape[0]
             if batch_index + 1 in snapshot_at:
+                collector.finish()
                 _take_snapshot(snapshots, collector, applicable, settings.centred, images, device)
             if partial is not None and partial.due(batch_index + 1):
+                collector.finish()
                 partial.save({**collector.state(), **(snapshots.state() if snapshots else {})}, batch_index + 1, images)
             clock.report(batch_index + 1, images)
     collector.finish()  # final finiteness check of the running sums (waits for the GPU's answer)

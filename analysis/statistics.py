@@ -160,7 +160,8 @@ class MomentCollector:
             self._raise_non_finite(batch)
 
     def finish(self) -> None:
-        """The final finiteness check (after the last batch): checks now and waits for its answer."""
+        """Check finiteness now and wait for the answer: before the running sums are read (snapshots,
+        checkpoints, the end of the data pass), so a NaN is reported as such, never decomposed or stored."""
         self.check_finite()
         pending, self._pending_check = self._pending_check, None
         if pending is not None:

@@ -132,3 +132,17 @@ def test_a_layer_with_more_than_the_call_keeps_its_float32_input() -> None:
                 hooked = model(x)
                 collector.next_batch()
     assert torch.equal(plain, hooked)
+
+
+def test_an_input_that_needs_its_gradient_is_not_replaced() -> None:
+    """Outside inference mode, an input that requires grad keeps its autograd graph: the hook's cast is made
+    without autograd, so the layer gets the original tensor and the gradient reaches the input."""
+    model = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 4))
+    x = torch.randn(6, 8, requires_grad=True)
+    collector = MomentCollector(_specs(model))
+    with torch.autocast("cpu", dtype=torch.bfloat16), collector:
+        for _ in range(2):
+            out = model(x)
+            collector.next_batch()
+    out.float().sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
