@@ -34,8 +34,9 @@ geometry of the real call). Any other layer that was reached keeps being capture
 mode, which stays active only while at least one layer needs it. A layer never seen is "not reached".
 
 **What is multiplied**: under autocast, ``F.linear``/``F.conv2d`` cast a float32 input to the autocast
-dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`). A layer used
-several times per forward (shared weights) accumulates every call.
+dtype before multiplying; the captured input is cast the same way (:func:`as_multiplied`), and in steady
+state a plain ``nn.Linear``/``nn.Conv2d`` is handed that cast tensor, so the forward and the statistics share
+one cast. A layer used several times per forward (shared weights) accumulates every call.
 
 **Re-verification** (one later batch, drawn from the run's seed): the layers captured by their pre-hook
 get the self-check below again, on the inputs the pre-hook saw and the module's outputs
@@ -180,6 +181,13 @@ def output_rows(y: torch.Tensor, is_conv: bool) -> torch.Tensor:
         y = y.unsqueeze(0) if y.dim() == 3 else y
         return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
+
+
+#: Modules whose forward is only ``F.linear``/``F.conv2d`` of their input: in steady state the forward pre-hook
+#: passes them the input already cast by :func:`as_multiplied` (the cast autocast would make inside the call,
+#: bit for bit), so the statistics and the layer share one cast instead of the hook making a second. Not when
+#: the input requires grad (the hook's cast is made without autograd).
+_PLAIN_LAYERS: tuple[type, ...] = (nn.Linear, nn.Conv2d)
 
 
 def as_multiplied(x: torch.Tensor) -> torch.Tensor:
@@ -511,6 +519,8 @@ class LayerCapture:
                     if self._verifying is not None and name in self._verifying:
                         with torch.autocast(x.device.type, enabled=False):
                             self._verifying[name].add_input(x, geometry)
+                if x is not args[0] and type(module) in _PLAIN_LAYERS and not args[0].requires_grad:
+                    return (x, *args[1:])  # one cast for both: the layer's autocast finds it done (issue 28)
 
         return hook
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import kernels
 
 from . import __version__, distributed, heads
 from .cache import ResultCache, content_key
-from .data import load_dataset, make_loader
+from .data import device_batches, load_dataset, make_loader
 from .data.data_objects import DataObject
 from .errors import AnalysisError, ForwardError, SettingsError
 from .cost import guard_plan
@@ -269,7 +269,7 @@ def stream_statistics(
         break
     first_batch = resumed.batches_done if resumed is not None else 0
     images = resumed.images_done if resumed is not None else 0
-    loader = _batches(the_plan, batch_size, first_batch, device)
+    loader, positions = _batches(the_plan, batch_size, first_batch, device, halves=settings.uncertainty)
     clock = StageClock(progress, "statistics", total=total_batches, items_total=total_images)
     if snapshots is not None and not len(dataset):  # an iterator of unknown length: no convergence curve
         snapshots = None
@@ -280,25 +280,29 @@ def stream_statistics(
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
     with collector, torch.inference_mode(), autocast, kernels.layer_precision(autocast_dtype):
-        for batch_index, (batch, _labels) in enumerate(loader, start=first_batch):
+        for batch_index, (batch, _labels) in enumerate(device_batches(loader, device), start=first_batch):
             if should_stop is not None and should_stop():
                 raise Cancelled("analysis cancelled")
-            positions = torch.arange(images, images + batch.shape[0])  # this process's images so far
-            image_ids = rank + positions * world_size  # indices in the analysed selection
-            batch = batch.to(device, non_blocking=True)
-            if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
-                order = uncertainty.half_order(image_ids)
-                batch, image_ids = batch[order.to(device)], image_ids[order]
+            if positions is None:  # a data object, read in its own order: this process's images so far
+                image_ids = rank + torch.arange(images, images + batch.shape[0]) * world_size
+                if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
+                    order = uncertainty.half_order(image_ids)
+                    batch, image_ids = batch[order.to(batch.device)], image_ids[order]
+            else:  # the loader already put each batch's half-0 images first
+                offset = (batch_index - first_batch) * batch_size
+                image_ids = rank + torch.tensor(positions[offset : offset + batch.shape[0]]) * world_size
             collector.begin_batch(image_ids)
             _forward(model, batch, the_plan)
             collector.next_batch()
             images += batch.shape[0]
             if batch_index + 1 in snapshot_at:
+                collector.finish()
                 _take_snapshot(snapshots, collector, applicable, settings.centred, images, device)
             if partial is not None and partial.due(batch_index + 1):
+                collector.finish()
                 partial.save({**collector.state(), **(snapshots.state() if snapshots else {})}, batch_index + 1, images)
             clock.report(batch_index + 1, images)
-    collector.next_batch()  # final finiteness check of the running sums
+    collector.finish()  # final finiteness check of the running sums (waits for the GPU's answer)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - clock.start - (snapshots.seconds if snapshots else 0.0)
@@ -315,15 +319,21 @@ def _totals(the_plan: Plan, batch_size: int) -> tuple[int, int]:
     return -(-images // batch_size), images
 
 
-def _batches(the_plan: Plan, batch_size: int, first_batch: int, device: torch.device):
-    """Batches of ``(images, labels)`` of this process's share from batch ``first_batch`` on: a shard of a
-    dataset id's selection, or a data object read in its own order."""
+def _batches(the_plan: Plan, batch_size: int, first_batch: int, device: torch.device, *, halves: bool
+             ) -> tuple[Iterable, list[int] | None]:
+    """Batches of ``(images, labels)`` of this process's share from batch ``first_batch`` on, and the shard
+    positions they deliver in order: a shard of a dataset id's selection (with ``halves``, each batch's half-0
+    images first, see :func:`_halves_in_order`), or a data object read in its own order (positions ``None``)."""
     dataset = the_plan.dataset
     if isinstance(dataset, DataObject):
-        return dataset.batches(skip=first_batch)
-    shard = distributed.shard(dataset, *distributed.world())
+        return dataset.batches(skip=first_batch), None
+    rank, world_size = distributed.world()
+    shard = distributed.shard(dataset, rank, world_size)
     start = min(len(shard), first_batch * batch_size)
-    return make_loader(Subset(shard, range(start, len(shard))), batch_size=batch_size, device=device)
+    positions = list(range(start, len(shard)))  # in the shard, batch after batch
+    if halves:
+        positions = _halves_in_order(positions, batch_size, rank, world_size)
+    return make_loader(Subset(shard, positions), batch_size=batch_size, device=device), positions
 
 
 def _uniform_batch(dataset, batch_size: int) -> int:
@@ -340,6 +350,15 @@ def settled(the_plan: Plan) -> Plan:
     dataset.settle()
     return replace(the_plan, key=the_plan.key if dataset.cacheable else None,
                    key_parts={**the_plan.key_parts, "dataset": dataset.fingerprint})
+def _halves_in_order(positions: list[int], batch_size: int, rank: int, world_size: int) -> list[int]:
+    """``positions`` with each batch's images put in :func:`analysis.uncertainty.half_order` (half 0 first, each
+    half in its original order), so the loader delivers every batch ready for sliced halves: nothing is
+    gathered on the device and no index tensor is copied to it."""
+    ordered = []
+    for first in range(0, len(positions), batch_size):
+        chunk = torch.tensor(positions[first : first + batch_size], dtype=torch.int64)
+        ordered.extend(chunk[uncertainty.half_order(rank + chunk * world_size)].tolist())
+    return ordered
 
 
 def _snapshot_schedule(n_images: int, world_size: int, batch_size: int) -> list[int]:

@@ -51,15 +51,15 @@ parametrizations).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 import torch
+
+from kernels import cpu_pool
 
 JITTER = 1e-12
 
@@ -72,8 +72,7 @@ CPU_EIGH_THREADS: int = 1
 #: Worker threads that decompose independent matrices side by side (:func:`cpu_map`), each on one LAPACK
 #: thread: the machine's cores (at most 8), since every matrix's result is the same bits whichever worker
 #: computes it and however many there are. Measured with ``benchmarks/bench_cpu_statistics.py``.
-CPU_WORKERS: int = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                else (os.cpu_count() or 1)))
+CPU_WORKERS: int = cpu_pool.WORKERS
 
 #: ``progress(layers_done, layers_total, elapsed_s)``: called after each layer (CPU) or each batched group
 #: that completes layers (GPU).
@@ -226,8 +225,13 @@ def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @contextmanager
 def cpu_threads(count: int) -> Iterator[None]:
     """Run the block with torch (LAPACK) on ``count`` CPU threads, then restore the previous count. Every
-    decomposition uses :data:`CPU_EIGH_THREADS`: LAPACK's last bits depend on the thread count."""
+    decomposition uses :data:`CPU_EIGH_THREADS`: LAPACK's last bits depend on the thread count. Nothing is set
+    when the thread already runs on ``count`` (as :func:`cpu_map`'s workers do): setting a count also changes
+    the one new threads start with (:mod:`kernels.cpu_pool`)."""
     previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
     torch.set_num_threads(count)
     try:
         yield
@@ -247,34 +251,13 @@ def cpu_map(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] 
     Keys are started largest ``cost`` first (longest-processing-time order balances the workers). Torch and
     LAPACK release the GIL, so the workers run in parallel; each call is single-threaded LAPACK, so its bits do
     not depend on ``workers``. The first exception raised by ``fn`` is re-raised after the workers stop (keys not
-    yet started are dropped)."""
-    order = sorted(keys, key=cost, reverse=True) if cost is not None else list(keys)
-    count = max(1, min(workers if workers is not None else CPU_WORKERS, len(order)))
-    with cpu_threads(CPU_EIGH_THREADS):
-        if count == 1:
-            for key in order:
-                yield key, fn(key)
-            return
-        pending = iter(order)
-        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="eigen") as pool:
-            running: dict[Future, K] = {}
-            try:
-                for key in pending:
-                    running[pool.submit(fn, key)] = key
-                    if len(running) == count:
-                        break
-                while running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        key = running.pop(future)
-                        result = future.result()
-                        for following in pending:
-                            running[pool.submit(fn, following)] = following
-                            break
-                        yield key, result
-            finally:
-                for future in running:
-                    future.cancel()
+    yet started are dropped). The workers are :mod:`kernels.cpu_pool`'s (created once per process, one torch
+    thread each: no OpenMP team of the caller's size inside each worker)."""
+    def call(key: K) -> R:
+        with cpu_threads(CPU_EIGH_THREADS):
+            return fn(key)
+
+    yield from cpu_pool.imap(call, keys, cost, workers if workers is not None else CPU_WORKERS)
 
 
 def cpu_dict(fn: Callable[[K], R], keys: Sequence[K], cost: Callable[[K], float] | None = None) -> dict[K, R]:

@@ -23,7 +23,9 @@ pre-hooks get the self-check again (:meth:`analysis.capture.LayerCapture.start_v
 that the forward changes in place after discovery is caught (the layer becomes "not exact").
 
 Finiteness: :meth:`MomentCollector.check_finite` (run by :meth:`~MomentCollector.next_batch`) checks every
-layer's running column sum for NaN/inf with one fused reduction and one device synchronisation per batch.
+layer's running column sums and the diagonal of its ``C`` for NaN/inf with one fused reduction per batch; on a
+GPU its answer is read one batch later (no synchronisation per batch), and :meth:`MomentCollector.finish`
+reads the last.
 
 Precision: each batch's ``X^T X`` is formed in float32 (or better) and added into the running sum; on the
 CPU the running sums are float64, on CUDA they are float32 accumulated by :mod:`kernels`. Partial sums are
@@ -46,17 +48,20 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 import kernels
+from kernels import cpu_pool
 
 from .capture import ConvGeometry, LayerCapture, LayerFinding, rows_per_image, vectors_per_image
 from .errors import NumericalError
 from .models.layers import LayerSpec
 from .tokens import TokenLayout, TokenSelector, TokenSet, Vectors, arrange
 from .uncertainty import half_of
+
+R = TypeVar("R")
 
 MAX_ROWS_PER_CHUNK = 1 << 16
 """Unfolded convolution inputs are processed in chunks of at most this many rows to bound memory."""
@@ -116,6 +121,7 @@ class MomentCollector:
         self._image_ids: torch.Tensor | None = None
         self._halves_of_batch: torch.Tensor | None = None
         self._halves_sorted = False
+        self._pending_check: tuple[torch.Tensor, object, int] | None = None
         self.half_problems: dict[str, str] = {}
         """Layers whose vectors could not be attributed to images: their half statistics are not valid."""
         self._sameness = {s.name: [0, 0] for s in self.specs}
@@ -133,16 +139,50 @@ class MomentCollector:
     def check_finite(self) -> None:
         """Raise :class:`NumericalError` if any layer's running sums hold NaN or inf.
 
-        One fused reduction over every layer's column sum and one device synchronisation (a NaN or inf
-        anywhere in an input vector reaches its column sum); the offending layer is located only on failure."""
+        One fused reduction over every layer's column sums and the diagonal of its ``C`` (a NaN or inf in an
+        input vector reaches its column sum; a square that overflows reaches the diagonal, and an overflowing
+        off-diagonal sum implies one on the diagonal: ``|C_ab| <= sqrt(C_aa C_bb)``, each diagonal sum only
+        grows). On the CPU it is read at once. On a GPU the flag is copied to pinned host memory behind the
+        batch's work and read at the next call, so the host never waits for the batch it has just queued and
+        the GPU is never idle between batches; :meth:`finish` reads the last one. The offending layer is
+        located only on failure."""
         if not self._sum:
             return
-        sums = [colsum.reshape(-1) for colsum in self._sum.values()]
-        if bool(torch.isfinite(torch.cat(sums)).all()):
+        finite = torch.isfinite(torch.cat([*self._sum.values(),
+                                           *(acc.diagonal(dim1=-2, dim2=-1) for acc in self._acc.values())],
+                                          dim=1)).all()
+        if self.device.type != "cuda":
+            if not bool(finite):
+                self._raise_non_finite(self._batch)
             return
-        name = next(n for n, colsum in self._sum.items() if not torch.isfinite(colsum).all())
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(finite, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        pending, self._pending_check = self._pending_check, (host, done, self._batch)
+        if pending is not None:
+            self._read_check(pending)
+
+    def _read_check(self, pending: tuple[torch.Tensor, object, int]) -> None:
+        host, done, batch = pending
+        done.synchronize()
+        if not bool(host):
+            self._raise_non_finite(batch)
+
+    def finish(self) -> None:
+        """Check finiteness now and wait for the answer: before the running sums are read (snapshots,
+        checkpoints, the end of the data pass), so a NaN is reported as such, never decomposed or stored."""
+        self.check_finite()
+        pending, self._pending_check = self._pending_check, None
+        if pending is not None:
+            self._read_check(pending)
+
+    def _raise_non_finite(self, batch: int) -> None:
+        name = next((n for n in self._sum if not (torch.isfinite(self._sum[n]).all()
+                                                   and torch.isfinite(self._acc[n].diagonal(dim1=-2, dim2=-1)).all())),
+                    next(iter(self._sum)))
         raise NumericalError(
-            f"layer {name!r} received NaN or inf activations (batch {self._batch}); "
+            f"layer {name!r} received NaN or inf activations, or their squares overflow (batch {batch}); "
             "the model is numerically broken on this data or precision"
         )
 
@@ -230,12 +270,12 @@ class MomentCollector:
             return
         kept = self._sample_tokens(kept, name)
         if self.n_halves == 1:
-            self._add_rows(name, 0, kept.reshape(-1, kept.shape[-1]))
+            self._add_rows(name, kept.reshape(-1, kept.shape[-1]))
             return
         halves = self._halves_of_batch
         if halves is None or images is None or kept.shape[0] != images:
             self._flag_halves(name, "it was called without image ids")
-            self._add_rows(name, 0, kept.reshape(-1, kept.shape[-1]))
+            self._add_rows(name, kept.reshape(-1, kept.shape[-1]))
             return
         halves = halves[first_image : first_image + images]  # on the CPU: no device synchronisation
         if self._halves_sorted:
@@ -243,8 +283,7 @@ class MomentCollector:
             parts = (kept[:first_of_half_1], kept[first_of_half_1:])
         else:
             parts = (kept[(halves == 0).to(kept.device)], kept[(halves == 1).to(kept.device)])
-        for half, rows_of_half in enumerate(parts):
-            self._add_rows(name, half, rows_of_half.reshape(-1, kept.shape[-1]))
+        self._add_rows(name, [rows_of_half.reshape(-1, kept.shape[-1]) for rows_of_half in parts])
 
     def _check_sameness(self, name: str, rows: torch.Tensor) -> None:
         """Count whether every image of this call gave the same input vectors as its first (``rows``:
@@ -259,55 +298,68 @@ class MomentCollector:
         or more images): their input does not depend on the image (:data:`analysis.status.FIXED_INPUT`)."""
         return {name for name, (same, differed) in self._sameness.items() if same and not differed}
 
-    def _add_rows(self, name: str, half: int, rows: torch.Tensor) -> None:
-        if rows.shape[0] == 0:
-            return
-        kernels.second_moment(rows, self._acc[name][half], self._sum[name][half], backend=self.backend)
-        self._count[name][half] += rows.shape[0]
+    def _add_rows(self, name: str, rows: torch.Tensor | list[torch.Tensor]) -> None:
+        """Add ``rows`` (one tensor for half 0, or one per half) into the layer's running sums, in one call."""
+        parts = [(half, r) for half, r in enumerate(rows if isinstance(rows, list) else [rows]) if r.shape[0]]
+        kernels.second_moments([(r, self._acc[name][half], self._sum[name][half]) for half, r in parts],
+                               backend=self.backend)
+        for half, r in parts:
+            self._count[name][half] += r.shape[0]
 
     def _flag_halves(self, name: str, reason: str) -> None:
         if self.n_halves == 2:
             self.half_problems.setdefault(name, f"no split-half error bars: {reason}")
 
+    def _per_layer(self, build: Callable[[str], R], names: list[str]) -> dict[str, R]:
+        """``{name: build(name)}``: on the CPU on :mod:`kernels.cpu_pool`'s single-threaded workers (many small
+        float64 ops; on shared cores a 2-thread team makes each wait for a time slice), elsewhere in a loop."""
+        if self.device.type != "cpu":
+            return {name: build(name) for name in names}
+        done = dict(cpu_pool.imap(build, names, cost=lambda name: float(self._acc[name].shape[-1]) ** 2))
+        return {name: done[name] for name in names}
+
     def moments(self) -> dict[str, LayerMoments]:
         """Symmetrized float64 CPU statistics of every hooked layer (both halves together)."""
-        out = {}
-        for spec in self.specs:
-            full = kernels.symmetrize(self._acc[spec.name].sum(0)).to("cpu", torch.float64)
-            out[spec.name] = LayerMoments(
-                name=spec.name,
-                second_moment=full,
-                column_sum=self._sum[spec.name].sum(0).to("cpu", torch.float64),
-                count=sum(self._count[spec.name]),
-            )
-        return out
+        def build(name: str) -> LayerMoments:
+            full = kernels.symmetrize(self._acc[name].sum(0)).to("cpu", torch.float64)
+            return LayerMoments(name=name, second_moment=full,
+                                column_sum=self._sum[name].sum(0).to("cpu", torch.float64),
+                                count=sum(self._count[name]))
+
+        return self._per_layer(build, [spec.name for spec in self.specs])
 
     def half_moments(self) -> list[dict[str, LayerMoments]]:
         """The two halves' statistics (like :meth:`moments`), or ``[]`` without halves. Layers in
         :attr:`half_problems` are left out."""
         if self.n_halves != 2:
             return []
-        halves: list[dict[str, LayerMoments]] = [{}, {}]
-        for spec in self.specs:
-            if spec.name in self.half_problems:
-                continue
-            for half in (0, 1):
-                halves[half][spec.name] = LayerMoments(
-                    name=spec.name,
-                    second_moment=kernels.symmetrize(self._acc[spec.name][half].clone()).to("cpu", torch.float64),
-                    column_sum=self._sum[spec.name][half].to("cpu", torch.float64),
-                    count=self._count[spec.name][half],
-                )
-        return halves
+        names = [spec.name for spec in self.specs if spec.name not in self.half_problems]
+
+        def build(name: str) -> tuple[LayerMoments, LayerMoments]:
+            return tuple(LayerMoments(
+                name=name,
+                second_moment=kernels.symmetrize(self._acc[name][half].clone()).to("cpu", torch.float64),
+                column_sum=self._sum[name][half].to("cpu", torch.float64),
+                count=self._count[name][half],
+            ) for half in (0, 1))
+
+        both = self._per_layer(build, names)
+        return [{name: pair[half] for name, pair in both.items()} for half in (0, 1)]
 
     def snapshot_sums(self, reduce_sum: Callable[[list[torch.Tensor]], None] | None = None) -> dict[str, LayerMoments]:
         """A copy of the whole-run statistics so far (summed over processes with ``reduce_sum``)."""
         names = list(self._acc)
+        totals = [sum(self._count[n]) for n in names]
+        if reduce_sum is None:
+            def build(name: str) -> LayerMoments:
+                return LayerMoments(name, kernels.symmetrize(self._acc[name].sum(0)).to("cpu", torch.float64),
+                                    self._sum[name].sum(0).to("cpu", torch.float64), totals[names.index(name)])
+
+            return self._per_layer(build, names)
         acc = [self._acc[n].sum(0) for n in names]
         sums = [self._sum[n].sum(0) for n in names]
-        counts = torch.tensor([sum(self._count[n]) for n in names], dtype=torch.int64, device=self.device)
-        if reduce_sum is not None:
-            reduce_sum(acc + sums + [counts])
+        counts = torch.tensor(totals, dtype=torch.int64, device=self.device)
+        reduce_sum(acc + sums + [counts])
         return {
             n: LayerMoments(n, kernels.symmetrize(a).to("cpu", torch.float64), c.to("cpu", torch.float64), int(k))
             for n, a, c, k in zip(names, acc, sums, counts.tolist())

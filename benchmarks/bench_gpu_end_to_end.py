@@ -1,27 +1,29 @@
-"""End-to-end statistics throughput on a GPU: forward only, forward + the naive hook, forward + ours.
+"""End-to-end statistics throughput on a GPU: forward only against forward + statistics, steady state only.
 
-For each model (random init: pretrained weights are not reachable from the device, and speed does not
-depend on them), bf16 autocast, one batch size, all three modes are measured side by side in one run,
-alternating, ``--repeats`` times; the table gives the median images/s of each and the ratios to
-forward-only:
+For each model (random init: pretrained weights are not reachable from the device, and speed does not depend
+on them) and batch size, under bf16 autocast (``--precision``), the modes below are measured side by side in
+one process, alternating, ``--repeats`` times over ``--batches`` batches; the table gives the median images/s of
+each and its ratio to forward-only:
 
-- ``forward``: ``model(x)`` under ``torch.inference_mode`` and bf16 autocast;
-- ``naive hook``: a forward hook on every analysed layer doing ``x.float().T @ x.float()`` on its inputs and
-  ``y.float().T @ y.float()`` on its outputs in float32 (the 0.17 ratio baseline in benchmarks/RESULTS.md). The
-  products run with autocast disabled: under the active bf16 autocast a bare ``@`` would multiply in bf16
-  and return bf16, which is neither the baseline's arithmetic nor an acceptable statistic;
-- ``ours``: :class:`analysis.statistics.MomentCollector` (inputs only, Triton second-moment kernel; float32
-  inputs rounded to bf16 on load as the layers multiply them; analytic output moments later), every token
-  used, ``collector.next_batch()`` after every batch as the engine does.
+- ``forward``: the engine's data path without statistics: pinned host batches moved by
+  :func:`analysis.data.device_batches` (copy of the next batch on a side stream), ``model(x)`` under
+  ``torch.inference_mode`` and autocast;
+- ``engine``: the same plus the engine's default statistics (``uncertainty`` on: split halves, each batch's
+  half-0 images first as the loader delivers them, :class:`analysis.statistics.MomentCollector` with the
+  Triton kernel, finite check read one batch late), i.e. what :func:`analysis.engine.stream_statistics` does
+  per batch;
+- ``no halves``: the statistics with one running sum per layer (``uncertainty=False``);
+- ``naive hook`` (``--naive``): a forward hook doing ``x.float().T @ x.float()`` on inputs and outputs (the 0.17
+  baseline of the design).
 
-Warm-up: one batch of each mode first, which compiles and autotunes the kernel for every layer shape,
-outside the timed loops. Then the eigen-decompositions of every layer's C_in and C_out, median of
-``--eigen-repeats``:
-"before" = every matrix decomposed directly (C_out formed explicitly), batched by shape;
-"now" = :func:`analysis.spectra.layer_eigen` (output moments through the (d_in + 1) problem), on the
-device, float64.
+Only steady-state batches are timed: each mode's collector is entered once, and its first batch (the capture's
+discovery and float64 self-check, the kernels' compilation and tuning) runs before the clock starts; the
+timed repeats then continue in the same collector. Every layer's self-check must pass and the finite checks
+must hold, else the script exits with status 1. Then the eigen-decompositions of every layer's C_in and C_out
+(:func:`analysis.spectra.layer_eigen` on the device, float64), median of ``--eigen-repeats`` after one warm-up.
+Each result line is printed as soon as it is measured.
 
-    python benchmarks/bench_gpu_end_to_end.py [--models vit_base_patch16_224:256,vit_large_patch16_224:128]
+    python benchmarks/bench_gpu_end_to_end.py [--models vit_base_patch16_224:128,vit_large_patch16_224:128]
     python benchmarks/bench_gpu_end_to_end.py --device cpu --models vit_tiny_patch16_224:2 --batches 1 \\
         --repeats 1 --model-kwargs '{"img_size": 8, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}'
 """
@@ -29,6 +31,8 @@ device, float64.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime
 import json
 import statistics
@@ -40,12 +44,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.models import describe_layers  # noqa: E402
-from analysis.models.layers import weight_matrix  # noqa: E402
-from analysis.models.sources import create_timm  # noqa: E402
-from analysis.spectra import AffineLayer, eigen_batched, layer_eigen, output_second_moment  # noqa: E402
-from analysis.statistics import MomentCollector  # noqa: E402
 import kernels  # noqa: E402
+from analysis.data import device_batches  # noqa: E402
+from analysis.models import describe_layers  # noqa: E402
+from analysis.models.sources import create_timm  # noqa: E402
+from analysis.settings import PRECISIONS  # noqa: E402
+from analysis.spectra import AffineLayer, layer_eigen  # noqa: E402
+from analysis.statistics import MomentCollector  # noqa: E402
+from analysis.uncertainty import half_order  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -70,136 +76,155 @@ def _naive_hooks(specs, store, device: torch.device):
     return [s.module.register_forward_hook(hook) for s in specs]
 
 
-def _timed(model, batches, device, on_batch=None) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for batch in batches:
-        model(batch)
-        if on_batch is not None:
-            on_batch()
-    _sync(device)
-    return sum(b.shape[0] for b in batches) / (time.perf_counter() - start)
+class Mode:
+    """One way of running the batches on its own copy of the model (hooks are per module, so the modes never
+    see each other's); its collector (if any) stays entered between timed runs."""
+
+    def __init__(self, name: str, model, device, halves: bool | None, naive: bool = False) -> None:
+        if halves is not None or naive:
+            model = copy.deepcopy(model)
+        specs = [s for s in describe_layers(model) if s.applicable]
+        self.name, self.model, self.device, self.specs = name, model, device, specs
+        self.collector = MomentCollector(specs, device, halves=halves) if halves is not None else None
+        self.stack = contextlib.ExitStack()
+        self.naive_store: dict = {}
+        if self.collector is not None:
+            self.stack.enter_context(self.collector)
+        if naive:
+            handles = _naive_hooks(specs, self.naive_store, device)
+            self.stack.callback(lambda: [h.remove() for h in handles])
+        self.images = 0
+
+    def run(self, host_batches: list[torch.Tensor]) -> float:
+        """Images/s over the batches (copies included), from the first copy to the last result."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for batch, _ in device_batches(((b, None) for b in host_batches), self.device):
+            if self.collector is not None:
+                ids = torch.arange(self.images, self.images + batch.shape[0])
+                if self.collector.n_halves == 2:
+                    ids = ids[half_order(ids)]  # the loader delivers each batch in this order (same images)
+                self.collector.begin_batch(ids)
+            self.model(batch)
+            if self.collector is not None:
+                self.collector.next_batch()
+            self.images += batch.shape[0]
+        if self.collector is not None:
+            self.collector.finish()
+        _sync(self.device)
+        return sum(b.shape[0] for b in host_batches) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.stack.close()
 
 
-def _eigen_before(layers: dict[str, AffineLayer], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    c_out = {n: output_second_moment(l.weight, l.c_in, l.column_sum, l.count, l.bias) for n, l in layers.items()}
-    eigen_batched({n: l.c_in for n, l in layers.items()}, device)
-    eigen_batched(c_out, device)
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def _eigen_now(layers: dict[str, AffineLayer], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    layer_eigen(layers, device)
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def bench_model(arch: str, batch_size: int, device: torch.device, batches: int, repeats: int,
-                model_kwargs: dict, eigen_repeats: int = 3, eigen_before: bool = True) -> dict:
+def bench_model(arch: str, batch_size: int, device: torch.device, batches: int, repeats: int, model_kwargs: dict,
+                precision: str, eigen_repeats: int, naive: bool, emit) -> dict:
     torch.manual_seed(0)
     model = create_timm(arch, pretrained=False, **model_kwargs).eval().to(device)
-    specs = [s for s in describe_layers(model) if s.applicable]
     size = (3, model_kwargs["img_size"], model_kwargs["img_size"]) if "img_size" in model_kwargs else \
         tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
-    data = [torch.randn(batch_size, *size, device=device) for _ in range(batches)]
-    modes: dict[str, list[float]] = {"forward": [], "naive hook": [], "ours": []}
-    collector = MomentCollector(specs, device)
-
-    def naive_run() -> float:
-        store: dict = {}
-        handles = _naive_hooks(specs, store, device)
+    pin = device.type == "cuda"
+    host = [torch.randn(batch_size, *size).pin_memory() if pin else torch.randn(batch_size, *size)
+            for _ in range(batches)]
+    dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    runs: dict[str, list[float]] = {}
+    with torch.inference_mode(), autocast, kernels.layer_precision(dtype):
+        modes = [Mode("forward", model, device, None), Mode("engine", model, device, True),
+                 Mode("no halves", model, device, False)]
+        if naive:
+            modes.append(Mode("naive hook", model, device, None, naive=True))
         try:
-            return _timed(model, data, device)
+            start = time.perf_counter()
+            for mode in modes:  # discovery, self-check, compilation and tuning: outside the clock
+                mode.run(host[:1])
+            emit(f"  {arch} batch {batch_size}: warm-up (discovery, self-check, compile, tune) "
+                 f"{time.perf_counter() - start:.1f} s")
+            for repeat in range(repeats):
+                for mode in modes:
+                    runs.setdefault(mode.name, []).append(mode.run(host))
+                emit(f"  {arch} batch {batch_size} repeat {repeat + 1}: " +
+                     ", ".join(f"{m} {v[-1]:.0f} img/s" for m, v in runs.items()))
         finally:
-            for h in handles:
-                h.remove()
-
-    def ours_run(batch_list) -> float:
-        with collector, kernels.layer_precision(torch.bfloat16):  # as the engine declares its precision
-            return _timed(model, batch_list, device, collector.next_batch)
-
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        _timed(model, data[:1], device)  # warm-up
-        ours_run(data[:1])  # compiles and autotunes the kernel for every layer shape
-        for _ in range(repeats):
-            modes["forward"].append(_timed(model, data, device))
-            modes["naive hook"].append(naive_run())
-            modes["ours"].append(ours_run(data))
-    moments = collector.moments()
-    layers = {spec.name: AffineLayer(weight_matrix(spec.module).detach().float().cpu(),
-                                     spec.module.bias.detach().float().cpu() if spec.has_bias else None,
-                                     moments[spec.name].second_moment, moments[spec.name].column_sum,
-                                     moments[spec.name].count)
-              for spec in specs}
+            for mode in modes:
+                mode.close()
+    engine, specs = modes[1].collector, modes[1].specs
+    findings = engine.findings()
+    failed = sorted(n for n, f in findings.items() if f.check is None or not f.check.passed)
+    moments = engine.moments()
+    layers = {s.name: AffineLayer(findings[s.name].weight, findings[s.name].bias, moments[s.name].second_moment,
+                                  moments[s.name].column_sum, moments[s.name].count)
+              for s in specs if s.name in findings}
     eig_device = device if device.type == "cuda" else torch.device("cpu")
-    _eigen_now(dict(list(layers.items())[:2]), eig_device)  # warm-up (solver handles, first batched calls)
-    before, now = [], []
+    layer_eigen(dict(list(layers.items())[:2]), eig_device)  # warm-up (solver handles, first batched calls)
+    eigen = []
     for _ in range(eigen_repeats):
-        if eigen_before:
-            before.append(_eigen_before(layers, eig_device))
-        now.append(_eigen_now(layers, eig_device))
-    medians = {k: statistics.median(v) for k, v in modes.items()}
-    return {
-        "model": arch, "batch_size": batch_size, "layers": len(specs),
-        **{f"{k} img/s": v for k, v in medians.items()},
-        "naive/forward": medians["naive hook"] / medians["forward"], "ours/forward": medians["ours"] / medians["forward"],
-        "eigen_before_s": statistics.median(before) if before else float("nan"), "eigen_s": statistics.median(now),
-        "runs": modes,
-    }
+        _sync(device)
+        start = time.perf_counter()
+        layer_eigen(layers, eig_device)
+        _sync(device)
+        eigen.append(time.perf_counter() - start)
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    row = {"model": arch, "batch_size": batch_size, "precision": precision, "layers": len(specs),
+           **{f"{k} img/s": v for k, v in medians.items()},
+           **{f"{k}/forward": v / medians["forward"] for k, v in medians.items() if k != "forward"},
+           "eigen_s": statistics.median(eigen), "self_check_failed": failed, "runs": runs}
+    emit(f"  {arch} batch {batch_size} {precision}: engine/forward {row['engine/forward']:.3f}, no halves/forward "
+         f"{row['no halves/forward']:.3f}, eigen {row['eigen_s']:.3f} s, self-check failures {len(failed)}")
+    return row
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vit_base_patch16_224:256,vit_large_patch16_224:128")
+    parser.add_argument("--models", default="vit_base_patch16_224:128,vit_large_patch16_224:128")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="bf16", choices=sorted(PRECISIONS))
     parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive", action="store_true", help="also time the naive float32 hook")
     parser.add_argument("--model-kwargs", default="{}", help="JSON passed to timm.create_model (dry runs)")
-    parser.add_argument("--eigen-repeats", type=int, default=3)
-    parser.add_argument("--eigen-before-models", default=None,
-                        help="comma list of models whose former (direct) eigen time is also measured (default: all)")
+    parser.add_argument("--eigen-repeats", type=int, default=2)
     parser.add_argument("--out-dir", default=str(Path(__file__).parent / "out"))
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)")
+        print("this benchmark needs a CUDA GPU (or --device cpu for a smoke run)", file=sys.stderr)
+        return 2
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
     model_kwargs = json.loads(args.model_kwargs)
     rows = []
     for item in args.models.split(","):
         arch, batch = item.split(":")
-        before = args.eigen_before_models is None or arch in args.eigen_before_models.split(",")
-        rows.append(bench_model(arch, int(batch), device, args.batches, args.repeats, model_kwargs,
-                                args.eigen_repeats, before))
-        r = rows[-1]
-        print(f"  {arch} batch {batch}: forward {r['forward img/s']:.0f}, naive {r['naive hook img/s']:.0f}, "
-              f"ours {r['ours img/s']:.0f} img/s; eigen {r['eigen_s']:.3f} s", file=sys.stderr, flush=True)
+        rows.append(bench_model(arch, int(batch), device, args.batches, args.repeats, model_kwargs, args.precision,
+                                args.eigen_repeats, args.naive, emit))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     import triton
 
+    modes = [k.removesuffix(" img/s") for k in rows[0] if k.endswith(" img/s")]
     lines = [
         f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  device {name}  torch {torch.__version__}  "
-        f"triton {getattr(triton, '__version__', '?')}  bf16 autocast, random weights, {args.batches} batches x "
-        f"{args.repeats} repeats (median)",
-        "| model | batch | layers | forward img/s | naive hook img/s | ours img/s | naive/fwd | ours/fwd | "
-        "eigh all layers before (s) | eigh all layers now (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"triton {getattr(triton, '__version__', '?')}  {args.precision} autocast, random weights, {args.batches} "
+        f"batches x {args.repeats} repeats (median), steady state",
+        "| model | batch | layers | " + " | ".join(f"{m} img/s" for m in modes) + " | " +
+        " | ".join(f"{m}/fwd" for m in modes if m != "forward") + " | eigh all layers (s) | self-check failures |",
+        "|---|---|---|" + "---|" * (2 * len(modes) - 1) + "---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['batch_size']} | {r['layers']} | {r['forward img/s']:.0f} | "
-            f"{r['naive hook img/s']:.0f} | {r['ours img/s']:.0f} | {r['naive/forward']:.3f} | "
-            f"{r['ours/forward']:.3f} | {r['eigen_before_s']:.3f} | {r['eigen_s']:.3f} |")
-    print("\n".join(lines))
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r['layers']} | " +
+                     " | ".join(f"{r[m + ' img/s']:.0f}" for m in modes) + " | " +
+                     " | ".join(f"{r[m + '/forward']:.3f}" for m in modes if m != "forward") +
+                     f" | {r['eigen_s']:.3f} | {len(r['self_check_failed'])} |")
+    print("\n".join(lines), flush=True)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_end_to_end.json").write_text(json.dumps({"device": name, "rows": rows}, indent=1))
     (out / "gpu_end_to_end.md").write_text("\n".join(lines) + "\n")
+    return 1 if any(r["self_check_failed"] for r in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,12 @@ multiplied exactly and accumulated in float32; float32 values use full-precision
 upper triangle of ``acc`` is unspecified (Triton and the default CPU method leave most of it untouched); call
 :func:`symmetrize` for the full matrix.
 
+:func:`second_moments` takes several ``(x, acc, colsum)`` at once (the collector's two split halves): on the
+CPU their work is one set of single-threaded tasks (:mod:`kernels.cpu_pool`). On the Triton backend the
+deterministic mode (``ANALYSIS_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``) gives the
+same bits for the same input (:mod:`kernels.triton_second_moment`); ``python -m kernels.aot`` reviews the
+kernel's builds for Hopper and Ampere without a GPU (:mod:`kernels.aot`).
+
 Backends (see :mod:`kernels.backend`): ``"triton"`` (CUDA, or the CPU interpreter under
 ``TRITON_INTERPRET=1``; :mod:`kernels.triton_second_moment`), ``"torch"`` (anywhere;
 :mod:`kernels.reference`, which also accepts float64 accumulators). ``backend=None``/``"auto"`` picks
@@ -34,13 +40,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
 from ._validation import check_x
 from .backend import BACKENDS, ENV_VAR, available_backends, resolve_backend, triton_module
-from .reference import second_moment_torch, symmetrize
+from .reference import second_moment_torch, second_moments_torch, symmetrize
 
 
 FP32_INPUTS_ENV: str = "ANALYSIS_FP32_INPUTS"
@@ -110,6 +116,29 @@ def second_moment(
     return second_moment_torch(x, acc, colsum, round_to=round_to)
 
 
+def second_moments(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    *,
+    backend: str | None = None,
+    fp32_inputs: str | None = None,
+) -> list[torch.Tensor]:
+    """:func:`second_moment` of several ``(x, acc, colsum)`` with distinct accumulators (e.g. the two split
+    halves of one layer call); returns their accumulators. On the CPU's default method their work is one set of
+    tasks on the single-threaded workers (:func:`kernels.reference.second_moments_torch`), waited for once;
+    on the Triton backend each part is one launch, as with :func:`second_moment`."""
+    if not parts:
+        return []
+    xs = [check_x(x) for x, _, _ in parts]
+    names = {resolve_backend(x, backend, float64_accumulator=any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in (acc, colsum)))
+        for x, (_, acc, colsum) in zip(xs, parts)}
+    if names == {"torch"} and len({fp32_rounding(x, fp32_inputs) for x in xs}) == 1:
+        return second_moments_torch([(x, acc, colsum) for x, (_, acc, colsum) in zip(xs, parts)],
+                                    round_to=fp32_rounding(xs[0], fp32_inputs))
+    return [second_moment(x, acc, colsum, backend=backend, fp32_inputs=fp32_inputs) for x, (_, acc, colsum)
+            in zip(xs, parts)]
+
+
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
@@ -121,5 +150,6 @@ __all__ = [
     "resolve_backend",
     "second_moment",
     "second_moment_torch",
+    "second_moments",
     "symmetrize",
 ]

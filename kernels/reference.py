@@ -42,10 +42,11 @@ default) for float32 accuracy.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
+from . import cpu_pool
 from ._validation import check_inputs
 
 #: OpenBLAS threads for the CPU ``ssyrk``. Measured on this project's 2-core VM (2026-11-29, load 4-12 from
@@ -71,17 +72,23 @@ def block_columns(d: int) -> int:
     return 128 if d <= 1024 else 256
 
 
-def _lower_blocks_into(xf: torch.Tensor, acc: torch.Tensor) -> None:
-    """``acc[lower block rows] += X^T X`` for float32 ``xf`` (``n x d``) and a float32/float64 ``acc``."""
+def _lower_block_tasks(xf: torch.Tensor, acc: torch.Tensor) -> list[tuple[Callable[[], None], float]]:
+    """``acc[lower block rows] += X^T X`` for float32 ``xf`` (``n x d``) and a float32/float64 ``acc``, as one
+    task per block row (each writes its own rows of ``acc``) with its relative cost."""
     d = xf.shape[1]
     b = block_columns(d)
-    for start in range(0, d, b):
-        stop = min(start + b, d)
-        left = xf[:, start:stop].T
-        if acc.dtype == torch.float32:
-            acc[start:stop, :stop].addmm_(left, xf[:, :stop])
-        else:
-            acc[start:stop, :stop].add_(torch.mm(left, xf[:, :stop]))
+
+    def block_row(start: int, stop: int) -> Callable[[], None]:
+        def task() -> None:
+            left = xf[:, start:stop].T
+            if acc.dtype == torch.float32:
+                acc[start:stop, :stop].addmm_(left, xf[:, :stop])
+            else:
+                acc[start:stop, :stop].add_(torch.mm(left, xf[:, :stop]))
+        return task
+
+    return [(block_row(start, min(start + b, d)), float((min(start + b, d) - start) * min(start + b, d)))
+            for start in range(0, d, b)]
 
 
 @functools.cache
@@ -133,26 +140,49 @@ def second_moment_torch(
     option of the same name does (16-bit ``x`` is unaffected). ``n == 0`` leaves both untouched. Raises
     :class:`ValueError` for inputs outside the contract. Safe under an active autocast.
     """
-    x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+    return second_moments_torch([(x, acc, colsum)], round_to=round_to)[0]
+
+
+def second_moments_torch(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]], *,
+                         round_to: torch.dtype | None = None) -> list[torch.Tensor]:
+    """:func:`second_moment_torch` of every ``(x, acc, colsum)`` (distinct accumulators); returns their
+    accumulators.
+
+    With the CPU's ``"blocked"`` method the block rows and column sums of all parts are one set of tasks on
+    :mod:`kernels.cpu_pool`'s single-threaded workers, waited for once (the split halves of one layer call
+    are two parts: one wait instead of two, and twice the tasks to balance)."""
     if round_to not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"round_to must be None, torch.bfloat16 or torch.float16, got {round_to!r}")
-    if x.shape[0] == 0:
-        return acc
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        if round_to is not None and x.dtype == torch.float32:
-            x = x.to(round_to)
-        xf = x.to(torch.float32)
-        if x.device.type == "cpu" and CPU_METHOD == "blocked":
-            _lower_blocks_into(xf, acc)
-        elif x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
-            acc.add_(_syrk_lower(xf.contiguous()))
-        elif acc.dtype == torch.float32:
-            acc.addmm_(xf.T, xf)
-        else:
-            acc.add_(torch.mm(xf.T, xf))
-        if colsum is not None:
-            colsum.add_(xf.sum(dim=0))
-    return acc
+    accs, tasks = [], []
+    for x, acc, colsum in parts:
+        x, acc, colsum = check_inputs(x, acc, colsum, allow_float64=True)
+        accs.append(acc)
+        if x.shape[0] == 0:
+            continue
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if round_to is not None and x.dtype == torch.float32:
+                x = x.to(round_to)
+            xf = x.to(torch.float32)
+            if x.device.type == "cpu" and CPU_METHOD == "blocked":
+                tasks.extend(_lower_block_tasks(xf, acc))
+                if colsum is not None:
+                    tasks.append((functools.partial(_add_column_sums, xf, colsum), float(xf.shape[1])))
+                continue
+            if x.device.type == "cpu" and CPU_METHOD == "syrk" and _scipy_syrk() is not None:
+                acc.add_(_syrk_lower(xf.contiguous()))
+            elif acc.dtype == torch.float32:
+                acc.addmm_(xf.T, xf)
+            else:
+                acc.add_(torch.mm(xf.T, xf))
+            if colsum is not None:
+                _add_column_sums(xf, colsum)
+    if tasks:
+        cpu_pool.run_all([task for task, _ in tasks], [cost for _, cost in tasks])
+    return accs
+
+
+def _add_column_sums(xf: torch.Tensor, colsum: torch.Tensor) -> None:
+    colsum.add_(xf.sum(dim=0))
 
 
 def symmetrize(acc: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,12 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     kernel = (tmp_path / "bench_kernels_bf16.txt").read_text()
     assert "| triton | bfloat16 | 64 | 200 |" in kernel and "triton round-bf16" in kernel
     assert "Largest relative error" in kernel
+    assert "| triton det | bfloat16 | 64 | 200 |" in kernel and "% of the bf16 peak" in kernel
     e2e = (tmp_path / "bench_gpu_end_to_end.txt").read_text()
-    assert "| vit_tiny_patch16_224 | 2 |" in e2e and "ours/fwd" in e2e
+    assert "| vit_tiny_patch16_224 | 2 |" in e2e and "engine/fwd" in e2e and "no halves/fwd" in e2e
+    assert "warm-up (discovery, self-check, compile, tune)" in e2e and "self-check failures 0" in e2e
+    assert e2e.index("warm-up") < e2e.index("repeat 1")  # the timed repeats come after the warm-up
+    assert proc.stdout.index("engine/forward") < proc.stdout.index("end-to-end benchmark (toy ViT): ok")  # streamed
     with tarfile.open(tmp_path / "raw.tar.gz") as tar:
         names = tar.getnames()
     assert any(n.endswith("gpu_end_to_end.json") for n in names) and any(n.endswith(".json") and "bench_kernels" in n for n in names)

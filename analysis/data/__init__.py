@@ -23,7 +23,7 @@ and :mod:`.image_files`, :mod:`.safe_pickle`, :mod:`.idx` for reading files.
 from __future__ import annotations
 
 from .base import AnalysisDataset, ImageSource, select_indices
-from .loader import make_loader
+from .loader import device_batches, make_loader
 from .families import (DEFAULT_DATASET, DatasetEntry, DatasetFamily, DatasetId, PathTemplate, dataset_templates, id_forms, known_ids,
                        list_datasets, load_dataset, open_source, parse_dataset_id, path_templates, register_family,
                        registered_families)
@@ -31,6 +31,6 @@ from .transforms import ImageTransform
 
 __all__ = [
     "AnalysisDataset", "DEFAULT_DATASET", "DatasetEntry", "DatasetFamily", "DatasetId", "ImageSource", "ImageTransform", "PathTemplate",
-    "dataset_templates", "id_forms", "known_ids", "list_datasets", "load_dataset", "make_loader",
+    "dataset_templates", "device_batches", "id_forms", "known_ids", "list_datasets", "load_dataset", "make_loader",
     "open_source", "parse_dataset_id", "path_templates", "register_family", "registered_families", "select_indices",
 ]

@@ -8,6 +8,7 @@ A :class:`DatasetError` raised inside a worker process (an unreadable image) rea
 from __future__ import annotations
 
 import os
+from typing import Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -85,3 +86,44 @@ def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | None 
         collate_fn=collate, pin_memory=pin_memory,
         prefetch_factor=2 if num_workers else None, persistent_workers=False,
     )
+
+
+def device_batches(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images on device, labels)`` for every batch of ``loader``, with the next batch's copy already running.
+
+    On a CUDA device each batch's host-to-device copy is issued on a side stream as soon as the batch before it
+    is handed out, so it runs while the GPU computes that batch (with pinned batches, :func:`make_loader`'s
+    default on CUDA, the copy is a true asynchronous DMA); the compute stream waits for a batch's copy only
+    when the batch is handed out. Elsewhere the batches are moved with a plain ``.to(device)``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        for images, labels in loader:
+            yield images.to(device), labels
+        return
+    copies = torch.cuda.Stream(device=device)
+    compute = torch.cuda.current_stream(device)
+
+    def start(images: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+        with torch.cuda.stream(copies):
+            moved = images.to(device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(copies)
+        return moved, ready
+
+    pending = None
+    for images, labels in loader:
+        upcoming = (*start(images), labels)
+        if pending is not None:
+            yield _ready(pending, compute)
+        pending = upcoming
+    if pending is not None:
+        yield _ready(pending, compute)
+
+
+def _ready(pending: tuple, compute: torch.cuda.Stream) -> tuple[torch.Tensor, torch.Tensor]:
+    moved, ready, labels = pending
+    compute.wait_event(ready)
+    moved.record_stream(compute)  # its memory is not reused before the compute stream is done with it
+    return moved, labels
