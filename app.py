@@ -41,6 +41,11 @@ intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first 
 if intended and intended != page.url_path:
     st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
 state.init()
+if not st.session_state.get(state.URL_ADOPTED):  # the first run of a session: was the page asked for ours?
+    asked = state.unknown_page({p.url_path for p in PAGES})
+    if asked and not intended:
+        state.notify("warning", f"This app has no page \"{asked}\": here is {page.title} instead. The pages are "
+                                "listed in the sidebar.")
 state.adopt_query_params()
 state.ensure_default()
 frame.style()

@@ -97,4 +97,7 @@ def _layer_patterns(value: object) -> tuple[str, ...] | None:
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
         raise SettingsError(f"layers must be layer-name patterns such as 'blocks.*.attn.qkv', got {value!r}")
     patterns = tuple(p.strip() for p in items if p.strip())
+    if not patterns and (value.strip() if isinstance(value, str) else items):
+        raise SettingsError(f"the layer filter {value!r} names no layer pattern (leave it empty for every layer, or "
+                            "give patterns such as 'blocks.*.attn.qkv')")
     return patterns or None

@@ -11,7 +11,7 @@ from functools import partial
 import streamlit as st
 
 from analysis import uncertainty
-from ui import card_view, charts, frame, state, text
+from ui import card_view, charts, frame, state, tables, text
 
 CHART_KEY = "layers_chart"
 HEATMAP_KEY = "layers_heatmap"
@@ -29,8 +29,8 @@ for line in result.warnings:  # flagged layers (not reached / not exact / too fe
     st.warning(line, icon=":material/warning:")
 
 cols = st.columns(4)
-cols[0].metric("MLU", text.plus_minus(result.mlu, result.mlu_err),
-               help="Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
+frame.metric_with_error(cols[0], "MLU", result.mlu, result.mlu_err,
+                        "Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
 cols[1].metric("Layers counted", f"{counted} of {len(table)}")
 cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
                help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
@@ -39,7 +39,7 @@ cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="
 
 selected = state.selected_layer(result)
 frame.plot(
-    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(), mlu_err=result.mlu_err),
+    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(420), mlu_err=result.mlu_err),
     result.meta, key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
 )
 left, right = st.columns([1, 1], vertical_alignment="bottom")
@@ -71,15 +71,16 @@ with st.expander("How sure is this? Convergence with the number of images", expa
         st.caption(text.convergence_verdict(curve, result.mlu_err))
 
 with st.expander("Per-layer table", expanded=False):
+    shown = tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f", "w_effective_rank": ".1f"})
     st.dataframe(
-        table,
+        shown,
         hide_index=True,
-        column_config={
+        column_config=tables.numeric_config(shown, {
             "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
             "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
             "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
             "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),
-        },
+        }),
     )
 if result.not_applicable:
     st.caption("Not analysed (not applicable): " + ", ".join(f"`{x['layer']}` ({x['reason']})" for x in result.not_applicable))

@@ -32,9 +32,9 @@ points = learn.synthetic_inputs(spread)
 values, vectors = learn.eigen(points)
 k = learn.k_for(values, energy)
 with picture:
-    st.plotly_chart(charts.learn_points_chart(points, vectors, values, k), key="learn_points")
+    frame.show(charts.learn_points_chart(points, vectors, values, k), key="learn_points")
 with bars:
-    st.plotly_chart(charts.learn_energy_chart(values, energy), key="learn_energy_chart")
+    frame.show(charts.learn_energy_chart(values, energy), key="learn_energy_chart")
 with controls:
     st.metric("k(e)", f"{k} of 2")
     st.metric("utilization k / d", text.pct(k / 2))

@@ -34,7 +34,10 @@ frame.plot(charts.singular_values_chart(spectrum, e_in, e_out, height=height), r
 st.caption(
     f"**{charts.kind_label(spectrum.kind)}**{'' if spectrum.in_mlu else ' (not counted in the MLU)'}. "
     f"W' is stored at e_in = e_out for e in {{{', '.join(text.energy(e) for e in sorted(spectrum.wprime_singular))}}}; "
-    f"the bold curve is the one nearest min(e_in, e_out) = {text.energy(min(e_in, e_out))}. Its singular values "
+    f"the bold curve is the one at min(e_in, e_out) = {text.energy(min(e_in, e_out))}"
+    + ("" if min(e_in, e_out) in spectrum.wprime_singular else
+       f", or the stored one nearest to it ({text.energy(charts.nearest_wprime_energy(min(e_in, e_out)))})")
+    + ". Its singular values "
     "beyond r are exactly zero and sit on the dotted floor line. Data-free view of W alone: stable rank "
     f"{row['w_stable_rank']:.1f}, effective rank {row['w_effective_rank']:.1f} of at most "
     f"{min(spectrum.d_in, spectrum.d_out)}; inputs seen: {text.count(spectrum.n_samples)} vectors."
@@ -43,13 +46,13 @@ frame.plot(charts.energy_animation(spectrum, min(e_in, e_out), height=height), r
 left, right = st.columns(2)
 with left:
     frame.plot(
-        charts.eigen_chart(spectrum.eig_in, e_in, f"Input second moment C_in (d_in = {spectrum.d_in})",
+        charts.eigen_chart(spectrum.eig_in, e_in, f"Inputs: C_in (d_in = {spectrum.d_in})",
                            charts.kind_color(spectrum.kind), height=height),
         result.meta, key="spectra_c_in",
     )
 with right:
     frame.plot(
-        charts.eigen_chart(spectrum.eig_out, e_out, f"Output second moment C_out (d_out = {spectrum.d_out})",
+        charts.eigen_chart(spectrum.eig_out, e_out, f"Outputs: C_out (d_out = {spectrum.d_out})",
                            charts.kind_color(spectrum.kind), height=height),
         result.meta, key="spectra_c_out",
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui.charts import CHART_HEIGHT, analysis_color
+from ui.charts import CHART_HEIGHT, _layout as _shared_layout, analysis_color
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
@@ -28,11 +28,29 @@ STEP0_NOTE = "step 0 (initialisation) is drawn at x = {x0:g} on the log axis"
 
 
 def _layout(fig: go.Figure, title: str, height: int = CHART_HEIGHT) -> go.Figure:
-    """Title at the left, legend above the plot (as on the other pages)."""
-    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
-                      margin=dict(l=60, r=30, t=60, b=60),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
-    return fig
+    """The other pages' look (:func:`ui.charts._layout`: fonts, dark ticks, title above the legend)."""
+    return _shared_layout(fig, title, height=height)
+
+
+def step_label(step: float) -> str:
+    """A tick label for a training step: ``500``, ``2k``, ``1.5k``, ``10k``, ``1M``."""
+    if step >= 1e6:
+        return f"{step / 1e6:g}M"
+    if step >= 1e3:
+        return f"{step / 1e3:g}k"
+    return f"{step:g}"
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Ticks at 1, 2 and 5 times the powers of ten between ``low`` and ``high`` (positive): enough to read a log
+    axis, never a lone pair of decades."""
+    ticks = []
+    for power in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0 ** power
+            if low <= value <= high:
+                ticks.append(value)
+    return ticks
 
 
 def step_zero_position(steps: Sequence[float | int | None]) -> float:
@@ -53,13 +71,20 @@ def _x(steps: pd.Series, x0: float) -> list[float | None]:
 
 
 def _steps_with_zero_tick(fig: go.Figure, steps: pd.Series, x0: float) -> None:
+    """A log step axis ticked at 1, 2, 5 x 10^k (:func:`log_ticks`) over the data, with step 0 at ``x0``."""
     fig.update_xaxes(type="log", title="training step (log scale)")
-    if any((not _nan(s)) and float(s) == 0 for s in steps):
-        positive = sorted({float(s) for s in steps if not _nan(s) and float(s) > 0})
-        ticks = [x0] + [10.0 ** k for k in range(0, 9) if positive and positive[0] / 10 <= 10.0 ** k <= positive[-1] * 10]
-        fig.update_xaxes(tickvals=ticks, ticktext=["0"] + [f"{t:g}" for t in ticks[1:]])
+    positive = sorted({float(s) for s in steps if not _nan(s) and float(s) > 0})
+    has_zero = any((not _nan(s)) and float(s) == 0 for s in steps)
+    if not positive:
+        if has_zero:
+            fig.update_xaxes(tickvals=[x0], ticktext=["0"])
+        return
+    ticks = log_ticks(positive[0] / 1.5, positive[-1] * 1.5)
+    vals = ([x0] if has_zero else []) + [t for t in ticks if not has_zero or t > x0 * 1.5]
+    fig.update_xaxes(tickvals=vals, ticktext=[("0" if has_zero and v == x0 else step_label(v)) for v in vals])
+    if has_zero:
         fig.add_annotation(text=STEP0_NOTE.format(x0=x0), xref="paper", yref="paper", x=0.0, y=-0.28,
-                           showarrow=False, font=dict(size=11), xanchor="left")
+                           showarrow=False, font=dict(size=13, color="#333"), xanchor="left")
 
 
 def mlu_vs_step(table: pd.DataFrame) -> go.Figure:

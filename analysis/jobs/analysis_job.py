@@ -48,22 +48,83 @@ def pause_after_batch(should_stop) -> None:
 
 
 def _message(progress: Progress) -> str:
-    if progress.total and progress.done >= progress.total:
+    if progress.stage == "statistics" and progress.total and progress.done >= progress.total:
         return "statistics complete; computing spectra and metrics"
+    if progress.stage == "spectra":
+        return f"spectra: layer {progress.done}/{progress.total}"
     return f"{progress.stage}: batch {progress.done}/{progress.total}"
 
 
+class AnalysisClock:
+    """The fraction done and the time left of one analysis job, from its own speed.
+
+    ``started`` is when the job took its slot; ``post_s`` the predicted seconds after the data pass
+    (:mod:`analysis.calibration`: eigen-decompositions, spectra, storing), 0 when there is no prediction.
+
+    - data pass, batch ``i`` of ``n`` done ``t`` seconds into the pass: ``left = (n - i) t / i + post_s`` (the
+      first batches' real speed, not the prediction, decides the pass);
+    - spectra, layer ``j`` of ``m`` done ``u`` seconds after the pass: ``left = max(post_s - u, u (m - j) / j)``;
+    - ``fraction = elapsed / (elapsed + left)`` with ``elapsed`` since ``started``, never decreasing.
+
+    :meth:`observed` gives what the run measured (for :func:`analysis.calibration.record_run`).
+    """
+
+    def __init__(self, started: float, post_s: float = 0.0) -> None:
+        self.started, self.post_s = started, max(0.0, post_s)
+        self.pass_start: float | None = None
+        self.pass_end: float | None = None
+        self.fraction = 0.0
+
+    def update(self, progress: Progress, now: float | None = None) -> tuple[float, float | None]:
+        """Record a report; returns ``(fraction, seconds left)`` (None before the first batch)."""
+        now = time.time() if now is None else now
+        left = None
+        if progress.stage == "statistics":
+            if self.pass_start is None:
+                self.pass_start = now - progress.elapsed_s
+            if progress.done > 0:
+                left = (progress.total - progress.done) * progress.elapsed_s / progress.done + self.post_s
+            if progress.total and progress.done >= progress.total:
+                self.pass_end = now
+        elif progress.stage == "spectra":
+            self.pass_end = self.pass_end or now
+            since = now - self.pass_end
+            rate_left = since * (progress.total - progress.done) / progress.done if progress.done else self.post_s
+            left = max(self.post_s - since, rate_left, 0.0)
+        if left is not None:
+            elapsed = now - self.started
+            total = elapsed + left
+            self.fraction = max(self.fraction, min(0.99, elapsed / total) if total > 0 else 0.0)
+        return self.fraction, left
+
+    def observed(self, end: float):
+        """What this run measured (None when the data pass was not seen whole, e.g. a resumed run)."""
+        from ..calibration import Observed
+
+        if self.pass_start is None or self.pass_end is None:
+            return None
+        return Observed(start_s=self.pass_start - self.started, pass_s=self.pass_end - self.pass_start,
+                        post_s=end - self.pass_end)
+
+
+def _prediction(the_plan, cache_root: Path):
+    """The run's work and predicted time (None, None when they cannot be had: the job runs without them)."""
+    from .. import calibration
+
+    try:
+        work = calibration.work_of(the_plan)
+        return work, calibration.predict(work, cache_root)
+    except Exception:  # noqa: BLE001 - an estimate must never fail the job it describes
+        return None, None
+
+
 def run(context: RunContext) -> dict:
-    """Re-plan the request, check it is still the same analysis, and run it into the cache."""
+    """Re-plan the request, check it is still the same analysis, and run it into the cache; report the
+    fraction done and the time left from the run's own speed, and teach the calibration its timings."""
+    from .. import calibration
+    from .job_queue import queue_root, started
+
     request = context.request
-
-    def on_batch(progress: Progress) -> None:
-        context.report(_message(progress), stage=progress.stage, batches_done=progress.done,
-                       batches_total=progress.total, images_done=progress.items_done,
-                       images_total=progress.items_total, elapsed_s=progress.elapsed_s, eta_s=progress.eta_s,
-                       fraction=progress.fraction)
-        pause_after_batch(context.should_stop)
-
     settings = settings_from(request.get("settings"))
     the_plan = plan(str(request.get("model_id")), str(request.get("dataset_id")), settings)
     if the_plan.key != context.key:
@@ -73,8 +134,36 @@ def run(context: RunContext) -> dict:
         )
     if context.should_stop():
         raise Cancelled("analysis cancelled")
+    work, predicted = _prediction(the_plan, context.cache_root)
+    clock = AnalysisClock(started(queue_root(context.cache_root), context.key) or time.time(),
+                          predicted.post_s if predicted else 0.0)
+    resumed = {"batch": None}
+
+    def on_batch(progress: Progress) -> None:
+        if resumed["batch"] is None and progress.stage == "statistics":
+            resumed["batch"] = progress.done - 1  # a resumed pass reports its first batch after the checkpoint
+        fraction, left = clock.update(progress)
+        context.report(_message(progress), stage=progress.stage, batches_done=progress.done,
+                       batches_total=progress.total, images_done=progress.items_done,
+                       images_total=progress.items_total, elapsed_s=time.time() - clock.started, eta_s=left,
+                       fraction=fraction)
+        pause_after_batch(context.should_stop)
+
+    batch = settings.effective_batch_size()
+    images = len(the_plan.dataset)
+    context.report(f"model and data loaded; running the first batch of {min(batch, images)} images",
+                   stage="statistics", batches_done=0, batches_total=-(-images // batch), images_done=0,
+                   images_total=images, elapsed_s=time.time() - clock.started,
+                   eta_s=predicted.seconds - predicted.start_s if predicted else None, fraction=0.0)
     run_plan(the_plan, use_cache=True, cache_dir=str(context.cache_root), progress=on_batch,
              should_stop=context.should_stop)
+    observed = clock.observed(time.time())
+    if work is not None and observed is not None and resumed["batch"] == 0 and not os.environ.get(BATCH_DELAY_ENV) \
+            and not os.environ.get(HOLD_ENV):
+        try:
+            calibration.record_run(context.cache_root, work, observed)
+        except OSError:
+            pass  # a read-only calibration folder: the run's result is what matters
     return {}
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from ..engine import Cancelled
 from ..errors import AnalysisError
-from . import lock
+from . import job_queue, lock
 from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV  # noqa: F401 - re-exported: callers set them for workers
 from .files import JobFiles, cache_root_of, read_json, write_progress
 from .job_kinds import JobError, RunContext, get_kind, kind_name
 
 HANDOVER_TIMEOUT_S = 60.0
+CANCEL_POLL_S = 0.2
 
 EXIT_DONE, EXIT_FAILED, EXIT_CANCELLED, EXIT_NOT_OWNER = 0, 1, 3, 4
 
@@ -132,8 +133,13 @@ class _Reporter:
 def _outcome(key: str, files: JobFiles, root: Path, reporter: _Reporter, request: dict,
              token: str) -> tuple[str, str, dict, int]:
     """Run the job; ``(final state, message, extra final fields, exit code)`` whatever happens."""
-    def should_stop() -> bool:
-        return _StopSignal.requested or cancel_requested(files, token)
+    checked = {"at": 0.0, "stop": False}
+
+    def should_stop() -> bool:  # asked at every layer: the flag file is read at most every CANCEL_POLL_S
+        now = time.monotonic()
+        if not checked["stop"] and now - checked["at"] >= CANCEL_POLL_S:
+            checked.update(at=now, stop=cancel_requested(files, token))
+        return _StopSignal.requested or checked["stop"]
 
     try:
         reporter.running("loading model and dataset")
@@ -177,4 +183,5 @@ def run_worker(key: str, cache_dir: str | Path | None = None, token: str | None 
         # publish the final record and remove the lock in one step (readers never see one without the other)
         if not lock.release(files, attempt, final=reporter.record(state, message, **extra)):
             _log(f"the lock of job {key} was no longer held by attempt {attempt}; final state not published")
+        job_queue.leave(job_queue.queue_root(root), key)  # the next job in the queue may start
     return code
