@@ -1,0 +1,120 @@
+"""Time estimates a user can plan by (analysis.calibration) and the running job's clock (analysis_job).
+
+Known answers: the work of a model is counted from its layers exactly as the module docstring says; the
+meta-device FLOP count equals the count of a real forward; after one recorded run, the estimate of the same
+work is exactly what that run measured (the learnt factors are its own ratios); the clock's time left is
+the remaining batches at the speed of the batches done, plus the predicted tail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from analysis import calibration
+from analysis.engine import plan
+from analysis.jobs.analysis_job import AnalysisClock
+from analysis.progress import Progress
+from analysis.settings import AnalysisSettings
+from tests.helpers import TINY_VIT
+
+DATASET = "fashion-mnist:test"
+RATES = calibration.Rates(forward=2e10, stats=5e9, eig=1e9)
+
+
+@pytest.fixture
+def fixed_rates(monkeypatch):
+    """Rates without a measurement (the measurement itself has its own test)."""
+    calls = []
+
+    def fake_measure(device="cpu"):
+        calls.append(device)
+        return RATES
+
+    monkeypatch.setattr(calibration, "measure", fake_measure)
+    return calls
+
+
+def test_the_measurement_gives_positive_rates_and_is_kept(tmp_path, monkeypatch):
+    measured = calibration.measure("cpu")
+    assert measured.forward > 0 and measured.stats > 0 and measured.eig > 0
+    monkeypatch.setattr(calibration, "measure", lambda device="cpu": measured)
+    assert calibration.rates(tmp_path) == measured
+    monkeypatch.setattr(calibration, "measure", lambda device="cpu": pytest.fail("measured twice"))
+    assert calibration.rates(tmp_path) == measured  # read back from the calibration file
+    (stored,) = (tmp_path / calibration.FOLDER).glob("*.json")
+    assert json.loads(stored.read_text())["rates"]["eig"] == pytest.approx(measured.eig)
+
+
+def test_work_is_counted_from_the_layers():
+    settings = AnalysisSettings(samples=32)
+    the_plan = plan(TINY_VIT, DATASET, settings)
+    work = calibration.work_of(the_plan)
+    assert work.images == 32 and work.device == "cpu" and work.arch.endswith("@32x32")
+    # the tiny ViT: 32x32 images, patch 8 -> 16 patches + the class token; width 48, MLP 192, 2 blocks
+    tokens, d, hidden = 17, 48, 192
+    per_block = tokens * (d ** 2 + d ** 2 + d ** 2 + hidden ** 2)  # qkv, proj, fc1 (inputs d) and fc2 (input 192)
+    patch = 16 * (3 * 8 * 8) ** 2  # the patch embedding: 16 positions of 3 x 8 x 8 unfolded inputs
+    head = 1 * d ** 2  # the classifier head reads the class token
+    assert work.stats == pytest.approx(2 * per_block + patch + head)
+
+
+def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    the_plan = plan(TINY_VIT, DATASET, AnalysisSettings(samples=4))
+    model, size = the_plan.loaded.model, tuple(the_plan.loaded.data_config["input_size"])
+    for block in model.blocks:  # explicit attention products (the CPU's fused kernel is not counted by torch)
+        block.attn.fused_attn = False
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *size))
+    real = counter.get_total_flops()
+    assert real > 0 and calibration.forward_flops(model, size) == pytest.approx(real)
+    # with the fused kernel the meta pass still counts the attention products (q k^T, and the weights times v)
+    model_fused = plan(TINY_VIT, DATASET, AnalysisSettings(samples=4)).loaded.model
+    assert calibration.forward_flops(model_fused, size) == pytest.approx(real)
+
+
+def test_a_recorded_run_teaches_the_estimate_of_its_architecture(tmp_path, fixed_rates):
+    work = calibration.Work(images=1000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="net@28x28")
+    before = calibration.predict(work, tmp_path)
+    assert before.basis == "measured rates only" and before.high / before.low == pytest.approx(4.0)
+    assert before.start_s == calibration.DEFAULTS["start_s"]
+
+    observed = calibration.Observed(start_s=6.0, pass_s=40.0, post_s=9.0)
+    calibration.record_run(tmp_path, work, observed)
+    after = calibration.predict(work, tmp_path)
+    assert after.basis == "same architecture"
+    assert after.seconds == pytest.approx(6.0 + 40.0 + 9.0)  # the same work takes what it took
+    assert (after.start_s, after.pass_s, after.post_s) == pytest.approx((6.0, 40.0, 9.0))
+    assert after.high / after.seconds == pytest.approx(calibration.SPREAD["same architecture"])
+
+    twice = calibration.Work(images=2000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="net@28x28")
+    assert calibration.predict(twice, tmp_path).pass_s == pytest.approx(80.0)  # the pass scales with the images
+    other = calibration.Work(images=1000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="other@28x28")
+    assert calibration.predict(other, tmp_path).basis == "other runs"
+    assert fixed_rates == ["cpu"]  # measured once, then read from the file
+
+
+def test_long_runs_are_flagged():
+    short = calibration.TimeEstimate(seconds=30, low=15, high=60, start_s=8, pass_s=20, post_s=2, basis="other runs")
+    long = calibration.TimeEstimate(seconds=calibration.LONG_RUN_S + 1, low=1, high=2, start_s=0, pass_s=0,
+                                    post_s=0, basis="other runs")
+    assert not short.long and long.long
+
+
+def test_the_clock_takes_the_time_left_from_the_first_batches():
+    clock = AnalysisClock(started=100.0, post_s=20.0)
+    fraction, left = clock.update(Progress("statistics", 2, 10, 64, 320, elapsed_s=10.0), now=115.0)
+    assert left == pytest.approx((10 - 2) * 10.0 / 2 + 20.0)  # 8 batches at 5 s each, then the predicted tail
+    assert fraction == pytest.approx(15.0 / (15.0 + left))
+    slower, left_later = clock.update(Progress("statistics", 3, 10, 96, 320, elapsed_s=60.0), now=165.0)
+    assert left_later == pytest.approx(7 * 20.0 + 20.0)  # the real speed, not the prediction, decides
+    assert slower >= fraction  # never goes back
+    clock.update(Progress("statistics", 10, 10, 320, 320, elapsed_s=200.0), now=305.0)
+    _, tail = clock.update(Progress("spectra", 1, 4, 320, 320), now=310.0)
+    assert tail == pytest.approx(max(20.0 - 5.0, 5.0 * 3 / 1))
+    observed = clock.observed(end=330.0)
+    assert (observed.start_s, observed.pass_s, observed.post_s) == pytest.approx((5.0, 200.0, 25.0))
