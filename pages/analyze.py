@@ -42,8 +42,23 @@ CONFIRM = "analyze_confirm"  # a long run waiting for the user's yes: (model_id,
 GENERATION = "analyze_generation"
 
 
+DRAWN: list[str] = []  # the form's widget keys drawn in this run (a page runs as a fresh module each time)
+
+
 def _changed() -> None:
     st.session_state[GENERATION] = st.session_state.get(GENERATION, 0) + 1
+
+
+def _w(key: str) -> dict:
+    """A form widget's ``key`` and change counter, its key noted as drawn in this run."""
+    DRAWN.append(key)
+    return {"key": key, "on_change": _changed}
+
+
+def _on_screen() -> dict[str, str]:
+    """What the form's widgets drawn in this run hold (Streamlit applies a message's new values before any
+    callback runs, so a callback compares these with what a button was drawn for, whatever the order)."""
+    return {key: repr(st.session_state.get(key)) for key in DRAWN}
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -57,9 +72,10 @@ def _datasets() -> list[tuple[str, str, bool, str]]:
 
 
 def _launch(model_id: str, dataset_id: str, settings: AnalysisSettings, key: str, generation: int,
-            long_run: bool) -> None:
+            drawn_for: dict[str, str], long_run: bool) -> None:
     """Run button callback: start the analysis the button was drawn for, only if the form still says so."""
-    if st.session_state.get(GENERATION, 0) != generation:  # the form changed after the button was drawn
+    now = {k: repr(st.session_state.get(k)) for k in drawn_for}
+    if st.session_state.get(GENERATION, 0) != generation or now != drawn_for:  # changed after the button was drawn
         state.notify("warning", "The settings changed while their estimate was being made, so nothing was started: "
                                 "check the new estimate and press Run again.")
         return
@@ -148,16 +164,16 @@ def choose_model() -> str | None:
     """The model id the user picked (None while the choice is incomplete or invalid)."""
     groups = {group.name: group.entries for group in _catalogue()}
     sources = list(groups) + [TIMM_BY_NAME, CHECKPOINT, UPLOAD, ANY_MODEL]
-    source = st.radio("Model source", sources, horizontal=True, key="analyze_model_source", on_change=_changed,
+    source = st.radio("Model source", sources, horizontal=True, **_w("analyze_model_source"),
                       index=_index(sources, "analyze_model_source", 0))
     if source in groups:
         options = list(groups[source])
         picked = st.selectbox("Model", options, index=default_index(options, defaults.DEFAULT_MODEL),
-                              format_func=lambda e: f"{e.model_id} — {e.description}", key=f"analyze_model_{source}", on_change=_changed)
+                              format_func=lambda e: f"{e.model_id} — {e.description}", **_w(f"analyze_model_{source}"))
         return picked.model_id if picked else None
     if source == TIMM_BY_NAME:
         name = st.text_input("timm model name (with an optional pretrained tag)", placeholder="vit_base_patch16_224.dino",
-                             key="analyze_timm_name", on_change=_changed).strip()
+                             **_w("analyze_timm_name")).strip()
         if not name:
             st.caption("Pretrained weights come from the local Hugging Face cache (or the hub when online).")
             return None
@@ -171,9 +187,9 @@ def choose_model() -> str | None:
     if source in (CHECKPOINT, UPLOAD):
         if source == CHECKPOINT:
             path = st.text_input("Checkpoint path (.safetensors preferred; .pth/.pt read with weights_only)",
-                                 key="analyze_ckpt_path", on_change=_changed).strip()
+                                 **_w("analyze_ckpt_path")).strip()
         else:
-            uploaded = st.file_uploader("Checkpoint file", type=["safetensors", "pth", "pt"], key="analyze_upload", on_change=_changed)
+            uploaded = st.file_uploader("Checkpoint file", type=["safetensors", "pth", "pt"], **_w("analyze_upload"))
             try:
                 path = _save_upload(uploaded) if uploaded is not None else ""
             except AnalysisError as exc:  # too large for this server
@@ -181,14 +197,16 @@ def choose_model() -> str | None:
                 path = ""
             if path:
                 st.caption(f"Saved as `{path}`")
-        arch = st.text_input("timm architecture of the weights", placeholder="vit_small_patch16_224", key="analyze_ckpt_arch", on_change=_changed)
-        extra = st.text_input("Extra timm options (optional)", placeholder="img_size=28&patch_size=4", key="analyze_ckpt_opts", on_change=_changed)
+        arch = st.text_input("timm architecture of the weights", placeholder="vit_small_patch16_224",
+                             **_w("analyze_ckpt_arch"))
+        extra = st.text_input("Extra timm options (optional)", placeholder="img_size=28&patch_size=4",
+                              **_w("analyze_ckpt_opts"))
         checked = _checked_arch(arch)
         if not path or checked is None:
             return None
         return checkpoint_model_id(path, arch, extra)
-    model_id = st.text_input("Model id", value=_start("analyze_any_model", defaults.DEFAULT_MODEL), key="analyze_any_model",
-                             on_change=_changed,
+    model_id = st.text_input("Model id", value=_start("analyze_any_model", defaults.DEFAULT_MODEL),
+                             **_w("analyze_any_model"),
                              help="timm:<name>[.tag], random:<arch>[?seed=N&...], file:<path>?arch=<arch>, zoo:<name>, pkg:<name>")
     return model_id.strip() or None
 
@@ -198,13 +216,13 @@ def choose_dataset() -> str | None:
     available = [(d, desc) for d, desc, ok, _ in rows if ok]
     by_path = path_families()
     kinds = ["offered here", *by_path, "any dataset id"]
-    kind = st.radio("Dataset source", kinds, horizontal=True, key="analyze_dataset_source", on_change=_changed,
+    kind = st.radio("Dataset source", kinds, horizontal=True, **_w("analyze_dataset_source"),
                     index=_index(kinds, "analyze_dataset_source", 0))
     if kind == "offered here":
         ids = [d for d, _ in available]
         start = ids.index(defaults.DEFAULT_DATASET) if defaults.DEFAULT_DATASET in ids else 0
         descriptions = dict(available)
-        picked = st.selectbox("Dataset", ids, index=start if ids else None, key="analyze_dataset", on_change=_changed,
+        picked = st.selectbox("Dataset", ids, index=start if ids else None, **_w("analyze_dataset"),
                               format_func=lambda d: f"{d} — {descriptions.get(d, '')}")
         missing = [(d, reason) for d, _, ok, reason in rows if not ok]
         if missing:
@@ -212,10 +230,10 @@ def choose_dataset() -> str | None:
         return picked
     if kind == "any dataset id":
         value = st.text_input("Dataset id", value=_start("analyze_any_dataset", defaults.DEFAULT_DATASET),
-                              key="analyze_any_dataset", on_change=_changed)
+                              **_w("analyze_any_dataset"))
         return value.strip() or None
     family = by_path[kind]
-    path = st.text_input(f"{kind} path", key=f"analyze_path_{family.name}", on_change=_changed, help=family.path.help or None)
+    path = st.text_input(f"{kind} path", **_w(f"analyze_path_{family.name}"), help=family.path.help or None)
     return path_dataset_id(kind, path) if path.strip() else None
 
 
@@ -224,51 +242,51 @@ def choose_settings() -> AnalysisSettings | None:
     e_in, e_out = state.energies()
     cols = st.columns(4)
     with cols[0]:
-        every = st.checkbox("every image", value=_start("analyze_all", defaults.DEFAULT_SAMPLES is None), key="analyze_all",
-                            on_change=_changed)
+        every = st.checkbox("every image", value=_start("analyze_all", defaults.DEFAULT_SAMPLES is None),
+                            **_w("analyze_all"))
     with cols[1]:
         # no min_value: Streamlit would silently snap 0 back; the settings check below says why it is refused
         samples = st.number_input("images (seeded sample)", value=_start("analyze_samples", defaults.DEFAULT_SAMPLES or 2000),
-                                  step=100, disabled=every, key="analyze_samples", on_change=_changed)
+                                  step=100, disabled=every, **_w("analyze_samples"))
     with cols[2]:
-        seed = st.number_input("seed", value=_start("analyze_seed", 0), step=1, key="analyze_seed", on_change=_changed)
+        seed = st.number_input("seed", value=_start("analyze_seed", 0), step=1, **_w("analyze_seed"))
     with cols[3]:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        device = st.selectbox("device", devices, index=len(devices) - 1, key="analyze_device", on_change=_changed,
+        device = st.selectbox("device", devices, index=len(devices) - 1, **_w("analyze_device"),
                               help="cuda is offered only when this machine has a usable GPU.")
     with st.expander("Advanced"):
         a, b, c, d = st.columns(4)
-        batch = a.number_input("batch size (0 = automatic)", min_value=0, value=_start("analyze_batch", 0), step=16, key="analyze_batch", on_change=_changed)
-        tokens = b.number_input("tokens per image (0 = every token)", min_value=0, value=_start("analyze_tokens", 0), step=16, key="analyze_tokens", on_change=_changed,
+        batch = a.number_input("batch size (0 = automatic)", min_value=0, value=_start("analyze_batch", 0), step=16,
+                               **_w("analyze_batch"))
+        tokens = b.number_input("tokens per image (0 = every token)", min_value=0, value=_start("analyze_tokens", 0),
+                                step=16, **_w("analyze_tokens"),
                                 help="A seeded subset of token/position vectors per image, to save time on big inputs.")
         precisions = ["fp32", "bf16"] + (["fp16"] if device != "cpu" else [])
-        precision = c.selectbox("forward precision", precisions, key="analyze_precision", on_change=_changed,
+        precision = c.selectbox("forward precision", precisions, **_w("analyze_precision"),
                                 index=_index(precisions, "analyze_precision", 0),
                                 help="Autocast of the forward pass; statistics always accumulate in float32 or better.")
-        keep = d.checkbox("keep raw second moments", value=_start("analyze_keep", False), key="analyze_keep",
-                          on_change=_changed,
+        keep = d.checkbox("keep raw second moments", value=_start("analyze_keep", False), **_w("analyze_keep"),
                           help="Needed later to re-project or compress; large (d² floats per layer).")
         e, f = st.columns(2)
         max_width = e.number_input("skip layers wider than (0 = none)", min_value=0, value=_start("analyze_max_width", 0),
                                    step=256,
-                                   key="analyze_max_width", on_change=_changed,
+                                   **_w("analyze_max_width"),
                                    help="Layers whose d_in or d_out exceeds this are listed, not analysed "
                                         "(their d x d statistics and eigen-decompositions cost the most).")
         patterns = f.text_input("only layers matching (comma-separated globs)", value=_start("analyze_layers", ""),
-                                key="analyze_layers", on_change=_changed,
+                                **_w("analyze_layers"),
                                 help="For example blocks.*.attn.qkv,blocks.*.mlp.fc1; empty = every layer.")
     with st.expander("Research settings: which tokens, centring, error bars"):
         g, h, i = st.columns([2, 1, 1])
         token_set = g.text_input(
-            "token set", value=_start("analyze_token_set", "all"), key="analyze_token_set", on_change=_changed,
+            "token set", value=_start("analyze_token_set", "all"), **_w("analyze_token_set"),
             help="all · cls (class token only) · patch (no class/distillation/register tokens) · no-registers · "
                  "no-outliers:Q (drop the Q % highest-norm vectors per image) · centre:F (central F of each side "
                  "of every spatial grid).")
-        centred = h.checkbox("centred statistics", value=_start("analyze_centred", False), key="analyze_centred",
-                             on_change=_changed,
+        centred = h.checkbox("centred statistics", value=_start("analyze_centred", False), **_w("analyze_centred"),
                              help="Decompose C - s s^T / N (the scatter about the mean) instead of the uncentred moment.")
         uncertain = i.checkbox("error bars and convergence", value=_start("analyze_uncertainty", True),
-                               key="analyze_uncertainty", on_change=_changed,
+                               **_w("analyze_uncertainty"),
                                help="Split-half error bars and the convergence curve: twice the running-sum "
                                     "memory and a few extra eigenvalue decompositions.")
     st.caption(f"Energies come from the sidebar (now e_in = {text.energy(e_in)}, e_out = {text.energy(e_out)}); "
@@ -366,7 +384,7 @@ long_run = bool(ready and estimate.time is not None and estimate.time.long)
 slot.button(
     "Run analysis", type="primary", icon=":material/play_arrow:", disabled=not ready or following,
     on_click=_launch, key="analyze_launch",
-    args=(model_id, dataset_id, settings, estimate.key if ready else "", generation, long_run),
+    args=(model_id, dataset_id, settings, estimate.key if ready else "", generation, _on_screen(), long_run),
     help="A cached result opens at once; otherwise the analysis waits for its turn on this machine and runs in a "
          "worker process, its progress below." + (" Estimated above ten minutes: you are asked first." if long_run
                                                    else ""),

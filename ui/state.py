@@ -137,8 +137,8 @@ def selected_layer(result: Result) -> str:
         st.session_state.pop(LAYER_FROM_URL, None)
         return chosen
     if st.session_state.pop(LAYER_FROM_URL, None) == chosen and chosen:
-        notify("warning", f"The link's layer `{chosen}` is not a layer of this analysis; showing its first "
-                          "counted layer instead.")
+        st.warning(f"The link's layer `{chosen}` is not a layer of this analysis; showing its first counted "
+                   "layer instead.", icon=":material/warning:")
     counted = result.layers.loc[result.layers["in_mlu"], "layer"]
     chosen = counted.iloc[0] if len(counted) else names[0]
     st.session_state[SELECTED] = chosen
