@@ -1,24 +1,30 @@
-"""How long an analysis takes here: rates measured once per machine and build, refined by every finished run.
+"""How long an analysis takes here: a short measurement of the run itself and of this machine, refined by
+every finished run.
 
 :mod:`analysis.cost` says how much work a run is (from the layer shapes, before any image is read); this module
-turns work into seconds for *this* machine. The time model of one analysis job::
+turns it into seconds for *this* machine and load. The time model of one analysis job::
 
-    T = T_start + c_pass * N * (F / R_fwd + S / R_stats) + c_post * (E + V + H) / R_eig
+    T = T_start + c_pass * N * t_image + L * t_layer + c_post * (E + V + H) / R_eig
 
-- ``N`` images; ``F`` the forward FLOPs of one image (counted on the meta device, :func:`forward_flops`);
-- ``S = sum_l t_l d_in^2``: each analysed layer's input vectors per image times the statistics' ``d_in^2``;
+- ``N`` images; ``t_image`` the seconds of one image's data pass (forward and statistics, every hook and the
+  data loading included), *measured* by :func:`probe_pass`: the run's own model, settings and data, over two
+  batches of up to the run's batch size (the first, which discovers the layers, is not timed), so that a
+  probe costs a few seconds whatever the model;
+- ``L`` analysed layers and ``t_layer`` the fixed seconds each costs after the pass (derived spectra, head
+  layouts, storing);
 - ``E = sum_l (d_in^3 + o_l^3)`` the eigen-decompositions (``o_l = min(d_out, d_in + 1)``, the size of the
   output problem actually solved, :func:`analysis.spectra.decomposition_cost`), ``V = sum_l d_in d_out
   (d_in + d_out)`` the SVD of W and the preservation grid, ``H = 0.2 (2 + SNAPSHOTS) E`` the eigenvalue-only
   decompositions of the split halves and snapshots when error bars are on (:mod:`analysis.uncertainty`);
-- ``R_fwd``, ``R_stats``, ``R_eig``: rates measured by :func:`measure` in a few seconds (a float32 matrix
-  product, the statistics kernel on rows of width 384, ``eigh`` of 384 x 384 float64 on the eigen workers);
-- ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass; and storing),
-  ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): the median of what the runs of
-  the same architecture observed, else of every run here, else the defaults below.
+- ``R_eig``: ``eigh`` of 384 x 384 float64 on the eigen workers, measured by :func:`measure` once per machine
+  and build (with a float32 matrix product and the statistics kernel, kept for reference); ``F``, the forward
+  FLOPs (:func:`forward_flops`), sizes the probe;
+- ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass), ``t_layer``,
+  ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): medians of what the runs of the
+  same architecture observed, else of every run here, else the defaults below.
 
 The estimate is shown as a range ``[T / s, T * s]``: ``s = 1.3`` once this architecture has run here, ``1.6``
-when only other runs refined the rates, ``2`` before any run. Rates and runs are kept in
+when other runs refined the model, ``2`` before any run. Rates and runs are kept in
 ``<cache root>/_calibration/<machine and build>.json`` (written atomically); a build or machine change starts
 a new file, because the rates change with them.
 """
@@ -43,11 +49,11 @@ from . import __version__
 FOLDER = "_calibration"
 MAX_RUNS = 200
 """Runs kept per file (the oldest are dropped)."""
-DEFAULTS = {"start_s": 8.0, "c_pass": 1.0, "c_post": 1.0}
-"""Before any run: worker start and storing about 8 s (imports of torch and timm on a busy CPU), rates as measured."""
-FORWARD_EFFICIENCY = 0.35
-"""A network's forward reaches this share of a large matrix product's FLOP rate on average (convolutions,
-attention, normalisation and small matrices run slower); ``c_pass`` corrects it per architecture."""
+DEFAULTS = {"start_s": 8.0, "c_pass": 1.0, "layer_s": 0.15, "c_post": 1.0}
+"""Before any run: the worker's start about 8 s (imports of torch and timm on a busy CPU), 0.15 s per layer after
+the pass, the measured pass and eigen rates as they are."""
+PROBE_FLOPS = 2e10
+"""The probe's batches hold about this many forward FLOPs (at least one image, at most the run's batch)."""
 SPREAD = {"same architecture": 1.3, "other runs": 1.6, "measured rates only": 2.0}
 LONG_RUN_S = 600.0
 """Runs estimated above this ask for a confirmation in the app."""
@@ -68,15 +74,16 @@ class Rates:
 
 @dataclass(frozen=True)
 class Work:
-    """What one analysis computes, from shapes alone (see the module docstring)."""
+    """What one analysis computes (see the module docstring)."""
 
     images: int
-    forward_flops: float
-    """Per image."""
-    stats: float
-    """Per image: sum over layers of vectors x d_in^2."""
+    image_s: float
+    """Measured seconds of one image's data pass (:func:`probe_pass`); 0 when not measured."""
     eigen: float
     """Whole run: eigen-decompositions, SVDs, halves and snapshots, in d^3 units."""
+    layers: int
+    forward_flops: float = 0.0
+    """Per image, from the meta pass."""
     arch: str = ""
     """The architecture at its input size (``vit_tiny_patch16_224@28x28``): runs of the same one teach most."""
     device: str = "cpu"
@@ -104,7 +111,7 @@ class TimeEstimate:
 # ------------------------------------------------------------------------------------------------ work
 def forward_flops(model: nn.Module, input_size: tuple[int, int, int]) -> float:
     """FLOPs of one image's forward (``2 x`` multiply-adds), counted on the meta device: no memory, no arithmetic.
-    0 when the model cannot run on the meta device (the pass is then predicted from its statistics alone)."""
+    0 when the model cannot run on the meta device."""
     from torch.func import functional_call
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -114,13 +121,45 @@ def forward_flops(model: nn.Module, input_size: tuple[int, int, int]) -> float:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             functional_call(model, meta, (torch.empty(1, *input_size, device="meta"),), strict=False)
         return float(counter.get_total_flops())
-    except Exception:  # noqa: BLE001 - any model that cannot trace on meta: no forward term
+    except Exception:  # noqa: BLE001 - any model that cannot trace on meta: the probe sizes itself from 1 image
         return 0.0
 
 
-def work_of(the_plan) -> Work:
-    """The :class:`Work` of a :class:`analysis.engine.Plan` (loads nothing more than the plan did)."""
-    from .cost import selected_layers, tokens_per_image
+def probe_pass(the_plan, flops: float = 0.0) -> float:
+    """Seconds of one image's data pass, measured: the plan's own model, settings, layers and data, two batches
+    of ``b`` images (``b`` holds about :data:`PROBE_FLOPS`, at most the run's batch size); the first batch
+    (layer discovery and the exactness self-check, once per run) is not timed, the second is ``b`` images'."""
+    from dataclasses import replace
+
+    from torch.utils.data import Subset
+
+    from .cost import selected_layers
+    from .engine import stream_statistics
+
+    settings = the_plan.settings
+    batch = max(1, min(settings.effective_batch_size(), int(PROBE_FLOPS // flops) if flops > 0 else 1))
+    images = min(len(the_plan.dataset), 2 * batch)
+    # no error bars in the probe: their snapshots would decompose every layer inside the timed batch
+    probe = replace(the_plan, dataset=Subset(the_plan.dataset, range(images)),
+                    settings=replace(settings, batch_size=batch, uncertainty=False))
+    _all, selected = selected_layers(the_plan)
+    applicable = [s for s in selected if s.applicable]
+    marks: list[tuple[int, float]] = [(0, time.perf_counter())]
+    device = torch.device(settings.device)
+    model = the_plan.loaded.model.to(device)
+    try:
+        stream_statistics(probe, model, applicable, device,
+                          progress=lambda p: marks.append((p.items_done, time.perf_counter())))
+    finally:
+        model.to("cpu")
+    (first_images, first_at), (last_images, last_at) = marks[-2] if len(marks) > 2 else marks[0], marks[-1]
+    return (last_at - first_at) / max(1, last_images - first_images)
+
+
+def work_of(the_plan, *, probe: bool = True) -> Work:
+    """The :class:`Work` of a :class:`analysis.engine.Plan`; ``probe`` measures its pass (:func:`probe_pass`,
+    a few seconds), otherwise only the shapes are used (the worker's clock needs only the tail)."""
+    from .cost import selected_layers
     from .uncertainty import SNAPSHOTS
 
     settings = the_plan.settings
@@ -128,32 +167,28 @@ def work_of(the_plan) -> Work:
     input_size = tuple(int(v) for v in the_plan.loaded.data_config["input_size"])
     _all, selected = selected_layers(the_plan)
     specs = [s for s in selected if s.applicable]
-    tokens = tokens_per_image(model, specs, input_size) if specs else {}
-    per_image = eigen = 0.0
+    eigen = 0.0
     for spec in specs:
-        used = tokens.get(spec.name, 1)
-        if settings.tokens_per_image:
-            used = min(used, settings.tokens_per_image)
-        per_image += used * spec.d_in ** 2
         bias = getattr(spec.module, "bias", None) is not None
         out_size = min(spec.d_out, spec.d_in + bias)
         decompositions = spec.d_in ** 3 + out_size ** 3
         eigen += decompositions * (1 + (0.2 * (2 + SNAPSHOTS) if settings.uncertainty else 0.0))
         eigen += spec.d_in * spec.d_out * (spec.d_in + spec.d_out)
+    flops = forward_flops(model, input_size)
     arch = f"{the_plan.loaded.arch or the_plan.loaded.model_id}@{input_size[1]}x{input_size[2]}"
-    return Work(images=len(the_plan.dataset), forward_flops=forward_flops(model, input_size), stats=per_image,
-                eigen=eigen, arch=arch, device=str(torch.device(settings.device).type))
+    return Work(images=len(the_plan.dataset), image_s=probe_pass(the_plan, flops) if probe else 0.0, eigen=eigen,
+                layers=len(specs), forward_flops=flops, arch=arch, device=str(torch.device(settings.device).type))
 
 
 # ------------------------------------------------------------------------------------------------ rates
-def _best_of(repeats: int, fn) -> float:
-    """Shortest wall time of ``repeats`` calls of ``fn`` (seconds)."""
-    best = float("inf")
+def _median_of(repeats: int, fn) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` (seconds): a busy machine is measured as it is."""
+    times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return max(best, 1e-9)
+        times.append(time.perf_counter() - start)
+    return max(stats.median(times), 1e-9)
 
 
 def measure(device: str = "cpu") -> Rates:
@@ -176,7 +211,7 @@ def measure(device: str = "cpu") -> Rates:
         a @ b
         sync()
 
-    forward = 2 * 2048 * 768 * 1536 / _best_of(3, matmul)
+    forward = 2 * 2048 * 768 * 1536 / _median_of(3, matmul)
     d, rows_n = 384, 16384
     rows = torch.randn(rows_n, d, generator=generator).to(dev)
     acc = torch.zeros(d, d, dtype=torch.float64 if dev.type == "cpu" else torch.float32, device=dev)
@@ -186,7 +221,7 @@ def measure(device: str = "cpu") -> Rates:
         kernels.second_moment(rows, acc, colsum)
         sync()
 
-    stats_rate = rows_n * d * d / _best_of(3, statistics)
+    stats_rate = rows_n * d * d / _median_of(3, statistics)
     n = 384
     x = torch.randn(n, n, dtype=torch.float64, generator=generator)
     spd = x @ x.T + n * torch.eye(n, dtype=torch.float64)
@@ -195,7 +230,7 @@ def measure(device: str = "cpu") -> Rates:
     def eigen() -> None:
         list(cpu_map(lambda _i: torch.linalg.eigh(spd), list(range(count))))
 
-    eig_rate = count * n ** 3 / _best_of(2, eigen)
+    eig_rate = count * n ** 3 / _median_of(3, eigen)
     return Rates(forward=forward, stats=stats_rate, eig=eig_rate, measured_s=time.perf_counter() - start)
 
 
@@ -249,29 +284,31 @@ def rates(cache_root: str | Path, device: str = "cpu") -> Rates:
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass(frozen=True)
 class Observed:
-    """What a finished run measured: seconds before the first batch and after the data pass, and the pass."""
+    """What a finished run measured: seconds before the first batch, of the data pass, and after it."""
 
     start_s: float
     pass_s: float
     post_s: float
 
 
-def _parts(work: Work, r: Rates) -> tuple[float, float]:
-    """Predicted ``(pass, post)`` seconds at ``c_pass = c_post = 1``."""
-    per_image = work.forward_flops / (FORWARD_EFFICIENCY * r.forward) + work.stats / r.stats
-    return work.images * per_image, work.eigen / r.eig
+def _eigen_s(work: Work, r: Rates) -> float:
+    return work.eigen / r.eig
 
 
 def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
-    """Keep a finished run's timings, so the next estimates learn from it (see the module docstring)."""
+    """Keep a finished run's timings, so the next estimates learn from it (see the module docstring). ``work``
+    needs its measured ``image_s`` for the pass to teach anything (the worker measures it with the run)."""
     path = _path(cache_root, work.device)
     r = rates(cache_root, work.device)
-    pass_s, post_s = _parts(work, r)
-    if pass_s <= 0 or post_s <= 0 or observed.pass_s <= 0:
-        return
+    eigen_s = _eigen_s(work, r)
     entry = {"arch": work.arch, "images": work.images, "when": time.time(), "start_s": round(observed.start_s, 3),
-             "c_pass": observed.pass_s / pass_s, "c_post": max(observed.post_s, 1e-3) / post_s,
              "observed": asdict(observed)}
+    if observed.post_s >= eigen_s:  # the decompositions went at the measured rate; the rest is per layer
+        entry["layer_s"] = (observed.post_s - eigen_s) / max(1, work.layers)
+    else:  # slower decompositions than measured (a busier machine): they take all of the tail
+        entry["layer_s"], entry["c_post"] = 0.0, observed.post_s / eigen_s
+    if work.image_s > 0 and work.images > 0:
+        entry["c_pass"] = observed.pass_s / (work.images * work.image_s)
     with _lock:
         data = _load(path)
         data.setdefault("rates", asdict(r))
@@ -280,21 +317,23 @@ def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
 
 
 def _learnt(runs: list[dict], arch: str) -> tuple[dict[str, float], str]:
-    """The start time and correction factors to use, and what they come from."""
+    """The start time, per-layer tail and correction factors to use, and what they come from."""
     same = [run for run in runs if run.get("arch") == arch]
     chosen, basis = (same, "same architecture") if same else (runs, "other runs") if runs else ([], "measured rates only")
-    if not chosen:
-        return dict(DEFAULTS), basis
-    return {name: float(stats.median(float(run[name]) for run in chosen[-20:])) for name in DEFAULTS}, basis
+    learnt = dict(DEFAULTS)
+    for name in DEFAULTS:
+        values = [float(run[name]) for run in chosen[-20:] if name in run]
+        if values:
+            learnt[name] = float(stats.median(values))
+    return learnt, basis
 
 
 def predict(work: Work, cache_root: str | Path) -> TimeEstimate:
     """The time of a run of ``work`` on this machine (see the module docstring)."""
     r = rates(cache_root, work.device)
     learnt, basis = _learnt(_load(_path(cache_root, work.device)).get("runs") or [], work.arch)
-    pass_s, post_s = _parts(work, r)
-    pass_s *= learnt["c_pass"]
-    post_s *= learnt["c_post"]
+    pass_s = learnt["c_pass"] * work.images * work.image_s
+    post_s = work.layers * learnt["layer_s"] + learnt["c_post"] * _eigen_s(work, r)
     total = learnt["start_s"] + pass_s + post_s
     spread = SPREAD[basis]
     return TimeEstimate(seconds=total, low=total / spread, high=total * spread, start_s=learnt["start_s"],
@@ -302,7 +341,8 @@ def predict(work: Work, cache_root: str | Path) -> TimeEstimate:
 
 
 def estimate_run_time(model_id: str, dataset_id: str, settings, cache_root: str | Path | None = None) -> TimeEstimate:
-    """The time :func:`analysis.analyze` of these ids and settings would take here, as a job."""
+    """The time :func:`analysis.analyze` of these ids and settings would take here, as a job (plans the run and
+    measures its pass on a few images: seconds)."""
     from .cache import ResultCache
     from .engine import plan
 

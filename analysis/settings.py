@@ -56,7 +56,7 @@ class AnalysisSettings:
             raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         device = str(self.device)
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise SettingsError("device cuda was requested but this machine has no usable CUDA GPU; use --device cpu")
+            raise SettingsError("device cuda was requested but this machine has no usable CUDA GPU; choose the cpu device")
         if not (device == "cpu" or device.startswith("cuda")):
             raise SettingsError(f"device must be cpu or cuda[:N], got {device!r}")
         if self.precision == "fp16" and device == "cpu":

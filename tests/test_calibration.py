@@ -48,17 +48,20 @@ def test_the_measurement_gives_positive_rates_and_is_kept(tmp_path, monkeypatch)
     assert json.loads(stored.read_text())["rates"]["eig"] == pytest.approx(measured.eig)
 
 
-def test_work_is_counted_from_the_layers():
+def test_work_is_counted_from_the_layers_and_the_pass_is_measured(tmp_path):
     settings = AnalysisSettings(samples=32)
     the_plan = plan(TINY_VIT, DATASET, settings)
     work = calibration.work_of(the_plan)
-    assert work.images == 32 and work.device == "cpu" and work.arch.endswith("@32x32")
-    # the tiny ViT: 32x32 images, patch 8 -> 16 patches + the class token; width 48, MLP 192, 2 blocks
-    tokens, d, hidden = 17, 48, 192
-    per_block = tokens * (d ** 2 + d ** 2 + d ** 2 + hidden ** 2)  # qkv, proj, fc1 (inputs d) and fc2 (input 192)
-    patch = 16 * (3 * 8 * 8) ** 2  # the patch embedding: 16 positions of 3 x 8 x 8 unfolded inputs
-    head = 1 * d ** 2  # the classifier head reads the class token
-    assert work.stats == pytest.approx(2 * per_block + patch + head)
+    assert work.images == 32 and work.device == "cpu" and work.arch.endswith("@32x32") and work.layers == 10
+    # the tiny ViT: width 48, MLP 192, 2 blocks; the patch embedding 3 x 8 x 8 -> 48; a head 48 -> 5 (all biased)
+    halves_and_snapshots = 1 + 0.2 * (2 + 6)  # error bars on: two halves and six snapshots, eigenvalues only
+    shapes = [(192, 48), (48, 5)] + 2 * [(48, 144), (48, 48), (48, 192), (192, 48)]
+    expected = sum((d_in ** 3 + min(d_out, d_in + 1) ** 3) * halves_and_snapshots + d_in * d_out * (d_in + d_out)
+                   for d_in, d_out in shapes)
+    assert work.eigen == pytest.approx(expected)
+    assert 0 < work.image_s < float("inf")  # measured on the run's own model and data
+    assert not list(tmp_path.iterdir())  # the probe stores nothing
+    assert next(the_plan.loaded.model.parameters()).device.type == "cpu"
 
 
 def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
@@ -77,23 +80,25 @@ def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
     assert calibration.forward_flops(model_fused, size) == pytest.approx(real)
 
 
-def test_a_recorded_run_teaches_the_estimate_of_its_architecture(tmp_path, fixed_rates):
-    work = calibration.Work(images=1000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="net@28x28")
+@pytest.mark.parametrize("post_s", [9.0, 0.5])  # a tail mostly per layer, and one slower than the decompositions
+def test_a_recorded_run_teaches_the_estimate_of_its_architecture(tmp_path, fixed_rates, post_s):
+    work = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
     before = calibration.predict(work, tmp_path)
     assert before.basis == "measured rates only" and before.high / before.low == pytest.approx(4.0)
-    assert before.start_s == calibration.DEFAULTS["start_s"]
+    assert before.start_s == calibration.DEFAULTS["start_s"] and before.pass_s == pytest.approx(10.0)
+    assert before.post_s == pytest.approx(20 * calibration.DEFAULTS["layer_s"] + 2e9 / RATES.eig)
 
-    observed = calibration.Observed(start_s=6.0, pass_s=40.0, post_s=9.0)
+    observed = calibration.Observed(start_s=6.0, pass_s=40.0, post_s=post_s)
     calibration.record_run(tmp_path, work, observed)
     after = calibration.predict(work, tmp_path)
     assert after.basis == "same architecture"
-    assert after.seconds == pytest.approx(6.0 + 40.0 + 9.0)  # the same work takes what it took
-    assert (after.start_s, after.pass_s, after.post_s) == pytest.approx((6.0, 40.0, 9.0))
+    assert after.seconds == pytest.approx(6.0 + 40.0 + post_s)  # the same work takes what it took
+    assert (after.start_s, after.pass_s, after.post_s) == pytest.approx((6.0, 40.0, post_s))
     assert after.high / after.seconds == pytest.approx(calibration.SPREAD["same architecture"])
 
-    twice = calibration.Work(images=2000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="net@28x28")
+    twice = calibration.Work(images=2000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
     assert calibration.predict(twice, tmp_path).pass_s == pytest.approx(80.0)  # the pass scales with the images
-    other = calibration.Work(images=1000, forward_flops=1e8, stats=2e7, eigen=5e9, arch="other@28x28")
+    other = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="other@28x28")
     assert calibration.predict(other, tmp_path).basis == "other runs"
     assert fixed_rates == ["cpu"]  # measured once, then read from the file
 
@@ -113,6 +118,7 @@ def test_the_clock_takes_the_time_left_from_the_first_batches():
     slower, left_later = clock.update(Progress("statistics", 3, 10, 96, 320, elapsed_s=60.0), now=165.0)
     assert left_later == pytest.approx(7 * 20.0 + 20.0)  # the real speed, not the prediction, decides
     assert slower >= fraction  # never goes back
+    assert clock.image_s == pytest.approx(50.0 / 32)  # the second report's batch: what a probe measures
     clock.update(Progress("statistics", 10, 10, 320, 320, elapsed_s=200.0), now=305.0)
     _, tail = clock.update(Progress("spectra", 1, 4, 320, 320), now=310.0)
     assert tail == pytest.approx(max(20.0 - 5.0, 5.0 * 3 / 1))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import fields as dataclass_fields
+from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 
 from ..cache import ResultCache
@@ -66,7 +66,9 @@ class AnalysisClock:
     - spectra, layer ``j`` of ``m`` done ``u`` seconds after the pass: ``left = max(post_s - u, u (m - j) / j)``;
     - ``fraction = elapsed / (elapsed + left)`` with ``elapsed`` since ``started``, never decreasing.
 
-    :meth:`observed` gives what the run measured (for :func:`analysis.calibration.record_run`).
+    :meth:`observed` gives what the run measured (for :func:`analysis.calibration.record_run`), and
+    :attr:`image_s` the per-image time of its second batch, which is what a probe
+    (:func:`analysis.calibration.probe_pass`) measures before a run: their ratio teaches the estimates.
     """
 
     def __init__(self, started: float, post_s: float = 0.0) -> None:
@@ -74,6 +76,8 @@ class AnalysisClock:
         self.pass_start: float | None = None
         self.pass_end: float | None = None
         self.fraction = 0.0
+        self.marks: list[tuple[int, float]] = []  # (images done, when) of the first statistics reports
+        self.image_s = 0.0
 
     def update(self, progress: Progress, now: float | None = None) -> tuple[float, float | None]:
         """Record a report; returns ``(fraction, seconds left)`` (None before the first batch)."""
@@ -82,6 +86,10 @@ class AnalysisClock:
         if progress.stage == "statistics":
             if self.pass_start is None:
                 self.pass_start = now - progress.elapsed_s
+            if len(self.marks) < 2:
+                self.marks.append((progress.items_done, now))
+                if len(self.marks) == 2 and self.marks[1][0] > self.marks[0][0]:
+                    self.image_s = (self.marks[1][1] - self.marks[0][1]) / (self.marks[1][0] - self.marks[0][0])
             if progress.done > 0:
                 left = (progress.total - progress.done) * progress.elapsed_s / progress.done + self.post_s
             if progress.total and progress.done >= progress.total:
@@ -108,11 +116,12 @@ class AnalysisClock:
 
 
 def _prediction(the_plan, cache_root: Path):
-    """The run's work and predicted time (None, None when they cannot be had: the job runs without them)."""
+    """The run's work (shapes only: the run itself measures its pass) and predicted time (None, None when they
+    cannot be had: the job runs without them)."""
     from .. import calibration
 
     try:
-        work = calibration.work_of(the_plan)
+        work = calibration.work_of(the_plan, probe=False)
         return work, calibration.predict(work, cache_root)
     except Exception:  # noqa: BLE001 - an estimate must never fail the job it describes
         return None, None
@@ -161,7 +170,7 @@ def run(context: RunContext) -> dict:
     if work is not None and observed is not None and resumed["batch"] == 0 and not os.environ.get(BATCH_DELAY_ENV) \
             and not os.environ.get(HOLD_ENV):
         try:
-            calibration.record_run(context.cache_root, work, observed)
+            calibration.record_run(context.cache_root, replace(work, image_s=clock.image_s), observed)
         except OSError:
             pass  # a read-only calibration folder: the run's result is what matters
     return {}
