@@ -7,9 +7,9 @@ turns it into seconds for *this* machine and load. The time model of one analysi
     T = T_start + c_pass * N * t_image + L * t_layer + c_post * (E + V + H) / R_eig
 
 - ``N`` images; ``t_image`` the seconds of one image's data pass (forward and statistics, every hook and the
-  data loading included), *measured* by :func:`probe_pass`: the run's own model, settings and data, over two
-  batches of up to the run's batch size (the first, which discovers the layers, is not timed), so that a
-  probe costs a few seconds whatever the model;
+  data loading included), *measured* by :func:`probe_pass`: the run's own model, settings and data, in
+  batches of up to the run's batch size (the first, which discovers the layers, is not timed; then about
+  three seconds of batches), so that a probe costs a few seconds whatever the model;
 - ``L`` analysed layers and ``t_layer`` the fixed seconds each costs after the pass (derived spectra, head
   layouts, storing);
 - ``E = sum_l (d_in^3 + o_l^3)`` the eigen-decompositions (``o_l = min(d_out, d_in + 1)``, the size of the
@@ -54,6 +54,10 @@ DEFAULTS = {"start_s": 8.0, "c_pass": 1.0, "layer_s": 0.15, "c_post": 1.0}
 the pass, the measured pass and eigen rates as they are."""
 PROBE_FLOPS = 2e10
 """The probe's batches hold about this many forward FLOPs (at least one image, at most the run's batch)."""
+PROBE_SECONDS = 3.0
+PROBE_BATCHES = 4
+"""The probe times batches after the first until this many seconds have passed or this many are done: a
+busy machine's speed varies from one batch to the next by a factor of several."""
 SPREAD = {"same architecture": 1.3, "other runs": 1.6, "measured rates only": 2.0}
 LONG_RUN_S = 600.0
 """Runs estimated above this ask for a confirmation in the app."""
@@ -126,20 +130,21 @@ def forward_flops(model: nn.Module, input_size: tuple[int, int, int]) -> float:
 
 
 def probe_pass(the_plan, flops: float = 0.0) -> float:
-    """Seconds of one image's data pass, measured: the plan's own model, settings, layers and data, two batches
-    of ``b`` images (``b`` holds about :data:`PROBE_FLOPS`, at most the run's batch size); the first batch
-    (layer discovery and the exactness self-check, once per run) is not timed, the second is ``b`` images'."""
+    """Seconds of one image's data pass, measured: the plan's own model, settings, layers and data, in batches
+    of ``b`` images (``b`` holds about :data:`PROBE_FLOPS`, at most the run's batch size). The first batch
+    (layer discovery and the exactness self-check, once per run) is not timed; the following ones are, until
+    :data:`PROBE_SECONDS` have passed or :data:`PROBE_BATCHES` are done (:func:`timed_per_image`)."""
     from dataclasses import replace
 
     from torch.utils.data import Subset
 
     from .cost import selected_layers
-    from .engine import stream_statistics
+    from .engine import Cancelled, stream_statistics
 
     settings = the_plan.settings
     batch = max(1, min(settings.effective_batch_size(), int(PROBE_FLOPS // flops) if flops > 0 else 1))
-    images = min(len(the_plan.dataset), 2 * batch)
-    # no error bars in the probe: their snapshots would decompose every layer inside the timed batch
+    images = min(len(the_plan.dataset), (1 + PROBE_BATCHES) * batch)
+    # no error bars in the probe: their snapshots would decompose every layer inside the timed batches
     probe = replace(the_plan, dataset=Subset(the_plan.dataset, range(images)),
                     settings=replace(settings, batch_size=batch, uncertainty=False))
     _all, selected = selected_layers(the_plan)
@@ -149,11 +154,31 @@ def probe_pass(the_plan, flops: float = 0.0) -> float:
     model = the_plan.loaded.model.to(device)
     try:
         stream_statistics(probe, model, applicable, device,
-                          progress=lambda p: marks.append((p.items_done, time.perf_counter())))
+                          progress=lambda p: marks.append((p.items_done, time.perf_counter())),
+                          should_stop=lambda: probe_done(marks[1:]))
+    except Cancelled:  # enough was timed
+        pass
     finally:
         model.to("cpu")
-    (first_images, first_at), (last_images, last_at) = marks[-2] if len(marks) > 2 else marks[0], marks[-1]
-    return (last_at - first_at) / max(1, last_images - first_images)
+    return timed_per_image(marks[1:]) or (marks[-1][1] - marks[0][1]) / max(1, marks[-1][0])
+
+
+def probe_done(marks: list[tuple[int, float]]) -> bool:
+    """Whether the batches reported so far (``(images done, when)`` after each) time the pass well enough."""
+    return len(marks) > PROBE_BATCHES or (len(marks) >= 2 and marks[-1][1] - marks[0][1] >= PROBE_SECONDS)
+
+
+def timed_per_image(marks: list[tuple[int, float]]) -> float:
+    """Seconds per image of the batches after the first (``marks``: ``(images done, when)`` after each batch,
+    as far as :func:`probe_done`); 0 before the second batch is done."""
+    timed = marks[: PROBE_BATCHES + 1]
+    for i in range(2, len(timed) + 1):
+        if probe_done(timed[:i]):
+            timed = timed[:i]
+            break
+    if len(timed) < 2 or timed[-1][0] <= timed[0][0]:
+        return 0.0
+    return (timed[-1][1] - timed[0][1]) / (timed[-1][0] - timed[0][0])
 
 
 def work_of(the_plan, *, probe: bool = True) -> Work:
@@ -344,7 +369,7 @@ def estimate_run_time(model_id: str, dataset_id: str, settings, cache_root: str 
     """The time :func:`analysis.analyze` of these ids and settings would take here, as a job (plans the run and
     measures its pass on a few images: seconds)."""
     from .cache import ResultCache
-    from .engine import plan
+    from .jobs.api import plan_request
 
     root = ResultCache(cache_root).root
-    return predict(work_of(plan(model_id, dataset_id, settings)), root)
+    return predict(work_of(plan_request(model_id, dataset_id, settings)), root)

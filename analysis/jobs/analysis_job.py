@@ -12,6 +12,7 @@ from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 
 from ..cache import ResultCache
+from ..calibration import probe_done, timed_per_image
 from ..engine import Cancelled, plan, run_plan
 from ..environment import env_float
 from ..progress import Progress
@@ -67,8 +68,8 @@ class AnalysisClock:
     - ``fraction = elapsed / (elapsed + left)`` with ``elapsed`` since ``started``, never decreasing.
 
     :meth:`observed` gives what the run measured (for :func:`analysis.calibration.record_run`), and
-    :attr:`image_s` the per-image time of its second batch, which is what a probe
-    (:func:`analysis.calibration.probe_pass`) measures before a run: their ratio teaches the estimates.
+    :attr:`image_s` the per-image time of its first batches after the first, timed as a probe
+    (:func:`analysis.calibration.probe_pass`) times them before a run: their ratio teaches the estimates.
     """
 
     def __init__(self, started: float, post_s: float = 0.0) -> None:
@@ -86,10 +87,9 @@ class AnalysisClock:
         if progress.stage == "statistics":
             if self.pass_start is None:
                 self.pass_start = now - progress.elapsed_s
-            if len(self.marks) < 2:
+            if not probe_done(self.marks):
                 self.marks.append((progress.items_done, now))
-                if len(self.marks) == 2 and self.marks[1][0] > self.marks[0][0]:
-                    self.image_s = (self.marks[1][1] - self.marks[0][1]) / (self.marks[1][0] - self.marks[0][0])
+                self.image_s = timed_per_image(self.marks)
             if progress.done > 0:
                 left = (progress.total - progress.done) * progress.elapsed_s / progress.done + self.post_s
             if progress.total and progress.done >= progress.total:
