@@ -321,3 +321,58 @@ def test_cancel_says_cancelling_at_once(app, monkeypatch):
     assert cancelled == ["e" * 24]
     assert any("cancelling" in p.proto.text for p in at.get("progress"))
     assert at.button(key=f"cancel-{'e' * 24}").disabled and at.button(key=f"cancel-{'e' * 24}").label == "Cancelling ..."
+
+
+@pytest.mark.parametrize("low, high", [(0.312, 0.365), (0.99, 0.998), (0.0, 1.05), (0.2, 0.205), (0.0, 0.031)])
+def test_percent_ticks_never_repeat_and_carry_no_empty_digits(low, high):
+    """The Compress page's accuracy chart once read "33%, 33%, 34%, 34%": ticks at a round step, with the
+    decimals that step needs, are all different."""
+    import math
+
+    from ui.charts import percent_axis
+
+    axis = percent_axis(low, high)
+    step, digits = axis["dtick"], int(axis["tickformat"][1:-1])
+    ticks = [k * step for k in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)]
+    labels = [f"{100 * t:.{digits}f}%" for t in ticks]
+    assert len(ticks) >= 2 and len(set(labels)) == len(labels), labels
+    coarser = [f"{100 * t:.{digits - 1}f}%" for t in ticks] if digits else labels[:1]
+    assert digits == 0 or len(set(coarser)) < len(coarser)  # one digit fewer would repeat
+
+
+def test_the_timeline_log_axis_is_ticked_at_1_2_5_with_dark_text():
+    from ui import timeline_charts as tc
+
+    steps = [0, 29, 58, 117, 234, 468, 1170, 2340, 5850]
+    table = pd.DataFrame({"series": "s", "checkpoint": [f"step {s}" for s in steps], "step": steps, "status": "ok",
+                          "mlu": 0.2, "model_id": "zoo:x", "linear_probe_top1": 0.8})
+    axis = tc.mlu_vs_step(table).layout.xaxis
+    assert list(axis.ticktext) == ["0", "50", "100", "200", "500", "1k", "2k", "5k"]
+    assert axis.tickfont.color == "#222"  # the other pages' dark ticks, not Plotly's faint grey
+
+
+def test_spectra_calls_a_curve_now_only_at_its_own_energy(results):
+    from ui import charts
+
+    layer = results.a.layer("blocks.0.mlp.fc1")
+    names = [t.name for t in charts.singular_values_chart(layer, 0.5, 0.5).data]
+    assert not any("(now)" in n for n in names)
+    assert "W' at e = 0.9 (nearest stored to 0.5)" in names
+    assert "W' at e = 0.95 (now)" in [t.name for t in charts.singular_values_chart(layer, 0.95, 0.99).data]
+
+
+def test_one_image_bars_start_at_zero():
+    """Shares of the image's energy outside the dataset's subspace, from zero (a bar axis that started near
+    97 % made every difference look huge)."""
+    from types import SimpleNamespace
+
+    from ui import image_charts
+
+    items = [SimpleNamespace(layer=f"l{i}", kind="mlp_fc1", energy_fraction=f, own_rank=3, k_in=5, loss=0.01)
+             for i, f in enumerate([0.995, 0.97, 0.999])]
+    report = SimpleNamespace(layers=items, energy_in=0.99, index=0)
+    figure = image_charts.energy_fraction_chart(report, "l1")
+    low, high = figure.layout.yaxis.range
+    assert low == 0.0 and high > 0.03
+    bars = [y for t in figure.data if t.type == "bar" for y in t.y]
+    assert bars == pytest.approx([0.005, 0.03, 0.001])

@@ -144,13 +144,17 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
     return fig
 
 
-def percent_axis_format(low: float, high: float, ticks: int = 5) -> str:
-    """A d3 percent format with as many decimals as ``ticks`` ticks over ``[low, high]`` (fractions) need to
-    be told apart: ``.0%`` over 0-100 %, ``.1%`` over 32-40 %, ``.2%`` over 99.1-99.6 %."""
+def percent_axis(low: float, high: float, ticks: int = 6) -> dict:
+    """Tick settings of a percent axis over ``[low, high]`` (fractions): a round step (1, 2 or 5 times a power
+    of ten) giving about ``ticks`` ticks, and as many decimals as that step needs, so no two tick labels read
+    the same (``32%, 32%, 33%`` over a narrow range) and none carries digits that mean nothing."""
     import math
 
-    step = max(abs(high - low), 1e-9) / max(ticks, 1) * 100  # in percent
-    return f".{max(0, min(4, -math.floor(math.log10(step))))}%"
+    raw = max(abs(high - low), 1e-9) / max(ticks, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    digits = max(0, min(4, -math.floor(math.log10(step * 100) + 1e-9)))
+    return dict(tickformat=f".{digits}%", dtick=step, tick0=0.0)
 
 
 # ------------------------------------------------------------------------------------------ Layers
@@ -689,11 +693,11 @@ def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
                           annotation_font_color=color)
     kept = runs["kept_fraction"] if len(runs) else pd.Series([1.0])
     x_range = _fitted_range(float(kept.min()), float(kept.max()), 0.0, 1.05, 0.02)
-    fig.update_xaxes(range=x_range, tickformat=percent_axis_format(*x_range),
-                     title="parameters kept (counted layers, factorized where smaller)")
+    fig.update_xaxes(range=x_range, title="parameters kept (counted layers, factorized where smaller)",
+                     **percent_axis(*x_range))
     y_range = _fitted_range(float(points["low"].min()), float(points["high"].max()), 0.0, 1.02, 0.01) \
         if len(points) else [0.0, 1.0]
-    fig.update_yaxes(range=y_range, tickformat=percent_axis_format(*y_range), title="top-1 (95 % Wilson interval)")
+    fig.update_yaxes(range=y_range, title="top-1 (95 % Wilson interval)", **percent_axis(*y_range))
     return _layout(fig, "Top-1 against parameters kept")
 
 

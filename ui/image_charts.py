@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from analysis.one_image import LayerImage, OneImage
 
-from .charts import CHART_HEIGHT, FONT_SIZE, _layout, kind_color, kind_label, percent_axis_format
+from .charts import CHART_HEIGHT, FONT_SIZE, _layout, kind_color, kind_label, percent_axis
 
 
 def energy_fraction_chart(report: OneImage, selected: str | None = None, height: int = CHART_HEIGHT) -> go.Figure:
@@ -45,8 +45,7 @@ def energy_fraction_chart(report: OneImage, selected: str | None = None, height:
     fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=line, yref="y", yanchor="bottom",
                        text=f"the dataset's share outside: 1 − e_in = {line:.3g}", showarrow=False,
                        bgcolor="rgba(255,255,255,0.8)", font=dict(size=FONT_SIZE - 1, color="#333"))
-    fig.update_yaxes(title="energy outside<br>the subspace", range=[0.0, top], tickformat=percent_axis_format(0, top),
-                     row=1, col=1)
+    fig.update_yaxes(title="energy outside<br>the subspace", range=[0.0, top], row=1, col=1, **percent_axis(0, top))
     if selected in names:  # a marker above the selected layer's bar (the selection is shared by every page)
         fig.add_scatter(x=[selected], y=[top], mode="markers", showlegend=False, cliponaxis=False,
                         marker=dict(symbol="triangle-down", size=16, color="black"), hoverinfo="skip", row=1, col=1)
