@@ -39,7 +39,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, _stop_server  # noqa: E402
+from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, _start_server, _stop_server  # noqa: E402
 
 VIEWPORT = {"width": 1280, "height": 720}
 PAGES = [("Layers", 2), ("Spectra", 4), ("Heads", 1)]  # (title, charts it draws at once)
@@ -59,33 +59,6 @@ def _zoo_cache(folder: Path) -> Path:
         if entry.is_dir() and KEY_PATTERN.fullmatch(entry.name):
             shutil.copytree(entry, folder / entry.name)
     return folder
-
-
-def _start(cache_dir: Path, log_path: Path):
-    """``streamlit run app.py`` as the README says (only the port and address chosen), on ``cache_dir``."""
-    import subprocess
-    import urllib.request
-
-    from bench_app_first_chart import _free_port
-
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMLIT_", "ANALYSIS_DEFAULT"))}
-    env.update(ANALYSIS_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                    "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.terminate()
-    raise RuntimeError(f"streamlit did not answer within 180 s:\n{log_path.read_text()[-2000:]}")
 
 
 class Sampler(threading.Thread):
@@ -198,7 +171,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-classroom-") as tmp:
         cache_dir = _zoo_cache(Path(tmp) / "cache")
         log_path = Path(tmp) / "streamlit.log"
-        process, url = _start(cache_dir, log_path)
+        process, url = _start_server(str(cache_dir), None, None, None, log_path)  # the app's own defaults
         sampler = Sampler(process.pid)
         sampler.start()
         load_before = os.getloadavg()
