@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 
 from analysis.one_image import LayerImage, OneImage
 
-from .charts import CHART_HEIGHT, FONT_SIZE, _layout, kind_color, kind_label, percent_axis
+from .charts import CHART_HEIGHT, _layout, kind_color, kind_label, percent_axis
 
 
 def energy_fraction_chart(report: OneImage, selected: str | None = None, height: int = CHART_HEIGHT) -> go.Figure:
@@ -41,10 +41,9 @@ def energy_fraction_chart(report: OneImage, selected: str | None = None, height:
     finite = outside[np.isfinite(outside)]
     line = 1.0 - report.energy_in
     top = 1.2 * float(max(finite.max() if finite.size else 0.0, line, 1e-4))
-    fig.add_hline(y=line, line_dash="dash", line_color="#555", line_width=2, row=1, col=1)
-    fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=line, yref="y", yanchor="bottom",
-                       text=f"the dataset's share outside: 1 − e_in = {line:.3g}", showarrow=False,
-                       bgcolor="rgba(255,255,255,0.8)", font=dict(size=FONT_SIZE - 1, color="#333"))
+    # the dataset's share as a named line (in the legend, so no label sits on the bars)
+    fig.add_scatter(x=names, y=[line] * len(names), mode="lines", name=f"the dataset's share: 1 − e_in = {line:.3g}",
+                    line=dict(color="#555", width=2, dash="dash"), hoverinfo="skip", row=1, col=1)
     fig.update_yaxes(title="energy outside<br>the subspace", range=[0.0, top], row=1, col=1, **percent_axis(0, top))
     if selected in names:  # a marker above the selected layer's bar (the selection is shared by every page)
         fig.add_scatter(x=[selected], y=[top], mode="markers", showlegend=False, cliponaxis=False,
@@ -83,5 +82,4 @@ def residual_heatmap(item: LayerImage, picture: np.ndarray | None = None, height
                     hovertemplate="cell (row, col) %{customdata}<br>loss %{z:.2e} of ||WX||²<extra></extra>")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False, title=None, showticklabels=False)
     fig.update_xaxes(showgrid=False, title=None, showticklabels=False)
-    return _layout(fig, f"Loss of W' on this image<br><sup>{item.layer}</sup>", height=height,
-                   margin=dict(l=20, r=20, t=80, b=20))
+    return _layout(fig, f"Loss of W' — {item.layer}", height=height, margin=dict(l=20, r=20, t=60, b=20))
