@@ -59,7 +59,7 @@ def _cached(samples: int | None) -> list[str | None]:
     return [key if key and cache.has(key) else None for _, key, _ in _planned(samples)]
 
 
-@st.cache_data(ttl=300, show_spinner=False)
+@st.cache_data(ttl=3600, show_spinner=False)
 def _seconds(models: tuple[str, ...], dataset_id: str, samples: int | None, root: str):
     """The calibrated time of analysing ``models`` one after the other, ``(low, high, seconds)``, or None."""
     from analysis.calibration import estimate_run_time

@@ -533,11 +533,14 @@ def short_layer_names(names: Sequence[str]) -> list[str]:
     return [name[len(common) + 1:] if name.startswith(common + ".") else name for name in names]
 
 
-def _layer_axis(fig: go.Figure, layers: Sequence[str], short: bool, **kwargs) -> None:
-    """A categorical layer axis in depth order, with :func:`short_layer_names` ticks when ``short``."""
+def _layer_axis(fig: go.Figure, layers: Sequence[str], short: bool, most: int = 30, **kwargs) -> None:
+    """A categorical layer axis in depth order, with :func:`short_layer_names` ticks when ``short``, at most
+    ``most`` of them (every k-th layer), so that the labels never run into each other."""
     layers = list(layers)
-    ticks = dict(tickmode="array", tickvals=layers, ticktext=short_layer_names(layers)) if short else {}
-    fig.update_xaxes(categoryorder="array", categoryarray=layers, title="layer (depth order)", **ticks, **kwargs)
+    names = short_layer_names(layers) if short else layers
+    step = max(1, -(-len(layers) // most))
+    fig.update_xaxes(categoryorder="array", categoryarray=layers, title="layer (depth order)", tickmode="array",
+                     tickvals=layers[::step], ticktext=names[::step], **kwargs)
 
 
 def analysis_color(i: int) -> str:
@@ -557,7 +560,7 @@ def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 
             customdata=per_layer[["layer"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>utilization %{y:.1%}<extra>" + label + "</extra>",
         )
-    _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
+    _layer_axis(fig, per_layer["layer"], short=True, most=14, tickangle=-60)
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization")
     return _layout(fig, "Utilization per layer, overlaid", height=height)
 
