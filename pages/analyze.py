@@ -366,8 +366,8 @@ slot.button("Run analysis", type="primary", icon=":material/hourglass_empty:", d
             help="Waiting for the estimate of the settings on screen.")
 estimate = None
 if ready:
-    where.caption(f"Estimating time and memory for `{model_id}` on `{dataset_id}` (loading the model, reading no "
-                  "image) ...")
+    where.caption(f"Estimating time and memory for `{model_id}` on `{dataset_id}`: loading the model and timing it "
+                  "on a few images ...")
     estimate = _estimate(model_id, dataset_id, settings, str(state.cache().root))
     if isinstance(estimate, str):
         where.error(estimate)

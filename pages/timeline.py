@@ -87,7 +87,7 @@ def _finished(label: str, key: str, status) -> None:
 
 specs = list(chosen) + ([own.strip()] if own.strip() else [])
 busy = bool(jobs_view.following(GROUP))
-if st.button("Analyse the series", type="primary", disabled=busy or not specs, key="timeline_run"):
+if st.button("Analyse the series", type="primary", disabled=busy or not specs, key="timeline_analyse"):
     seconds = _series_seconds(tuple(specs), dataset, settings.samples)
     if seconds is not None and seconds[2] > LONG_RUN_S:
         st.session_state[CONFIRM] = seconds

@@ -97,8 +97,8 @@ def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them
     _ok(at)
     other = one_image(measured, 5, 0.99, 0.99)
     fractions = _bars(_charts(at)[0])
-    np.testing.assert_allclose([fractions[i.layer] for i in other.layers], [i.energy_fraction for i in other.layers],
-                               rtol=1e-9)
+    np.testing.assert_allclose([fractions[i.layer] for i in other.layers],
+                               [1 - i.energy_fraction for i in other.layers], rtol=1e-9, atol=1e-15)
 
     at.session_state["selected_layer"] = "head"
     at.run()
