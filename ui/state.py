@@ -186,7 +186,7 @@ def adopt_query_params() -> None:
     params = st.query_params
     analysis = params.get("analysis")
     if analysis is not None and CURRENT not in st.session_state:
-        if entry_exists(analysis):
+        if _in_cache(analysis):
             st.session_state[CURRENT] = analysis
         else:
             notify("warning", f"The link's analysis `{analysis[:24]}` is not in this cache (deleted, mistyped, or "
@@ -207,7 +207,7 @@ def adopt_query_params() -> None:
         st.session_state[LAYER_FROM_URL] = params.get("layer")
     if params.get("compare") is not None:
         wanted = [k for k in params.get("compare").split(",") if k]
-        known = [k for k in wanted if entry_exists(k)]
+        known = [k for k in wanted if _in_cache(k)]
         if len(known) != len(wanted):
             missing = ", ".join(f"`{k[:8]}`" for k in wanted if k not in known)
             notify("warning", f"The link's comparison names analyses that are not in this cache ({missing}); "
@@ -215,6 +215,14 @@ def adopt_query_params() -> None:
         st.session_state[COMPARE] = known
     if params.get("present") is not None:
         st.session_state[PRESENTING] = params.get("present") == "1"
+
+
+def _in_cache(key: str) -> bool:
+    """Whether the cache holds ``key`` (adopting a shipped demo entry, as loading would)."""
+    try:
+        return is_key(key) and cache().has(key)
+    except AnalysisError:
+        return False
 
 
 def _job_request(key: str) -> dict | None:
