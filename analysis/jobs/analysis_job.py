@@ -162,8 +162,7 @@ def run(context: RunContext) -> dict:
     images = len(the_plan.dataset)
     context.report(f"model and data loaded; running the first batch of {min(batch, images)} images",
                    stage="statistics", batches_done=0, batches_total=-(-images // batch), images_done=0,
-                   images_total=images, elapsed_s=time.time() - clock.started,
-                   eta_s=predicted.seconds - predicted.start_s if predicted else None, fraction=0.0)
+                   images_total=images, elapsed_s=time.time() - clock.started, eta_s=None, fraction=0.0)
     run_plan(the_plan, use_cache=True, cache_dir=str(context.cache_root), progress=on_batch,
              should_stop=context.should_stop)
     observed = clock.observed(time.time())
