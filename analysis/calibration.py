@@ -21,7 +21,12 @@ turns it into seconds for *this* machine and load. The time model of one analysi
   FLOPs (:func:`forward_flops`), sizes the probe;
 - ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass), ``t_layer``,
   ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): medians of what the runs of the
-  same architecture observed, else of every run here, else the defaults below.
+  same architecture observed, else of every run here, pulled towards the defaults below as if two runs had
+  seen those (:func:`_shrunk`), else the defaults.
+
+A busy machine runs everything slower, by :func:`contention` (from the load average): the rates and what runs
+taught are kept as an idle machine's (divided by the contention of their moment) and the estimate multiplies
+them by the contention now; the probe, measured now, needs no correction.
 
 The estimate is shown as a range ``[T / s, T * s]``: ``s = 1.3`` once this architecture has run here, ``1.6``
 when other runs refined the model, ``2`` before any run. Rates and runs are kept in
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics as stats
@@ -67,13 +73,16 @@ _lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Rates:
-    """Measured throughputs: FLOP/s of a float32 matrix product, statistics rows*d^2 per second, eigen d^3 per
-    second (all eigen workers together)."""
+    """Measured throughputs of an idle machine (measured ones times the :func:`contention` of the moment):
+    FLOP/s of a float32 matrix product, statistics rows*d^2 per second, eigen d^3 per second (all eigen workers
+    together)."""
 
     forward: float
     stats: float
     eig: float
     measured_s: float = 0.0
+    contention: float = 1.0
+    """:func:`contention` while they were measured; the rates above are divided back to an idle machine's."""
 
 
 @dataclass(frozen=True)
@@ -256,7 +265,9 @@ def measure(device: str = "cpu") -> Rates:
         list(cpu_map(lambda _i: torch.linalg.eigh(spd), list(range(count))))
 
     eig_rate = count * n ** 3 / _median_of(3, eigen)
-    return Rates(forward=forward, stats=stats_rate, eig=eig_rate, measured_s=time.perf_counter() - start)
+    busy = contention() if dev.type == "cpu" else 1.0  # rates are stored as an idle machine's
+    return Rates(forward=forward * busy, stats=stats_rate * busy, eig=eig_rate * busy,
+                 measured_s=time.perf_counter() - start, contention=busy)
 
 
 def fingerprint(device: str = "cpu") -> str:
@@ -270,6 +281,20 @@ def fingerprint(device: str = "cpu") -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = f"{cpu}|{cores}|{torch.__version__}|{__version__}|{torch.device(device).type}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def contention(own_threads: int = 0) -> float:
+    """How many times slower than on an idle machine a job's CPU work runs now: ``max(1, (L + T) / C)`` with
+    ``L`` the runnable threads of everything else (the 1-minute load average, less ``own_threads`` already
+    counted in it), ``T`` the threads the job uses and ``C`` the cores. 1 on a GPU-less idle machine; on the
+    project's 2-core machine with other work at load 10, about 6."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(torch.get_num_threads(), cores))
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 1.0
+    return max(1.0, (max(0.0, load - own_threads) + threads) / cores)
 
 
 def _path(cache_root: str | Path, device: str) -> Path:
@@ -314,10 +339,23 @@ class Observed:
     start_s: float
     pass_s: float
     post_s: float
+    contention: float = 1.0
+    """:func:`contention` during the run (its mean)."""
 
 
 def _eigen_s(work: Work, r: Rates) -> float:
+    """Seconds of the decompositions on an idle machine."""
     return work.eigen / r.eig
+
+
+def _shrunk(values: list[float], default: float, multiplicative: bool) -> float:
+    """The median of what ``n`` runs taught, pulled towards ``default`` as if two runs had seen it: one run on
+    a busy machine is a noisy teacher (its speed varies by a factor of two over minutes)."""
+    n = len(values)
+    middle = float(stats.median(values))
+    if multiplicative:
+        return float(math.exp((n * math.log(max(middle, 1e-9)) + 2 * math.log(default)) / (n + 2)))
+    return (n * middle + 2 * default) / (n + 2)
 
 
 def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
@@ -325,14 +363,16 @@ def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
     needs its measured ``image_s`` for the pass to teach anything (the worker measures it with the run)."""
     path = _path(cache_root, work.device)
     r = rates(cache_root, work.device)
-    eigen_s = _eigen_s(work, r)
-    entry = {"arch": work.arch, "images": work.images, "when": time.time(), "start_s": round(observed.start_s, 3),
+    busy = max(1.0, observed.contention)
+    eigen_s = _eigen_s(work, r)  # idle machine
+    post = observed.post_s / busy  # as on an idle machine
+    entry = {"arch": work.arch, "images": work.images, "when": time.time(), "start_s": observed.start_s / busy,
              "observed": asdict(observed)}
-    if observed.post_s >= eigen_s:  # the decompositions went at the measured rate; the rest is per layer
-        entry["layer_s"] = (observed.post_s - eigen_s) / max(1, work.layers)
-    else:  # slower decompositions than measured (a busier machine): they take all of the tail
-        entry["layer_s"], entry["c_post"] = 0.0, observed.post_s / eigen_s
-    if work.image_s > 0 and work.images > 0:
+    if post >= eigen_s:  # the decompositions went at the measured rate; the rest is per layer
+        entry["layer_s"] = (post - eigen_s) / max(1, work.layers)
+    else:  # slower decompositions than measured: they take all of the tail
+        entry["layer_s"], entry["c_post"] = 0.0, post / eigen_s
+    if work.image_s > 0 and work.images > 0:  # the run's whole pass against its first batches (same machine load)
         entry["c_pass"] = observed.pass_s / (work.images * work.image_s)
     with _lock:
         data = _load(path)
@@ -349,7 +389,7 @@ def _learnt(runs: list[dict], arch: str) -> tuple[dict[str, float], str]:
     for name in DEFAULTS:
         values = [float(run[name]) for run in chosen[-20:] if name in run]
         if values:
-            learnt[name] = float(stats.median(values))
+            learnt[name] = _shrunk(values, DEFAULTS[name], multiplicative=name.startswith("c_"))
     return learnt, basis
 
 
@@ -357,11 +397,13 @@ def predict(work: Work, cache_root: str | Path) -> TimeEstimate:
     """The time of a run of ``work`` on this machine (see the module docstring)."""
     r = rates(cache_root, work.device)
     learnt, basis = _learnt(_load(_path(cache_root, work.device)).get("runs") or [], work.arch)
+    busy = contention() if work.device == "cpu" else 1.0  # the probe's image_s was measured at this load already
     pass_s = learnt["c_pass"] * work.images * work.image_s
-    post_s = work.layers * learnt["layer_s"] + learnt["c_post"] * _eigen_s(work, r)
-    total = learnt["start_s"] + pass_s + post_s
+    post_s = busy * (work.layers * learnt["layer_s"] + learnt["c_post"] * _eigen_s(work, r))
+    start_s = busy * learnt["start_s"]
+    total = start_s + pass_s + post_s
     spread = SPREAD[basis]
-    return TimeEstimate(seconds=total, low=total / spread, high=total * spread, start_s=learnt["start_s"],
+    return TimeEstimate(seconds=total, low=total / spread, high=total * spread, start_s=start_s,
                         pass_s=pass_s, post_s=post_s, basis=basis)
 
 

@@ -5,7 +5,8 @@ Every run goes through the app's own path: ``calibration.estimate_run_time`` (wh
 then ``jobs.submit`` and ``jobs.wait`` on a fresh cache folder. The calibration file lives in that cache, so it
 starts empty (rates measured once, no run seen) and learns from each finished run in order: the first runs are
 estimated from the measured rates alone, later ones from other architectures' runs, and a repeated
-architecture (at another image count) from its own. Prints one row per run and the machine's load.
+architecture (at another image count) from its own. Prints one row per run, with the machine's contention
+when it was estimated (``busy``: 1 is idle; see ``analysis.calibration.contention``), and the load.
 
     .venv/bin/python benchmarks/bench_estimates.py [--quick]
 """
@@ -49,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from analysis import jobs
-    from analysis.calibration import estimate_run_time, rates
+    from analysis.calibration import contention, estimate_run_time, rates
     from analysis.settings import AnalysisSettings
     from ui.text import duration, duration_range
 
@@ -66,6 +67,7 @@ def main() -> int:
               f"{'actual/central':>14s}  basis")
         for model, dataset, images, max_width in (QUICK if args.quick else RUNS):
             settings = AnalysisSettings(samples=images, max_width=max_width)
+            busy = contention()
             estimate = estimate_run_time(model, dataset, settings, cache)
             start = time.monotonic()
             key = jobs.submit(model, dataset, settings, cache_dir=cache)
@@ -79,7 +81,8 @@ def main() -> int:
             rows.append((model, images, ratio, inside))
             print(f"{model:32s} {images:6d} {str(max_width or '-'):>9s} "
                   f"{duration_range(estimate.low, estimate.high):>16s} {duration(estimate.seconds):>9s} "
-                  f"{duration(actual):>9s} {ratio:14.2f}  {estimate.basis}{'' if inside else ' (outside the range)'}",
+                  f"{duration(actual):>9s} {ratio:14.2f} {busy:5.1f}  {estimate.basis}"
+                  f"{'' if inside else ' (outside the range)'}",
                   flush=True)
     within = sum(1 for *_, ratio, _ in rows if 0.5 <= ratio <= 2.0)
     print(f"{within} of {len(rows)} runs within 2x of the central estimate; "

@@ -81,7 +81,8 @@ def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
 
 
 @pytest.mark.parametrize("post_s", [9.0, 0.5])  # a tail mostly per layer, and one slower than the decompositions
-def test_a_recorded_run_teaches_the_estimate_of_its_architecture(tmp_path, fixed_rates, post_s):
+def test_recorded_runs_teach_the_estimate_of_their_architecture(tmp_path, fixed_rates, monkeypatch, post_s):
+    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 1.0)  # an idle machine
     work = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
     before = calibration.predict(work, tmp_path)
     assert before.basis == "measured rates only" and before.high / before.low == pytest.approx(4.0)
@@ -89,18 +90,53 @@ def test_a_recorded_run_teaches_the_estimate_of_its_architecture(tmp_path, fixed
     assert before.post_s == pytest.approx(20 * calibration.DEFAULTS["layer_s"] + 2e9 / RATES.eig)
 
     observed = calibration.Observed(start_s=6.0, pass_s=40.0, post_s=post_s)
-    calibration.record_run(tmp_path, work, observed)
+    for _ in range(8):  # eight runs that saw the same: their lesson weighs 8 against the defaults' 2
+        calibration.record_run(tmp_path, work, observed)
     after = calibration.predict(work, tmp_path)
     assert after.basis == "same architecture"
-    assert after.seconds == pytest.approx(6.0 + 40.0 + post_s)  # the same work takes what it took
-    assert (after.start_s, after.pass_s, after.post_s) == pytest.approx((6.0, 40.0, post_s))
+    assert after.start_s == pytest.approx((8 * 6.0 + 2 * calibration.DEFAULTS["start_s"]) / 10)
+    assert after.pass_s == pytest.approx(10.0 * 4.0 ** 0.8)  # c_pass = 4 (40 s against 1,000 x 0.01 s), shrunk
+    eigen_s = 2e9 / RATES.eig
+    if post_s >= eigen_s:  # the rest of the tail per layer
+        layer_s = (8 * (post_s - eigen_s) / 20 + 2 * calibration.DEFAULTS["layer_s"]) / 10
+        assert after.post_s == pytest.approx(20 * layer_s + eigen_s)
+    else:  # slower decompositions
+        layer_s = 2 * calibration.DEFAULTS["layer_s"] / 10
+        assert after.post_s == pytest.approx(20 * layer_s + eigen_s * (post_s / eigen_s) ** 0.8)
     assert after.high / after.seconds == pytest.approx(calibration.SPREAD["same architecture"])
 
     twice = calibration.Work(images=2000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
-    assert calibration.predict(twice, tmp_path).pass_s == pytest.approx(80.0)  # the pass scales with the images
+    assert calibration.predict(twice, tmp_path).pass_s == pytest.approx(2 * after.pass_s)  # scales with the images
     other = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="other@28x28")
     assert calibration.predict(other, tmp_path).basis == "other runs"
     assert fixed_rates == ["cpu"]  # measured once, then read from the file
+
+
+def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch):
+    """A run on a machine three times busier taught the start and the tail of an idle one; an estimate on a
+    machine twice busier doubles them (the pass is the probe's, measured at the load of the moment)."""
+    work = calibration.Work(images=100, image_s=0.1, eigen=3e9, layers=10, arch="net@28x28")
+    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 3.0)
+    for _ in range(20):  # the last 20 runs count, against the defaults' 2
+        calibration.record_run(tmp_path, work, calibration.Observed(start_s=30.0, pass_s=10.0, post_s=12.0,
+                                                                     contention=3.0))
+    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 2.0)
+    estimate = calibration.predict(work, tmp_path)
+    assert estimate.start_s == pytest.approx(2 * (20 * 30.0 / 3 + 2 * calibration.DEFAULTS["start_s"]) / 22)
+    eigen_s = 3e9 / RATES.eig
+    layer_s = (20 * (12.0 / 3 - eigen_s) / 10 + 2 * calibration.DEFAULTS["layer_s"]) / 22
+    assert estimate.post_s == pytest.approx(2 * (10 * layer_s + eigen_s))
+    assert estimate.pass_s == pytest.approx(10.0)
+
+
+def test_contention_follows_the_load(monkeypatch):
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (10.0, 9.0, 8.0))
+    monkeypatch.setattr(calibration.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(calibration.torch, "get_num_threads", lambda: 2)
+    assert calibration.contention() == pytest.approx((10 + 2) / 2)
+    assert calibration.contention(own_threads=2) == pytest.approx(10 / 2)  # its own threads are in the load
+    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert calibration.contention() == 1.0  # an idle machine
 
 
 def test_long_runs_are_flagged():

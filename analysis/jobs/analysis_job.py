@@ -11,8 +11,10 @@ import time
 from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 
+import torch
+
 from ..cache import ResultCache
-from ..calibration import probe_done, timed_per_image
+from ..calibration import contention, probe_done, timed_per_image
 from ..engine import Cancelled, plan, run_plan
 from ..environment import env_float
 from ..progress import Progress
@@ -79,10 +81,12 @@ class AnalysisClock:
         self.fraction = 0.0
         self.marks: list[tuple[int, float]] = []  # (images done, when) of the first statistics reports
         self.image_s = 0.0
+        self.busy: list[float] = []  # the machine's contention at each report
 
     def update(self, progress: Progress, now: float | None = None) -> tuple[float, float | None]:
         """Record a report; returns ``(fraction, seconds left)`` (None before the first batch)."""
         now = time.time() if now is None else now
+        self.busy.append(contention(own_threads=torch.get_num_threads()))
         left = None
         if progress.stage == "statistics":
             if self.pass_start is None:
@@ -112,7 +116,7 @@ class AnalysisClock:
         if self.pass_start is None or self.pass_end is None:
             return None
         return Observed(start_s=self.pass_start - self.started, pass_s=self.pass_end - self.pass_start,
-                        post_s=end - self.pass_end)
+                        post_s=end - self.pass_end, contention=sum(self.busy) / len(self.busy) if self.busy else 1.0)
 
 
 def _prediction(the_plan, cache_root: Path):
