@@ -19,6 +19,9 @@ turns it into seconds for *this* machine and load. The time model of one analysi
 - ``R_eig``: ``eigh`` of 384 x 384 float64 on the eigen workers, measured by :func:`measure` once per machine
   and build (with a float32 matrix product and the statistics kernel, kept for reference); ``F``, the forward
   FLOPs (:func:`forward_flops`), sizes the probe;
+- when runs of the same architecture and settings finished here, the pass is also predicted from their whole
+  passes' time per image (a measurement of minutes, against the probe's seconds; the median of ``n`` runs
+  weighs ``n`` against the probe's 2, geometrically);
 - ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass), ``t_layer``,
   ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): medians of what the runs of the
   same architecture observed, else of every run here, pulled towards the defaults below as if two runs had
@@ -100,6 +103,9 @@ class Work:
     arch: str = ""
     """The architecture at its input size (``vit_tiny_patch16_224@28x28``): runs of the same one teach most."""
     device: str = "cpu"
+    variant: str = ""
+    """The settings that change the pass's cost per image (token selection, error bars, precision, layers,
+    batch size): a run of the same architecture *and* variant gives the pass's time per image directly."""
 
 
 @dataclass(frozen=True)
@@ -210,8 +216,11 @@ def work_of(the_plan, *, probe: bool = True) -> Work:
         eigen += spec.d_in * spec.d_out * (spec.d_in + spec.d_out)
     flops = forward_flops(model, input_size)
     arch = f"{the_plan.loaded.arch or the_plan.loaded.model_id}@{input_size[1]}x{input_size[2]}"
+    variant = (f"tokens={settings.token_set}/{settings.tokens_per_image or 'all'} errors={settings.uncertainty} "
+               f"precision={settings.precision} batch={settings.effective_batch_size()} layers={len(specs)}")
     return Work(images=len(the_plan.dataset), image_s=probe_pass(the_plan, flops) if probe else 0.0, eigen=eigen,
-                layers=len(specs), forward_flops=flops, arch=arch, device=str(torch.device(settings.device).type))
+                layers=len(specs), forward_flops=flops, arch=arch, device=str(torch.device(settings.device).type),
+                variant=variant)
 
 
 # ------------------------------------------------------------------------------------------------ rates
@@ -366,8 +375,10 @@ def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
     busy = max(1.0, observed.contention)
     eigen_s = _eigen_s(work, r)  # idle machine
     post = observed.post_s / busy  # as on an idle machine
-    entry = {"arch": work.arch, "images": work.images, "when": time.time(), "start_s": observed.start_s / busy,
-             "observed": asdict(observed)}
+    entry = {"arch": work.arch, "variant": work.variant, "images": work.images, "when": time.time(),
+             "start_s": observed.start_s / busy, "observed": asdict(observed)}
+    if work.images > 0 and observed.pass_s > 0:  # the whole pass's time per image, as on an idle machine
+        entry["image_s"] = observed.pass_s / work.images / busy
     if post >= eigen_s:  # the decompositions went at the measured rate; the rest is per layer
         entry["layer_s"] = (post - eigen_s) / max(1, work.layers)
     else:  # slower decompositions than measured: they take all of the tail
@@ -396,9 +407,16 @@ def _learnt(runs: list[dict], arch: str) -> tuple[dict[str, float], str]:
 def predict(work: Work, cache_root: str | Path) -> TimeEstimate:
     """The time of a run of ``work`` on this machine (see the module docstring)."""
     r = rates(cache_root, work.device)
-    learnt, basis = _learnt(_load(_path(cache_root, work.device)).get("runs") or [], work.arch)
+    runs = _load(_path(cache_root, work.device)).get("runs") or []
+    learnt, basis = _learnt(runs, work.arch)
     busy = contention() if work.device == "cpu" else 1.0  # the probe's image_s was measured at this load already
     pass_s = learnt["c_pass"] * work.images * work.image_s
+    alike = [float(run["image_s"]) for run in runs[-MAX_RUNS:]
+             if run.get("arch") == work.arch and run.get("variant") == work.variant and run.get("image_s")][-20:]
+    if alike:  # whole passes of this very model and settings: minutes of measurement, not a few seconds
+        history = float(stats.median(alike)) * busy * work.images
+        n = len(alike)
+        pass_s = math.exp((n * math.log(history) + 2 * math.log(pass_s)) / (n + 2)) if pass_s > 0 else history
     post_s = busy * (work.layers * learnt["layer_s"] + learnt["c_post"] * _eigen_s(work, r))
     start_s = busy * learnt["start_s"]
     total = start_s + pass_s + post_s

@@ -9,6 +9,7 @@ the remaining batches at the speed of the batches done, plus the predicted tail.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -95,7 +96,9 @@ def test_recorded_runs_teach_the_estimate_of_their_architecture(tmp_path, fixed_
     after = calibration.predict(work, tmp_path)
     assert after.basis == "same architecture"
     assert after.start_s == pytest.approx((8 * 6.0 + 2 * calibration.DEFAULTS["start_s"]) / 10)
-    assert after.pass_s == pytest.approx(10.0 * 4.0 ** 0.8)  # c_pass = 4 (40 s against 1,000 x 0.01 s), shrunk
+    probed = 10.0 * 4.0 ** 0.8  # the probe's 10 s times c_pass = 4 (40 s against 1,000 x 0.01 s), shrunk
+    # and the same model and settings' whole passes (40 s) weigh 8 against the probe's 2, geometrically
+    assert after.pass_s == pytest.approx(math.exp((8 * math.log(40.0) + 2 * math.log(probed)) / 10))
     eigen_s = 2e9 / RATES.eig
     if post_s >= eigen_s:  # the rest of the tail per layer
         layer_s = (8 * (post_s - eigen_s) / 20 + 2 * calibration.DEFAULTS["layer_s"]) / 10
@@ -113,8 +116,8 @@ def test_recorded_runs_teach_the_estimate_of_their_architecture(tmp_path, fixed_
 
 
 def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch):
-    """A run on a machine three times busier taught the start and the tail of an idle one; an estimate on a
-    machine twice busier doubles them (the pass is the probe's, measured at the load of the moment)."""
+    """Runs on a machine three times busier taught the start, the tail and the pass of an idle one; an estimate
+    on a machine twice busier doubles them (the probe, measured at the load of the moment, needs nothing)."""
     work = calibration.Work(images=100, image_s=0.1, eigen=3e9, layers=10, arch="net@28x28")
     monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 3.0)
     for _ in range(20):  # the last 20 runs count, against the defaults' 2
@@ -126,7 +129,8 @@ def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch
     eigen_s = 3e9 / RATES.eig
     layer_s = (20 * (12.0 / 3 - eigen_s) / 10 + 2 * calibration.DEFAULTS["layer_s"]) / 22
     assert estimate.post_s == pytest.approx(2 * (10 * layer_s + eigen_s))
-    assert estimate.pass_s == pytest.approx(10.0)
+    history = 10.0 / 3 * 2  # its passes took 10 s at contention 3: 10 / 3 on an idle machine, twice that now
+    assert estimate.pass_s == pytest.approx(math.exp((20 * math.log(history) + 2 * math.log(10.0)) / 22))
 
 
 def test_contention_follows_the_load(monkeypatch):
