@@ -1,8 +1,11 @@
 """The worker process: runs one job to done, failed or cancelled, reporting progress as it goes.
 
-Started by :func:`analysis.jobs.submit` as ``python -m analysis.jobs run-worker <key> --cache-dir <dir>
---token <attempt>``; the submitter already holds the lock and hands it to this process. Run by hand
-without ``--token`` it takes the lock itself (or exits quietly when a live job already holds it).
+Started by :func:`analysis.jobs.submit` as the machine queue's waiter (:mod:`analysis.jobs.job_queue`), which
+becomes ``python -m analysis.jobs run-worker <key> --cache-dir <dir> --token <attempt>`` (same pid) when its
+turn comes; the submitter already holds the lock and has handed it to that pid. The worker frees its slot of
+the queue when it ends. Run by hand without ``--token`` it takes the lock itself (or exits quietly when a live
+job already holds it) and does not wait in the queue. Asked to stop, it stops at the next layer of the batch
+(the statistics check at every layer, the eigen stage between layers).
 
 What the job does depends on its kind (``request.json``'s ``kind``, :mod:`analysis.jobs.job_kinds`); the lock,
 the progress records and the cancel flag are the same for every kind. The final record is published by
