@@ -27,9 +27,9 @@ turns it into seconds for *this* machine and load. The time model of one analysi
   same architecture observed, else of every run here, pulled towards the defaults below as if two runs had
   seen those (:func:`_shrunk`), else the defaults.
 
-A busy machine runs everything slower, by :func:`contention` (from the load average): the rates and what runs
-taught are kept as an idle machine's (divided by the contention of their moment) and the estimate multiplies
-them by the contention now; the probe, measured now, needs no correction.
+A busy machine runs everything slower, by :func:`contention` (measured: the share of a core a busy loop gets):
+the rates and what runs taught are kept as an idle machine's (divided by the contention of their moment) and
+the estimate multiplies them by the contention now; the probe, measured now, needs no correction.
 
 The estimate is shown as a range ``[T / s, T * s]``: ``s = 1.3`` once this architecture has run here, ``1.6``
 when other runs refined the model, ``2`` before any run. Rates and runs are kept in
@@ -292,18 +292,21 @@ def fingerprint(device: str = "cpu") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def contention(own_threads: int = 0) -> float:
-    """How many times slower than on an idle machine a job's CPU work runs now: ``max(1, (L + T) / C)`` with
-    ``L`` the runnable threads of everything else (the 1-minute load average, less ``own_threads`` already
-    counted in it), ``T`` the threads the job uses and ``C`` the cores. 1 on a GPU-less idle machine; on the
-    project's 2-core machine with other work at load 10, about 6."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, min(torch.get_num_threads(), cores))
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return 1.0
-    return max(1.0, (max(0.0, load - own_threads) + threads) / cores)
+def cpu_share(seconds: float = 0.2) -> float:
+    """The share of one core this process's thread gets now (0 to 1): a busy loop's CPU time over its wall time.
+    Measured, not read from the load average: niced work (background training) counts in the load but takes
+    almost nothing from a normal process."""
+    start_wall, start_cpu = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - start_wall < seconds:
+        pass
+    wall = time.perf_counter() - start_wall
+    return min(1.0, (time.thread_time() - start_cpu) / wall) if wall > 0 else 1.0
+
+
+def contention() -> float:
+    """How many times slower than on an idle machine CPU work runs now: ``1 / cpu_share()``, at most 20. About 1
+    on an idle machine (or one busy only with niced work), 2 when another process competes for every core."""
+    return min(20.0, 1.0 / max(cpu_share(), 0.05))
 
 
 def _path(cache_root: str | Path, device: str) -> Path:

@@ -83,7 +83,7 @@ def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
 
 @pytest.mark.parametrize("post_s", [9.0, 0.5])  # a tail mostly per layer, and one slower than the decompositions
 def test_recorded_runs_teach_the_estimate_of_their_architecture(tmp_path, fixed_rates, monkeypatch, post_s):
-    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 1.0)  # an idle machine
+    monkeypatch.setattr(calibration, "contention", lambda: 1.0)  # an idle machine
     work = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
     before = calibration.predict(work, tmp_path)
     assert before.basis == "measured rates only" and before.high / before.low == pytest.approx(4.0)
@@ -119,11 +119,11 @@ def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch
     """Runs on a machine three times busier taught the start, the tail and the pass of an idle one; an estimate
     on a machine twice busier doubles them (the probe, measured at the load of the moment, needs nothing)."""
     work = calibration.Work(images=100, image_s=0.1, eigen=3e9, layers=10, arch="net@28x28")
-    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 3.0)
+    monkeypatch.setattr(calibration, "contention", lambda: 3.0)
     for _ in range(20):  # the last 20 runs count, against the defaults' 2
         calibration.record_run(tmp_path, work, calibration.Observed(start_s=30.0, pass_s=10.0, post_s=12.0,
                                                                      contention=3.0))
-    monkeypatch.setattr(calibration, "contention", lambda own_threads=0: 2.0)
+    monkeypatch.setattr(calibration, "contention", lambda: 2.0)
     estimate = calibration.predict(work, tmp_path)
     assert estimate.start_s == pytest.approx(2 * (20 * 30.0 / 3 + 2 * calibration.DEFAULTS["start_s"]) / 22)
     eigen_s = 3e9 / RATES.eig
@@ -133,14 +133,14 @@ def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch
     assert estimate.pass_s == pytest.approx(math.exp((20 * math.log(history) + 2 * math.log(10.0)) / 22))
 
 
-def test_contention_follows_the_load(monkeypatch):
-    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (10.0, 9.0, 8.0))
-    monkeypatch.setattr(calibration.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(calibration.torch, "get_num_threads", lambda: 2)
-    assert calibration.contention() == pytest.approx((10 + 2) / 2)
-    assert calibration.contention(own_threads=2) == pytest.approx(10 / 2)  # its own threads are in the load
-    monkeypatch.setattr(calibration.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert calibration.contention() == 1.0  # an idle machine
+def test_contention_is_the_inverse_of_the_share_of_a_core(monkeypatch):
+    assert 0 < calibration.cpu_share(0.05) <= 1.0
+    monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 0.5)
+    assert calibration.contention() == pytest.approx(2.0)  # another process on every core
+    monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 1.0)
+    assert calibration.contention() == 1.0  # idle, or busy only with niced work
+    monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 0.0)
+    assert calibration.contention() == 20.0  # bounded
 
 
 def test_long_runs_are_flagged():

@@ -11,8 +11,6 @@ import time
 from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 
-import torch
-
 from ..cache import ResultCache
 from ..calibration import contention, probe_done, timed_per_image
 from ..engine import Cancelled, plan, run_plan
@@ -23,6 +21,8 @@ from .job_kinds import JobError, RunContext
 
 BATCH_DELAY_ENV = "ANALYSIS_JOB_BATCH_DELAY_S"
 """Seconds to pause after each batch (while still honouring cancel): for demonstrations."""
+BUSY_EVERY_S = 30.0
+"""How often a running analysis samples the machine's contention (:func:`analysis.calibration.contention`)."""
 HOLD_ENV = "ANALYSIS_JOB_HOLD_FILE"
 """A path: while that file exists, the worker pauses after each batch (still honouring cancel). Tests use it
 to keep a job running for exactly as long as they need, whatever the machine's speed."""
@@ -81,12 +81,15 @@ class AnalysisClock:
         self.fraction = 0.0
         self.marks: list[tuple[int, float]] = []  # (images done, when) of the first statistics reports
         self.image_s = 0.0
-        self.busy: list[float] = []  # the machine's contention at each report
+        self.busy: list[float] = []  # the machine's contention, sampled during the run
+        self.busy_at = float("-inf")
 
     def update(self, progress: Progress, now: float | None = None) -> tuple[float, float | None]:
         """Record a report; returns ``(fraction, seconds left)`` (None before the first batch)."""
         now = time.time() if now is None else now
-        self.busy.append(contention(own_threads=torch.get_num_threads()))
+        if now - self.busy_at >= BUSY_EVERY_S:  # a 0.2 s sample, twice a minute at most
+            self.busy.append(contention())
+            self.busy_at = now
         left = None
         if progress.stage == "statistics":
             if self.pass_start is None:
