@@ -35,14 +35,24 @@ PAGES = [
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
+
+
+def _to_the_default_page() -> None:
+    st.switch_page(PAGES[0])
+
+
+# the default page is served at "/"; its own name (a link or a typed /compare) leads there too, not to
+# "Page not found"
+ALIASES = [st.Page(_to_the_default_page, title="Compare", url_path="compare", visibility="hidden")]
+
 st.session_state[frame.ENTRY_RAN] = True
-page = st.navigation(PAGES)
+page = st.navigation(PAGES + ALIASES)
 intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first served without this router
 if intended and intended != page.url_path:
     st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
 state.init()
 if not st.session_state.get(state.URL_ADOPTED):  # the first run of a session: was the page asked for ours?
-    asked = state.unknown_page({p.url_path for p in PAGES})
+    asked = state.unknown_page({p.url_path for p in PAGES + ALIASES})
     if asked and not intended:
         state.notify("warning", f"This app has no page \"{asked}\": here is {page.title} instead. The pages are "
                                 "listed in the sidebar.")
