@@ -543,6 +543,22 @@ def _layer_axis(fig: go.Figure, layers: Sequence[str], short: bool, most: int = 
                      tickvals=layers[::step], ticktext=names[::step], **kwargs)
 
 
+def _block_axis(fig: go.Figure, layers: Sequence[str]) -> None:
+    """A categorical layer axis in depth order ticked once per block, at its first layer (``block 3``), and at
+    each layer outside the blocks; for charts too narrow for every layer's name (the hover has them)."""
+    layers = list(layers)
+    short = short_layer_names(layers)
+    vals, texts = [], []
+    for layer, name in zip(layers, short):
+        head = name.split(".", 1)[0]
+        text = f"block {head}" if name != layer and head.isdigit() else layer.split(".", 1)[0]
+        if text not in texts:  # the first layer of each block (or of each top-level module)
+            vals.append(layer)
+            texts.append(text)
+    fig.update_xaxes(categoryorder="array", categoryarray=layers, tickmode="array", tickvals=vals, ticktext=texts,
+                     tickangle=-45, title="layer (depth order; ticks at each block's first layer)")
+
+
 def analysis_color(i: int) -> str:
     return ANALYSIS_COLORS[i % len(ANALYSIS_COLORS)]
 
@@ -560,7 +576,7 @@ def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 
             customdata=per_layer[["layer"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>utilization %{y:.1%}<extra>" + label + "</extra>",
         )
-    _layer_axis(fig, per_layer["layer"], short=True, most=14, tickangle=-60)
+    _block_axis(fig, per_layer["layer"])
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization")
     return _layout(fig, "Utilization per layer, overlaid", height=height)
 
