@@ -50,11 +50,10 @@ frame.intro("Timeline", tc.INTRO, lead=text.TIMELINE_LEAD)
 zoo = [e.model_id for e in catalogue() if e.model_id.startswith("zoo:")]
 offered = list(dict.fromkeys([m for m in defaults.DEFAULT_COMPARISON if m in zoo] + zoo))
 st.session_state.setdefault(SERIES, offered)
-left, right = st.columns([3, 2])
-chosen = left.multiselect("Zoo series", offered, key=SERIES,
-                          help="Each zoo model's checkpoints as listed in its manifest.")
-own = right.text_input("Your own series", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
-                       help="A folder of checkpoints ordered by the step in their names or metadata.")
+chosen = st.multiselect("Zoo series", offered, key=SERIES,
+                        help="Each zoo model's checkpoints as listed in its manifest.")
+own = st.text_input("Your own series (optional)", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
+                    help="A folder of checkpoints ordered by the step in their names or metadata.")
 settings = state.default_settings()
 dataset = defaults.DEFAULT_DATASET
 st.caption(f"Dataset {dataset}, {text.count(settings.samples) if settings.samples else 'all'} images per "
