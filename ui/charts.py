@@ -750,7 +750,8 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
                 marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
                 text=[f"{c:.1%}" for c in cumulative], textposition="outside")
     fig.add_hline(y=energy, line_dash="dash", line_color="black", annotation_text=f"e = {energy:g}",
-                  annotation_position="top left", annotation_font=dict(size=FONT_SIZE))
+                  annotation_position="bottom left", annotation_bgcolor="rgba(255,255,255,0.9)",
+                  annotation_font=dict(size=FONT_SIZE))
     fig.update_xaxes(title="k (directions kept)", type="category")
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
     return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)
