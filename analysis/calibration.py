@@ -62,7 +62,10 @@ DEFAULTS = {"start_s": 8.0, "c_pass": 1.0, "layer_s": 0.15, "c_post": 1.0}
 """Before any run: the worker's start about 8 s (imports of torch and timm on a busy CPU), 0.15 s per layer after
 the pass, the measured pass and eigen rates as they are."""
 PROBE_FLOPS = 2e10
-"""The probe's batches hold about this many forward FLOPs (at least one image, at most the run's batch)."""
+PROBE_MIN_IMAGES = 8
+"""The probe's batches hold about ``PROBE_FLOPS`` forward FLOPs, but at least ``PROBE_MIN_IMAGES`` images (at
+most the run's batch): a batch's fixed cost (hooks, data loading) spread over two images of a big model made
+its time per image twice the run's."""
 PROBE_SECONDS = 3.0
 PROBE_BATCHES = 4
 """The probe times batches after the first until this many seconds have passed or this many are done: a
@@ -146,7 +149,8 @@ def forward_flops(model: nn.Module, input_size: tuple[int, int, int]) -> float:
 
 def probe_pass(the_plan, flops: float = 0.0) -> float:
     """Seconds of one image's data pass, measured: the plan's own model, settings, layers and data, in batches
-    of ``b`` images (``b`` holds about :data:`PROBE_FLOPS`, at most the run's batch size). The first batch
+    of ``b`` images (``b`` holds about :data:`PROBE_FLOPS`, at least :data:`PROBE_MIN_IMAGES`, at most the run's
+    batch size). The first batch
     (layer discovery and the exactness self-check, once per run) is not timed; the following ones are, until
     :data:`PROBE_SECONDS` have passed or :data:`PROBE_BATCHES` are done (:func:`timed_per_image`)."""
     from dataclasses import replace
@@ -157,7 +161,8 @@ def probe_pass(the_plan, flops: float = 0.0) -> float:
     from .engine import Cancelled, stream_statistics
 
     settings = the_plan.settings
-    batch = max(1, min(settings.effective_batch_size(), int(PROBE_FLOPS // flops) if flops > 0 else 1))
+    by_flops = int(PROBE_FLOPS // flops) if flops > 0 else 1
+    batch = max(1, min(settings.effective_batch_size(), max(PROBE_MIN_IMAGES, by_flops)))
     images = min(len(the_plan.dataset), (1 + PROBE_BATCHES) * batch)
     # no error bars in the probe: their snapshots would decompose every layer inside the timed batches
     probe = replace(the_plan, dataset=Subset(the_plan.dataset, range(images)),
