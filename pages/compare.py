@@ -239,13 +239,14 @@ if mixed:
 letters = [label.split(":", 1)[0] for label in short]
 names = [f"{letter} · {regime}" for letter, regime in zip(letters, facts["regime_short"])]
 height = frame.chart_height(380)
+same = (tuple(chosen), e_in, e_out, height)  # what the three charts depend on: shared by every session asking
 bars, lines = st.columns([2, 3])
 with bars:
-    frame.plot(charts.mlu_bars(summary, list(facts["regime_short"]), height=height), [r.meta for r in results],
-               key="compare_mlu")
+    frame.plot(lambda: charts.mlu_bars(summary, list(facts["regime_short"]), height=height),
+               [r.meta for r in results], key="compare_mlu", same_as=("mlu", *same))
 with lines:
-    frame.plot(charts.compare_lines(per_layer, short, height=height, names=names), [r.meta for r in results],
-               key="compare_lines")
+    frame.plot(lambda: charts.compare_lines(per_layer, short, height=height, names=names), [r.meta for r in results],
+               key="compare_lines", same_as=("lines", *same))
 
 metric_cols = st.columns(len(results))
 for col, row in zip(metric_cols, facts.itertuples()):
@@ -267,7 +268,8 @@ for col, row in zip(metric_cols, facts.itertuples()):
 for row in facts.itertuples():
     if row.caveat:
         st.warning(row.caveat, icon=":material/warning:")
-frame.plot(charts.delta_bars(per_layer, short), [r.meta for r in results], key="compare_delta")
+frame.plot(lambda: charts.delta_bars(per_layer, short), [r.meta for r in results], key="compare_delta",
+           same_as=("delta", *same))
 st.subheader("Change the comparison")
 _controls()
 with st.expander("Tables", expanded=False):

@@ -38,8 +38,9 @@ else:
         st.session_state[PART_KEY] = parts[0]
     part = st.radio("Part", parts, key=PART_KEY, horizontal=True, format_func=head_charts.PART_LABELS.get)
     selected = state.selected_layer(result)
-    frame.plot(head_charts.head_heatmap(table, part, selected), result.meta, key=CHART_KEY,
-                    on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points")
+    frame.plot(lambda: head_charts.head_heatmap(table, part, selected), result.meta, key=CHART_KEY,
+               on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
+               same_as=("heads", result.key, part, selected, *state.energies()))
     st.caption(f"Head layout, read from the model and confirmed by a probe: {layouts_line(result)}.")
     with st.expander("Per-head table", expanded=False):
         shown = tables.displayed(table)

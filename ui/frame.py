@@ -48,13 +48,33 @@ PLOT_CONFIG = {"displayModeBar": False}
 Streamlit's own fullscreen button stays)."""
 
 
-def plot(fig, metas, **kwargs) -> None:
-    """``st.plotly_chart`` with the analyses' token set (and centring) appended to the chart's title, and
-    projector-sized text in presentation mode."""
+def plot(fig, metas, *, same_as: tuple | None = None, **kwargs) -> None:
+    """``st.plotly_chart`` with the analyses' token set (and centring) appended to the chart's title.
+
+    ``fig`` is a figure, or a function building it; with ``same_as`` (everything the figure depends on:
+    result keys, energies, selected layer, height ...) the built figure is shared by every session that asks
+    for the same (:func:`_shared_figure`): a class on the same analysis builds each chart once, not once per
+    student (building is most of a page's server time)."""
     from . import charts
 
     metas = metas if isinstance(metas, (list, tuple)) else [metas]
-    show(charts.with_note(fig, text.analyses_note(metas)), **kwargs)
+    note = text.analyses_note(metas)
+
+    def built():
+        figure = charts.with_note(fig() if callable(fig) else fig, note)
+        return charts.for_projector(figure) if presenting() else figure
+
+    if same_as is not None and callable(fig):
+        st.plotly_chart(_shared_figure(same_as, note, presenting(), built), config=PLOT_CONFIG, **kwargs)
+    else:
+        st.plotly_chart(built(), config=PLOT_CONFIG, **kwargs)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _shared_figure(same_as: tuple, note: str, projector: bool, _build):
+    """One figure per ``(same_as, note, projector)`` for the whole server; read-only for the sessions
+    (``st.plotly_chart`` serialises a copy)."""
+    return _build()
 
 
 def show(fig, **kwargs) -> None:
