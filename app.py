@@ -36,8 +36,6 @@ PAGES = [
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
-
-
 st.session_state[frame.ENTRY_RAN] = True
 page = st.navigation(PAGES)
 intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first served without this router
