@@ -47,6 +47,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="five runs instead of nine")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one run")
+    parser.add_argument("--cache", default=None,
+                        help="cache folder to use and keep (a second invocation on it shows what the first taught: "
+                             "its results are cached, so each run's sample count is changed by --shift)")
+    parser.add_argument("--shift", type=int, default=0, help="images added to every run (new keys on a kept cache)")
     args = parser.parse_args()
 
     from analysis import jobs
@@ -59,13 +63,16 @@ def main() -> int:
     print(f"date {dt.datetime.now().isoformat(timespec='seconds')}  machine {platform.machine()} {os.cpu_count()} "
           f"logical CPUs  torch {torch.__version__}  {_load()}")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-estimates-") as cache:
+    with tempfile.TemporaryDirectory(prefix="bench-estimates-") as scratch:
+        cache = args.cache or scratch
         measured = rates(cache)
-        print(f"rates measured in {measured.measured_s:.1f} s: matrix product {measured.forward / 1e9:.1f} GFLOP/s, "
+        print(f"rates (an idle machine's; measured in {measured.measured_s:.1f} s at contention "
+              f"{measured.contention:.1f}): matrix product {measured.forward / 1e9:.1f} GFLOP/s, "
               f"statistics {measured.stats / 1e9:.2f} G rows*d^2/s, eigen {measured.eig / 1e9:.2f} G d^3/s")
         print(f"{'model':32s} {'images':>6s} {'max_width':>9s} {'estimate':>16s} {'central':>9s} {'actual':>9s} "
-              f"{'actual/central':>14s}  basis")
+              f"{'actual/central':>14s} {'busy':>5s}  basis")
         for model, dataset, images, max_width in (QUICK if args.quick else RUNS):
+            images += args.shift
             settings = AnalysisSettings(samples=images, max_width=max_width)
             busy = contention()
             estimate = estimate_run_time(model, dataset, settings, cache)
