@@ -21,9 +21,10 @@ from ui import frame, state  # noqa: E402
 
 st.set_page_config(page_title="Layer utilization explorer", page_icon=":material/stacked_bar_chart:", layout="wide")
 
+DEFAULT_PAGE = "pages/compare.py"
 PAGES = [
     # a newcomer first sees the regimes comparison (shipped with the repository, so it is there at once)
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:", default=True),
+    st.Page(DEFAULT_PAGE, title="Compare", icon=":material/compare_arrows:", default=True),
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
     st.Page("pages/heads.py", title="Heads", icon=":material/view_module:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
@@ -41,6 +42,12 @@ intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first 
 if intended and intended != page.url_path:
     st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
 state.init()
+if not st.session_state.get(state.URL_ADOPTED):  # the first run of a session: was the page asked for ours?
+    # the default page is served at "/"; its file's name (/compare) routes there too
+    asked = state.unknown_page({p.url_path for p in PAGES} | {Path(DEFAULT_PAGE).stem})
+    if asked and not intended:
+        state.notify("warning", f"This app has no page \"{asked}\": here is {page.title} instead. The pages are "
+                                "listed in the sidebar.")
 state.adopt_query_params()
 state.ensure_default()
 frame.style()

@@ -1,6 +1,6 @@
 """Side-by-side comparison of analyses: MLU and parameters per analysis, utilization per layer, the training
-facts of each model (regime, budget, accuracy, shortfall against its recipe's target), and a time estimate
-for re-running a comparison on fewer images.
+facts of each model (regime, budget, accuracy, shortfall against its recipe's target), and a warning when the
+analyses were not made alike (datasets, numbers of images).
 
 Differences of utilizations are in *percentage points*: ``delta_pp = 100 (u_B - u_A)`` (a change from 20 % to
 30 % is +10 pp, not +50 %).
@@ -16,11 +16,6 @@ import pandas as pd
 
 from .regimes import TrainingFacts, training_facts
 from .result import Result
-
-WORKER_START_S = 8.0
-"""Seconds a worker process needs before its first batch (imports torch and timm, loads the model); measured
-about 5-10 s on the 2-core machine."""
-
 
 def label_of(result: Result) -> str:
     """A short label: the model id on the dataset id."""
@@ -91,51 +86,42 @@ def long_table(results: Sequence[Result], labels: Sequence[str] | None = None) -
 
 def regimes_table(results: Sequence[Result], labels: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per analysis with its model's training facts beside its MLU:
-    ``analysis, model_id, regime, family, budget, linear_probe, top1, target, measured, falls_short, caveat,
-    mlu, mlu_delta_pp, kept, images`` (accuracies and MLU as fractions; ``mlu_delta_pp`` to the first row)."""
+    ``analysis, model_id, regime, regime_short, family, budget, linear_probe, top1, accuracy_here, target,
+    measured, falls_short, caveat, mlu, mlu_delta_pp, kept, images, dataset`` (accuracies and MLU as fractions;
+    ``mlu_delta_pp`` to the first row; ``accuracy_here``: the accuracies were measured on the analysed dataset,
+    otherwise they say nothing about it and are not to be shown beside it). ``caveat`` is a sentence or
+    an empty string."""
     labels = list(labels) if labels is not None else _unique_labels(list(results))
     rows = []
     first = results[0].mlu if results else float("nan")
     for label, r in zip(labels, results):
         facts: TrainingFacts = training_facts(r.meta.model_id)
         rows.append({
-            "analysis": label, "model_id": facts.model_id, "regime": facts.label, "family": facts.family,
-            "budget": facts.budget, "linear_probe": facts.linear_probe, "top1": facts.top1,
+            "analysis": label, "model_id": facts.model_id, "regime": facts.label, "regime_short": facts.short_label,
+            "family": facts.family, "budget": facts.budget, "linear_probe": facts.linear_probe, "top1": facts.top1,
+            "accuracy_here": facts.measured_on(r.meta.dataset_id),
             "target": facts.target.value if facts.target else None, "measured": facts.measured,
-            "falls_short": facts.falls_short, "caveat": facts.caveat(),
+            "falls_short": facts.falls_short, "caveat": facts.caveat() or "",
             "mlu": r.mlu, "mlu_delta_pp": 100 * (r.mlu - first), "kept": r.parameters()["kept"],
-            "images": r.meta.n_images,
+            "images": r.meta.n_images, "dataset": r.meta.dataset_id,
         })
     return pd.DataFrame(rows)
 
 
-def seconds_per_image(result: Result) -> float | None:
-    """Measured data-pass (statistics) time per image of a stored analysis (None when not recorded)."""
-    seconds = _timing(result, "statistics_s")
-    images = result.meta.n_images or 0
-    if seconds <= 0 or images <= 0:
+def mixture_warning(results: Sequence[Result]) -> str | None:
+    """One sentence when the analyses were not made alike (different datasets or numbers of images), which
+    changes utilization by itself (k grows with the number of vectors seen); None when they agree."""
+    datasets = list(dict.fromkeys(r.meta.dataset_id for r in results))
+    images = list(dict.fromkeys(int(r.meta.n_images) for r in results))
+    parts = []
+    if len(datasets) > 1:
+        parts.append("different datasets (" + ", ".join(datasets) + ")")
+    if len(images) > 1:
+        parts.append("different numbers of images (" + ", ".join(f"{n:,}" for n in images) + ")")
+    if not parts:
         return None
-    return seconds / images
-
-
-def _timing(result: Result, name: str) -> float:
-    return float(getattr(result.meta.timings, name, 0.0) or 0.0)
-
-
-def estimate_seconds(references: Sequence[Result], images: int, parallel: int = 1) -> float | None:
-    """Estimated wall time to analyse each reference's model again on ``images`` images, in one worker per
-    model with ``parallel`` of them sharing the machine at once:
-    ``sum_m (WORKER_START_S + images * t_m + fixed_m) / parallel`` where ``t_m`` is the measured statistics
-    time per image of reference ``m`` and ``fixed_m`` its measured eigen + spectra time (independent of
-    the image count). None when a reference has no timings."""
-    total = 0.0
-    for r in references:
-        per_image = seconds_per_image(r)
-        if per_image is None:
-            return None
-        fixed = _timing(r, "eigen_s") + _timing(r, "spectra_s")
-        total += WORKER_START_S + images * per_image + fixed
-    return total / max(1, parallel)
+    return ("These analyses were made on " + " and on ".join(parts) + ": part of any difference comes from that, "
+            "not from the models (k grows with the number of vectors seen). Compare analyses made alike.")
 
 
 def _unique_labels(results: list[Result]) -> list[str]:

@@ -237,7 +237,7 @@ def check_fits(estimate_: CostEstimate, specs: list[LayerSpec], model_id: str, r
     """Raise :class:`CostError` with a one-line message when ``estimate_`` does not fit this machine.
 
     ``rebuild(max_width)`` returns the estimate with layers wider than ``max_width`` skipped; it is used to
-    name the largest ``--max-width`` that fits."""
+    name the largest width limit (``max_width``) that fits."""
     if estimate_.fits:
         return
     limit = estimate_.available_bytes if estimate_.memory_bytes > USABLE_FRACTION * (estimate_.available_bytes or 0) \
@@ -249,12 +249,14 @@ def check_fits(estimate_: CostEstimate, specs: list[LayerSpec], model_id: str, r
     for width in widths[1:]:
         if rebuild(width).fits:
             skipped = sum(1 for s in specs if s.applicable and s.width > width)
-            suggestion = f"add --max-width {width} (max_width={width}; skips {skipped} layer{'s' * (skipped != 1)})"
+            suggestion = (f"skip layers wider than {width} (max_width={width}; skips {skipped} "
+                          f"layer{'s' * (skipped != 1)})")
             break
     if suggestion is None:
-        suggestion = "analyse a subset with --layers PATTERN (layers=...), or use a machine with more memory"
+        suggestion = ("analyse only some layers with a layer filter such as 'blocks.*.attn.qkv' (layers=...), or use "
+                      "a machine with more memory")
     else:
-        suggestion += " or choose layers with --layers PATTERN"
+        suggestion += ", or analyse only some layers with a layer filter (layers=...)"
     raise CostError(
         f"{model_id} would need about {_gb(need)} of {where} but {_gb(limit or 0)} is available; its widest layer "
         f"{estimate_.widest_layer} (d {estimate_.widest_d}) alone needs about {_gb(_alone(estimate_))}: "
@@ -316,8 +318,8 @@ def selected_layers(the_plan) -> tuple[list[LayerSpec], list[LayerSpec]]:
     if not any(s.applicable for s in selected):
         raise SettingsError(
             f"no layer of {the_plan.loaded.model_id} is left to analyse with "
-            + " and ".join(o for o in (settings.layers and f"--layers {','.join(settings.layers)}",
-                                       settings.max_width and f"--max-width {settings.max_width}") if o)
+            + " and ".join(o for o in (settings.layers and f"the layer filter '{','.join(settings.layers)}'",
+                                       settings.max_width and f"the width limit {settings.max_width}") if o)
             + f"; its layers are named like {next((s.name for s in all_specs if s.applicable), '?')}"
         )
     return all_specs, selected

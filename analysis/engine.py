@@ -51,6 +51,15 @@ class Cancelled(AnalysisError):
     """The caller asked the analysis to stop."""
 
 
+def stop_check(should_stop: Callable[[], bool] | None) -> Callable[[], None]:
+    """A function that raises :class:`Cancelled` once ``should_stop()`` is true (a no-op without it): called at
+    every layer of every batch and between eigen-decompositions, so a cancel is obeyed within seconds."""
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("analysis cancelled")
+    return check
+
+
 @dataclass
 class Plan:
     """Everything decided before the data pass: what to load, and the cache key (None when the data cannot
@@ -211,7 +220,7 @@ def compute(
             attention = heads.attention_layouts(model, applicable, the_plan.loaded.data_config.get("input_size"),
                                                 device)
         spectra, timings = compute_spectra(applicable, streamed, device, the_plan.settings, progress=progress,
-                                           attention=attention)
+                                           attention=attention, should_stop=should_stop)
     finally:
         model.to("cpu")
     meta = result_meta(the_plan, streamed, timings, coverage(model, applicable)).replace(blocks_reason=structure.reason)
@@ -257,7 +266,8 @@ def stream_statistics(
         resumed = partial.load() if partial is not None else None
         collector = MomentCollector(applicable, device, tokens_per_image=settings.tokens_per_image, seed=settings.seed,
                                     token_set=settings.token_set, layout=layout, halves=settings.uncertainty,
-                                    verify_batch=MomentCollector.verification_batch(total_batches, settings.seed))
+                                    verify_batch=MomentCollector.verification_batch(total_batches, settings.seed),
+                                    interrupt=stop_check(should_stop))
         if resumed is not None:
             try:
                 collector.load_state(resumed.state, batches_done=resumed.batches_done)
@@ -281,8 +291,7 @@ def stream_statistics(
     )
     with collector, torch.inference_mode(), autocast, kernels.layer_precision(autocast_dtype):
         for batch_index, (batch, _labels) in enumerate(device_batches(loader, device), start=first_batch):
-            if should_stop is not None and should_stop():
-                raise Cancelled("analysis cancelled")
+            stop_check(should_stop)()
             if positions is None:  # a data object, read in its own order: this process's images so far
                 image_ids = rank + torch.arange(images, images + batch.shape[0]) * world_size
                 if settings.uncertainty:  # each half's images together: the statistics slice instead of copying
@@ -417,6 +426,7 @@ def merge_across_processes(streamed: Streamed, device: torch.device) -> Streamed
 def compute_spectra(
     applicable: list[LayerSpec], streamed: Streamed, device: torch.device, settings: AnalysisSettings,
     progress: ProgressCallback | None = None, attention: heads.AttentionLayouts | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[LayerSpectrum], Timings]:
     """Eigendecompose C_in and C_out = W C_in W^T (+ bias terms) of every layer and derive what is stored.
 
@@ -424,7 +434,8 @@ def compute_spectra(
     not exact / too few samples) from the first batch's self-check (:mod:`analysis.capture`). The eigen phase
     reports stage ``"spectra"``, layer i of n (:func:`analysis.spectra.layer_eigen`). ``attention``: the
     verified head layouts (:func:`analysis.heads.attention_layouts`), whose per-part and per-head eigenvalues
-    go into the layers' ``extras``."""
+    go into the layers' ``extras``. ``should_stop`` is checked as each layer's decompositions complete."""
+    check = stop_check(should_stop)
     moments = streamed.moments
     start = time.perf_counter()
     collector = streamed.collector
@@ -438,12 +449,17 @@ def compute_spectra(
     # the images behind the statistics are all in: the spectra stage carries them, so a job's final record
     # still says how many images the analysis saw
     clock = StageClock(progress, "spectra", total=len(affine), items_total=streamed.images)
-    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device,
-                                         progress=lambda done, _total, _s: clock.report(done, streamed.images))
+
+    def eigen_done(done: int, _total: int, _seconds: float) -> None:
+        check()
+        clock.report(done, streamed.images)
+
+    eig_in, eig_out, eig_s = layer_eigen(affine, eig_device, progress=eigen_done)
     extra = (settings.energy_in, settings.energy_out)
     by_name = {spec.name: spec for spec in applicable}
 
     def derived(name: str) -> LayerSpectrum:
+        check()
         spec = by_name[name]
         return LayerSpectrum.from_statistics(spec, moments[name].count, eig_in[name], eig_out[name], extra,
                                              weight=affine[name].weight, status=statuses[name][0],
@@ -462,7 +478,7 @@ def compute_spectra(
     heads.add_head_extras(spectra, affine, attention)
     uncertainty_s = 0.0
     if settings.uncertainty:
-        uncertainty_s = _uncertainty_extras(spectra, applicable, streamed, findings, settings.centred)
+        uncertainty_s = _uncertainty_extras(spectra, applicable, streamed, findings, settings.centred, check)
     timings = Timings(statistics_s=streamed.seconds, eigen_s=eig_s, spectra_s=time.perf_counter() - start,
                       uncertainty_s=uncertainty_s)
     return spectra, timings
@@ -506,7 +522,7 @@ def run_unit(settings: AnalysisSettings, device: torch.device) -> float:
 
 
 def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec], streamed: "Streamed",
-                        findings: dict, centred: bool) -> float:
+                        findings: dict, centred: bool, check: Callable[[], None] = lambda: None) -> float:
     """Store the halves' and the snapshots' eigenvalues in each spectrum's extras; return the seconds spent
     (the snapshots' share was spent during the data pass)."""
     start = time.perf_counter()
@@ -519,8 +535,11 @@ def _uncertainty_extras(spectra: list[LayerSpectrum], applicable: list[LayerSpec
         if len(half_layers) == 2 and spectrum.name in half_layers[0] and spectrum.n_samples > 0:
             for label, layers in zip(("a", "b"), half_layers):
                 layer_of[(spectrum.name, label)] = layers[spectrum.name]
-    half_values = cpu_dict(lambda key: uncertainty.eigenvalues(layer_of[key]), list(layer_of),
-                           cost=lambda key: decomposition_cost(layer_of[key]))
+    def half_eigenvalues(key: tuple[str, str]):
+        check()
+        return uncertainty.eigenvalues(layer_of[key])
+
+    half_values = cpu_dict(half_eigenvalues, list(layer_of), cost=lambda key: decomposition_cost(layer_of[key]))
     for spectrum in spectra:
         name = spectrum.name
         for label in ("a", "b"):

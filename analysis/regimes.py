@@ -28,6 +28,12 @@ REGIME_LABELS: dict[str, str] = {
     "dinov2": "self-supervised: DINOv2",
     "random": "untrained (random init)",
 }
+SHORT_LABELS: dict[str, str] = {
+    "supervised": "supervised", "mae": "MAE", "dino": "DINO", "dinov2": "DINOv2", "random": "random init",
+}
+"""Regime names short enough for a chart's axis."""
+ZOO_ACCURACY_DATASET = "fashion-mnist:test"
+"""Where the zoo's accuracies were measured (the manifest's ``evaluation``: the Fashion-MNIST test split)."""
 REGIME_FAMILIES: dict[str, str] = {
     "supervised": "supervised", "mae": "self-supervised", "dino": "self-supervised", "dinov2": "self-supervised",
     "random": "untrained",
@@ -72,10 +78,20 @@ class TrainingFacts:
     target: RecipeTarget | None = None
     measured: float | None = None
     """The value of ``target.metric`` (None when there is no target or it was not measured)."""
+    accuracy_dataset: str | None = None
+    """The dataset id the accuracies were measured on (None when no accuracy is recorded)."""
 
     @property
     def label(self) -> str:
         return REGIME_LABELS.get(self.regime, "regime not recorded")
+
+    @property
+    def short_label(self) -> str:
+        return SHORT_LABELS.get(self.regime, "regime?")
+
+    def measured_on(self, dataset_id: str) -> bool:
+        """Whether the accuracies were measured on ``dataset_id`` (so they may be shown beside its analysis)."""
+        return self.accuracy_dataset is not None and self.accuracy_dataset == dataset_id
 
     @property
     def family(self) -> str:
@@ -125,7 +141,8 @@ def _zoo_facts(model_id: str, entry: dict) -> TrainingFacts:
     measured = accuracy.get(target.metric) if target is not None else None
     return TrainingFacts(model_id=model_id, regime=regime, budget=budget,
                          linear_probe=accuracy.get("linear_probe_top1"), top1=accuracy.get("top1"),
-                         target=target, measured=measured)
+                         target=target, measured=measured,
+                         accuracy_dataset=ZOO_ACCURACY_DATASET if accuracy else None)
 
 
 def _regime_from_name(name: str) -> str:

@@ -84,7 +84,7 @@ class AnalysisSettings:
             raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         device = str(self.device)
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise SettingsError("device cuda was requested but this machine has no usable CUDA GPU; use --device cpu")
+            raise SettingsError("device cuda was requested but this machine has no usable CUDA GPU; choose the cpu device")
         if not (device == "cpu" or device.startswith("cuda")):
             raise SettingsError(f"device must be cpu or cuda[:N], got {device!r}")
         if self.precision == "fp16" and device == "cpu":
@@ -178,4 +178,7 @@ def _layer_patterns(value: object) -> tuple[str, ...] | None:
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
         raise SettingsError(f"layers must be layer-name patterns such as 'blocks.*.attn.qkv', got {value!r}")
     patterns = tuple(p.strip() for p in items if p.strip())
+    if not patterns and (value.strip() if isinstance(value, str) else items):
+        raise SettingsError(f"the layer filter {value!r} names no layer pattern (leave it empty for every layer, or "
+                            "give patterns such as 'blocks.*.attn.qkv')")
     return patterns or None

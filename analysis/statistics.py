@@ -101,8 +101,12 @@ class MomentCollector:
         layout: TokenLayout | None = None,
         halves: bool = False,
         verify_batch: int | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> None:
         self.specs = [s for s in specs if s.applicable]
+        self.interrupt = interrupt
+        """Called before each layer's input is added; it may raise to abandon the forward (a cancel that does
+        not wait for the end of a long batch). The running sums then hold part of the batch: discard them."""
         self.device = torch.device(device)
         self.tokens_per_image = tokens_per_image
         self.seed = seed
@@ -239,6 +243,8 @@ class MomentCollector:
 
         Autocast is switched off here: the forward may run under it, and the float32 products of the
         statistics must not be recast to 16 bits."""
+        if self.interrupt is not None:
+            self.interrupt()
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             if geometry is not None and x.dim() == 3:
                 x = x.unsqueeze(0)  # an unbatched convolution input

@@ -46,11 +46,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_server(cache_dir: str, model: str, dataset: str, samples: int | None, log_path: Path):
+def _start_server(cache_dir: str, model: str | None, dataset: str | None, samples: int | None, log_path: Path):
     port = _free_port()
-    env = dict(os.environ, ANALYSIS_CACHE_DIR=cache_dir, ANALYSIS_DEFAULT_MODEL=model, ANALYSIS_DEFAULT_DATASET=dataset,
-               HF_HUB_OFFLINE="1")
-    env.pop("ANALYSIS_DEFAULT_SAMPLES", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANALYSIS_DEFAULT")}
+    env.update(ANALYSIS_CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1")
+    if model is not None:  # else the app's own defaults (the zoo's regimes and its default analysis)
+        env.update(ANALYSIS_DEFAULT_MODEL=model, ANALYSIS_DEFAULT_DATASET=dataset)
     if samples is not None:
         env["ANALYSIS_DEFAULT_SAMPLES"] = str(samples)
     command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",

@@ -23,7 +23,7 @@ def _sweep(key: str, _result: Result):
     return tables.energy_sweep(_result)
 
 
-frame.intro("Compress", text.COMPRESS_INTRO, text.COMPRESS_FORMULA)
+frame.intro("Compress", text.COMPRESS_INTRO, text.COMPRESS_FORMULA, lead=text.COMPRESS_LEAD)
 result = frame.require_result()
 if result is None:
     st.stop()
@@ -39,8 +39,9 @@ cols[0].metric("Parameters kept", text.pct(params["kept"]),
                     f"images) at the sidebar's energies; {KEPT_DEFINITION}.")
 cols[1].metric("Parameters saved", text.count(params["params_dense"] - params["params_factorized"]),
                help=f"of {text.count(params['params_dense'])} in the counted layers")
-cols[2].metric("Mean preservation error", f"{counted['preservation_error'].mean():.2e}" if len(counted) else "n/a")
-cols[3].metric("MLU", text.plus_minus(result.mlu, result.mlu_err), help="± its split-half error bar")
+mean_error = counted["preservation_error"].mean() if len(counted) else float("nan")
+cols[2].metric("Mean preservation error", "n/a" if mean_error != mean_error else f"{mean_error:.2e}")
+frame.metric_with_error(cols[3], "MLU", result.mlu, result.mlu_err, "± its split-half error bar")
 
 sweep = _sweep(result.key, result)
 frame.plot(charts.compression_sweep_chart(sweep, e_in if e_in == e_out else None), result.meta, key="compress_sweep")
@@ -48,13 +49,14 @@ if e_in != e_out:
     st.caption("The sweep sets e_in = e_out; your current energies differ, so no marker is drawn on it.")
 
 frame.plot(charts.savings_bars(result.layers), result.meta, key="compress_savings")
+shown = tables.displayed(savings, {"preservation_error": ".2e"})
 st.dataframe(
-    savings,
+    shown,
     hide_index=True,
-    column_config={
+    column_config=tables.numeric_config(shown, {
         "kept": st.column_config.ProgressColumn("kept", min_value=0.0, max_value=1.0, format="percent"),
         "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
-    },
+    }),
 )
 
 compress_view.section(result, e_in, e_out)

@@ -12,7 +12,7 @@ from functools import partial
 import streamlit as st
 
 from analysis.heads import HEAD_PARTS, head_table, layouts_line, reasons_by_text
-from ui import frame, head_charts, state, text
+from ui import frame, head_charts, state, tables, text
 
 CHART_KEY = "heads_chart"
 PART_KEY = "heads_part"
@@ -38,14 +38,17 @@ else:
         st.session_state[PART_KEY] = parts[0]
     part = st.radio("Part", parts, key=PART_KEY, horizontal=True, format_func=head_charts.PART_LABELS.get)
     selected = state.selected_layer(result)
-    frame.plot(head_charts.head_heatmap(table, part, selected), result.meta, key=CHART_KEY,
-                    on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points")
+    frame.plot(lambda: head_charts.head_heatmap(table, part, selected), result.meta, key=CHART_KEY,
+               on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
+               same_as=("heads", result.key, part, selected, *state.energies()))
     st.caption(f"Head layout, read from the model and confirmed by a probe: {layouts_line(result)}.")
     with st.expander("Per-head table", expanded=False):
+        shown = tables.displayed(table)
         st.dataframe(
-            table, hide_index=True,
-            column_config={"utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
-                                                                          format="percent")},
+            shown, hide_index=True,
+            column_config=tables.numeric_config(shown, {
+                "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
+                                                               format="percent")}),
         )
 for why, layers in reasons.items():
     shown = ", ".join(f"`{layer}`" for layer in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")

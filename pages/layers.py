@@ -11,7 +11,7 @@ from functools import partial
 import streamlit as st
 
 from analysis import uncertainty
-from ui import card_view, charts, frame, state, text
+from ui import card_view, charts, frame, state, tables, text
 
 CHART_KEY = "layers_chart"
 HEATMAP_KEY = "layers_heatmap"
@@ -29,8 +29,8 @@ for line in result.warnings:  # flagged layers (not reached / not exact / too fe
     st.warning(line, icon=":material/warning:")
 
 cols = st.columns(4)
-cols[0].metric("MLU", text.plus_minus(result.mlu, result.mlu_err),
-               help="Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
+frame.metric_with_error(cols[0], "MLU", result.mlu, result.mlu_err,
+                        "Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
 cols[1].metric("Layers counted", f"{counted} of {len(table)}")
 cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
                help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
@@ -38,9 +38,12 @@ cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
 cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="e_in / e_out (sidebar).")
 
 selected = state.selected_layer(result)
+same = (result.key, e_in, e_out, selected)  # what the charts depend on: shared by every session asking
 frame.plot(
-    charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(), mlu_err=result.mlu_err),
+    lambda: charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(420),
+                                    mlu_err=result.mlu_err),
     result.meta, key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
+    same_as=("bars", *same, frame.chart_height(420)),
 )
 left, right = st.columns([1, 1], vertical_alignment="bottom")
 with left:
@@ -56,7 +59,7 @@ with right:
     )
     st.page_link("pages/spectra.py", label="See its spectra", icon=":material/show_chart:")
 # full width: in a narrow column the kind labels and the colour bar leave the cells too thin to click apart
-frame.plot(charts.block_kind_heatmap(table, selected), result.meta, key=HEATMAP_KEY,
+frame.plot(lambda: charts.block_kind_heatmap(table, selected), result.meta, key=HEATMAP_KEY, same_as=("heatmap", *same),
                 on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
 
 curve = uncertainty.convergence(result)
@@ -66,20 +69,21 @@ with st.expander("How sure is this? Convergence with the number of images", expa
                 "Run it again with uncertainty on to see error bars and the convergence curve.")
     else:
         st.markdown(text.CONVERGENCE_TEXT)
-        frame.plot(charts.convergence_chart(curve, selected, result.mlu_err, height=frame.chart_height(400)),
-                   result.meta, key="layers_convergence")
+        frame.plot(lambda: charts.convergence_chart(curve, selected, result.mlu_err, height=frame.chart_height(400)),
+                   result.meta, key="layers_convergence", same_as=("convergence", *same, frame.chart_height(400)))
         st.caption(text.convergence_verdict(curve, result.mlu_err))
 
 with st.expander("Per-layer table", expanded=False):
+    shown = tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f", "w_effective_rank": ".1f"})
     st.dataframe(
-        table,
+        shown,
         hide_index=True,
-        column_config={
+        column_config=tables.numeric_config(shown, {
             "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
             "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
             "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
             "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),
-        },
+        }),
     )
 if result.not_applicable:
     st.caption("Not analysed (not applicable): " + ", ".join(f"`{x['layer']}` ({x['reason']})" for x in result.not_applicable))

@@ -32,9 +32,9 @@ points = learn.synthetic_inputs(spread)
 values, vectors = learn.eigen(points)
 k = learn.k_for(values, energy)
 with picture:
-    st.plotly_chart(charts.learn_points_chart(points, vectors, values, k), key="learn_points")
+    frame.show(charts.learn_points_chart(points, vectors, values, k), key="learn_points")
 with bars:
-    st.plotly_chart(charts.learn_energy_chart(values, energy), key="learn_energy_chart")
+    frame.show(charts.learn_energy_chart(values, energy), key="learn_energy_chart")
 with controls:
     st.metric("k(e)", f"{k} of 2")
     st.metric("utilization k / d", text.pct(k / 2))
@@ -56,9 +56,16 @@ PAGES = [
      "pre-training regimes side by side: MLU beside each model's regime, training budget and accuracy."),
     ("pages/layers.py", "Layers", ":material/bar_chart:",
      "u for every layer in depth order, the MLU line, and a block x kind heatmap; click or step to select a layer."),
+    ("pages/heads.py", "Heads", ":material/view_module:",
+     "how much of its space each attention head's queries, keys and values use, heads x layers."),
     ("pages/spectra.py", "Spectra", ":material/show_chart:",
      "for the selected layer: W looks full rank, W' (W on the data's directions) collapses to r; play the sweep."),
-    ("pages/analyze.py", "Analyze", ":material/play_circle:", "run any model on any dataset, with progress."),
+    ("pages/one_image.py", "One image", ":material/image_search:",
+     "one image against the dataset's subspaces: how typical it is at each layer, and where W' would lose it."),
+    ("pages/analyze.py", "Analyze", ":material/play_circle:",
+     "run any model on any dataset: the time it will take here, then its progress; one job at a time."),
+    ("pages/timeline.py", "Timeline", ":material/timeline:",
+     "utilization across training: every checkpoint of a regime, against its step and its accuracy."),
     ("pages/compress.py", "Compress", ":material/compress:",
      "store each layer as two thin factors of rank r: parameters kept against the error and accuracy."),
     ("pages/library.py", "Library", ":material/folder_open:", "every finished analysis: open, download, delete."),

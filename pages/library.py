@@ -1,5 +1,6 @@
-"""Library: the cached analyses with their settings (from manifests): open, download, delete with
-confirmation; and the jobs running or finished recently (``analysis.jobs.list_jobs``)."""
+"""Library: the cached analyses with their MLU at the sidebar's energies and their settings: open, download,
+delete with confirmation; and the machine's jobs: running, waiting, and those that failed or were cancelled
+lately (:func:`ui.jobs_view.machine_jobs`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from analysis import jobs
 from analysis.errors import AnalysisError
 from analysis.table_export import export_bytes
 from ui import card_view, frame, jobs_view, state, tables, text
@@ -35,6 +35,12 @@ def _delete(key: str) -> None:
                  f"Deleted analysis {text.short_key(key)}." if removed else f"{text.short_key(key)} was already gone.")
 
 
+def _mlu(key: str) -> float | None:
+    """The entry's MLU at the sidebar's energies, in percent (None when it cannot be read)."""
+    result = state.load_result(key)
+    return None if result is None else round(100 * result.at_energy(*state.energies()).mlu, 1)
+
+
 def _export(key: str, fmt: str) -> bytes:
     """Bytes of one download (built only when the button is clicked)."""
     result = state.load_result(key)
@@ -43,53 +49,18 @@ def _export(key: str, fmt: str) -> bytes:
     return export_bytes(result.at_energy(*state.energies()), fmt)
 
 
-def _follow(key: str) -> None:
-    st.session_state[state.JOB] = key
-
-
-def _jobs_section() -> None:
-    st.subheader("Jobs")
-    try:
-        listed = list(jobs.list_jobs())
-    except AnalysisError as exc:
-        st.error(str(exc))
-        return
-    if not listed:
-        st.caption("No jobs recorded in this cache.")
-        return
-    rows = []
-    for job in listed:
-        rows.append({
-            "state": job.state,
-            "model": job.model_id,
-            "dataset": job.dataset_id,
-            "progress": float(job.fraction or 0.0),
-            "images": f"{text.count(job.images_done)}/{text.count(job.images_total)}",
-            "elapsed": text.duration(job.elapsed_s),
-            "ETA": text.duration(job.eta_s) if job.state in jobs_view.ACTIVE_STATES else "",
-            "message": job.message or "",
-            "key": getattr(job, "key", None),
-        })
-    st.dataframe(pd.DataFrame(rows), hide_index=True,
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
-                                                                            format="percent")})
-    active = [r for r in rows if r["state"] in jobs_view.ACTIVE_STATES and state.is_key(r["key"])]
-    for row in active:
-        cols = st.columns([4, 1, 1])
-        cols[0].markdown(f"`{text.short_key(row['key'])}` {row['model']} on {row['dataset']}: {row['state']}")
-        cols[1].button("Follow", key=f"follow-{row['key']}", on_click=_follow, args=(row["key"],),
-                       help="Show its progress on the Analyze page; it opens when done.")
-        cols[2].button("Cancel", key=f"lib-cancel-{row['key']}", on_click=jobs_view.cancel_job, args=(row["key"],))
-
-
-frame.intro("Library", text.LIBRARY_INTRO)
+frame.intro("Library", text.LIBRARY_INTRO, lead=text.LIBRARY_LEAD)
 
 entries = list(state.cache().entries())
 if not entries:
     st.info("The cache is empty: run an analysis on the Analyze page.")
 else:
-    table = pd.DataFrame([tables.entry_row(e) for e in entries])
-    st.dataframe(table, hide_index=True)
+    table = pd.DataFrame([tables.entry_row(e, _mlu(e.key)) for e in entries])
+    st.dataframe(table, hide_index=True, column_config={
+        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%",
+                                             help="At the sidebar's energies (empty when the entry cannot be read)."),
+        "full key": st.column_config.TextColumn("full key", width="small"),
+    })
     labels = {e.key: tables.entry_label(e) for e in entries}
     if st.session_state.get(PICK) not in labels:
         st.session_state[PICK] = state.current_key() if state.current_key() in labels else entries[0].key
@@ -97,8 +68,8 @@ else:
     is_current = key == state.current_key()
     entry = next(e for e in entries if e.key == key)
     cols = st.columns([1, 1, 1, 1, 1, 1])
-    cols[0].button("Open" if not is_current else "Open (already open)", on_click=_open, args=(key,), type="primary",
-                   disabled=is_current, key="library_open", icon=":material/folder_open:")
+    cols[0].button("Open", on_click=_open, args=(key,), type="primary", disabled=is_current, key="library_open",
+                   icon=":material/folder_open:", help="It is open already." if is_current else "Show it on every page.")
     for col, fmt in zip(cols[1:4], ("csv", "parquet", "json")):
         col.download_button(fmt.upper(), data=partial(_export, key, fmt), file_name=f"utilization-{text.short_key(key)}.{fmt}",
                             mime=MIME[fmt], on_click="ignore", key=f"library_download_{fmt}", icon=":material/download:")
@@ -118,4 +89,4 @@ else:
     if is_current:
         st.page_link("pages/layers.py", label="Show it on the Layers page", icon=":material/bar_chart:")
 
-_jobs_section()
+jobs_view.machine_jobs()

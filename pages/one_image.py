@@ -41,8 +41,9 @@ with thumb:
 height = frame.chart_height()
 frame.plot(image_charts.energy_fraction_chart(report, name, height=height), result.meta, key="one_image_fractions")
 st.caption(
-    f"Dashed line: the share e_in = {text.energy(e_in)} that the top k_in directions hold of the *dataset's* "
-    "input energy; a bar below it marks a layer where this image is less typical than the average. The image's "
+    f"Bars: the share of this image's input energy that falls outside the dataset's top k_in directions. Dashed "
+    f"line: the *dataset's* share outside them, 1 − e_in = {1 - e_in:.3g}; a bar above it marks a layer where "
+    "this image is less typical than the average. The image's "
     "own rank (red) against the dataset's k_in (grey): how many of the directions the dataset needs this one image "
     "uses. Over all the image's vectors, whichever token set the analysis counted."
 )

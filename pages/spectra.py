@@ -30,26 +30,32 @@ error = row["preservation_error"]
 cols[4].metric("preservation error", "n/a" if math.isnan(error) else f"{error:.2e}",
                help="||(W - W')X||² / ||WX||² on the data at these energies.")
 
-frame.plot(charts.singular_values_chart(spectrum, e_in, e_out, height=height), result.meta, key="spectra_singular")
+same = (result.key, name, e_in, e_out, height)  # what the charts depend on: shared by every session asking
+frame.plot(lambda: charts.singular_values_chart(spectrum, e_in, e_out, height=height), result.meta,
+           key="spectra_singular", same_as=("singular", *same))
 st.caption(
     f"**{charts.kind_label(spectrum.kind)}**{'' if spectrum.in_mlu else ' (not counted in the MLU)'}. "
     f"W' is stored at e_in = e_out for e in {{{', '.join(text.energy(e) for e in sorted(spectrum.wprime_singular))}}}; "
-    f"the bold curve is the one nearest min(e_in, e_out) = {text.energy(min(e_in, e_out))}. Its singular values "
+    f"the bold curve is the one at min(e_in, e_out) = {text.energy(min(e_in, e_out))}"
+    + ("" if min(e_in, e_out) in spectrum.wprime_singular else
+       f", or the stored one nearest to it ({text.energy(charts.nearest_wprime_energy(min(e_in, e_out)))})")
+    + ". Its singular values "
     "beyond r are exactly zero and sit on the dotted floor line. Data-free view of W alone: stable rank "
     f"{row['w_stable_rank']:.1f}, effective rank {row['w_effective_rank']:.1f} of at most "
     f"{min(spectrum.d_in, spectrum.d_out)}; inputs seen: {text.count(spectrum.n_samples)} vectors."
 )
-frame.plot(charts.energy_animation(spectrum, min(e_in, e_out), height=height), result.meta, key="spectra_sweep")
+frame.plot(lambda: charts.energy_animation(spectrum, min(e_in, e_out), height=height), result.meta,
+           key="spectra_sweep", same_as=("sweep", *same))
 left, right = st.columns(2)
 with left:
     frame.plot(
-        charts.eigen_chart(spectrum.eig_in, e_in, f"Input second moment C_in (d_in = {spectrum.d_in})",
-                           charts.kind_color(spectrum.kind), height=height),
-        result.meta, key="spectra_c_in",
+        lambda: charts.eigen_chart(spectrum.eig_in, e_in, f"Inputs: C_in (d_in = {spectrum.d_in})",
+                                   charts.kind_color(spectrum.kind), height=height),
+        result.meta, key="spectra_c_in", same_as=("c_in", *same),
     )
 with right:
     frame.plot(
-        charts.eigen_chart(spectrum.eig_out, e_out, f"Output second moment C_out (d_out = {spectrum.d_out})",
-                           charts.kind_color(spectrum.kind), height=height),
-        result.meta, key="spectra_c_out",
+        lambda: charts.eigen_chart(spectrum.eig_out, e_out, f"Outputs: C_out (d_out = {spectrum.d_out})",
+                                   charts.kind_color(spectrum.kind), height=height),
+        result.meta, key="spectra_c_out", same_as=("c_out", *same),
     )

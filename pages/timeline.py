@@ -1,7 +1,8 @@
 """Timeline: utilization across training for the zoo's regimes or a folder of the user's checkpoints.
 
-Every checkpoint is analysed as a background job (cached like any analysis) on the default dataset and sample
-count; once they are done the page draws MLU against step, a depth x step heatmap per series, a scrubber over
+Every checkpoint is analysed as a background job (cached like any analysis; the jobs wait their turn in the
+machine's queue and are followed as one batch by :func:`ui.jobs_view.batch_panel`; a series estimated above
+ten minutes asks first) on the default dataset and sample count; once they are done the page draws MLU against step, a depth x step heatmap per series, a scrubber over
 one series' checkpoints with the Layers bar chart, and MLU against linear-probe accuracy. The logic is in
 :mod:`analysis.timeline` and the charts in :mod:`ui.timeline_charts`.
 """
@@ -11,10 +12,13 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis import defaults, jobs
+from analysis.calibration import LONG_RUN_S
+from analysis.engine import plan
 from analysis.errors import AnalysisError
+from analysis.settings import AnalysisSettings
 from analysis.models import catalogue
 from analysis.timeline import FOLDER_PREFIX, from_results, resolve
-from ui import charts, frame, jobs_view, state, text
+from ui import charts, frame, jobs_view, state, tables, text
 from ui import timeline_charts as tc
 
 SERIES = "timeline_series"
@@ -22,28 +26,49 @@ OWN = "timeline_own"
 RUN = "timeline_run"  # {"points", "keys": {model_id: key}, "errors": {model_id: message}, "dataset"}
 SCRUB_SERIES = "timeline_scrub_series"
 SCRUB = "timeline_scrub"
+GROUP = "timeline"  # the checkpoints' jobs, followed as one batch (ui.jobs_view.batch_panel)
+CONFIRM = "timeline_confirm"  # a long series waiting for the user's yes: its (low, high, seconds)
 
-frame.intro("Timeline", tc.INTRO)
+
+@st.cache_data(ttl=300, show_spinner="Estimating the time from this machine's measured speed ...")
+def _series_seconds(specs: tuple[str, ...], dataset_id: str, samples: int | None):
+    """The calibrated time of the series' checkpoints not cached yet, ``(low, high, seconds)``, or None."""
+    from analysis.calibration import estimate_run_time
+
+    try:
+        points = resolve(list(specs))
+        models = list(dict.fromkeys(p.model_id for p in points if not p.problem))
+        settings = AnalysisSettings(samples=samples)
+        found = [estimate_run_time(m, dataset_id, settings, str(state.cache().root)) for m in models
+                 if not state.cache().has(plan(m, dataset_id, settings).key)]
+    except AnalysisError:
+        return None
+    return sum(e.low for e in found), sum(e.high for e in found), sum(e.seconds for e in found)
+
+frame.intro("Timeline", tc.INTRO, lead=text.TIMELINE_LEAD)
 
 zoo = [e.model_id for e in catalogue() if e.model_id.startswith("zoo:")]
 offered = list(dict.fromkeys([m for m in defaults.DEFAULT_COMPARISON if m in zoo] + zoo))
 st.session_state.setdefault(SERIES, offered)
-left, right = st.columns([3, 2])
-chosen = left.multiselect("Zoo series", offered, key=SERIES,
-                          help="Each zoo model's checkpoints as listed in its manifest.")
-own = right.text_input("Your own series", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
-                       help="A folder of checkpoints ordered by the step in their names or metadata.")
+chosen = st.multiselect("Zoo series", offered, key=SERIES,
+                        help="Each zoo model's checkpoints as listed in its manifest.")
+own = st.text_input("Your own series (optional)", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
+                    help="A folder of checkpoints ordered by the step in their names or metadata.")
 settings = state.default_settings()
 dataset = defaults.DEFAULT_DATASET
-st.caption(f"Dataset {dataset}, {settings.samples or 'all'} images per checkpoint (the app's defaults).")
+st.caption(f"Dataset {dataset}, {text.count(settings.samples) if settings.samples else 'all'} images per "
+           "checkpoint (the app's defaults).")
 
-if st.button("Analyse the series", type="primary"):
-    specs = list(chosen) + ([own.strip()] if own.strip() else [])
+
+def _analyse(specs: list[str]) -> None:
+    """Button callback: resolve the series, submit every checkpoint not cached to the machine's queue (they run
+    one after the other) and follow them as one batch; cached ones open at once."""
+    st.session_state.pop(CONFIRM, None)
     try:
         points = resolve(specs)
     except AnalysisError as exc:
-        st.error(str(exc))
-        st.stop()
+        state.notify("error", str(exc))
+        return
     keys, errors = {}, {}
     for model_id in dict.fromkeys(p.model_id for p in points if not p.problem):
         try:
@@ -51,28 +76,43 @@ if st.button("Analyse the series", type="primary"):
         except AnalysisError as exc:
             errors[model_id] = str(exc)
     st.session_state[RUN] = {"points": points, "keys": keys, "errors": errors, "dataset": dataset}
+    jobs_view.follow(GROUP, {m: k for m, k in keys.items() if not state.entry_exists(k)})
+
+
+def _finished(label: str, key: str, status) -> None:
+    if status.state not in ("done",) and not state.entry_exists(key):
+        state.notify("warning", f"{label}: {status.state}. {status.message or ''}".strip())
+
+
+specs = list(chosen) + ([own.strip()] if own.strip() else [])
+busy = bool(jobs_view.following(GROUP))
+if st.button("Analyse the series", type="primary", disabled=busy or not specs, key="timeline_analyse"):
+    seconds = _series_seconds(tuple(specs), dataset, settings.samples)
+    if seconds is not None and seconds[2] > LONG_RUN_S:
+        st.session_state[CONFIRM] = seconds
+    else:
+        _analyse(specs)
+        st.rerun()
+if CONFIRM in st.session_state:
+    low, high, _ = st.session_state[CONFIRM]
+    with st.container(border=True):
+        st.warning(f"Analysing these checkpoints takes {text.duration_range(low, high)} here, one after the other; "
+                   "the machine runs one job at a time, so others wait behind them. Start?",
+                   icon=":material/schedule:")
+        yes, no = st.columns(2)
+        yes.button("Yes, start", type="primary", key="timeline_confirm_yes", on_click=_analyse, args=(specs,),
+                   width="stretch")
+        no.button("Not now", key="timeline_confirm_no", on_click=lambda: st.session_state.pop(CONFIRM, None),
+                  width="stretch")
 
 run = st.session_state.get(RUN)
 if not run:
     st.info("Choose the series and press **Analyse the series**; analyses already in the cache open at once.")
     st.stop()
 
-
-@st.fragment(run_every=jobs_view.POLL_SECONDS)
-def _progress(keys: dict[str, str]) -> None:
-    """Progress of the checkpoints still running; a rerun of the page when none is."""
-    active = False
-    for model_id, key in keys.items():
-        if state.entry_exists(key):
-            continue
-        status = jobs.status(key)
-        if status.state in jobs_view.ACTIVE_STATES:
-            active = True
-            fraction = min(max(float(status.fraction or 0.0), 0.0), 1.0)
-            st.progress(fraction, text=f"{model_id}: {fraction:.0%} · {jobs_view.progress_line(status)}")
-    if not active:
-        st.rerun(scope="app")
-
+if busy:
+    with st.container(border=True):
+        jobs_view.batch_panel(GROUP, _finished)
 
 errors = dict(run["errors"])
 pending = {}
@@ -84,8 +124,6 @@ for model_id, key in run["keys"].items():
         pending[model_id] = key
     else:
         errors[model_id] = f"{status.state}: {status.message or 'no result'}"
-if pending:
-    _progress(pending)
 results = {m: state.load_result(k) for m, k in run["keys"].items() if m not in pending}
 e_in, e_out = state.energies()
 tl = from_results(run["points"], {m: r for m, r in results.items() if r is not None}, errors, run["dataset"],
@@ -123,4 +161,4 @@ frame.plot(charts.utilization_bars(result.layers, result.mlu, state.selected_lay
 
 frame.plot(tc.mlu_vs_probe(table), metas, key="timeline_scatter")
 with st.expander("Timeline table", expanded=False):
-    st.dataframe(table, hide_index=True)
+    st.dataframe(tables.displayed(table), hide_index=True)

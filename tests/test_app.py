@@ -78,9 +78,11 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert at.query_params.get("analysis") == results.a.key
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
     assert "fashion-mnist:test" in sidebar_text and "64" in sidebar_text
-    # the MLU with its split-half error bar (percentage points)
-    assert [m.value for m in at.sidebar.metric if m.label == "MLU"] == [
-        f"{_pct(results.a.mlu)} ± {100 * results.a.mlu_err:.1f}"]
+    # the MLU with its split-half error bar (percentage points) under it, never cut off with the value
+    from ui.text import error_bar
+
+    assert [(m.value, m.proto.delta) for m in at.sidebar.metric if m.label == "MLU"] == [
+        (_pct(results.a.mlu), error_bar(results.a.mlu_err))]
     assert {s.key for s in at.sidebar.select_slider} == {"energy_in_slider", "energy_out_slider"}
 
 
@@ -94,7 +96,7 @@ def test_layers_page_shows_the_default_result(app, results):
     at = _layers(app)
     _ok(at)
     assert at.title[0].value == "Layers"
-    assert _metric(at, "MLU") == f"{_pct(results.a.mlu)} ± {100 * results.a.mlu_err:.1f}"
+    assert _metric(at, "MLU") == _pct(results.a.mlu)
     figures = _charts(at)
     assert len(figures) == 3  # utilization bars + block x kind heatmap + convergence (in its expander)
     bars = figures[0]
@@ -168,7 +170,7 @@ def test_energy_change_changes_k_and_mlu(app, results):
     assert [m.value for m in at.main.metric] == [_pct(expected.mlu), _pct(results.b.at_energy(0.9, 0.9).mlu)]
     at.switch_page("pages/layers.py").run()
     _ok(at)
-    assert _metric(at, "MLU") == f"{_pct(expected.mlu)} ± {100 * expected.mlu_err:.1f}"
+    assert _metric(at, "MLU") == _pct(expected.mlu)
     assert _metric(at, "Energies") == "0.9 / 0.9"
     after = at.main.dataframe[0].value
     assert list(after["k_in"]) == list(expected.layers["k_in"])
@@ -176,7 +178,7 @@ def test_energy_change_changes_k_and_mlu(app, results):
     # the energies are shared: the Compress page shows the same re-thresholded result
     at.switch_page("pages/compress.py").run()
     _ok(at)
-    assert _metric(at, "MLU") == f"{_pct(expected.mlu)} ± {100 * expected.mlu_err:.1f}"
+    assert _metric(at, "MLU") == _pct(expected.mlu)
     assert _metric(at, "Parameters kept") == _pct(expected.parameters()["kept"])
 
 
@@ -223,7 +225,8 @@ def test_compare_shows_every_chosen_analysis(app, results):
     figures = _charts(at)
     assert len(figures) == 3  # MLU bars, overlay, differences
     overlay = figures[1]
-    assert [t["name"] for t in overlay["data"]] == labels
+    # legend: the letter of each card and its regime (one short row), in the cards' order
+    assert [t["name"] for t in overlay["data"]] == ["A · random init", "B · random init"]
     assert _values(overlay["data"][0]["x"]) == list(results.a.layers["layer"])  # depth order, not alphabetical
 
 
@@ -340,8 +343,9 @@ def test_library_opens_and_deletes_with_confirmation(results, monkeypatch, tmp_p
 
 # ------------------------------------------------------------------------------------------ jobs
 def _status(state: str, key: str, **fields) -> SimpleNamespace:
-    base = dict(state=state, key=key, batches_done=1, batches_total=2, images_done=32, images_total=64,
-                elapsed_s=3.0, eta_s=3.0, fraction=0.5, message="", model_id=TINY_B, dataset_id=DATASET)
+    base = dict(state=state, key=key, stage="statistics", batches_done=1, batches_total=2, images_done=32,
+                images_total=64, elapsed_s=3.0, eta_s=3.0, fraction=0.5, message="", model_id=TINY_B,
+                dataset_id=DATASET, cancelling=False, queue_position=None, kind="analysis", updated=0.0)
     base.update(fields)
     return SimpleNamespace(**base)
 
@@ -362,7 +366,8 @@ def test_running_job_shows_progress_survives_reload_and_opens_when_done(app, res
     _ok(at)
     assert at.query_params.get("job") == key
     progress = at.get("progress")
-    assert progress and "batches 1/2" in progress[0].proto.text and "images 32/64" in progress[0].proto.text
+    assert progress and "batch 1/2" in progress[0].proto.text and "images 32/64" in progress[0].proto.text
+    assert "3 s since it was asked for" in progress[0].proto.text and "about 3 s left" in progress[0].proto.text
 
     # a reload is a fresh session with the same URL: the job is followed again
     again = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -696,18 +701,31 @@ def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fit
     assert single.layout.xaxis.range[1] - single.layout.xaxis.range[0] < 0.1  # a single run: a narrow axis
 
 
-def test_analyze_shows_a_cost_estimate_before_running(app):
-    """The Analyze page states the run's time and memory from the layer shapes before Run is pressed, and an
-    impossible layer selection is refused with its reason (the button stays disabled)."""
+def test_analyze_shows_a_cost_estimate_before_running(app, results):
+    """The Analyze page states the run's time (a range, from this machine's measured speed), memory and content
+    key before Run is pressed; a cached request says it opens at once; an impossible layer selection is
+    refused with its reason (the button stays disabled)."""
+    from analysis.engine import plan
+    from analysis.settings import AnalysisSettings
+
+    new_model = f"{TINY_VIT}&seed=5"
     at = app.run()
     at.switch_page("pages/analyze.py").run()
     at.radio(key="analyze_model_source").set_value("any model id").run()
     at.text_input(key="analyze_any_model").set_value(TINY_A).run()
+    assert any("already analysed" in c.value and results.a.key[:8] in c.value for c in at.caption)
+    at.number_input(key="analyze_samples").set_value(SAMPLES)
+    at.checkbox(key="analyze_all").uncheck()
+    at.text_input(key="analyze_any_model").set_value(new_model).run()
     _ok(at)
-    estimates = [c.value for c in at.caption if c.value.startswith("Estimate before running: about ")]
-    assert len(estimates) == 1 and "widest layer" in estimates[0]
+    key = plan(new_model, DATASET, AnalysisSettings(samples=SAMPLES)).key
+    estimates = [c.value for c in at.caption if c.value.startswith(f"Will analyse `{new_model}`")]
+    assert len(estimates) == 1 and " here (" in estimates[0] and "MB" in estimates[0] and key[:8] in estimates[0]
     assert not at.button(key="analyze_launch").disabled
     at.text_input(key="analyze_layers").set_value("no.such.layer*").run()
     assert not at.exception
     assert any("no.such.layer" in e.value for e in at.error)
+    assert at.button(key="analyze_launch").disabled
+    at.text_input(key="analyze_layers").set_value(",").run()  # names no pattern: refused, never "every layer"
+    assert any("names no layer pattern" in e.value for e in at.error)
     assert at.button(key="analyze_launch").disabled

@@ -70,7 +70,8 @@ def test_vgg11_is_refused_before_any_data_or_forward_with_the_option_that_fits(f
         analyze("random:vgg11", folder, samples=2, use_cache=False)
     message = str(caught.value)
     assert "\n" not in message and "pre_logits.fc1 (d 25088)" in message
-    width = int(re.search(r"--max-width (\d+)", message).group(1))
+    width = int(re.search(r"skip layers wider than (\d+)", message).group(1))
+    assert "--" not in message  # words, not command-line flags (the app shows this message too)
     assert width < 25088
     fitted = cost.estimate_plan(plan("random:vgg11", folder, AnalysisSettings(samples=2, max_width=width)))
     assert fitted.fits and fitted.widest_d <= width
@@ -86,17 +87,17 @@ def test_layers_and_max_width_select_layers_and_change_the_key(folder):
     assert set(result.layers["layer"]) == {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1",
                                            "blocks.0.mlp.fc2", "head"}
     left_out = {item["layer"]: item["reason"] for item in result.not_applicable}
-    assert "blocks.1.mlp.fc1" in left_out and "--layers" in left_out["blocks.1.mlp.fc1"]
+    assert "blocks.1.mlp.fc1" in left_out and "layer filter" in left_out["blocks.1.mlp.fc1"]
 
     result = analyze(TINY_VIT, folder, samples=4, max_width=150, use_cache=False)
     assert (result.layers[["d_in", "d_out"]].max(axis=1) <= 150).all()
-    assert "--max-width 150" in {item["layer"]: item["reason"] for item in result.not_applicable}["blocks.0.mlp.fc1"]
+    assert "width limit 150" in {item["layer"]: item["reason"] for item in result.not_applicable}["blocks.0.mlp.fc1"]
     assert 0 < result.meta.weights_analysed_fraction < 0.6
     assert "Linear (not selected)" in result.meta.skipped_module_types
 
 
 def test_a_pattern_that_matches_nothing_is_a_clear_error(folder):
-    with pytest.raises(SettingsError, match=r"no layer .* --layers nothing\.here.*named like patch_embed\.proj"):
+    with pytest.raises(SettingsError, match=r"no layer .* layer filter 'nothing\.here'.*named like patch_embed\.proj"):
         analyze(TINY_VIT, folder, samples=2, layers="nothing.here", use_cache=False)
     with pytest.raises(SettingsError, match="max_width must be a positive integer"):
         analyze(TINY_VIT, folder, samples=2, max_width=0, use_cache=False)

@@ -30,7 +30,7 @@ from analysis.engine import plan
 from analysis.errors import AnalysisError, CacheError, DatasetError, NumericalError, SettingsError, UnknownModelError
 from analysis.compression import CompressionRequest, FinetuneSettings, stored_summaries
 from analysis.compression.pipeline import request_key
-from analysis.jobs import api, lock
+from analysis.jobs import api, job_queue, lock
 from analysis.jobs.compression_job import JobClock, expected_stages, models_dir
 from analysis.jobs.files import JobFiles, read_json, write_json, write_progress
 from analysis.jobs.worker import HOLD_ENV, describe_error
@@ -150,8 +150,18 @@ def _submit_concurrently(model_id: str, dataset_id: str, settings: AnalysisSetti
         return tuple(f.result(timeout=WAIT_S) for f in futures)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def side_by_side():
+    """The scenarios of :func:`started` run side by side (some are held on purpose until a test cancels them),
+    so this module's jobs get as many slots of the machine's queue as they need; the queue's own test gives
+    its private cache one slot."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(job_queue.SLOTS_ENV, "16")
+        yield
+
+
 @pytest.fixture(scope="module")
-def started(tmp_path_factory) -> Started:
+def started(tmp_path_factory, side_by_side) -> Started:
     base = tmp_path_factory.mktemp("jobs")
     cache_dir = str(base / "cache")
     images = f"folder:{write_images(base / 'images', per_class=20)}"
@@ -323,6 +333,93 @@ def test_list_jobs_shows_failed_and_cancelled_but_not_done(started):
     compressions = {s.key: s.state for s in jobs.list_jobs(started.cache_dir, kind="compression")}
     assert compressions == {started.held_compress_key: "cancelled"}
     assert set(s.key for s in jobs.list_jobs(started.cache_dir, kind=None)) == set(listed) | set(compressions)
+
+
+# ------------------------------------------------------------------------------------ the machine's queue
+def test_the_machine_runs_one_job_at_a_time_in_the_order_asked(tmp_path, monkeypatch):
+    """Three analyses asked for one after the other (as three browser sessions would) with one slot: the first
+    runs (held after its first batch), the others wait with their places; the third is cancelled while it
+    waits and is gone at once, never started; the second starts only once the first has ended."""
+    monkeypatch.setenv(job_queue.SLOTS_ENV, "1")
+    hold = tmp_path / "hold"
+    hold.touch()
+    monkeypatch.setenv(HOLD_ENV, str(hold))
+    cache_dir = str(tmp_path / "cache")
+    images = f"folder:{write_images(tmp_path / 'images', per_class=4)}"
+    keys = [jobs.submit(MODEL, images, AnalysisSettings(samples=8, batch_size=4, seed=seed), cache_dir=cache_dir)
+            for seed in (11, 12, 13)]
+    assert len(set(keys)) == 3
+    first = wait_until_running(keys[0], cache_dir)
+    assert first.state == "running", first
+
+    def places():
+        found = [jobs.status(key, cache_dir=cache_dir) for key in keys[1:]]
+        return found if [s.queue_position for s in found] == [1, 2] else None
+
+    second, third = wait_for(places)
+    assert second.state == third.state == "queued"
+    assert "1 job ahead" in second.message and "2 jobs ahead" in third.message
+    assert third.elapsed_s > 0 and third.submitted > 0  # counts from the request, while it waits
+    assert [s.key for s in jobs.queue(cache_dir)] == keys
+
+    assert jobs.cancel(keys[2], cache_dir=cache_dir) is True
+    gone = jobs.status(keys[2], cache_dir=cache_dir)  # at once: no wait
+    assert gone.state == "cancelled" and "before it started" in gone.message
+    assert log_count(JobFiles.of(keys[2], cache_dir), "started attempt") == 0
+    assert keys[2] in {s.key for s in jobs.list_jobs(cache_dir)}  # it stays listed, with its state
+    assert jobs.status(keys[1], cache_dir=cache_dir).queue_position == 1
+
+    hold.unlink()
+    finals = [jobs.wait(key, WAIT_S, cache_dir=cache_dir) for key in keys[:2]]
+    assert [f.state for f in finals] == ["done", "done"], finals
+    first_end = read_json(JobFiles.of(keys[0], cache_dir).progress)["updated"]
+    second_start = read_json(JobFiles.of(keys[1], cache_dir).progress)["started"]
+    assert second_start >= first_end  # never two at once
+    assert jobs.queue(cache_dir) == []
+
+
+def test_a_worker_that_does_not_obey_its_cancel_is_stopped_and_reported(tmp_path):
+    """A job whose worker ignores the cancel flag (a stand-in process that only sleeps) is killed by the next
+    reader of its status once the grace period is over, and published as cancelled."""
+    cache_dir = str(tmp_path / "cache")
+    key = "c" * 24
+    files = JobFiles.of(key, cache_dir)
+    files.folder.mkdir(parents=True)
+    stuck = subprocess.Popen(["sleep", "600"])
+    try:
+        info = lock.LockInfo.for_process(stuck.pid, "attempt-1", "worker")
+        files.lock.write_bytes(info.to_bytes())
+        write_progress(files, state="running", token="attempt-1", message="statistics: batch 3/9", pid=stuck.pid)
+        files.cancel.write_text("attempt-1")
+        assert jobs.status(key, cache_dir=cache_dir).cancelling  # asked, inside the grace period: still running
+        assert stuck.poll() is None
+        past = time.time() - api.CANCEL_GRACE_S - 5
+        os.utime(files.cancel, (past, past))
+        final = jobs.status(key, cache_dir=cache_dir)
+        assert final.state == "cancelled" and "stopped" in final.message, final
+        assert stuck.wait(timeout=10) is not None
+        assert not files.lock.exists()
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+
+
+def test_a_cancel_is_obeyed_within_a_batch(tmp_path):
+    """The data pass asks whether to stop at every layer of every batch: with the whole dataset in one batch,
+    a stop asked after three layers ends the analysis before that batch is over, and nothing is stored."""
+    from analysis.engine import Cancelled, analyze
+
+    images = f"folder:{write_images(tmp_path / 'images', per_class=4)}"
+    asked = {"n": 0}
+
+    def should_stop() -> bool:
+        asked["n"] += 1
+        return asked["n"] > 3
+
+    with pytest.raises(Cancelled):
+        analyze(MODEL, images, samples=8, batch_size=8, cache_dir=str(tmp_path / "cache"), should_stop=should_stop)
+    assert asked["n"] == 4  # the batch loop's own check, then one per layer: stopped at the third layer's input
+    assert not list((tmp_path / "cache").glob("[0-9a-f]" * 24))
 
 
 def test_job_clock_weighs_stages_by_their_work_and_never_goes_back():

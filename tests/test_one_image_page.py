@@ -80,7 +80,9 @@ def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them
     expected = one_image(measured, 0, 0.99, 0.99)
     fractions = _bars(figures[0])
     assert list(fractions) == [item.layer for item in expected.layers]  # every layer, in depth order
-    np.testing.assert_allclose(list(fractions.values()), [item.energy_fraction for item in expected.layers], rtol=1e-9)
+    # bars from zero: the share of the image's energy outside the dataset's subspace
+    np.testing.assert_allclose(list(fractions.values()), [1 - item.energy_fraction for item in expected.layers],
+                               rtol=1e-9, atol=1e-15)
     ranks = next(trace for trace in figures[0]["data"] if trace.get("name") == "this image's own rank")
     assert _values(ranks["y"]) == [item.own_rank for item in expected.layers]
     selected = at.session_state["selected_layer"]
@@ -95,8 +97,8 @@ def test_one_image_page_computes_the_subspaces_then_shows_the_image_against_them
     _ok(at)
     other = one_image(measured, 5, 0.99, 0.99)
     fractions = _bars(_charts(at)[0])
-    np.testing.assert_allclose([fractions[i.layer] for i in other.layers], [i.energy_fraction for i in other.layers],
-                               rtol=1e-9)
+    np.testing.assert_allclose([fractions[i.layer] for i in other.layers],
+                               [1 - i.energy_fraction for i in other.layers], rtol=1e-9, atol=1e-15)
 
     at.session_state["selected_layer"] = "head"
     at.run()

@@ -141,9 +141,9 @@ def test_dropping_the_highest_norm_tokens_removes_them_per_image():
 def test_mlu_with_its_error_bar_reads_as_people_write_it():
     from ui.text import plus_minus
 
-    assert plus_minus(0.388, 0.009) == "38.8% ± 0.9"
-    assert plus_minus(0.177, 0.0001) == "17.7% ± <0.1"  # not zero, below the shown precision
-    assert plus_minus(0.5, 0.0) == "50.0% ± 0.0"
+    assert plus_minus(0.388, 0.009) == "38.8% ± 0.9 pp"
+    assert plus_minus(0.177, 0.0001) == "17.7% ± <0.1 pp"  # not zero, below the shown precision
+    assert plus_minus(0.5, 0.0) == "50.0% ± <0.1 pp"  # halves that agree: below what is shown, not "± 0.0"
     assert plus_minus(0.5, float("nan")) == "50.0%"  # no halves: no error bar claimed
 
 

@@ -1,10 +1,12 @@
 """The "Factorize, evaluate, fine-tune" section of the Compress page.
 
 A form submits :func:`analysis.jobs.submit_compression` for the open analysis' model at the current energies
-(or a parameter budget): the compression runs in a worker process like an analysis, so it survives page
-switches and reloads. The session follows its job (``compress_job``); a session that follows none (a reload,
-another tab) adopts the newest live compression of this model. A fragment polls the job once a second
-(progress, ETA, cancel); when it is done its summary is already stored in ``<cache>/compressions/``.
+(or a parameter budget): the compression runs in a worker process like an analysis, behind the machine's
+queue, so it survives page switches and reloads. Only its button submits (Enter in a field does not), and the
+same request twice is one job. The session follows its job (``compress_job``); a session that follows none (a
+reload, another tab) adopts the newest live compression of this model. :func:`ui.jobs_view.job_card` polls
+the job once a second (queue position, progress, time left, cancel); when it is done its summary is already
+stored in ``<cache>/compressions/``.
 
 Every stored compression of this model is drawn by evaluation set (points connected only within one set),
 with top-1 as ``87.5 % ± 16 (n = 16)`` (Wilson 95 % interval, :mod:`analysis.compression.summaries`), and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from analysis import jobs
@@ -25,11 +28,10 @@ from analysis.errors import AnalysisError
 from analysis.metrics import KEPT_DEFINITION
 from analysis.result import Result
 
-from . import charts, jobs_view, state, text
+from . import charts, frame, jobs_view, state, tables, text
 
 COMPRESS_JOB = "compress_job"
 """Session key: the compression job this session follows."""
-POLL_SECONDS = 1.0
 TRAIN_SPLIT_FOR = {test: train for train, test in PAIRED_EVAL.items()}
 """An analysis of a test split compresses from the matching train split (the test split stays held out)."""
 
@@ -100,23 +102,6 @@ def _finish(key: str, status) -> None:
         state.notify("warning", f"No compression job {text.short_key(key)} is known here any more.")
 
 
-def progress_line(status) -> str:
-    """``evaluate dense: 512 / 2,000 · elapsed 12 s · ETA 1 min 05 s`` (or what the worker is doing first)."""
-    return (f"{status.message or 'starting'} · elapsed {text.duration(status.elapsed_s)} · "
-            f"ETA {text.duration(status.eta_s)}")
-
-
-@st.fragment(run_every=POLL_SECONDS)
-def _poll(key: str) -> None:
-    status = jobs_view.live_status(key, COMPRESS_JOB, _finish)
-    label = "Waiting for a worker ..." if status.state == "queued" else "Compressing ..."
-    st.markdown(f"**{label}** {status.model_id or ''} on {status.dataset_id or ''}  \n`compression {key}`")
-    jobs_view.progress_bar(status, progress_line(status))
-    st.caption("It runs in its own process: switch pages or reload, it goes on and reports here.")
-    st.button("Cancel compression", key=f"compress-cancel-{key}", on_click=jobs_view.cancel_job, args=(key, "compression", "step"),
-              icon=":material/stop_circle:")
-
-
 def followed_job(model_id: str) -> str | None:
     """The compression this session follows; else adopt the newest live one of ``model_id`` (after a reload)."""
     key = st.session_state.get(COMPRESS_JOB)
@@ -169,7 +154,7 @@ def section(result: Result, e_in: float, e_out: float) -> None:
         f"Here, {KEPT_DEFINITION}. The ranks come from an analysis of the data below, so its parameters kept "
         "differ from the header's (the open analysis) when the data or the number of images differ."
     )
-    with st.form("compress_form"):
+    with st.form("compress_form", enter_to_submit=False):  # Enter in a number box never starts a compression
         cols = st.columns(3)
         dataset = cols[0].text_input("Analysis + fine-tuning data", TRAIN_SPLIT_FOR.get(analysed, analysed), key="compress_dataset",
                                      help="Its subspaces give the ranks; fine-tuning reads all of it.")
@@ -203,19 +188,22 @@ def section(result: Result, e_in: float, e_out: float) -> None:
     key = followed_job(model_id)
     if key is not None:
         with st.container(border=True):
-            _poll(key)
+            jobs_view.job_card(key, COMPRESS_JOB, _finish, label=f"Compressing {model_id}",
+                               note="It runs in its own process: switch pages or reload, it goes on and reports "
+                                    "here.")
 
     summaries = stored_summaries(state.cache().root, model=model_id)
     if summaries:
         # compression measures its subspaces on every token, uncentred (the method's default statistics)
-        st.plotly_chart(charts.with_note(charts.compression_accuracy_chart(accuracy_points(summaries)), "all tokens"),
-                        key="compress_accuracy")
+        frame.show(charts.with_note(charts.compression_accuracy_chart(accuracy_points(summaries)), "all tokens"),
+                   key="compress_accuracy")
         st.caption("Points are connected only when evaluated on the same images (dataset and number); bars are "
                    "95 % Wilson intervals; dashed lines are the dense model on each evaluation set.")
-        st.dataframe(summary_rows(summaries), hide_index=True, column_config={
+        shown = tables.displayed(pd.DataFrame(summary_rows(summaries)))
+        st.dataframe(shown, hide_index=True, column_config=tables.numeric_config(shown, {
             "parameters kept": st.column_config.NumberColumn("parameters kept", format="percent",
                                                              help=KEPT_DEFINITION),
-        })
+        }))
         _download(result, summaries)
     else:
         st.caption("No compression of this model has been evaluated yet.")

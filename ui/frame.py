@@ -11,8 +11,7 @@ from analysis.result import ENERGY_GRID
 from . import jobs_view, state, text
 
 LEARN_PAGE = "pages/learn.py"
-PRESENTING = "presentation_mode"
-"""Session key of the sidebar toggle: charts first and taller, theory collapsed, for a projector."""
+PRESENTING = state.PRESENTING
 
 CHART_HEIGHT = 460
 PRESENTATION_HEIGHT = 560
@@ -20,25 +19,79 @@ PRESENTATION_HEIGHT = 560
 _STYLE = """
 <style>
 /* less empty space above the title: the first chart must fit above the fold at 1280x720 */
-[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; padding-bottom: 2rem; }
-[data-testid="stMainBlockContainer"] h1 { padding-top: 0; padding-bottom: 0.2rem; }
-[data-testid="stMetricValue"] { font-size: 1.9rem; }
+[data-testid="stMainBlockContainer"] { padding-top: 1.6rem; padding-bottom: 2rem; }
+[data-testid="stMainBlockContainer"] h1 { padding-top: 0; padding-bottom: 0.1rem; }
+[data-testid="stMetricValue"] { font-size: 1.8rem; }
+/* a metric's value is never cut to "21.3% ± ...": it wraps, like its label */
+[data-testid="stMetricValue"] > div { white-space: normal; overflow: visible; text-overflow: clip; }
+[data-testid="stMetricLabel"] p { white-space: normal; }
+/* links in the sidebar wrap instead of ending in "..." */
+[data-testid="stSidebar"] [data-testid="stPageLink"] a span, [data-testid="stSidebar"] [data-testid="stPageLink"] p {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; }
+/* buttons say all of their label, on two lines if they must */
+[data-testid="stBaseButton-secondary"] p, [data-testid="stBaseButton-primary"] p { white-space: normal; }
 </style>
 """
 _PRESENTATION_STYLE = """
 <style>
 html { font-size: 18px; }
-[data-testid="stMetricValue"] { font-size: 2.3rem; }
+[data-testid="stMetricValue"] { font-size: 2.1rem; }
+/* a narrower sidebar leaves the projector's width to the charts */
+section[data-testid="stSidebar"] { width: 240px !important; min-width: 240px !important; }
+section[data-testid="stSidebar"] > div { width: 240px !important; }
 </style>
 """
 
 
-def plot(fig, metas, **kwargs) -> None:
-    """``st.plotly_chart`` with the analyses' token set (and centring) appended to the chart's title."""
+PLOT_CONFIG = {"displayModeBar": False}
+"""No Plotly toolbar: on hover it covered chart titles (zoom by dragging and reset by double-click still work;
+Streamlit's own fullscreen button stays)."""
+
+
+def plot(fig, metas, *, same_as: tuple | None = None, **kwargs) -> None:
+    """``st.plotly_chart`` with the analyses' token set (and centring) appended to the chart's title.
+
+    ``fig`` is a figure, or a function building it; with ``same_as`` (everything the figure depends on:
+    result keys, energies, selected layer, height ...) the built figure is shared by every session that asks
+    for the same (:func:`_shared_figure`): a class on the same analysis builds each chart once, not once per
+    student (building is most of a page's server time)."""
     from . import charts
 
     metas = metas if isinstance(metas, (list, tuple)) else [metas]
-    st.plotly_chart(charts.with_note(fig, text.analyses_note(metas)), **kwargs)
+    note = text.analyses_note(metas)
+
+    def built():
+        figure = charts.with_note(fig() if callable(fig) else fig, note)
+        return charts.for_projector(figure) if presenting() else figure
+
+    if same_as is not None and callable(fig):
+        st.plotly_chart(_shared_figure(same_as, note, presenting(), built), config=PLOT_CONFIG, **kwargs)
+    else:
+        st.plotly_chart(built(), config=PLOT_CONFIG, **kwargs)
+
+
+@st.cache_resource(max_entries=512, show_spinner=False)
+def _shared_figure(same_as: tuple, note: str, projector: bool, _build):
+    """One figure per ``(same_as, note, projector)`` for the whole server; read-only for the sessions
+    (``st.plotly_chart`` serialises a copy)."""
+    return _build()
+
+
+def show(fig, **kwargs) -> None:
+    """``st.plotly_chart`` without the Plotly toolbar, its text scaled up in presentation mode."""
+    from . import charts
+
+    if presenting():
+        fig = charts.for_projector(fig)
+    st.plotly_chart(fig, config=PLOT_CONFIG, **kwargs)
+
+
+def metric_with_error(container, label: str, value: float, error: float, help_text: str | None = None) -> None:
+    """A metric whose value is a fraction and whose split-half error bar sits under it, grey, in points
+    (``± 0.4 pp``, or ``± <0.1 pp`` below the shown precision): never truncated with the value."""
+    bar = text.error_bar(error)
+    container.metric(label, text.pct(value), delta=bar or None, delta_color="off", delta_arrow="off",
+                     help=help_text)
 
 
 def style() -> None:
@@ -70,14 +123,14 @@ def sidebar() -> None:
                 f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`  \n"
                 f"**Vectors** {text.analysis_note(meta)}"
             )
-            st.metric("MLU", text.plus_minus(result.mlu, result.mlu_err),
-                      help="Mean layer utilization at the energies below (± split-half error bar).")
+            metric_with_error(st, "MLU", result.mlu, result.mlu_err,
+                              "Mean layer utilization at the energies below, ± its split-half error bar.")
         if st.session_state.get(state.DEFAULT_ERROR) and result is not None and \
                 result.key == st.session_state.get(state.DEFAULT_FALLBACK):
             st.caption(f"The default analysis is not available here: {st.session_state[state.DEFAULT_ERROR]} "
                        "Showing the newest cached analysis instead.")
         if state.is_key(st.session_state.get(state.JOB)):
-            st.caption(f"Job `{text.short_key(st.session_state[state.JOB])}` is running; its progress is on the "
+            st.caption(f"Job `{text.short_key(st.session_state[state.JOB])}` is followed; its progress is on the "
                        "Analyze page.")
 
         st.subheader("Energy")
@@ -210,15 +263,16 @@ def step_layer(names: list[str], delta: int) -> None:
 
 def layer_stepper(result, widget_key: str, label: str = "Selected layer") -> str:
     """The layer picker with previous / next buttons beside it, to walk through the layers in depth order
-    in front of an audience (one click per layer; every page follows the selection)."""
+    in front of an audience (one click per layer; every page follows the selection). The buttons are icons
+    (an arrow each), so they never lose their label in a narrow column."""
     names = list(result.layers["layer"])
     state.selected_layer(result)
-    pick, back, forward = st.columns([6, 1, 1], vertical_alignment="bottom")
+    pick, back, forward = st.columns([5, 1, 1], vertical_alignment="bottom", gap="small")
     with back:
-        st.button("◀ prev", key=f"{widget_key}_prev", on_click=step_layer, args=(names, -1),
+        st.button("", key=f"{widget_key}_prev", on_click=step_layer, args=(names, -1), icon=":material/arrow_back:",
                   help="Previous layer (depth order)", width="stretch")
     with forward:
-        st.button("next ▶", key=f"{widget_key}_next", on_click=step_layer, args=(names, 1),
+        st.button("", key=f"{widget_key}_next", on_click=step_layer, args=(names, 1), icon=":material/arrow_forward:",
                   help="Next layer (depth order)", width="stretch")
     with pick:
         return layer_picker(result, widget_key, label)

@@ -26,12 +26,11 @@ from . import jobs_view, state, text
 
 JOB = "one_image_job"
 """Session key: the job computing the moments this session follows."""
-POLL_SECONDS = 1.0
 
 LEAD = (
-    "**What one image uses of each layer**: the bars show how much of this image's input energy lies in the "
-    "subspace the whole dataset uses at e_in, beside the image's own rank; the heatmap shows where on the image "
-    "the projected layer W' would lose most."
+    "**What one image uses of each layer**: the bars show how much of this image's input energy falls outside "
+    "the subspace the whole dataset uses at e_in, beside the image's own rank; the heatmap shows where on the "
+    "image the projected layer W' would lose most."
 )
 INTRO = (
     "A dataset is a union of many images, each of which may use only a few directions: a layer's subspace can be "
@@ -116,17 +115,6 @@ def _finish(key: str, status) -> None:
         state.notify("error", status.message or "Computing the subspaces failed (no reason recorded).")
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def _poll(key: str) -> None:
-    status = jobs_view.live_status(key, JOB, _finish)
-    label = "Waiting for a worker ..." if status.state == "queued" else "Computing the subspaces ..."
-    st.markdown(f"**{label}** `job {key}`")
-    jobs_view.progress_bar(status, jobs_view.progress_line(status))
-    st.caption("It runs in its own process: switch pages or reload, it goes on; this page opens when it is done.")
-    st.button("Cancel", key=f"one-image-cancel-{key}", on_click=jobs_view.cancel_job, args=(key, "job"),
-              icon=":material/stop_circle:")
-
-
 def ensure_subspaces(result: Result) -> bool:
     """True when the eigenvectors can be loaded now; otherwise draw why not, the button that computes them,
     or the progress of the job that does, and return False."""
@@ -140,7 +128,9 @@ def ensure_subspaces(result: Result) -> bool:
     followed = st.session_state.get(JOB)
     if state.is_key(followed):
         with st.container(border=True):
-            _poll(followed)
+            jobs_view.job_card(followed, JOB, _finish, label="Computing the subspaces",
+                               note="It runs in its own process: switch pages or reload, it goes on; this page "
+                                    "opens when it is done.")
         return False
     st.info(
         f"This view needs the layers' eigenvectors, which come from the raw second moments. The open analysis did "

@@ -7,11 +7,15 @@ Keys in ``st.session_state``:
 - ``energy_in`` / ``energy_out``: the energies (plain keys; the sidebar sliders ``*_slider`` mirror them);
 - ``selected_layer``: the layer the Spectra page shows (set by a click on the Layers chart or a selectbox);
 - ``notices``: one-shot messages (a job that failed or was cancelled), shown once under the page title;
+- ``compare_keys``: the analyses on the Compare page; ``presentation_mode``: the sidebar's toggle;
 - ``default_*``: what happened to the embedded default analysis on this session's first run.
 
-The URL carries ``?analysis=<key>&job=<key>`` so a page reload never loses the open result or the running
-job: :func:`adopt_query_params` reads them on a fresh session, :func:`publish_query_params` writes them on
-every run (page switches clear query parameters, so they are written back each time).
+The URL carries the state a reload or a shared link must keep (:data:`URL_PARAMS`):
+``?analysis=<key>&job=<key>&e_in=0.95&e_out=0.99&layer=blocks.3.mlp.fc1&compare=<key>,<key>&present=1``.
+:func:`adopt_query_params` reads them on a fresh session and says which ones it could not use (an unknown
+analysis, an energy not on the grid, a layer the analysis does not have); :func:`publish_query_params` writes
+them on every run (page switches clear query parameters, so they are written back each time). Energies
+equal to the default are left out of the URL.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ DEFAULT_ERROR = "default_error"
 DEFAULT_JOB = "default_job"
 DEFAULT_FALLBACK = "default_fallback"
 URL_ADOPTED = "url_adopted"
+COMPARE = "compare_keys"
+PRESENTING = "presentation_mode"
+"""Session key of the sidebar toggle: charts first and taller, bigger text, theory folded, for a projector."""
+JOB_REQUEST = "job_request"
+"""The request of a job adopted from a link (``?job=``), for the Analyze page to show its settings."""
+LAYER_FROM_URL = "layer_from_url"
 
 DEFAULT_ENERGY = defaults.DEFAULT_ENERGY
 
@@ -124,7 +134,11 @@ def selected_layer(result: Result) -> str:
     names = list(result.layers["layer"])
     chosen = st.session_state.get(SELECTED)
     if chosen in names:
+        st.session_state.pop(LAYER_FROM_URL, None)
         return chosen
+    if st.session_state.pop(LAYER_FROM_URL, None) == chosen and chosen:
+        st.warning(f"The link's layer `{chosen}` is not a layer of this analysis; showing its first counted "
+                   "layer instead.", icon=":material/warning:")
     counted = result.layers.loc[result.layers["in_mlu"], "layer"]
     chosen = counted.iloc[0] if len(counted) else names[0]
     st.session_state[SELECTED] = chosen
@@ -144,32 +158,129 @@ def select_layer_from_chart(chart_key: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ URL
+URL_PARAMS = ("analysis", "job", "e_in", "e_out", "layer", "compare", "present")
+
+
+def _energy_from(params, name: str, state_key: str) -> None:
+    raw = params.get(name)
+    if raw is None:
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value in ENERGY_GRID:
+        st.session_state[state_key] = value
+    else:
+        notify("warning", f"The link's {name} = {raw} is not one of the energies offered "
+                          f"({ENERGY_GRID[0]:g} to {ENERGY_GRID[-1]:g}); using {energies()[name == 'e_out']:g}.")
+
+
 def adopt_query_params() -> None:
-    """On a fresh session (a reload, a shared link), take the analysis and job from the URL: once, so that a
-    job finished or left in this session is not picked up again from a URL not yet rewritten."""
+    """On a fresh session (a reload, a shared link), take the state from the URL (:data:`URL_PARAMS`): once,
+    so that a job finished or left in this session is not picked up again from a URL not yet rewritten. What
+    cannot be used is said in a notice, never dropped silently."""
     if st.session_state.get(URL_ADOPTED):
         return
     st.session_state[URL_ADOPTED] = True
     params = st.query_params
-    if CURRENT not in st.session_state and is_key(params.get("analysis")):
-        st.session_state[CURRENT] = params.get("analysis")
-    if JOB not in st.session_state and is_key(params.get("job")):
-        st.session_state[JOB] = params.get("job")
+    analysis = params.get("analysis")
+    if analysis is not None and CURRENT not in st.session_state:
+        if _in_cache(analysis):
+            st.session_state[CURRENT] = analysis
+        else:
+            notify("warning", f"The link's analysis `{analysis[:24]}` is not in this cache (deleted, mistyped, or "
+                              "analysed on another machine); showing the default analysis instead.")
+    job = params.get("job")
+    if job is not None and JOB not in st.session_state:
+        if is_key(job):
+            st.session_state[JOB] = job
+            request = _job_request(job)
+            if request:
+                st.session_state[JOB_REQUEST] = request
+        else:
+            notify("warning", f"The link's job `{job[:24]}` is not a job key; no job is followed.")
+    _energy_from(params, "e_in", E_IN)
+    _energy_from(params, "e_out", E_OUT)
+    if params.get("layer"):
+        st.session_state[SELECTED] = params.get("layer")
+        st.session_state[LAYER_FROM_URL] = params.get("layer")
+    if params.get("compare") is not None:
+        wanted = [k for k in params.get("compare").split(",") if k]
+        known = [k for k in wanted if _in_cache(k)]
+        if len(known) != len(wanted):
+            missing = ", ".join(f"`{k[:8]}`" for k in wanted if k not in known)
+            notify("warning", f"The link's comparison names analyses that are not in this cache ({missing}); "
+                              "they are left out.")
+        st.session_state[COMPARE] = known
+    if params.get("present") is not None:
+        st.session_state[PRESENTING] = params.get("present") == "1"
+
+
+def _in_cache(key: str) -> bool:
+    """Whether the cache holds ``key`` (adopting a shipped demo entry, as loading would)."""
+    try:
+        return is_key(key) and cache().has(key)
+    except AnalysisError:
+        return False
+
+
+def _job_request(key: str) -> dict | None:
+    """The request of job ``key`` (its model, dataset and settings), None when it has none here."""
+    from analysis.jobs.files import JobFiles, read_json
+
+    try:
+        return read_json(JobFiles.of(key, cache().root).request)
+    except AnalysisError:
+        return None
 
 
 def publish_query_params() -> None:
-    """Write the open analysis and the followed job into the URL (only what changed)."""
+    """Write the session's state into the URL (only what changed; see :data:`URL_PARAMS`)."""
+    e_in, e_out = energies()
+    compare = [k for k in st.session_state.get(COMPARE) or [] if is_key(k)]
+    wanted = {
+        "analysis": current_key(),
+        "job": st.session_state.get(JOB) if is_key(st.session_state.get(JOB)) else None,
+        "e_in": None if e_in == DEFAULT_ENERGY else f"{e_in:g}",
+        "e_out": None if e_out == DEFAULT_ENERGY else f"{e_out:g}",
+        "layer": st.session_state.get(SELECTED) or None,
+        "compare": ",".join(compare) or None,
+        "present": "1" if st.session_state.get(PRESENTING) else None,
+    }
     params = st.query_params
-    for name, state_key in (("analysis", CURRENT), ("job", JOB)):
-        value = st.session_state.get(state_key)
-        if is_key(value):
-            if params.get(name) != value:
-                params[name] = value
-        elif name in params:
-            del params[name]
+    for name, value in wanted.items():
+        if value is None:
+            if name in params:
+                del params[name]
+        elif params.get(name) != value:
+            params[name] = value
+
+
+def unknown_page(known_paths: set[str]) -> str | None:
+    """The path of the first request when it names no page of the app (``/nosuchpage``), else None."""
+    from urllib.parse import urlparse
+
+    try:
+        path = urlparse(st.context.url or "").path.strip("/")
+    except Exception:  # noqa: BLE001 - no request context (tests): nothing to check
+        return None
+    name = path.rsplit("/", 1)[-1]
+    return name if name and name not in known_paths else None
 
 
 # ------------------------------------------------------------------------------------------ default analysis
+def _shipped_default() -> str | None:
+    """The default analysis' key when it is in the cache (planning only; nothing is submitted)."""
+    from analysis.engine import plan
+
+    try:
+        key = plan(defaults.DEFAULT_MODEL, defaults.DEFAULT_DATASET, default_settings()).key
+    except AnalysisError:
+        return None
+    return key if cache().has(key) else None
+
+
 def default_settings() -> AnalysisSettings:
     e_in, e_out = energies()
     return AnalysisSettings(samples=defaults.DEFAULT_SAMPLES, energy_in=e_in, energy_out=e_out)
@@ -185,7 +296,13 @@ def ensure_default() -> None:
     if st.session_state.get(DEFAULT_CHECKED):
         return
     st.session_state[DEFAULT_CHECKED] = True
-    if current_key() is not None or is_key(st.session_state.get(JOB)):
+    if current_key() is not None:
+        return
+    following = is_key(st.session_state.get(JOB))  # a job link: open the default beside it, submit nothing
+    if following:
+        key = _shipped_default()
+        if key is not None:
+            open_analysis(key)
         return
     try:
         with st.spinner(f"Opening the default analysis: {defaults.DEFAULT_MODEL} on {defaults.DEFAULT_DATASET} ..."):

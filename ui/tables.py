@@ -22,14 +22,49 @@ def layer_savings(result: Result) -> pd.DataFrame:
     return out
 
 
-def entry_row(entry: CacheEntry) -> dict:
-    """One Library row from a cache entry's listing (its settings and ids, no arrays read)."""
+MISSING = "-"
+"""What a table on screen shows for a value that does not exist (a layer outside the blocks has no block, a
+flagged layer no error), instead of Streamlit's grey "None"."""
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def displayed(table: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.DataFrame:
+    """A table for the screen: every column that has a missing value becomes text, with :data:`MISSING` there
+    and the others formatted (``formats``: column -> format spec, ``.4g`` by default for floats; ``block`` as
+    an integer). Columns without missing values keep their type (sorting, progress bars)."""
+    formats = {"block": "d", **(formats or {})}
+    out = table.copy()
+    for column in out.columns:
+        values = out[column]
+        if not any(_missing(v) for v in values):
+            continue
+        spec = formats.get(column, ".4g")
+
+        def shown(v, spec=spec):
+            if _missing(v):
+                return MISSING
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                return format(int(v) if spec == "d" else float(v), spec)
+            return str(v)
+
+        out[column] = [shown(v) for v in values]
+    return out
+
+
+def entry_row(entry: CacheEntry, mlu: float | None = None) -> dict:
+    """One Library row from a cache entry's listing (its settings and ids, no arrays read): what tells the
+    entries apart first (model, dataset, images, MLU, when), the settings after."""
     meta = entry.meta
     return {
         "key": entry.key[:8],
         "model": meta.model_id,
         "dataset": meta.dataset_id,
         "images": meta.n_images,
+        "MLU": mlu,
+        "created": _dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
         "samples": "all" if meta.samples is None else meta.samples,
         "seed": meta.seed,
         "tokens/image": "all" if meta.tokens_per_image is None else meta.tokens_per_image,
@@ -37,7 +72,6 @@ def entry_row(entry: CacheEntry) -> dict:
         "device": meta.device,
         "layers": entry.n_layers,
         "statistics s": _round(meta.timings.statistics_s),
-        "created": _dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
         "code": meta.key_parts.get("code", meta.version),
         "full key": entry.key,
     }
@@ -98,3 +132,10 @@ def depth_order(per_layer: pd.DataFrame, results: list[Result]) -> pd.DataFrame:
                 order.append(name)
     rank = {name: i for i, name in enumerate(order)}
     return per_layer.sort_values("layer", key=lambda col: col.map(rank)).reset_index(drop=True)
+
+
+def numeric_config(table: pd.DataFrame, config: dict) -> dict:
+    """``config`` (Streamlit column configs) without the entries of columns :func:`displayed` made text (a
+    number format on text would show the missing marks as "None" again)."""
+    return {name: value for name, value in config.items()
+            if name not in table or pd.api.types.is_numeric_dtype(table[name])}

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 
+from analysis.plots.numbers import dims_error, error_bar, pct, plus_minus  # noqa: F401 (the pages' one import)
+
 PAPER_URL = "https://arxiv.org/abs/2407.04797"
 PAPER_TITLE = "Garg et al. (2024), Revealing the Utilized Rank of Subspaces of Learning in Neural Networks"
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}%}"
 
 
 def count(value: int | float | None) -> str:
@@ -73,14 +69,23 @@ def convergence_verdict(curve, mlu_err: float) -> str:
     return f"Still moving: {step}; more images would likely change the answer."
 
 
-def plus_minus(value: float, error: float, digits: int = 1) -> str:
-    """``38.8 % ± 0.9`` (percentage points); the value alone when the error is unknown."""
-    if error is None or (isinstance(error, float) and math.isnan(error)):
-        return pct(value, digits)
-    points = 100 * error
-    if 0 < points < 0.5 * 10 ** -digits:  # below the shown precision, but not zero
-        return f"{pct(value, digits)} ± <{10 ** -digits:.{digits}f}"
-    return f"{pct(value, digits)} ± {points:.{digits}f}"
+def duration_range(low: float, high: float) -> str:
+    """``1-2 min``, ``40 s - 1 min 20 s``, ``2 h 05 min - 4 h 10 min``: a range of durations, rounded to what a
+    person plans by."""
+    def rough(seconds: float) -> str:
+        if seconds < 60:
+            return f"{max(1, int(round(seconds / 5) * 5 if seconds > 15 else round(seconds)))} s"
+        if seconds < 3600:
+            return f"{max(1, int(round(seconds / 60)))} min"
+        return f"{seconds / 3600:.1f} h"
+
+    a, b = rough(low), rough(high)
+    if a == b:
+        return f"about {a}"
+    for unit in (" min", " s", " h"):
+        if a.endswith(unit) and b.endswith(unit):
+            return f"{a[: -len(unit)]}-{b}"
+    return f"{a} - {b}"
 
 
 # ------------------------------------------------------------------------------------------ teaching texts
@@ -149,7 +154,7 @@ LIBRARY_INTRO = (
 # What each page shows, in one or two sentences above its charts; the theory sits in a collapsible panel.
 LAYERS_LEAD = (
     "**How much of its space each layer uses** on this dataset: bars are layers in depth order, the dashed line "
-    "is the mean (MLU). Click a bar, or step with ◀ / ▶, to select a layer for every page."
+    "is the mean (MLU). Click a bar, or step with the arrows, to select a layer for every page."
 )
 SPECTRA_LEAD = (
     "**Why a full-rank W uses few directions**: W's singular values decay slowly, while W' (W restricted to the "
@@ -159,4 +164,14 @@ COMPARE_LEAD = (
     "**Pre-training regimes side by side** on one architecture and one dataset: MLU beside each model's regime, "
     "training budget and accuracy; differences in percentage points (pp)."
 )
-ANALYZE_LEAD = "**Run a new analysis**: pick a model and a dataset; the estimate and the progress appear below the Run button."
+COMPRESS_LEAD = (
+    "**What a layer's few directions save**: parameters kept if every counted layer is stored as two thin "
+    "factors of its utilized rank, against the error that costs on the data; then factorize, evaluate, fine-tune."
+)
+TIMELINE_LEAD = (
+    "**Utilization as a model trains**: every checkpoint of a series is analysed like any model, then drawn "
+    "against its training step and its accuracy."
+)
+LIBRARY_LEAD = "**Every finished analysis**: open one for every page, download its table, or delete it."
+ANALYZE_LEAD = ("**Run a new analysis**: pick a model and a dataset; the time estimate and the progress appear below "
+                "the Run button.")

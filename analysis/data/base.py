@@ -118,7 +118,7 @@ def select_indices(source_size: int, samples: int | None, seed: int, dataset_id:
     if samples > source_size:
         raise DatasetError(
             f"{dataset_id} has only {source_size:,} images; cannot draw {samples:,} samples "
-            f"(use --samples {source_size} or fewer, or leave it out for all)"
+            f"(ask for {source_size:,} images or fewer, or for every image)"
         )
     chosen = np.random.default_rng(int(seed)).permutation(source_size)[: int(samples)]
     return np.sort(chosen).astype(np.int64)

@@ -14,20 +14,25 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..cache import KEY_PATTERN, ResultCache, atomic_write_bytes
 from ..engine import plan
 from ..paths import REPO_ROOT
 from ..settings import AnalysisSettings
-from . import lock
+from . import job_queue, lock
 from .files import JobFiles, cache_root_of, jobs_root, read_json, write_json, write_progress
 from .job_kinds import DEFAULT_KIND, JobError, get_kind, kind_name
+from .processes import kill_and_wait
 
 STATES = ("absent", "queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = frozenset({"absent", "done", "failed", "cancelled"})
 RECENT_S = 7 * 24 * 3600.0
+CANCEL_GRACE_S = 10.0
+"""A running job asked to stop checks at every layer of every batch; one that has not stopped this long after
+the request (a long eigen-decomposition, a wedged library call) is killed by the next reader of its status,
+and its final record says so. Nothing is stored by a killed job (results are written atomically)."""
 
 _plan_lock = threading.Lock()
 """Planning loads models, which touches process-global state (the torch RNG for seeded random weights,
@@ -64,6 +69,12 @@ class JobStatus:
     dataset_id: str = ""
     pid: int | None = None
     updated: float = 0.0
+    submitted: float = 0.0
+    """When the job was submitted (epoch seconds; 0 when unknown): ``elapsed_s`` counts from here, the click."""
+    queue_position: int | None = None
+    """While queued: how many jobs are ahead of it on this machine (the running one included)."""
+    cancelling: bool = False
+    """A cancel was asked for and the job has not stopped yet."""
 
     @property
     def finished(self) -> bool:
@@ -80,9 +91,15 @@ def _number(value: object, kind: type, default: object) -> object:
 
 
 def _from_record(key: str, state: str, record: dict, message: str | None = None,
-                 pid: int | None = None) -> JobStatus:
-    """A :class:`JobStatus` in ``state`` filled from a ``progress.json`` record."""
+                 pid: int | None = None, submitted: float = 0.0) -> JobStatus:
+    """A :class:`JobStatus` in ``state`` filled from a ``progress.json`` record. With ``submitted`` known, the
+    elapsed time counts from the submission (the user's click): up to now while the job is live, up to its
+    last record once it is over."""
     fraction = 1.0 if state == "done" else min(1.0, max(0.0, _number(record.get("fraction"), float, 0.0)))
+    elapsed = _number(record.get("elapsed_s"), float, 0.0)
+    if submitted > 0:
+        end = time.time() if state in ("queued", "running") else _number(record.get("updated"), float, 0.0)
+        elapsed = max(elapsed, end - submitted) if end else elapsed
     return JobStatus(
         key=key, state=state, kind=str(record.get("kind") or DEFAULT_KIND), stage=str(record.get("stage") or ""),
         result=str(record.get("result") or "") if state == "done" else "",
@@ -90,20 +107,20 @@ def _from_record(key: str, state: str, record: dict, message: str | None = None,
         batches_total=_number(record.get("batches_total"), int, 0),
         images_done=_number(record.get("images_done"), int, 0),
         images_total=_number(record.get("images_total"), int, 0),
-        elapsed_s=_number(record.get("elapsed_s"), float, 0.0),
+        elapsed_s=elapsed,
         eta_s=None if state == "done" else _number(record.get("eta_s"), float, None),
         fraction=fraction,
         message=message if message is not None else str(record.get("message", "")),
         model_id=str(record.get("model_id", "")), dataset_id=str(record.get("dataset_id", "")),
         pid=pid if pid is not None else _number(record.get("pid"), int, None),
-        updated=_number(record.get("updated"), float, 0.0),
+        updated=_number(record.get("updated"), float, 0.0), submitted=submitted,
     )
 
 
-def _done_status(key: str, cache: ResultCache, record: dict) -> JobStatus:
+def _done_status(key: str, cache: ResultCache, record: dict, submitted: float = 0.0) -> JobStatus:
     """A 'done' status; without this job's final record it is described from the cache manifest."""
     if record.get("state") == "done":
-        return _from_record(key, "done", record, message="done")
+        return _from_record(key, "done", record, message="done", submitted=submitted)
     entry = cache.entry(key)
     cached = {} if entry is None else {
         "model_id": entry.meta.model_id, "dataset_id": entry.meta.dataset_id, "images_done": entry.meta.n_images,
@@ -132,33 +149,76 @@ def status(key: str, *, cache_dir: str | None = None) -> JobStatus:
     Rules, on one snapshot: while a live owner holds the lock the job is queued or running, even when
     its result is already stored (the worker is publishing); with no live owner, a stored result is done,
     and otherwise the last attempt's final record tells, a record left running means the worker died.
-    """
+    A queued job's place in the machine's queue is read from :mod:`analysis.jobs.job_queue`. A running job
+    that has not obeyed a cancel within :data:`CANCEL_GRACE_S` is stopped here (see there)."""
     _reap_children()
     files = JobFiles.of(key, cache_dir)
     owner, record, request, stored = _snapshot(files, cache_dir)
     state = record.get("state")
     same_attempt = owner is not None and record.get("token") == owner.token
+    submitted = _number(request.get("submitted"), float, 0.0)
     if owner is not None and lock.owner_alive(owner):
+        cancel_age = _cancel_age(files, owner.token)
+        if same_attempt and state == "running" and cancel_age is not None and cancel_age > CANCEL_GRACE_S:
+            if _force_cancel(files, owner, record):
+                return status(key, cache_dir=cache_dir)
         if same_attempt and state in ("queued", "running"):
-            return _from_record(key, state, record, pid=owner.pid)
+            position = job_queue.position(job_queue.queue_root(cache_root_of(cache_dir)), key) \
+                if state == "queued" else None
+            found = _from_record(key, state, record, pid=owner.pid, submitted=submitted)
+            message = found.message
+            if position is not None:
+                message = queue_message(position)
+            elif state == "queued" and key in job_queue.state(job_queue.queue_root(cache_root_of(cache_dir)))[0]:
+                message = "its turn has come: starting the worker process"
+            return replace(found, queue_position=position, cancelling=cancel_age is not None, message=message)
         if same_attempt:  # result stored or final record written by a worker that has not let go yet
             return _from_record(key, "running", {**record, "eta_s": 0.0}, message="storing the result",
-                                pid=owner.pid)
+                                pid=owner.pid, submitted=submitted)
         return _from_record(key, "queued", {"updated": owner.created, **_request_ids(request)},
-                            message="waiting for the worker process to start", pid=owner.pid)
+                            message="waiting for the worker process to start", pid=owner.pid, submitted=submitted)
     if stored:
-        return _done_status(key, ResultCache(cache_dir), record)
+        return _done_status(key, ResultCache(cache_dir), record, submitted)
     if state in ("failed", "cancelled") and (owner is None or same_attempt):
-        return _from_record(key, state, record)
+        return _from_record(key, state, record, submitted=submitted)
     if owner is not None or state in ("queued", "running"):
         pid = owner.pid if owner is not None else _number(record.get("pid"), int, None)
         return _from_record(key, "failed", record,
                             message=f"the worker process (pid {pid}) ended without reporting a result; "
-                                    f"see {files.log}")
+                                    f"see {files.log}", submitted=submitted)
     if state == "done":
         return _from_record(key, "absent", record,
                             message="the stored result is missing or damaged; submit the job again")
     return JobStatus(key=key, state="absent", kind=kind_name(request) if request else DEFAULT_KIND)
+
+
+def queue_message(ahead: int) -> str:
+    """What a queued job is waiting for, in words."""
+    if ahead <= 0:
+        return "next in the queue: starting in a moment"
+    return f"waiting for its turn on this machine: {ahead} job{'s' * (ahead != 1)} ahead of it"
+
+
+def _cancel_age(files: JobFiles, token: str) -> float | None:
+    """Seconds since a cancel was asked for attempt ``token`` (None when none was)."""
+    try:
+        target = files.cancel.read_text().strip()
+        age = time.time() - files.cancel.stat().st_mtime
+    except OSError:
+        return None
+    return age if target in ("", token) else None
+
+
+def _force_cancel(files: JobFiles, owner: lock.LockInfo, record: dict) -> bool:
+    """Kill the worker of a job that did not obey its cancel in time and publish it as cancelled."""
+    if not kill_and_wait(owner.pid, owner.start_ticks):
+        return False
+    final = {**record, "state": "cancelled", "token": owner.token,
+             "message": f"cancelled: the worker had not stopped {CANCEL_GRACE_S:.0f} s after the request, so it was "
+                        "stopped; nothing was stored"}
+    lock.release(files, owner.token, final=final)
+    job_queue.leave(job_queue.queue_root(cache_root_of(files.folder.parent.parent)), files.key)
+    return True
 
 
 def _request_ids(request: dict) -> dict:
@@ -183,10 +243,14 @@ def _worker_environment(root: Path) -> dict[str, str]:
     return env
 
 
-def _spawn_worker(files: JobFiles, root: Path, token: str) -> subprocess.Popen:
-    """Start the detached worker process for attempt ``token``, its output appended to ``worker.log``."""
-    command = [sys.executable, "-m", "analysis.jobs", "run-worker", files.key, "--cache-dir", str(root),
-               "--token", token]
+def _spawn_worker(files: JobFiles, root: Path, token: str, submitted: float) -> subprocess.Popen:
+    """Start the detached process of attempt ``token``: it waits for its turn in the machine's queue
+    (:mod:`analysis.jobs.job_queue`, a small process without torch), then becomes the worker; its output is
+    appended to ``worker.log``."""
+    worker = [sys.executable, "-m", "analysis.jobs", "run-worker", files.key, "--cache-dir", str(root),
+              "--token", token]
+    command = [sys.executable, str(Path(job_queue.__file__).resolve()), "wait",
+               str(job_queue.queue_root(root)), files.key, str(int(submitted * 1e9)), "--", *worker]
     with open(files.log, "ab") as log:
         log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] submitted attempt {token} "
                   f"from pid {os.getpid()}\n".encode())
@@ -199,9 +263,9 @@ def _start_attempt(files: JobFiles, root: Path, owner: lock.LockInfo, request: d
     """With the lock held by this process: record the request, start the worker and hand it the lock."""
     try:
         write_json(files.request, request)
-        write_progress(files, state="queued", message="waiting for the worker process to start",
+        write_progress(files, state="queued", message="waiting for its turn on this machine",
                        token=owner.token, pid=os.getpid(), **_request_ids(request))
-        proc = _spawn_worker(files, root, owner.token)
+        proc = _spawn_worker(files, root, owner.token, float(request.get("submitted") or time.time()))
     except OSError as exc:
         lock.release(files, owner.token, final={
             "state": "failed", "token": owner.token, **_request_ids(request),
@@ -211,6 +275,12 @@ def _start_attempt(files: JobFiles, root: Path, owner: lock.LockInfo, request: d
     lock.hand_over(files, owner.token, proc.pid)
 
 
+def plan_request(model_id: str, dataset_id: str, settings: AnalysisSettings):
+    """:func:`analysis.engine.plan` under this module's lock (safe from several threads, as :func:`submit`)."""
+    with _plan_lock:
+        return plan(model_id, dataset_id, settings)
+
+
 def submit(model_id: str, dataset_id: str, settings: AnalysisSettings, *, cache_dir: str | None = None) -> str:
     """Start (or join) the analysis of ``model_id`` on ``dataset_id``; returns its key at once.
 
@@ -218,8 +288,7 @@ def submit(model_id: str, dataset_id: str, settings: AnalysisSettings, *, cache_
     starts nothing; a live job for the same key is joined; otherwise a detached worker process starts.
     """
     _reap_children()
-    with _plan_lock:
-        the_plan = plan(model_id, dataset_id, settings)
+    the_plan = plan_request(model_id, dataset_id, settings)
     request = {"kind": "analysis", "model_id": model_id, "dataset_id": dataset_id,
                "settings": asdict(the_plan.settings)}
     return _submit(the_plan.key, request, cache_dir)
@@ -262,12 +331,18 @@ def _submit(key: str, request: dict, cache_dir: str | None) -> str:
 
 
 def cancel(key: str, *, cache_dir: str | None = None) -> bool:
-    """Ask the live job ``key`` to stop (it does so at its next batch); True if a live job was asked."""
+    """Stop the live job ``key``; True if there was one. A job still waiting in the queue is taken out and
+    published as cancelled at once; a running one stops at its next layer (:data:`CANCEL_GRACE_S` at most,
+    see :func:`status`)."""
     files = JobFiles.of(key, cache_dir)
     owner = lock.read_lock(files)
     if owner is None or not lock.owner_alive(owner):
         return False
     atomic_write_bytes(files.cancel, owner.token.encode())
+    if job_queue.withdraw(job_queue.queue_root(cache_root_of(cache_dir)), key):
+        record = read_json(files.progress) or {}
+        lock.release(files, owner.token, final={
+            **record, "state": "cancelled", "token": owner.token, "message": "cancelled before it started"})
     return True
 
 
@@ -280,6 +355,14 @@ def wait(key: str, timeout_s: float, *, cache_dir: str | None = None, poll_s: fl
         if current.finished or time.monotonic() >= deadline:
             return current
         time.sleep(max(0.01, min(poll_s, deadline - time.monotonic())))
+
+
+def queue(cache_dir: str | None = None) -> list[JobStatus]:
+    """The machine's queue (:mod:`analysis.jobs.job_queue`): the running job, then the waiting ones in the
+    order they will run, each with its status (jobs of other caches sharing the queue are left out)."""
+    running, waiting = job_queue.state(job_queue.queue_root(cache_root_of(cache_dir)))
+    found = [status(key, cache_dir=cache_dir) for key in running + waiting]
+    return [s for s in found if s.state in ("queued", "running")]
 
 
 def list_jobs(cache_dir: str | None = None, *, recent_s: float = RECENT_S,

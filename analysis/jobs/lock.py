@@ -39,11 +39,11 @@ import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 from ..cache import atomic_write_bytes
 from .files import JobFiles, write_progress
+from .processes import process_alive, process_start_ticks  # noqa: F401 - re-exported
 
 try:  # POSIX only; without it the rename + O_EXCL protocol still keeps creation exclusive
     import fcntl
@@ -79,47 +79,6 @@ class LockInfo:
 def new_token() -> str:
     """A random identifier for one job attempt."""
     return uuid.uuid4().hex
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state letter, start time in clock ticks)`` of ``pid`` from ``/proc``, or None if unavailable."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) is in parentheses and may itself contain spaces or parentheses
-    fields = text[text.rfind(")") + 2:].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks after boot), or None where ``/proc`` cannot tell."""
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
-
-
-def process_alive(pid: int, start_ticks: int | None = None) -> bool:
-    """Whether ``pid`` exists, is not a zombie, and (when known) started at ``start_ticks``."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    except OSError:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc here: the signal check is all there is
-    state, ticks = stat
-    if state in ("Z", "X"):
-        return False
-    return start_ticks is None or ticks == start_ticks
 
 
 def owner_alive(info: LockInfo) -> bool:

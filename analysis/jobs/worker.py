@@ -1,8 +1,11 @@
 """The worker process: runs one job to done, failed or cancelled, reporting progress as it goes.
 
-Started by :func:`analysis.jobs.submit` as ``python -m analysis.jobs run-worker <key> --cache-dir <dir>
---token <attempt>``; the submitter already holds the lock and hands it to this process. Run by hand
-without ``--token`` it takes the lock itself (or exits quietly when a live job already holds it).
+Started by :func:`analysis.jobs.submit` as the machine queue's waiter (:mod:`analysis.jobs.job_queue`), which
+becomes ``python -m analysis.jobs run-worker <key> --cache-dir <dir> --token <attempt>`` (same pid) when its
+turn comes; the submitter already holds the lock and has handed it to that pid. The worker frees its slot of
+the queue when it ends. Run by hand without ``--token`` it takes the lock itself (or exits quietly when a live
+job already holds it) and does not wait in the queue. Asked to stop, it stops at the next layer of the batch
+(the statistics check at every layer, the eigen stage between layers).
 
 What the job does depends on its kind (``request.json``'s ``kind``, :mod:`analysis.jobs.job_kinds`); the lock,
 the progress records and the cancel flag are the same for every kind. The final record is published by
@@ -20,12 +23,13 @@ from pathlib import Path
 
 from ..engine import Cancelled
 from ..errors import AnalysisError
-from . import lock
+from . import job_queue, lock
 from .analysis_job import BATCH_DELAY_ENV, HOLD_ENV  # noqa: F401 - re-exported: callers set them for workers
 from .files import JobFiles, cache_root_of, read_json, write_progress
 from .job_kinds import JobError, RunContext, get_kind, kind_name
 
 HANDOVER_TIMEOUT_S = 60.0
+CANCEL_POLL_S = 0.2
 
 EXIT_DONE, EXIT_FAILED, EXIT_CANCELLED, EXIT_NOT_OWNER = 0, 1, 3, 4
 
@@ -132,8 +136,13 @@ class _Reporter:
 def _outcome(key: str, files: JobFiles, root: Path, reporter: _Reporter, request: dict,
              token: str) -> tuple[str, str, dict, int]:
     """Run the job; ``(final state, message, extra final fields, exit code)`` whatever happens."""
-    def should_stop() -> bool:
-        return _StopSignal.requested or cancel_requested(files, token)
+    checked = {"at": 0.0, "stop": False}
+
+    def should_stop() -> bool:  # asked at every layer: the flag file is read at most every CANCEL_POLL_S
+        now = time.monotonic()
+        if not checked["stop"] and now - checked["at"] >= CANCEL_POLL_S:
+            checked.update(at=now, stop=cancel_requested(files, token))
+        return _StopSignal.requested or checked["stop"]
 
     try:
         reporter.running("loading model and dataset")
@@ -177,4 +186,5 @@ def run_worker(key: str, cache_dir: str | Path | None = None, token: str | None 
         # publish the final record and remove the lock in one step (readers never see one without the other)
         if not lock.release(files, attempt, final=reporter.record(state, message, **extra)):
             _log(f"the lock of job {key} was no longer held by attempt {attempt}; final state not published")
+        job_queue.leave(job_queue.queue_root(root), key)  # the next job in the queue may start
     return code

@@ -455,9 +455,10 @@ def select_layers(
     kept, skipped = [], {}
     for spec in specs:
         if spec.applicable and patterns and not any(fnmatch.fnmatchcase(spec.name, p) for p in patterns):
-            skipped[spec.name] = f"not selected by --layers {','.join(patterns)}"
+            skipped[spec.name] = f"not selected by the layer filter '{','.join(patterns)}'"
         elif spec.applicable and max_width is not None and spec.width > max_width:
-            skipped[spec.name] = f"wider than --max-width {max_width} (d_in {spec.d_in}, d_out {spec.d_out})"
+            skipped[spec.name] = (f"wider than the width limit {max_width} (max_width; d_in {spec.d_in}, "
+                                  f"d_out {spec.d_out})")
         else:
             kept.append(spec)
     return kept, skipped

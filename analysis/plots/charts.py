@@ -26,6 +26,8 @@ from analysis.models.kinds import kind_label as _kind_label
 from analysis.models.kinds import kinds_in_order as _kinds_in_order
 from analysis.result import WPRIME_ENERGIES, LayerSpectrum
 
+from . import numbers
+
 KIND_ORDER: tuple[str, ...] = KIND_NAMES
 """Kinds in the order a network meets them (legends, heatmap rows): :class:`analysis.models.kinds.Kind`."""
 
@@ -110,6 +112,53 @@ def with_note(fig: go.Figure, note: str) -> go.Figure:
     return fig
 
 
+PROJECTOR_SCALE = 1.25
+"""Presentation mode: every text of a chart this much larger, and the top margin grown to keep its room."""
+
+
+def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
+    """A copy of ``fig`` with every font (title, axes, ticks, legend, annotations, bar texts) ``scale`` times
+    larger, for a projector; the margins grow with the text so the title keeps its line above the legend."""
+    fig = go.Figure(fig)
+
+    def bigger(font, default: float) -> dict:
+        size = font.size if font is not None and font.size else default
+        return dict(size=round(size * scale))
+
+    layout = fig.layout
+    fig.update_layout(font=bigger(layout.font, FONT_SIZE), title_font=bigger(layout.title.font, TITLE_SIZE),
+                      legend_font=bigger(layout.legend.font, FONT_SIZE - 1))
+    fig.for_each_xaxis(lambda ax: ax.update(tickfont=bigger(ax.tickfont, FONT_SIZE - 2),
+                                            title_font=bigger(ax.title.font, FONT_SIZE)))
+    fig.for_each_yaxis(lambda ax: ax.update(tickfont=bigger(ax.tickfont, FONT_SIZE - 1),
+                                            title_font=bigger(ax.title.font, FONT_SIZE)))
+    for note in fig.layout.annotations or ():
+        note.font = {**(note.font.to_plotly_json() if note.font else {}), **bigger(note.font, FONT_SIZE)}
+    for trace in fig.data:
+        if getattr(trace, "textfont", None) is not None and "textfont" in trace:
+            trace.textfont = {**trace.textfont.to_plotly_json(), **bigger(trace.textfont, FONT_SIZE)}
+    margin = layout.margin
+    if margin is not None and margin.t:
+        fig.update_layout(margin=dict(t=int(margin.t * scale), b=int((margin.b or 70) * scale),
+                                      l=int((margin.l or 70) * scale)))
+    if layout.height:
+        fig.update_layout(height=int(layout.height * 1.1))
+    return fig
+
+
+def percent_axis(low: float, high: float, ticks: int = 6) -> dict:
+    """Tick settings of a percent axis over ``[low, high]`` (fractions): a round step (1, 2 or 5 times a power
+    of ten) giving about ``ticks`` ticks, and as many decimals as that step needs, so no two tick labels read
+    the same (``32%, 32%, 33%`` over a narrow range) and none carries digits that mean nothing."""
+    import math
+
+    raw = max(abs(high - low), 1e-9) / max(ticks, 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    digits = max(0, min(4, -math.floor(math.log10(step * 100) + 1e-9)))
+    return dict(tickformat=f".{digits}%", dtick=step, tick0=0.0)
+
+
 # ------------------------------------------------------------------------------------------ Layers
 def _count(value) -> str:
     """An integer, or ``undefined`` for a missing k (zero input or output energy, :mod:`analysis.status`)."""
@@ -129,7 +178,18 @@ def _layer_customdata(table: pd.DataFrame) -> np.ndarray:
         table["params_factorized"].astype(int).map("{:,}".format),
         error.map(lambda v: "n/a" if np.isnan(v) else f"{v:.2e}"),
         table["in_mlu"].map(lambda v: "yes" if v else "no (flagged)"),
+        _column(table, "utilization_err").map(lambda v: numbers.error_bar(v) or "not measured"),
+        _rank_error(table).map(lambda v: numbers.dims_error(v) or "not measured"),
     ])
+
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    return table[name].astype(float) if name in table else pd.Series(np.nan, index=table.index)
+
+
+def _rank_error(table: pd.DataFrame) -> pd.Series:
+    """The split-half error bar of each layer's rank r in dimensions: u's error times min(d_in, d_out)."""
+    return _column(table, "utilization_err") * np.minimum(table["d_in"], table["d_out"]).astype(float)
 
 
 _LAYER_HOVER = (
@@ -137,7 +197,8 @@ _LAYER_HOVER = (
     "d_in %{customdata[1]}, d_out %{customdata[2]}<br>"
     "k_in %{customdata[3]}, k_out %{customdata[4]}, rank r %{customdata[5]}<br>"
     "parameters %{customdata[6]} dense, %{customdata[7]} at rank r<br>"
-    "preservation error %{customdata[8]}<br>counted in MLU: %{customdata[9]}<extra></extra>"
+    "preservation error %{customdata[8]}<br>counted in MLU: %{customdata[9]}<br>"
+    "split-half error bar: u %{customdata[10]}, r %{customdata[11]}<extra></extra>"
 )
 
 
@@ -171,9 +232,9 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
     if not np.isnan(mlu):
         if not np.isnan(mlu_err) and mlu_err > 0:
             fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
-        label = f"MLU {mlu:.1%}" + ("" if np.isnan(mlu_err) else f" ± {100 * mlu_err:.1f}")
+        label = f"MLU {numbers.plus_minus(mlu, mlu_err)}"
         fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2,
-                      annotation_text=label, annotation_position="top left",
+                      annotation_text=label, annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.85)",
                       annotation_font=dict(size=FONT_SIZE + 1))
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
@@ -343,13 +404,16 @@ def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out:
     x, y = _positive(s, top)
     fig.add_scatter(x=x, y=y, mode="lines+markers", name="W (trained weights)", line=dict(color="black", width=3),
                     marker=dict(size=4), hovertemplate="i = %{x}<br>s_i / s_1(W) = %{y:.3g}<extra>W</extra>")
-    current = nearest_wprime_energy(min(energy_in, energy_out))
+    wanted = min(energy_in, energy_out)
+    current = nearest_wprime_energy(wanted)
     for n, energy in enumerate(sorted(spectrum.wprime_singular)):
         wx, wy = _floored(spectrum.wprime_singular[energy], top, min(spectrum.d_in, spectrum.d_out))
         bold = energy == current
+        # "(now)" only when the stored curve is the one at the sidebar's energy; else it is only the nearest
+        tag = (" (now)" if energy == wanted else f" (nearest stored to {wanted:g})") if bold else ""
         fig.add_scatter(
             x=wx, y=wy, mode="lines+markers" if bold else "lines",
-            name=f"W' at e = {energy:g}" + (" (now)" if bold else ""), opacity=1.0 if bold else 0.75,
+            name=f"W' at e = {energy:g}{tag}", opacity=1.0 if bold else 0.75,
             line=dict(color=kind_color(spectrum.kind) if bold else WPRIME_SHADES[n % len(WPRIME_SHADES)],
                       width=4 if bold else 1.5),
             marker=dict(size=6),
@@ -401,8 +465,8 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
     threshold = 1.0 - energy
     if threshold > 0:
         fig.add_hline(y=threshold, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True)
-        fig.add_annotation(x=1.0, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
-                           text=f"1 − e = {threshold:.3g}", showarrow=False,
+        fig.add_annotation(x=0.97, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
+                           text=f"1 − e = {threshold:.3g}", showarrow=False, bgcolor="rgba(255,255,255,0.8)",
                            font=dict(size=FONT_SIZE, color="#c00"))
     if d and cumulative[-1] > 0:
         fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
@@ -451,15 +515,16 @@ def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int
                            layout=dict(title=dict(text=f"Sweep the energy: e = {e:g} — {spectrum.name}")))
                   for e in energies]
     fig.update_layout(
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.16, xanchor="left", yanchor="top",
+        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.2, xanchor="left", yanchor="top",
                           pad=dict(t=0, r=10), showactive=False, font=dict(size=FONT_SIZE),
                           buttons=[dict(label="▶ Play", method="animate",
                                         args=[None, dict(frame=dict(duration=1100, redraw=True), fromcurrent=True,
                                                          transition=dict(duration=300))]),
                                    dict(label="❚❚ Pause", method="animate",
                                         args=[[None], dict(frame=dict(duration=0, redraw=False), mode="immediate")])])],
-        sliders=[dict(active=energies.index(start) if start is not None else 0, x=0.22, y=-0.1, len=0.78,
-                      currentvalue=dict(prefix="e = ", font=dict(size=FONT_SIZE)), font=dict(size=FONT_SIZE - 1),
+        sliders=[dict(active=energies.index(start) if start is not None else 0, x=0.3, y=-0.12, len=0.7,
+                      currentvalue=dict(prefix="e = ", font=dict(size=FONT_SIZE), xanchor="right", offset=8),
+                      font=dict(size=FONT_SIZE - 1), pad=dict(t=10, b=0),
                       steps=[dict(label=f"{e:g}", method="animate",
                                   args=[[f"{e:g}"], dict(mode="immediate", frame=dict(duration=0, redraw=True))])
                              for e in energies])],
@@ -472,32 +537,73 @@ def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int
 
 
 # ------------------------------------------------------------------------------------------ Compare
+def short_layer_names(names: Sequence[str]) -> list[str]:
+    """Layer names for a narrow axis: when most names start with one container and a block number
+    (``blocks.3.mlp.fc1``), that container is dropped (``3.mlp.fc1``); other names are kept whole."""
+    heads = [name.split(".", 2) for name in names]
+    numbered = [h[0] for h in heads if len(h) > 2 and h[1].isdigit()]
+    common = max(set(numbered), key=numbered.count) if numbered else None
+    if common is None or numbered.count(common) < len(names) / 2:
+        return list(names)
+    return [name[len(common) + 1:] if name.startswith(common + ".") else name for name in names]
+
+
+def _layer_axis(fig: go.Figure, layers: Sequence[str], short: bool, most: int = 30, **kwargs) -> None:
+    """A categorical layer axis in depth order, with :func:`short_layer_names` ticks when ``short``, at most
+    ``most`` of them (every k-th layer), so that the labels never run into each other."""
+    layers = list(layers)
+    names = short_layer_names(layers) if short else layers
+    step = max(1, -(-len(layers) // most))
+    fig.update_xaxes(categoryorder="array", categoryarray=layers, title="layer (depth order)", tickmode="array",
+                     tickvals=layers[::step], ticktext=names[::step], **kwargs)
+
+
+def _block_axis(fig: go.Figure, layers: Sequence[str]) -> None:
+    """A categorical layer axis in depth order ticked once per block, at its first layer (``block 3``), and at
+    each layer outside the blocks; for charts too narrow for every layer's name (the hover has them)."""
+    layers = list(layers)
+    short = short_layer_names(layers)
+    vals, texts = [], []
+    for layer, name in zip(layers, short):
+        head = name.split(".", 1)[0]
+        text = f"block {head}" if name != layer and head.isdigit() else layer.split(".", 1)[0]
+        if text not in texts:  # the first layer of each block (or of each top-level module)
+            vals.append(layer)
+            texts.append(text)
+    fig.update_xaxes(categoryorder="array", categoryarray=layers, tickmode="array", tickvals=vals, ticktext=texts,
+                     tickangle=-45, title="layer (depth order; ticks at each block's first layer)")
+
+
 def analysis_color(i: int) -> str:
     return ANALYSIS_COLORS[i % len(ANALYSIS_COLORS)]
 
 
-def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str], height: int = CHART_HEIGHT) -> go.Figure:
-    """Per-layer utilization of each analysis overlaid, layers in depth order (rows of ``per_layer``)."""
+def compare_lines(per_layer: pd.DataFrame, labels: Sequence[str], height: int = CHART_HEIGHT,
+                  names: Sequence[str] | None = None) -> go.Figure:
+    """Per-layer utilization of each analysis overlaid, layers in depth order (rows of ``per_layer``); the
+    legend shows ``names`` (short, e.g. ``A · supervised``: one legend row) or the labels themselves."""
     fig = go.Figure()
     for i, label in enumerate(labels):
         fig.add_scatter(
-            x=per_layer["layer"], y=per_layer[label], mode="lines+markers", name=label,
+            x=per_layer["layer"], y=per_layer[label], mode="lines+markers",
+            name=names[i] if names is not None else label,
             line=dict(color=analysis_color(i), width=2), marker=dict(size=6), connectgaps=False,
             customdata=per_layer[["layer"]].to_numpy(),
             hovertemplate="%{customdata[0]}<br>utilization %{y:.1%}<extra>" + label + "</extra>",
         )
-    fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
+    _block_axis(fig, per_layer["layer"])
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization")
     return _layout(fig, "Utilization per layer, overlaid", height=height)
 
 
 def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, height: int = CHART_HEIGHT) -> go.Figure:
     """MLU of each analysis (bars, in selection order). Labels ``"A: ..."`` show as their letter on the axis,
-    followed by ``captions`` (e.g. the regime and the linear-probe accuracy) on a second line."""
+    followed by ``captions`` (one short word or two, e.g. the regime: ``MAE``) on a second line; each bar is
+    labelled with its MLU and split-half error bar."""
     fig = go.Figure()
     names = list(summary["analysis"])
     letters = [name.split(":", 1)[0] for name in names]
-    ticks = [f"<b>{letter}</b><br>{cap}" if cap else f"<b>{letter}</b>"
+    ticks = [f"<b>{letter}</b><br>{cap.replace(' ', '<br>')}" if cap else f"<b>{letter}</b>"
              for letter, cap in zip(letters, captions or [""] * len(names))]
     errors = summary["mlu_err"].astype(float) if "mlu_err" in summary else pd.Series(np.nan, index=summary.index)
     fig.add_bar(
@@ -505,14 +611,15 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
         error_y=dict(type="data", array=errors.fillna(0.0).to_numpy(), visible=bool(errors.notna().any()),
                      color="#333", thickness=2, width=8),
         marker_color=[analysis_color(i) for i in range(len(summary))],
-        text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside", textfont=dict(size=FONT_SIZE + 2),
-        customdata=np.array(names, dtype=object).reshape(-1, 1),
-        hovertemplate="%{customdata[0]}<br>MLU %{y:.1%}<extra></extra>",
+        text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside", textfont=dict(size=FONT_SIZE + 1),
+        cliponaxis=False,
+        customdata=np.column_stack([np.array(names, dtype=object), errors.map(lambda e: numbers.error_bar(e) or "none")]),
+        hovertemplate="%{customdata[0]}<br>MLU %{y:.1%} %{customdata[1]}<extra></extra>",
     )
     top = float(np.nanmax(summary["mlu"])) if len(summary) else 1.0
-    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.3))], tickformat=".0%", title="mean layer utilization")
+    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="mean layer utilization")
     fig.update_xaxes(tickangle=0, automargin=True)
-    return _layout(fig, "MLU per analysis", showlegend=False, height=height)
+    return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=70, r=20, t=60, b=60))
 
 
 def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 400) -> go.Figure:
@@ -525,7 +632,7 @@ def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 400
                     f"{labels[0].split(':', 1)[0]}", marker_color=analysis_color(i),
                     hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
-    fig.update_xaxes(categoryorder="array", categoryarray=list(per_layer["layer"]), tickangle=-60, title="layer (depth order)")
+    _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
     fig.update_yaxes(tickformat="+.0f", ticksuffix=" pp",
                      title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)")
     return _layout(fig, "Per-layer difference to the first analysis (percentage points)", barmode="group",
@@ -619,11 +726,12 @@ def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
                           annotation_text=f"dense {row['text']}", annotation_position="top left",
                           annotation_font_color=color)
     kept = runs["kept_fraction"] if len(runs) else pd.Series([1.0])
-    fig.update_xaxes(range=_fitted_range(float(kept.min()), float(kept.max()), 0.0, 1.05, 0.02), tickformat=".0%",
-                     title="parameters kept (counted layers, factorized where smaller)")
-    if len(points):
-        fig.update_yaxes(range=_fitted_range(float(points["low"].min()), float(points["high"].max()), 0.0, 1.02, 0.01))
-    fig.update_yaxes(tickformat=".1%", title="top-1 (95 % Wilson interval)")
+    x_range = _fitted_range(float(kept.min()), float(kept.max()), 0.0, 1.05, 0.02)
+    fig.update_xaxes(range=x_range, title="parameters kept (counted layers, factorized where smaller)",
+                     **percent_axis(*x_range))
+    y_range = _fitted_range(float(points["low"].min()), float(points["high"].max()), 0.0, 1.02, 0.01) \
+        if len(points) else [0.0, 1.0]
+    fig.update_yaxes(range=y_range, title="top-1 (95 % Wilson interval)", **percent_axis(*y_range))
     return _layout(fig, "Top-1 against parameters kept")
 
 
@@ -657,7 +765,8 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
                 marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
                 text=[f"{c:.1%}" for c in cumulative], textposition="outside")
     fig.add_hline(y=energy, line_dash="dash", line_color="black", annotation_text=f"e = {energy:g}",
-                  annotation_position="top left", annotation_font=dict(size=FONT_SIZE))
+                  annotation_position="bottom left", annotation_bgcolor="rgba(255,255,255,0.9)",
+                  annotation_font=dict(size=FONT_SIZE))
     fig.update_xaxes(title="k (directions kept)", type="category")
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
     return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)

@@ -1,0 +1,212 @@
+"""A classroom on one server: N students open the app at once and click through it.
+
+Starts ``streamlit run app.py`` on loopback with a cache that holds the zoo's regimes comparison (the entries
+shipped in ``analysis/demo_results``, copied as they are), then drives ``--sessions`` concurrent Playwright
+browser contexts (one chromium, Debian's ``/usr/bin/chromium``; one context = one Streamlit session, as one
+student's browser). Each session, at 1280x720 as on a projector:
+
+1. opens the app (Compare): time until its first chart is drawn, then until its three charts are;
+2. switches through three pages with the sidebar (Layers, Spectra, Heads): time from the click until the new
+   page's title and every chart on it are drawn;
+3. moves the output-energy slider one step: time until the sidebar's MLU shows the new value.
+
+A session counts an error when a step times out, or when an exception box or an error alert is on the page.
+The server's resident memory is sampled every 0.2 s (peak reported), and so is its CPU time. Everything runs
+on this machine: the browsers' rendering competes with the server for its cores (in a classroom each student's
+browser runs on their own machine), so the times here are an upper bound. Prints the percentiles, the errors
+and the machine's load.
+
+    .venv/bin/python benchmarks/bench_classroom.py [--sessions 20] [--timeout 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, _start_server, _stop_server  # noqa: E402
+
+VIEWPORT = {"width": 1280, "height": 720}
+PAGES = [("Layers", 2), ("Spectra", 4), ("Heads", 1)]  # (title, charts it draws at once)
+CHARTS_DRAWN = """(n) => {
+    const charts = document.querySelectorAll("[data-testid='stPlotlyChart']");
+    const drawn = document.querySelectorAll("[data-testid='stPlotlyChart'] .js-plotly-plot .main-svg");
+    return charts.length >= n && drawn.length >= charts.length; }"""
+
+
+def _zoo_cache(folder: Path) -> Path:
+    """A cache with the shipped zoo analyses (copied: the server reads them as any cached result)."""
+    from analysis.cache import KEY_PATTERN
+    from analysis.demo_results import SEED_ROOT
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in SEED_ROOT.iterdir():
+        if entry.is_dir() and KEY_PATTERN.fullmatch(entry.name):
+            shutil.copytree(entry, folder / entry.name)
+    return folder
+
+
+class Sampler(threading.Thread):
+    """Samples a process's resident memory and CPU time every 0.2 s (Linux /proc)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_rss, self.stop = pid, 0, threading.Event()
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
+            except OSError:
+                return
+            time.sleep(0.2)
+
+
+async def _problem(page) -> str | None:
+    if await page.locator("[data-testid='stException']").count():
+        return "exception box on the page"
+    if await page.locator("[data-testid='stAlertContentError']").count():
+        return "error alert on the page"
+    return None
+
+
+async def _sidebar_mlu(page) -> str:
+    return (await page.locator("[data-testid='stSidebar'] [data-testid='stMetricValue']").first.inner_text()).strip()
+
+
+async def _session(browser, url: str, timeout_ms: int, index: int) -> dict:
+    """One student: open Compare, switch through three pages, move the energy slider."""
+    out: dict = {"switches": [], "errors": []}
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    page.set_default_timeout(timeout_ms)
+    step = "open"
+    try:
+        await asyncio.sleep(0.05 * index)  # the class clicks the link within a second or so
+        start = time.perf_counter()
+        await page.goto(url)
+        await page.wait_for_selector(".js-plotly-plot .main-svg", state="visible")
+        out["first_chart"] = time.perf_counter() - start
+        await page.wait_for_function(CHARTS_DRAWN, arg=3)
+        out["compare"] = time.perf_counter() - start
+        for title, charts in PAGES:
+            step = title
+            start = time.perf_counter()
+            await page.locator("[data-testid='stSidebarNavLink']", has_text=title).click()
+            await page.wait_for_selector(f"h1:has-text('{title}')")
+            await page.wait_for_function(CHARTS_DRAWN, arg=charts)
+            out["switches"].append(time.perf_counter() - start)
+            problem = await _problem(page)
+            if problem:
+                out["errors"].append(f"{title}: {problem}")
+        step = "energy slider"
+        before = await _sidebar_mlu(page)
+        start = time.perf_counter()
+        thumb = page.locator("[data-testid='stSidebar'] input[type='range']").nth(1)
+        await thumb.focus()
+        await thumb.press("ArrowLeft")
+        await page.wait_for_function(
+            "(before) => { const m = document.querySelector(\"[data-testid='stSidebar'] [data-testid='stMetricValue']\");"
+            " return m && m.innerText.trim() !== before; }", arg=before)
+        out["slider"] = time.perf_counter() - start
+        problem = await _problem(page)
+        if problem:
+            out["errors"].append(f"slider: {problem}")
+    except Exception as exc:  # a timeout or a crashed page is this session's error
+        out["errors"].append(f"{step}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+    finally:
+        await context.close()
+    return out
+
+
+async def _run(url: str, sessions: int, timeout_ms: int) -> list[dict]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            warm = await _session(browser, url, timeout_ms, 0)  # the server's first session imports torch
+            if warm["errors"]:
+                raise RuntimeError(f"warm-up session failed: {warm['errors']}")
+            return await asyncio.gather(*[_session(browser, url, timeout_ms, i) for i in range(sessions)])
+        finally:
+            await browser.close()
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "no value"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return f"p50 {statistics.median(ordered):5.1f} s  p95 {p95:5.1f} s  max {ordered[-1]:5.1f} s  (n = {len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed for one step")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-classroom-") as tmp:
+        cache_dir = _zoo_cache(Path(tmp) / "cache")
+        log_path = Path(tmp) / "streamlit.log"
+        process, url = _start_server(str(cache_dir), None, None, None, log_path)  # the app's own defaults
+        sampler = Sampler(process.pid)
+        sampler.start()
+        load_before = os.getloadavg()
+        try:
+            cpu_before = sampler.cpu_seconds()
+            start = time.perf_counter()
+            outcomes = asyncio.run(_run(url, args.sessions, int(args.timeout * 1000)))
+            wall = time.perf_counter() - start
+            server_cpu = sampler.cpu_seconds() - cpu_before
+        finally:
+            sampler.stop.set()
+            _stop_server(process)
+        log_tail = log_path.read_text()[-1500:]
+
+    import streamlit
+
+    errors = [e for o in outcomes for e in o["errors"]]
+    print(f"date {dt.datetime.now().isoformat(timespec='seconds')}  machine {platform.machine()} {os.cpu_count()} "
+          f"logical CPUs  python {platform.python_version()}  streamlit {streamlit.__version__}")
+    print(f"load average before {' '.join(f'{v:.1f}' for v in load_before)}, after "
+          f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"{args.sessions} concurrent sessions at {VIEWPORT['width']}x{VIEWPORT['height']}, all done in {wall:.0f} s")
+    print(f"first chart (Compare)      {_percentiles([o['first_chart'] for o in outcomes if 'first_chart' in o])}")
+    print(f"Compare, all three charts  {_percentiles([o['compare'] for o in outcomes if 'compare' in o])}")
+    print(f"page switch                {_percentiles([s for o in outcomes for s in o['switches']])}")
+    print(f"energy slider to new MLU   {_percentiles([o['slider'] for o in outcomes if 'slider' in o])}")
+    print(f"server: peak resident memory {sampler.peak_rss / 2 ** 30:.2f} GiB, CPU {server_cpu:.0f} s "
+          f"({server_cpu / max(args.sessions, 1):.1f} s per session)")
+    print(f"errors: {len(errors)}")
+    for err in errors[:20]:
+        print(f"  {err}")
+    if errors:
+        print("server log tail:\n" + log_tail)
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
