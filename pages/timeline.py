@@ -2,7 +2,7 @@
 
 Every checkpoint is analysed as a background job (cached like any analysis; the jobs wait their turn in the
 machine's queue and are followed as one batch by :func:`ui.jobs_view.batch_panel`; a series estimated above
-ten minutes asks first) on the default dataset and sample count; once they are done the page draws MLU against step, a depth x step heatmap per series, a scrubber over
+ten minutes asks first) on the default dataset and sample count; cached series (the zoo's, shipped with the repository) open at once. The page says in one computed sentence what the MLU curves show, then draws MLU and linear-probe accuracy against step, mean utilization per layer group against step, a depth x step heatmap per series, a scrubber over
 one series' checkpoints with the Layers bar chart, and MLU against linear-probe accuracy. The logic is in
 :mod:`analysis.timeline` and the charts in :mod:`ui.timeline_charts`.
 """
@@ -17,6 +17,7 @@ from analysis.engine import plan
 from analysis.errors import AnalysisError
 from analysis.settings import AnalysisSettings
 from analysis.models import catalogue
+from analysis.regimes import training_facts
 from analysis.timeline import FOLDER_PREFIX, from_results, resolve
 from ui import charts, frame, jobs_view, state, tables, text
 from ui import timeline_charts as tc
@@ -44,6 +45,26 @@ def _series_seconds(specs: tuple[str, ...], dataset_id: str, samples: int | None
     except AnalysisError:
         return None
     return sum(e.low for e in found), sum(e.high for e in found), sum(e.seconds for e in found)
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _planned_keys(specs: tuple[str, ...], dataset_id: str, samples: int | None) -> dict[str, str] | None:
+    """``{checkpoint model id: cache key}`` of every checkpoint of the series (None when one cannot be planned)."""
+    try:
+        points = resolve(list(specs))
+        models = dict.fromkeys(p.model_id for p in points if not p.problem)
+        return {m: plan(m, dataset_id, AnalysisSettings(samples=samples)).key for m in models}
+    except AnalysisError:
+        return None
+
+
+def _open_if_cached(specs: list[str]) -> None:
+    """Show the series at once when every checkpoint's analysis is in the cache (the zoo's default series are
+    shipped with the repository): no job, no button press."""
+    keys = _planned_keys(tuple(specs), dataset, settings.samples)
+    if not keys or not all(key and state.cache().has(key) for key in keys.values()):
+        return
+    st.session_state[RUN] = {"points": resolve(specs), "keys": keys, "errors": {}, "dataset": dataset}
+
 
 frame.intro("Timeline", tc.INTRO, lead=text.TIMELINE_LEAD)
 
@@ -105,6 +126,8 @@ if CONFIRM in st.session_state:
         no.button("Not now", key="timeline_confirm_no", on_click=lambda: st.session_state.pop(CONFIRM, None),
                   width="stretch")
 
+if RUN not in st.session_state and specs and not busy:
+    _open_if_cached(specs)
 run = st.session_state.get(RUN)
 if not run:
     st.info("Choose the series and press **Analyse the series**; analyses already in the cache open at once.")
@@ -137,7 +160,13 @@ if table["status"].eq("ok").sum() == 0:
     st.stop()
 
 metas = [r.meta for r in tl.results if r is not None]
-frame.plot(tc.story_chart(table), metas, key="timeline_mlu_step")
+facts = {s: training_facts(s) for s in tl.series if s.startswith("zoo:")}
+names = {s: f.short_label if f.regime != "unknown" else s for s, f in facts.items()}
+st.markdown(f"**What the curves show.** {tl.reading(names)}")
+frame.plot(tc.story_chart(table, names), metas, key="timeline_mlu_step")
+if facts:
+    st.caption("Training budgets: " + "; ".join(f"{names[s]}: {f.budget}" for s, f in facts.items()) + ".")
+frame.plot(tc.groups_chart(tl.groups(), names), metas, key="timeline_groups")
 layers = tl.layers()
 series_done = [s for s in tl.series if (layers["series"] == s).any()]
 for tab, series in zip(st.tabs(series_done), series_done):

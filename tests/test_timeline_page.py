@@ -61,7 +61,9 @@ def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, 
     assert _values(line["y"]) == pytest.approx(mlus)
     assert _values(line["x"]) == pytest.approx([5.0, 10.0, 100.0])  # step 0 at half the first positive step
     assert figures[0]["layout"]["xaxis"]["type"] == "log"
-    heat = figures[1]
+    assert figures[1]["layout"]["title"]["text"].startswith("Utilization by layer group against training step")
+    assert any(m.value.startswith("**What the curves show.**") and "%" in m.value for m in at.markdown)
+    heat = figures[2]
     assert list(heat["data"][0]["x"]) == ["step 0", "step 10", "step 100"]
     assert list(heat["data"][0]["y"]) == list(result.results[0].layers["layer"])
     scatter = figures[-1]["data"][0]
@@ -87,3 +89,26 @@ def timeline_intro() -> str:
     from ui.timeline_charts import INTRO
 
     return INTRO
+
+
+def test_the_zoo_series_open_at_once_from_the_shipped_entries(tmp_path, monkeypatch):
+    """A fresh cache: the default zoo series are shipped (analysis/demo_results), so the page draws the story,
+    the layer groups and the computed reading without a click and without a job."""
+    from streamlit.testing.v1 import AppTest
+
+    from analysis import jobs
+
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(jobs, "submit", lambda *a, **k: pytest.fail("no job may start"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/timeline.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    titles = [f["layout"]["title"]["text"] for f in _charts(at)]
+    assert titles[0].startswith("MLU and linear-probe accuracy against training step"), titles
+    assert titles[1].startswith("Utilization by layer group"), titles
+    story = _charts(at)[0]
+    names = {t["name"] for t in story["data"] if t.get("showlegend", True) is not False}
+    assert {"supervised", "MAE", "DINO"} <= names, names
+    reading = [m.value for m in at.markdown if m.value.startswith("**What the curves show.**")]
+    assert reading and "supervised" in reading[0], reading
+    assert any("Training budgets:" in c.value and "steps" in c.value for c in at.caption)

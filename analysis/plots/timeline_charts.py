@@ -19,9 +19,10 @@ from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_col
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
-    "of your own checkpoints) is a normal cached analysis, drawn against its training step, layer by layer and "
-    "against its linear-probe accuracy. The zoo's regimes have two points today, their initialisation and their "
-    "final model, until they are retrained with checkpoints; the sidebar's energies re-threshold every point."
+    "of your own checkpoints) is a normal cached analysis, drawn against its training step beside its "
+    "linear-probe accuracy, by layer group, layer by layer, and against the probe. The zoo's regimes start from "
+    "one shared initialisation (step 0) and were checkpointed at log-spaced steps; the sidebar's energies "
+    "re-threshold every point."
 )
 
 STEP0_NOTE = "step 0 (initialisation) is drawn at x = {x0:g} on the log axis"
