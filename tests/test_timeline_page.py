@@ -99,7 +99,9 @@ def test_the_zoo_series_open_at_once_from_the_shipped_entries(tmp_path, monkeypa
     from analysis import jobs
 
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "fresh-cache"))
-    monkeypatch.setattr(jobs, "submit", lambda *a, **k: pytest.fail("no job may start"))
+    submitted = []
+    original = jobs.submit
+    monkeypatch.setattr(jobs, "submit", lambda model_id, *a, **k: submitted.append(model_id) or original(model_id, *a, **k))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.switch_page("pages/timeline.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -112,3 +114,5 @@ def test_the_zoo_series_open_at_once_from_the_shipped_entries(tmp_path, monkeypa
     reading = [m.value for m in at.markdown if m.value.startswith("**What the curves show.**")]
     assert reading and "supervised" in reading[0], reading
     assert any("Training budgets:" in c.value and "steps" in c.value for c in at.caption)
+    assert set(submitted) <= {defaults.DEFAULT_MODEL}, submitted  # the app's default (cached); no checkpoint
+    assert not list((tmp_path / "fresh-cache").glob("_jobs/_queue/running/*.json"))
