@@ -283,9 +283,9 @@ def test_clicking_a_heatmap_cell_selects_and_outlines_it(page, server):
 
 
 def test_next_and_previous_step_through_the_layers(page, server):
-    page.locator(".st-key-layers_layer_pick_next button").click()
+    page.locator(".st-key-layers_layer_pick_next button").first.click()
     _wait_for_layer(page, "blocks.0.mlp.fc1")
-    page.locator(".st-key-layers_layer_pick_prev button").click()
+    page.locator(".st-key-layers_layer_pick_prev button").first.click()
     _wait_for_layer(page, "blocks.0.attn.proj")
 
 
