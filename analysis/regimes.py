@@ -111,11 +111,14 @@ class TrainingFacts:
                 f"under-trained {self.label} model, not what that regime reaches.")
 
 
-def _hours(seconds: float | None, threads: int | None = None) -> str:
+def _hours(seconds: float | None, threads: int | None = None, shared: bool = False) -> str:
+    """``, 1.5 h wall-clock on 2 threads``; ``shared``: the cores were shared with other work while it ran (its
+    wall-clock then overstates the effort; steps and images seen are the comparable budget)."""
     if not seconds:
         return ""
     wall = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-    return f", {wall} wall-clock" + (f" on {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+    where = f" on {threads} thread{'s' if threads != 1 else ''}" if threads else ""
+    return f", {wall} wall-clock{where}" + (" of a shared machine" if shared else "")
 
 
 def _count(n: int) -> str:
@@ -135,7 +138,8 @@ def _zoo_facts(model_id: str, entry: dict) -> TrainingFacts:
         batch = hyper.get("batch_size")
         seen = f", {_count(steps * batch)} images seen" if steps and batch else ""
         budget = (f"{epochs} epochs" + (f" ({steps:,} steps{seen})" if steps else "") + (" on CPU" if on_cpu else " on GPU" if "(CUDA)" in hardware else "")
-                  + _hours(entry.get("train_seconds"), hyper.get("threads") if on_cpu else None))
+                  + _hours(entry.get("train_seconds"), hyper.get("threads") if on_cpu else None,
+                           shared="shared" in hardware))
     accuracy = entry.get("accuracy") or {}
     target = RECIPE_TARGETS.get(regime)
     measured = accuracy.get(target.metric) if target is not None else None

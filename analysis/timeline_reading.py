@@ -3,7 +3,8 @@
 For each series (its ``ok`` checkpoints with a known step, in step order) with MLU values ``m_0 .. m_n``:
 
 - the net change ``Δ = m_n - m_0``; below :data:`FLAT` (in MLU units) the series "stays near" its mean;
-- the *half-way step*: the first step at which ``|m_i - m_0| >= |Δ| / 2``, i.e. when half of the net change had
+- with only two points, no half-way step (the change happened somewhere between them, which is said);
+- otherwise the *half-way step*: the first step at which ``|m_i - m_0| >= |Δ| / 2``, i.e. when half of the net change had
   happened (with its epoch where known), which says whether the change is early or late in training;
 - a peak (or dip) that overshoots both ends by at least :data:`OVERSHOOT` is named with its step, because a
   rise-then-fall is the most interesting thing a curve can show and the net change would hide it.
@@ -68,9 +69,12 @@ def series_clause(name: str, points: list[tuple[int, float | None, float]], with
     change = end - start
     if abs(change) < FLAT:
         return f"{name} stays near {_pct(sum(values) / len(values))}"
+    verb = "rises" if change > 0 else "falls"
+    if len(points) == 2:  # no point in between: when the change happened is not known
+        step, epoch, _ = points[1]
+        return f"{name} {verb}{frm} to {_pct(end)} (no checkpoint between step {points[0][0]:,} and {_when(step, epoch)})"
     half = next(i for i, m in enumerate(values) if abs(m - start) >= abs(change) / 2)
     step, epoch, _ = points[half]
-    verb = "rises" if change > 0 else "falls"
     return f"{name} {verb}{frm} to {_pct(end)} (half of it by {_when(step, epoch)})"
 
 

@@ -45,10 +45,11 @@ def test_zoo_training_facts_come_from_the_manifest():
         "supervised", "self-supervised: MAE", "self-supervised: DINO", "untrained (random init)")
     assert (sup.family, mae.family, dino.family, rnd.family) == (
         "supervised", "self-supervised", "self-supervised", "untrained")
-    assert sup.budget.startswith("25 epochs (5,850 steps, 1.50 M images seen) on CPU, 1.5 h wall-clock on 2 threads")
+    assert sup.budget.startswith("25 epochs (5,850 steps, 1.50 M images seen) on CPU, ")
+    assert sup.budget.endswith("wall-clock on 2 threads of a shared machine")  # retrained while other work ran
     assert dino.budget.startswith("4 epochs (1,872 steps, 239,616 images seen) on CPU, 2.1 h wall-clock on 1 thread")
     assert rnd.budget == "none (initialisation)"
-    assert sup.top1 == pytest.approx(0.9022) and sup.linear_probe == pytest.approx(0.9051)
+    assert sup.top1 == pytest.approx(0.9032) and sup.linear_probe == pytest.approx(0.9056)  # the republished run
     assert dino.linear_probe == pytest.approx(0.7434) and dino.top1 is None
 
 
@@ -56,7 +57,7 @@ def test_a_model_below_its_recipe_target_gets_a_caveat_and_the_others_do_not():
     sup, mae, dino, rnd = (training_facts(m) for m in ZOO)
     assert RECIPE_TARGETS["dino"].value == 0.80 and RECIPE_TARGETS["supervised"].metric == "top1"
     assert dino.falls_short and "74.3%" in dino.caveat() and "80%" in dino.caveat() and "4 epochs" in dino.caveat()
-    assert not sup.falls_short and not mae.falls_short  # 90.2 % >= 90 %, 82.2 % >= 80 %
+    assert not sup.falls_short and not mae.falls_short  # 90.3 % >= 90 %, 82.2 % >= 80 %
     assert rnd.target is None and rnd.caveat() is None  # untrained by design: no target
 
 

@@ -234,6 +234,10 @@ def test_reading_names_the_change_when_it_happens_and_a_peak():
     assert reading(_table(rows)) == ("Over training, c falls from 40.0 % to 30.0 % (half of it by step 500) and "
                                      "d stays near 20.1 %.")
     assert reading(_table([])) == "No checkpoint has been analysed yet."
+    # two points only (a model published before checkpoints were kept): when it changed is not claimed
+    rows = [("e", 0, 0, 0.15, "ok"), ("e", 2340, 10, 0.32, "ok")]
+    assert reading(_table(rows), {"e": "MAE"}) == ("Over training, MAE rises from 15.0 % to 32.0 % (no checkpoint "
+                                                   "between step 0 and step 2,340, epoch 10).")
 
 
 def test_groups_are_kind_means_whose_weighted_mean_is_the_mlu(folder, cache_dir):
