@@ -42,7 +42,7 @@ SMALL = {"width": 1280, "height": 720}
 LARGE = {"width": 1920, "height": 1080}
 FIRST_LOAD_MS = 240_000  # generous: the server imports torch and timm on a shared 2-core machine
 STEP_MS = 90_000
-PAGES = ["Compare", "Layers", "Heads", "Spectra", "One image", "Analyze", "Compress", "Library", "Learn"]
+PAGES = ["Compare", "Layers", "Heads", "Spectra", "One image", "Analyze", "Timeline", "Compress", "Library", "Learn"]
 REGIMES = ("supervised", "self-supervised: MAE", "self-supervised: DINO", "untrained (random init)")
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -330,7 +330,7 @@ def test_spectra_page_and_the_energy_sweep_plays(page, server):
     assert "Sweep the energy: e = " in sweep.evaluate("(el) => el.layout.title.text")
 
 
-@pytest.mark.parametrize("title, charts", [("Analyze", 0), ("Compress", 2), ("Library", 0), ("Learn", 2)])
+@pytest.mark.parametrize("title, charts", [("Analyze", 0), ("Timeline", 3), ("Compress", 2), ("Library", 0), ("Learn", 2)])
 def test_other_pages_render(page, server, title, charts):
     _open(page, title)
     if charts:

@@ -563,13 +563,21 @@ def _block_axis(fig: go.Figure, layers: Sequence[str]) -> None:
     each layer outside the blocks; for charts too narrow for every layer's name (the hover has them)."""
     layers = list(layers)
     short = short_layer_names(layers)
-    vals, texts = [], []
-    for layer, name in zip(layers, short):
+    vals, texts, places, blocks = [], [], [], []
+    for place, (layer, name) in enumerate(zip(layers, short)):
         head = name.split(".", 1)[0]
-        text = f"block {head}" if name != layer and head.isdigit() else layer.split(".", 1)[0]
-        if text not in texts:  # the first layer of each block (or of each top-level module)
-            vals.append(layer)
-            texts.append(text)
+        is_block = name != layer and head.isdigit()
+        text = f"block {head}" if is_block else layer.split(".", 1)[0]
+        if text in texts:
+            continue  # only the first layer of each block (or of each top-level module)
+        if places and place - places[-1] < 2:  # adjacent angled labels overprint: keep one, a block's first
+            if not is_block or blocks[-1]:
+                continue
+            vals.pop(), texts.pop(), places.pop(), blocks.pop()
+        vals.append(layer)
+        texts.append(text)
+        places.append(place)
+        blocks.append(is_block)
     fig.update_xaxes(categoryorder="array", categoryarray=layers, tickmode="array", tickvals=vals, ticktext=texts,
                      tickangle=-45, title="layer (depth order; ticks at each block's first layer)")
 
