@@ -123,7 +123,7 @@ def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, heig
     if not kinds:
         return _layout(go.Figure(), "Utilization by layer group: no analysed checkpoint", height=height)
     labels = list(dict.fromkeys(groups["label"]))
-    cols = min(4, len(kinds))
+    cols = min(2, len(kinds))  # two a row: the groups' names stay on one line at 1280 px
     rows_n = -(-len(kinds) // cols)
     fig = make_subplots(rows=rows_n, cols=cols, shared_yaxes=True, subplot_titles=labels, horizontal_spacing=0.04,
                         vertical_spacing=0.22 if rows_n > 1 else 0.1)
@@ -141,7 +141,9 @@ def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, heig
     fig.update_yaxes(tickformat=".0%", range=[0, min(1.0, top * 1.1 + 0.02)])
     fig.update_yaxes(title="mean utilization", col=1)
     fig.update_annotations(font=dict(size=FONT_SIZE - 1, color="#222"))
-    return _layout(fig, "Utilization by layer group against training step", height=height * rows_n)
+    fig = _layout(fig, "Utilization by layer group against training step", height=int(height * 0.8) * rows_n + 60)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.12 / rows_n, xanchor="left", x=0.0))
+    return fig  # the legend under the panels: above them it covered the first row's titles
 
 
 def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
@@ -169,21 +171,24 @@ def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
 
 
 def mlu_vs_probe(table: pd.DataFrame) -> go.Figure:
-    """MLU against linear-probe top-1, one colour per series, every checkpoint whose accuracy is known."""
+    """MLU against linear-probe top-1, one colour per series, every checkpoint whose accuracy is known; only each
+    series' last point is labelled with its step (labels at every point pile up where series share step 0;
+    the hover names every point)."""
     ok = table[(table["status"] == "ok") & table["linear_probe_top1"].notna()]
     fig = go.Figure()
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
         fig.add_scatter(
             x=rows["linear_probe_top1"], y=rows["mlu"], mode="markers+lines+text", name=series,
-            text=[f"{s}" for s in rows["step"]], textposition="top center", line=dict(color=analysis_color(i), dash="dot"),
+            text=[""] * (len(rows) - 1) + [f"step {rows['step'].iloc[-1]:,}"] if len(rows) else [],
+            textposition="top left", cliponaxis=False, line=dict(color=analysis_color(i), dash="dot"),
             customdata=np.stack([rows["checkpoint"].astype(str), rows["step"].astype(str)], axis=-1),
             hovertemplate="%{customdata[0]}<br>step %{customdata[1]}<br>probe %{x:.1%}, MLU %{y:.1%}"
                           "<extra>%{fullData.name}</extra>",
         )
     fig.update_xaxes(tickformat=".0%", title="linear-probe top-1 (Fashion-MNIST test)")
     fig.update_yaxes(tickformat=".0%", title="MLU")
-    title = "MLU against linear-probe accuracy (labels: training step)"
+    title = "MLU against linear-probe accuracy (label: each series' last step)"
     if ok.empty:
         title += ": no checkpoint with a known accuracy"
     return _layout(fig, title)
