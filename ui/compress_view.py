@@ -163,7 +163,8 @@ def section(result: Result, e_in: float, e_out: float) -> None:
         eval_dataset = cols[2].text_input("Evaluation data (labelled)", PAIRED_EVAL.get(dataset, analysed) or analysed,
                                           key="compress_eval_dataset")
         cols = st.columns(3)
-        budget = cols[0].checkbox("Parameter budget instead of energies", value=False, key="compress_budget")
+        budget = cols[0].checkbox("Use a parameter budget", value=False, key="compress_budget",
+                                  help="Instead of the sidebar's energies: keep the share of parameters set beside.")
         keep = cols[1].slider("Parameters to keep", 0.05, 1.0, 0.6, 0.05, key="compress_keep",
                               help="Used when the budget box is ticked: the largest energy that fits.")
         eval_samples = cols[2].number_input("Evaluation images", min_value=16, max_value=1_000_000, value=2000, step=500,
