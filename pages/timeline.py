@@ -31,21 +31,6 @@ GROUP = "timeline"  # the checkpoints' jobs, followed as one batch (ui.jobs_view
 CONFIRM = "timeline_confirm"  # a long series waiting for the user's yes: its (low, high, seconds)
 
 
-@st.cache_data(ttl=300, show_spinner="Estimating the time from this machine's measured speed ...")
-def _series_seconds(specs: tuple[str, ...], dataset_id: str, samples: int | None):
-    """The calibrated time of the series' checkpoints not cached yet, ``(low, high, seconds)``, or None."""
-    from analysis.calibration import estimate_run_time
-
-    try:
-        points = resolve(list(specs))
-        models = list(dict.fromkeys(p.model_id for p in points if not p.problem))
-        settings = AnalysisSettings(samples=samples)
-        found = [estimate_run_time(m, dataset_id, settings, str(state.cache().root)) for m in models
-                 if not state.cache().has(plan(m, dataset_id, settings).key)]
-    except AnalysisError:
-        return None
-    return sum(e.low for e in found), sum(e.high for e in found), sum(e.seconds for e in found)
-
 @st.cache_data(ttl=600, show_spinner=False)
 def _planned_keys(specs: tuple[str, ...], dataset_id: str, samples: int | None) -> dict[str, str] | None:
     """``{checkpoint model id: cache key}`` of every checkpoint of the series (None when one cannot be planned)."""
@@ -55,6 +40,23 @@ def _planned_keys(specs: tuple[str, ...], dataset_id: str, samples: int | None) 
         return {m: plan(m, dataset_id, AnalysisSettings(samples=samples)).key for m in models}
     except AnalysisError:
         return None
+
+
+@st.cache_data(ttl=300, show_spinner="Estimating the time from this machine's measured speed ...")
+def _series_seconds(specs: tuple[str, ...], dataset_id: str, samples: int | None):
+    """The calibrated time of the series' checkpoints not cached yet, ``(low, high, seconds)``, or None."""
+    from analysis.calibration import estimate_run_time
+
+    keys = _planned_keys(specs, dataset_id, samples)
+    if keys is None:
+        return None
+    try:
+        settings = AnalysisSettings(samples=samples)
+        found = [estimate_run_time(m, dataset_id, settings, str(state.cache().root)) for m, key in keys.items()
+                 if not state.cache().has(key)]
+    except AnalysisError:
+        return None
+    return sum(e.low for e in found), sum(e.high for e in found), sum(e.seconds for e in found)
 
 
 def _open_if_cached(specs: list[str]) -> None:
