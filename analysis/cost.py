@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .durations import rough_duration
 from .errors import AnalysisError
 from .models.layers import LayerSpec
 from . import spectra
@@ -97,20 +98,12 @@ class CostEstimate:
     def summary(self) -> str:
         """One line: ``about 12 s, 0.4 GB (widest layer blocks.0.mlp.fc1, d 3072)``."""
         gpu = f" + {_gb(self.gpu_memory_bytes)} on the GPU" if self.gpu_memory_bytes else ""
-        return (f"about {_duration(self.seconds)}, {_gb(self.memory_bytes)}{gpu} "
+        return (f"about {rough_duration(self.seconds)}, {_gb(self.memory_bytes)}{gpu} "
                 f"(widest layer {self.widest_layer}, d {self.widest_d})")
 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def available_memory() -> int | None:

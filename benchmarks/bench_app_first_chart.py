@@ -84,6 +84,29 @@ def _stop_server(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def report_errors(errors: list[str], log_tail: str, limit: int = 20) -> int:
+    """Print the sessions' errors (the first ``limit``) and, when there are any, the server log's tail; the exit
+    status (1 when a session failed)."""
+    print(f"errors: {len(errors)}")
+    for err in errors[:limit]:
+        print(f"  {err}")
+    if errors:
+        print("server log tail:\n" + log_tail)
+    return 1 if errors else 0
+
+
 def _time_to_chart(page, url: str | None, timeout_ms: int) -> float:
     start = time.perf_counter()
     if url is None:

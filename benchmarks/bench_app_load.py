@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, TINY, _start_server, _stop_server  # noqa: E402
+from bench_app_first_chart import (  # noqa: E402
+    CHROMIUM, CHROMIUM_ARGS, TINY, _start_server, _stop_server, cpu_seconds, percentile, report_errors)
 
 CHART = ".js-plotly-plot .main-svg"
 EXPECTED_CHARTS = 2  # Layers page: utilization bars and the block x kind heatmap
@@ -55,12 +56,6 @@ async def _session(browser, url: str, timeout_ms: int) -> tuple[float | None, st
         await context.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _run(url: str, sessions: int, timeout_ms: int, server_pid: int):
     from playwright.async_api import async_playwright
 
@@ -70,17 +65,11 @@ async def _run(url: str, sessions: int, timeout_ms: int, server_pid: int):
             warm = await _session(browser, url, timeout_ms)  # the server's first session imports torch/timm
             if warm[1]:
                 raise RuntimeError(f"warm-up session failed: {warm[1]}")
-            cpu_before = _cpu_seconds(server_pid)
+            cpu_before = cpu_seconds(server_pid)
             outcomes = await asyncio.gather(*[_session(browser, url, timeout_ms) for _ in range(sessions)])
-            return outcomes, _cpu_seconds(server_pid) - cpu_before
+            return outcomes, cpu_seconds(server_pid) - cpu_before
         finally:
             await browser.close()
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def main() -> int:
@@ -118,16 +107,11 @@ def main() -> int:
           f"playwright {version('playwright')}  torch {torch.__version__}")
     print(f"{args.sessions} concurrent sessions on a cached result ({args.model}, {args.dataset}, {args.samples} images)")
     if times:
-        print(f"time to charts on screen: p50 {statistics.median(times):.2f} s  p95 {_percentile(times, 0.95):.2f} s  "
+        print(f"time to charts on screen: p50 {statistics.median(times):.2f} s  p95 {percentile(times, 0.95):.2f} s  "
               f"max {max(times):.2f} s  (all {args.sessions} opened within {wall:.1f} s)")
     print(f"streamlit server CPU time for the burst: {server_cpu:.1f} s ({server_cpu / args.sessions:.2f} s per "
           f"session); the rest of the machine's time went to the {args.sessions} browser pages themselves")
-    print(f"errors: {len(errors)}")
-    for err in errors[:10]:
-        print(f"  {err}")
-    if errors:
-        print("server log tail:\n" + log_tail)
-    return 0 if not errors else 1
+    return report_errors(errors, log_tail, limit=10)
 
 
 if __name__ == "__main__":

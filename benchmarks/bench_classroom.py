@@ -39,7 +39,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from bench_app_first_chart import CHROMIUM, CHROMIUM_ARGS, _start_server, _stop_server  # noqa: E402
+from bench_app_first_chart import (  # noqa: E402
+    CHROMIUM, CHROMIUM_ARGS, _start_server, _stop_server, cpu_seconds, percentile, report_errors)
 
 VIEWPORT = {"width": 1280, "height": 720}
 PAGES = [("Layers", 2), ("Spectra", 4), ("Heads", 1)]  # (title, charts it draws at once)
@@ -69,8 +70,7 @@ class Sampler(threading.Thread):
         self.pid, self.peak_rss, self.stop = pid, 0, threading.Event()
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -157,9 +157,8 @@ async def _run(url: str, sessions: int, timeout_ms: int) -> list[dict]:
 def _percentiles(values: list[float]) -> str:
     if not values:
         return "no value"
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered):5.1f} s  p95 {p95:5.1f} s  max {ordered[-1]:5.1f} s  (n = {len(values)})"
+    return (f"p50 {statistics.median(values):5.1f} s  p95 {percentile(values, 0.95):5.1f} s  max {max(values):5.1f} s  "
+            f"(n = {len(values)})")
 
 
 def main() -> int:
@@ -200,12 +199,7 @@ def main() -> int:
     print(f"energy slider to new MLU   {_percentiles([o['slider'] for o in outcomes if 'slider' in o])}")
     print(f"server: peak resident memory {sampler.peak_rss / 2 ** 30:.2f} GiB, CPU {server_cpu:.0f} s "
           f"({server_cpu / max(args.sessions, 1):.1f} s per session)")
-    print(f"errors: {len(errors)}")
-    for err in errors[:20]:
-        print(f"  {err}")
-    if errors:
-        print("server log tail:\n" + log_tail)
-    return 0 if not errors else 1
+    return report_errors(errors, log_tail)
 
 
 if __name__ == "__main__":

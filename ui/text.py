@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from analysis.plots.numbers import dims_error, error_bar, pct, plus_minus  # noqa: F401 (the pages' one import)
+from analysis.durations import duration, duration_range  # noqa: F401 (the pages' one import)
+from analysis.plots.numbers import dims_error, error_bar, pct, plus_minus  # noqa: F401
 
 PAPER_URL = "https://arxiv.org/abs/2407.04797"
 PAPER_TITLE = "Garg et al. (2024), Revealing the Utilized Rank of Subspaces of Learning in Neural Networks"
@@ -19,18 +20,6 @@ def count(value: int | float | None) -> str:
 def energy(value: float) -> str:
     """Energies as typed by people: 0.99, 0.999, 1."""
     return f"{value:g}"
-
-
-def duration(seconds: float | None) -> str:
-    """``1 h 02 min``, ``3 min 05 s``, ``12 s``; ``n/a`` when unknown."""
-    if seconds is None or (isinstance(seconds, float) and (math.isnan(seconds) or math.isinf(seconds))):
-        return "n/a"
-    seconds = max(0, int(round(seconds)))
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds} s"
 
 
 def short_key(key: str | None) -> str:
@@ -67,25 +56,6 @@ def convergence_verdict(curve, mlu_err: float) -> str:
     if isinstance(mlu_err, float) and not math.isnan(mlu_err) and change <= max(2 * mlu_err, 0.005):
         return f"Settled: {step}, within twice its error bar (± {100 * mlu_err:.1f}); more images would barely change it."
     return f"Still moving: {step}; more images would likely change the answer."
-
-
-def duration_range(low: float, high: float) -> str:
-    """``1-2 min``, ``40 s - 1 min 20 s``, ``2 h 05 min - 4 h 10 min``: a range of durations, rounded to what a
-    person plans by."""
-    def rough(seconds: float) -> str:
-        if seconds < 60:
-            return f"{max(1, int(round(seconds / 5) * 5 if seconds > 15 else round(seconds)))} s"
-        if seconds < 3600:
-            return f"{max(1, int(round(seconds / 60)))} min"
-        return f"{seconds / 3600:.1f} h"
-
-    a, b = rough(low), rough(high)
-    if a == b:
-        return f"about {a}"
-    for unit in (" min", " s", " h"):
-        if a.endswith(unit) and b.endswith(unit):
-            return f"{a[: -len(unit)]}-{b}"
-    return f"{a} - {b}"
 
 
 # ------------------------------------------------------------------------------------------ teaching texts
