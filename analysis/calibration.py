@@ -75,6 +75,7 @@ LONG_RUN_S = 600.0
 """Runs estimated above this ask for a confirmation in the app."""
 
 _lock = threading.Lock()
+_probe_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -169,17 +170,18 @@ def probe_pass(the_plan, flops: float = 0.0) -> float:
                     settings=replace(settings, batch_size=batch, uncertainty=False))
     _all, selected = selected_layers(the_plan)
     applicable = [s for s in selected if s.applicable]
-    marks: list[tuple[int, float]] = [(0, time.perf_counter())]
     device = torch.device(settings.device)
-    model = the_plan.loaded.model.to(device)
-    try:
-        stream_statistics(probe, model, applicable, device,
-                          progress=lambda p: marks.append((p.items_done, time.perf_counter())),
-                          should_stop=lambda: probe_done(marks[1:]))
-    except Cancelled:  # enough was timed
-        pass
-    finally:
-        model.to("cpu")
+    with _probe_lock:  # one probe at a time per process: two at once would each time the other's load
+        marks: list[tuple[int, float]] = [(0, time.perf_counter())]
+        model = the_plan.loaded.model.to(device)
+        try:
+            stream_statistics(probe, model, applicable, device,
+                              progress=lambda p: marks.append((p.items_done, time.perf_counter())),
+                              should_stop=lambda: probe_done(marks[1:]))
+        except Cancelled:  # enough was timed
+            pass
+        finally:
+            model.to("cpu")
     return timed_per_image(marks[1:]) or (marks[-1][1] - marks[0][1]) / max(1, marks[-1][0])
 
 

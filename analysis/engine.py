@@ -359,6 +359,8 @@ def settled(the_plan: Plan) -> Plan:
     dataset.settle()
     return replace(the_plan, key=the_plan.key if dataset.cacheable else None,
                    key_parts={**the_plan.key_parts, "dataset": dataset.fingerprint})
+
+
 def _halves_in_order(positions: list[int], batch_size: int, rank: int, world_size: int) -> list[int]:
     """``positions`` with each batch's images put in :func:`analysis.uncertainty.half_order` (half 0 first, each
     half in its original order), so the loader delivers every batch ready for sliced halves: nothing is
@@ -406,8 +408,10 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, the_plan: Plan) -> Non
         if isinstance(exc, AnalysisError):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        data = the_plan.dataset
+        dataset_id = getattr(data, "dataset_id", None) or getattr(getattr(data, "dataset", None), "dataset_id", "its data")
         raise ForwardError(
-            f"{the_plan.loaded.model_id} failed on a batch of {the_plan.dataset.dataset_id} "
+            f"{the_plan.loaded.model_id} failed on a batch of {dataset_id} "
             f"(input {tuple(batch.shape)}): {reason}"
         ) from exc
 

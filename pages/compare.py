@@ -22,7 +22,7 @@ from analysis.compare import (QUICK_IMAGES, compare_results, format_pp, long_tab
 from analysis.errors import AnalysisError
 from analysis.models import catalogue
 from analysis.settings import AnalysisSettings
-from ui import charts, frame, jobs_view, state, tables, text
+from ui import background, charts, frame, jobs_view, state, tables, text
 
 SELECTION = state.COMPARE  # the chosen analyses (kept across page switches, and in the URL)
 WIDGET = "compare_select"  # the multiselect's own key (Streamlit drops it when the page is left)
@@ -59,9 +59,9 @@ def _cached(samples: int | None) -> list[str | None]:
     return [key if key and cache.has(key) else None for _, key, _ in _planned(samples)]
 
 
-@st.cache_data(ttl=3600, show_spinner=False)
 def _seconds(models: tuple[str, ...], dataset_id: str, samples: int | None, root: str):
-    """The calibrated time of analysing ``models`` one after the other, ``(low, high, seconds)``, or None."""
+    """The calibrated time of analysing ``models`` one after the other, ``(low, high, seconds)``, or None
+    (seconds of planning and probing: computed in the background, :mod:`ui.background`)."""
     from analysis.calibration import estimate_run_time
 
     try:
@@ -75,22 +75,34 @@ def _to_run(samples: int | None) -> list[str]:
     return [m for (m, key, _), cached in zip(_planned(samples), _cached(samples)) if key and not cached]
 
 
-def _estimate_words(samples: int | None) -> tuple[str, float]:
-    """What pressing the preset will cost, in words, and its central estimate in seconds."""
+def _estimate_words(samples: int | None, wait: bool = False) -> tuple[str, float | None]:
+    """What pressing the preset will cost, in words, and its central estimate in seconds (None while it is
+    being made; ``wait`` waits for it, as a button's callback does)."""
     missing = _to_run(samples)
     if not missing:
         return "cached: opens at once", 0.0
-    times = _seconds(tuple(missing), defaults.DEFAULT_DATASET, samples, str(state.cache().root))
+    ask = background.wait if wait else background.peek
+    times = ask("compare-preset-time", _seconds, tuple(missing), defaults.DEFAULT_DATASET, samples,
+                str(state.cache().root))
+    if times is background.PENDING:
+        return f"{len(missing)} to analyse; estimating the time here...", None
     if times is None:
         return f"{len(missing)} to analyse", 0.0
     low, high, seconds = times
     return f"{len(missing)} to analyse, {text.duration_range(low, high)} one after the other", seconds
 
 
+@st.fragment(run_every=2)
+def _refresh_when_estimated() -> None:
+    """Drawn only while a preset's estimate is being made: once both are there, the page reruns to show them."""
+    if all(_estimate_words(samples)[1] is not None for samples in (defaults.DEFAULT_SAMPLES, QUICK_IMAGES)):
+        st.rerun(scope="app")
+
+
 def _press(samples: int | None) -> None:
     """Button callback of a preset: ask first when it would take long, else start it."""
-    _words, seconds = _estimate_words(samples)
-    if seconds > LONG_RUN_S:
+    _words, seconds = _estimate_words(samples, wait=True)
+    if seconds is None or seconds > LONG_RUN_S:
         st.session_state[CONFIRM] = samples
         return
     _start(samples)
@@ -174,17 +186,19 @@ def _controls() -> None:
     models, missing = _comparison_set()
     full, quick = st.columns(2)
     with full:
-        words, _ = _estimate_words(defaults.DEFAULT_SAMPLES)
+        words, full_s = _estimate_words(defaults.DEFAULT_SAMPLES)
         st.button("Regimes on the full test set", on_click=_press, args=(defaults.DEFAULT_SAMPLES,), type="primary",
                   icon=":material/science:", key="compare_preset", disabled=busy, width="stretch",
                   help="The zoo's regimes (" + ", ".join(models) + f") on {defaults.DEFAULT_DATASET}.")
         st.caption(f"{len(models)} models, every image: {words}.")
     with quick:
-        words, _ = _estimate_words(QUICK_IMAGES)
+        words, quick_s = _estimate_words(QUICK_IMAGES)
         st.button(f"Regimes quickly, on {QUICK_IMAGES:,} images", on_click=_press, args=(QUICK_IMAGES,),
                   icon=":material/bolt:", key="compare_quick", disabled=busy, width="stretch",
                   help="Each model on the same seeded 1,000 images; estimated from this machine's measured speed.")
         st.caption(f"{len(models)} models, {QUICK_IMAGES:,} images each: {words}.")
+    if full_s is None or quick_s is None:
+        _refresh_when_estimated()
     if CONFIRM in st.session_state:
         samples = st.session_state[CONFIRM]
         words, _ = _estimate_words(samples)

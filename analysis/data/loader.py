@@ -8,6 +8,7 @@ A :class:`DatasetError` raised inside a worker process (an unreadable image) rea
 from __future__ import annotations
 
 import os
+import threading
 from typing import Iterable, Iterator
 
 import torch
@@ -17,7 +18,13 @@ from ..errors import DatasetError, SettingsError
 
 
 def default_num_workers() -> int:
-    """Worker processes for decoding: none on one core, then about half the cores (1 on 2 cores), at most 8."""
+    """Worker processes for decoding: none on one core, then about half the cores (1 on 2 cores), at most 8;
+    none outside the main thread. A loader's workers are forked, and a fork made from one thread of a
+    multi-threaded process (the app's server: a thread per session, the estimates' background thread) copies
+    into the child any lock another thread held at that moment, so the worker can hang or die; there the data
+    pass is a probe of a few batches, read in-process (analyses run in their own processes' main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

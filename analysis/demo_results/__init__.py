@@ -42,7 +42,7 @@ NOT_RESULT_SOURCES: tuple[str, ...] = (
     "analysis/cli.py", "analysis/__main__.py", "analysis/catalogue.py", "analysis/regimes.py",
     "analysis/compare.py", "analysis/sweep.py", "analysis/cost.py", "analysis/restrictions.py",
     "analysis/families_table.py", "analysis/timeline.py", "analysis/timeline_reading.py", "analysis/plots/",
-    "analysis/calibration.py",
+    "analysis/calibration.py", "analysis/durations.py",
 )
 """Prefixes of sources that only read results (UI helpers, CLI, jobs, compression, training recipes):
 changing them leaves the shipped entries valid. Anything not listed here counts, so a new module is on the
