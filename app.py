@@ -53,7 +53,8 @@ if page is COMPARE_BY_NAME:
     page.run()  # switches to the default page before anything of the frame is drawn
 intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first served without this router
 if intended and intended != page.url_path:
-    st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
+    target = next((p for p in PAGES if p.url_path == intended), PAGES[0])
+    st.switch_page(target, query_params=st.query_params.to_dict())
 state.init()
 if not st.session_state.get(state.URL_ADOPTED):  # the first run of a session: was the page asked for ours?
     asked = state.unknown_page({p.url_path for p in [*PAGES, COMPARE_BY_NAME]})

@@ -460,14 +460,15 @@ def test_every_page_opens_by_its_own_address(server, page):
 
 def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_the_app(tmp_path, page):
     """A shared link opened first on a just-started server: Streamlit may serve it through its legacy pages/
-    navigation (the page alone, no router); the page must come back through app.py, to the same page."""
+    navigation (the page alone, no router); the page must come back through app.py, to the same page, with
+    the link's query parameters."""
     key = _default_result().key
     with _streamlit(tmp_path / "cache", tmp_path / "streamlit.log") as (url, _started):
         context = page.context.browser.new_context(viewport=SMALL)  # a new visitor, in the module's browser
         try:
             tab = context.new_page()
             tab.set_default_timeout(STEP_MS)
-            tab.goto(f"{url}/heads?analysis={key}")
+            tab.goto(f"{url}/heads?analysis={key}&e_in=0.95")
             tab.wait_for_function(
                 "() => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
                 " return h && h.innerText.trim() === 'Heads'; }")
@@ -475,6 +476,6 @@ def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_t
             nav = [t.strip().splitlines()[-1] for t in tab.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
             assert nav[:3] == ["Compare", "Layers", "Heads"] and "app" not in nav  # the router's pages
             assert _sidebar_mlu(tab) == _mlu(_default_result())  # the frame and the analysis are there
-            assert f"analysis={key}" in tab.url
+            assert f"analysis={key}" in tab.url and "e_in=0.95" in tab.url  # not the default's e_in = 0.99
         finally:
             context.close()
