@@ -84,3 +84,17 @@ def test_a_timeline_plots_its_mlu_and_layer_groups_against_step(results):
     assert list(mlu.y) == [a.mlu, b.mlu]
     groups = plots.timeline_groups(series)
     assert {t.name for t in groups.data} == {"run"} and len(groups.data) == series.groups()["kind"].nunique()
+
+
+def test_the_eigenvalue_threshold_label_stays_inside_its_plot_area(results):
+    """The eigenvalue chart has a right axis whose tick labels lie beyond its plot area: "1 − e" sits inside
+    the plot area, at its right edge (at x = 0.97 of the paper it ran into those tick labels)."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    for energy in (0.9, 0.99, 0.999):
+        for figure in (charts.eigen_chart(spectrum.eig_in, energy, "C_in"),
+                       charts.for_projector(charts.eigen_chart(spectrum.eig_out, energy, "C_out"))):
+            note = next(n for n in figure.layout.annotations if n.text.startswith("1 − e"))
+            assert note.xref == "x domain" and note.x <= 1.0 and note.xanchor == "right", note

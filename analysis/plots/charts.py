@@ -465,9 +465,11 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
     threshold = 1.0 - energy
     if threshold > 0:
         fig.add_hline(y=threshold, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True)
-        fig.add_annotation(x=0.97, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
-                           text=f"1 − e = {threshold:.3g}", showarrow=False, bgcolor="rgba(255,255,255,0.8)",
-                           font=dict(size=FONT_SIZE, color="#c00"))
+        # inside the plot area, at its right edge above the line: "x domain" ends where the plot does (paper
+        # coordinates run on under the right axis' tick labels, where a label at x = 0.97 ran into them)
+        fig.add_annotation(x=1.0, xref="x domain", xanchor="right", xshift=-4, y=np.log10(threshold), yref="y2",
+                           yanchor="bottom", text=f"1 − e = {threshold:.3g}", showarrow=False,
+                           bgcolor="rgba(255,255,255,0.8)", font=dict(size=FONT_SIZE, color="#c00"))
     if d and cumulative[-1] > 0:
         fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
         fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom",
