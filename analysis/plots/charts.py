@@ -112,6 +112,18 @@ def with_note(fig: go.Figure, note: str) -> go.Figure:
     return fig
 
 
+LINE_LABEL_MARGIN = 125
+"""Right margin (px) that holds an MLU label (two lines) beside the plot (:func:`label_line`)."""
+
+
+def label_line(fig: go.Figure, y: float, text: str, color: str = "#222", size: int = FONT_SIZE) -> None:
+    """Label the horizontal line at ``y`` in the right margin, level with the line's end: outside the plot area
+    no bar, whisker or point can cover it (inside, a label sat on whichever bar was under it). The chart needs a
+    right margin as wide as the label (:data:`LINE_LABEL_MARGIN` for an MLU); ``<br>`` splits it into lines."""
+    fig.add_annotation(x=1.0, xref="x domain", xanchor="left", xshift=6, y=y, yref="y", yanchor="middle",
+                       text=text, align="left", showarrow=False, font=dict(size=size, color=color))
+
+
 PROJECTOR_SCALE = 1.25
 """Presentation mode: every text of a chart this much larger, and the top margin grown to keep its room."""
 
@@ -140,7 +152,7 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
     margin = layout.margin
     if margin is not None and margin.t:
         fig.update_layout(margin=dict(t=int(margin.t * scale), b=int((margin.b or 70) * scale),
-                                      l=int((margin.l or 70) * scale)))
+                                      l=int((margin.l or 70) * scale), r=int((margin.r or 30) * scale)))
     if layout.height:
         fig.update_layout(height=int(layout.height * 1.1))
     return fig
@@ -232,13 +244,13 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
     if not np.isnan(mlu):
         if not np.isnan(mlu_err) and mlu_err > 0:
             fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
-        label = f"MLU {numbers.plus_minus(mlu, mlu_err)}"
-        fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2,
-                      annotation_text=label, annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.85)",
-                      annotation_font=dict(size=FONT_SIZE + 1))
+        fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2)
+        bar = numbers.error_bar(mlu_err)
+        label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height)
+    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height,
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN})
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -774,9 +786,8 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
     fig.add_bar(x=[str(i) for i in range(1, len(values) + 1)], y=cumulative, name="energy held by the top k",
                 marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
                 text=[f"{c:.1%}" for c in cumulative], textposition="outside")
-    fig.add_hline(y=energy, line_dash="dash", line_color="black", annotation_text=f"e = {energy:g}",
-                  annotation_position="bottom left", annotation_bgcolor="rgba(255,255,255,0.9)",
-                  annotation_font=dict(size=FONT_SIZE))
+    fig.add_hline(y=energy, line_dash="dash", line_color="black")
+    label_line(fig, energy, f"e = {energy:g}")
     fig.update_xaxes(title="k (directions kept)", type="category")
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
-    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)
+    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480, margin={**_MARGIN, "r": 95})
