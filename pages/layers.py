@@ -40,10 +40,10 @@ cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="
 selected = state.selected_layer(result)
 same = (result.key, e_in, e_out, selected)  # what the charts depend on: shared by every session asking
 frame.plot(
-    lambda: charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(420),
+    lambda: charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(charts.LAYER_BARS_HEIGHT),
                                     mlu_err=result.mlu_err),
     result.meta, key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
-    same_as=("bars", *same, frame.chart_height(420)),
+    same_as=("bars", *same, frame.chart_height(charts.LAYER_BARS_HEIGHT)),
 )
 left, right = st.columns([1, 1], vertical_alignment="bottom")
 with left:

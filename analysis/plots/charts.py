@@ -61,6 +61,9 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 """Colours of the (up to four) analyses on the Compare page, in selection order."""
 
 CHART_HEIGHT = 460
+LAYER_BARS_HEIGHT = 560
+"""Height of a bar per layer chart (:func:`utilization_bars`): its legend above and the rotated layer names under
+it take about 270 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
 FONT_SIZE = 15
@@ -215,7 +218,7 @@ _LAYER_HOVER = (
 
 
 def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
-                     height: int = CHART_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
+                     height: int = LAYER_BARS_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
 
     Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline. Where the table
