@@ -115,7 +115,7 @@ def with_note(fig: go.Figure, note: str) -> go.Figure:
     return fig
 
 
-LINE_LABEL_MARGIN = 125
+LINE_LABEL_MARGIN = 100
 """Right margin (px) that holds an MLU label (two lines) beside the plot (:func:`label_line`)."""
 
 
