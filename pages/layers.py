@@ -32,8 +32,9 @@ cols = st.columns(4)
 frame.metric_with_error(cols[0], "MLU", result.mlu, result.mlu_err,
                         "Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
 cols[1].metric("Layers counted", f"{counted} of {len(table)}")
-cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
-               help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
+cols[2].metric("Parameters kept", text.pct(params["kept"]),
+               help="If every counted layer is factorized at its rank r (where that is smaller): "
+                    f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
                     "parameters of the counted layers.")
 cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="e_in / e_out (sidebar).")
 
