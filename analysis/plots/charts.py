@@ -62,8 +62,9 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 
 CHART_HEIGHT = 460
 LAYER_BARS_HEIGHT = 560
-"""Height of a bar per layer chart (:func:`utilization_bars`): its legend above and the rotated layer names under
-it take about 270 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
+"""Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
+above and the rotated layer names under it take about 270 px, so at 420 px its plot area was a flat strip of
+150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
 FONT_SIZE = 15
@@ -647,7 +648,7 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
     return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=70, r=20, t=60, b=60))
 
 
-def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 400) -> go.Figure:
+def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAYER_BARS_HEIGHT) -> go.Figure:
     """Per-layer utilization difference of each analysis to the first one, in percentage points
     (``100 (u - u_first)``)."""
     fig = go.Figure()
@@ -710,7 +711,7 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=1.0, line_color="black", line_width=1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies")
+    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT)
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
