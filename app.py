@@ -23,8 +23,10 @@ st.set_page_config(page_title="Layer utilization explorer", page_icon=":material
 
 DEFAULT_PAGE = "pages/compare.py"
 PAGES = [
-    # a newcomer first sees the regimes comparison (shipped with the repository, so it is there at once)
-    st.Page(DEFAULT_PAGE, title="Compare", icon=":material/compare_arrows:", default=True),
+    # a newcomer first sees the regimes comparison (shipped with the repository, so it is there at once).
+    # Streamlit serves the default page at "/" only; its url_path is reserved all the same, so it is not
+    # "compare": that address belongs to COMPARE_BY_NAME below
+    st.Page(DEFAULT_PAGE, title="Compare", icon=":material/compare_arrows:", default=True, url_path="start"),
     st.Page("pages/layers.py", title="Layers", icon=":material/bar_chart:"),
     st.Page("pages/heads.py", title="Heads", icon=":material/view_module:"),
     st.Page("pages/spectra.py", title="Spectra", icon=":material/show_chart:"),
@@ -36,15 +38,26 @@ PAGES = [
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]
 
+
+def _compare_by_name() -> None:
+    """``/compare`` (the page's own name, as every other page has one): the default page at "/", with the
+    link's query parameters; without this Streamlit answers "Page not found" and then shows Compare."""
+    st.switch_page(PAGES[0], query_params=st.query_params.to_dict())
+
+
+COMPARE_BY_NAME = st.Page(_compare_by_name, title="Compare", url_path=Path(DEFAULT_PAGE).stem, visibility="hidden")
+
 st.session_state[frame.ENTRY_RAN] = True
-page = st.navigation(PAGES)
+page = st.navigation([*PAGES, COMPARE_BY_NAME])
+if page is COMPARE_BY_NAME:
+    page.run()  # switches to the default page before anything of the frame is drawn
 intended = st.session_state.pop(frame.INTENDED_PAGE, None)  # a deep link first served without this router
 if intended and intended != page.url_path:
-    st.switch_page(next((p for p in PAGES if p.url_path == intended), PAGES[0]))
+    target = next((p for p in PAGES if p.url_path == intended), PAGES[0])
+    st.switch_page(target, query_params=st.query_params.to_dict())
 state.init()
 if not st.session_state.get(state.URL_ADOPTED):  # the first run of a session: was the page asked for ours?
-    # the default page is served at "/"; its file's name (/compare) routes there too
-    asked = state.unknown_page({p.url_path for p in PAGES} | {Path(DEFAULT_PAGE).stem})
+    asked = state.unknown_page({p.url_path for p in [*PAGES, COMPARE_BY_NAME]})
     if asked and not intended:
         state.notify("warning", f"This app has no page \"{asked}\": here is {page.title} instead. The pages are "
                                 "listed in the sidebar.")

@@ -168,8 +168,12 @@ def choose_model() -> str | None:
                       index=_index(sources, "analyze_model_source", 0))
     if source in groups:
         options = list(groups[source])
+        # the box shows the id alone (the descriptions are long: with them the box cut its text off) and the
+        # chosen model's description is written out under it
         picked = st.selectbox("Model", options, index=default_index(options, defaults.DEFAULT_MODEL),
-                              format_func=lambda e: f"{e.model_id} — {e.description}", **_w(f"analyze_model_{source}"))
+                              format_func=lambda e: e.model_id, **_w(f"analyze_model_{source}"))
+        if picked is not None and picked.description:
+            st.caption(picked.description)
         return picked.model_id if picked else None
     if source == TIMM_BY_NAME:
         name = st.text_input("timm model name (with an optional pretrained tag)", placeholder="vit_base_patch16_224.dino",

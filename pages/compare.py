@@ -263,9 +263,12 @@ with lines:
                key="compare_lines", same_as=("lines", *same))
 
 metric_cols = st.columns(len(results))
-for col, row in zip(metric_cols, facts.itertuples()):
+for col, letter, row in zip(metric_cols, letters, facts.itertuples()):
     with col:
-        st.metric(row.analysis, text.pct(row.mlu),
+        # the letter and the regime, as in the charts' legends (a model id is too long for a quarter of the page
+        # at projector size: it wrapped onto two lines); the id is in the caption below and in the help
+        label = f"{letter}: {row.regime_short}" if row.family != "unknown" else row.analysis
+        st.metric(label, text.pct(row.mlu),
                   delta=None if row.Index == 0 else format_pp(row.mlu_delta_pp / 100), delta_color="off",
                   help=f"{row.model_id} · {row.dataset} · {text.count(row.images)} images · MLU "
                        f"{text.plus_minus(row.mlu, summary['mlu_err'].iloc[row.Index])} · parameters kept "
@@ -278,7 +281,7 @@ for col, row in zip(metric_cols, facts.itertuples()):
         else:
             accuracy = "accuracy: not measured here"
         st.markdown(f"**{row.regime}** · {accuracy}")
-        st.caption(f"training: {row.budget}")
+        st.caption(f"`{row.model_id}` · training: {row.budget}")
 for row in facts.itertuples():
     if row.caveat:
         st.warning(row.caveat, icon=":material/warning:")

@@ -32,18 +32,19 @@ cols = st.columns(4)
 frame.metric_with_error(cols[0], "MLU", result.mlu, result.mlu_err,
                         "Mean of u over the layers counted (inside the blocks), ± its split-half error bar.")
 cols[1].metric("Layers counted", f"{counted} of {len(table)}")
-cols[2].metric("Parameters kept if factorized", text.pct(params["kept"]),
-               help=f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
+cols[2].metric("Parameters kept", text.pct(params["kept"]),
+               help="If every counted layer is factorized at its rank r (where that is smaller): "
+                    f"{text.count(params['params_factorized'])} of {text.count(params['params_dense'])} "
                     "parameters of the counted layers.")
 cols[3].metric("Energies", f"{text.energy(e_in)} / {text.energy(e_out)}", help="e_in / e_out (sidebar).")
 
 selected = state.selected_layer(result)
 same = (result.key, e_in, e_out, selected)  # what the charts depend on: shared by every session asking
 frame.plot(
-    lambda: charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(420),
+    lambda: charts.utilization_bars(table, result.mlu, selected, height=frame.chart_height(charts.LAYER_BARS_HEIGHT),
                                     mlu_err=result.mlu_err),
     result.meta, key=CHART_KEY, on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
-    same_as=("bars", *same, frame.chart_height(420)),
+    same_as=("bars", *same, frame.chart_height(charts.LAYER_BARS_HEIGHT)),
 )
 left, right = st.columns([1, 1], vertical_alignment="bottom")
 with left:

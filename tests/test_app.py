@@ -672,7 +672,12 @@ def test_analyze_preselects_the_default_model_in_the_zoo(app, monkeypatch):
     _ok(at)
     assert "zoo" in at.radio(key="analyze_model_source").value  # the zoo group comes first
     group = at.radio(key="analyze_model_source").value
-    assert at.selectbox(key=f"analyze_model_{group}").value.model_id == "zoo:vit-fmnist-supervised"
+    box = at.selectbox(key=f"analyze_model_{group}")
+    assert box.value.model_id == "zoo:vit-fmnist-supervised"
+    # the box shows the ids alone (with the long descriptions beside them the box cut its text off at 1280 px);
+    # the chosen model's description is written out under it
+    assert box.options and all(option.startswith("zoo:") and " " not in option for option in box.options)
+    assert box.value.description in [c.value for c in at.caption]
 
 
 def test_compression_chart_connects_only_runs_on_the_same_evaluation_set_and_fits_its_axes():

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["compare", "layers", "heads", "spectra", "one_image", "analyze", "timeline", "compress", "library", "learn"]
 BAD = re.compile(r"(?<![\w.])(nan|NaN|None|null|undefined|-?inf|NaT)(?![\w(])")
 """A bare missing-value word, as Python or JavaScript print it (not inside identifiers like ``None_x``)."""
+METRIC_LABEL_CHARS = 23
+"""The longest metric label that stays on one line in a quarter of the page at 1280x720 in presentation mode
+(seen in the browser: "Mean preservation error", 23 characters, fits; "Parameters kept if factorized" and
+"A: zoo:vit-fmnist-supervised" wrapped onto two lines). Detail goes in the metric's help."""
 
 
 @pytest.fixture
@@ -68,6 +72,10 @@ def _chart_texts(figure: dict) -> list[str]:
     return found
 
 
+def _long_metric_labels(at) -> list[str]:
+    return [m.label for m in at.main.metric if len(m.label) > METRIC_LABEL_CHARS]
+
+
 def _bad_words(at) -> list[str]:
     words = [t for t in _texts(at) if BAD.search(t)]
     for figure in _charts(at):
@@ -87,7 +95,8 @@ def _bad_words(at) -> list[str]:
 @pytest.mark.parametrize("page", PAGES)
 def test_no_page_shows_a_bare_missing_value(app, results, page, mode, monkeypatch):
     """Every page, in both modes, on an analysis whose layers include ones outside the blocks (no block, no
-    error bar) and with a compression on record: no nan/None/NaN anywhere a person can read."""
+    error bar) and with a compression on record: no nan/None/NaN anywhere a person can read, and no metric label
+    too long for one line."""
     monkeypatch.setattr(jobs, "status", lambda k, **kw: _status("failed", k))
     if mode == "presentation":
         app.query_params["present"] = "1"
@@ -99,6 +108,7 @@ def test_no_page_shows_a_bare_missing_value(app, results, page, mode, monkeypatc
     at.switch_page(f"pages/{page}.py").run()
     _ok(at)
     assert _bad_words(at) == [], page
+    assert _long_metric_labels(at) == [], page
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +130,8 @@ def zoo_cache(tmp_path_factory):
 @pytest.mark.parametrize("page", ["compare", "layers", "spectra", "compress", "library"])
 def test_the_zoo_regimes_show_no_bare_missing_value(zoo_cache, page, mode, monkeypatch):
     """The landing page as a newcomer sees it, on the real zoo models: some fell short of their recipe and
-    some did not, some have an accuracy and one has none (the mix that once printed "nan" three times)."""
+    some did not, some have an accuracy and one has none (the mix that once printed "nan" three times); metric
+    labels short enough for one line (the model ids were not)."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(zoo_cache))
@@ -134,6 +145,7 @@ def test_the_zoo_regimes_show_no_bare_missing_value(zoo_cache, page, mode, monke
     at.switch_page(f"pages/{page}.py").run()
     _ok(at)
     assert _bad_words(at) == [], page
+    assert _long_metric_labels(at) == [], page
     if page == "compare":
         assert sum("fell short" in w.value for w in at.warning) == 1  # the one real caveat, and no empty ones
 

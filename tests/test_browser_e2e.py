@@ -426,16 +426,49 @@ def test_a_page_that_does_not_exist_says_so(server, page):
         context.close()
 
 
+ADDRESSES = {"compare": "Compare", "layers": "Layers", "heads": "Heads", "spectra": "Spectra", "one_image": "One image",
+             "analyze": "Analyze", "timeline": "Timeline", "compress": "Compress", "library": "Library",
+             "learn": "Learn"}
+"""Each page's own address (its file's name in ``pages/``) and the title it opens on."""
+
+
+def test_every_page_opens_by_its_own_address(server, page):
+    """Typed or bookmarked, ``/<page>`` opens that page, Compare too (whose home is "/"), without Streamlit's
+    "Page not found" and without the app's "no page" notice; a link's query parameters are kept."""
+    assert set(ADDRESSES) == {p.stem for p in (ROOT / "pages").glob("*.py")}
+    assert list(ADDRESSES.values()) == PAGES
+    context = page.context.browser.new_context(viewport=SMALL)
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(STEP_MS)
+        tab.goto(server.url)  # the router has run once (a fresh server's first request: the test below)
+        tab.wait_for_selector("[data-testid='stMain'] h1")
+        for address, title in ADDRESSES.items():
+            tab.goto(f"{server.url}/{address}?e_in=0.95")
+            tab.wait_for_function(
+                "(want) => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
+                " return h && h.innerText.trim() === want; }", arg=title)
+            _wait_idle(tab)
+            assert tab.get_by_text("Page not found").count() == 0, address
+            assert "no page" not in tab.locator("[data-testid='stMain']").inner_text(), address
+            assert "e_in=0.95" in tab.url, address
+            active = tab.locator("[data-testid='stSidebarNavLink'][aria-current='page']")
+            assert active.count() == 1 and active.inner_text().strip().splitlines()[-1] == title, address
+    finally:
+        context.close()
+
+
 def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_the_app(tmp_path, page):
     """A shared link opened first on a just-started server: Streamlit may serve it through its legacy pages/
-    navigation (the page alone, no router); the page must come back through app.py, to the same page."""
+    navigation (the page alone, no router); the page must come back through app.py, to the same page, with
+    the link's query parameters."""
     key = _default_result().key
     with _streamlit(tmp_path / "cache", tmp_path / "streamlit.log") as (url, _started):
         context = page.context.browser.new_context(viewport=SMALL)  # a new visitor, in the module's browser
         try:
             tab = context.new_page()
             tab.set_default_timeout(STEP_MS)
-            tab.goto(f"{url}/heads?analysis={key}")
+            tab.goto(f"{url}/heads?analysis={key}&e_in=0.95")
             tab.wait_for_function(
                 "() => { const h = document.querySelector(\"[data-testid='stMain'] h1\");"
                 " return h && h.innerText.trim() === 'Heads'; }")
@@ -443,6 +476,6 @@ def test_a_deep_link_as_the_first_request_to_a_fresh_server_opens_that_page_in_t
             nav = [t.strip().splitlines()[-1] for t in tab.locator("[data-testid='stSidebarNav'] a").all_inner_texts()]
             assert nav[:3] == ["Compare", "Layers", "Heads"] and "app" not in nav  # the router's pages
             assert _sidebar_mlu(tab) == _mlu(_default_result())  # the frame and the analysis are there
-            assert f"analysis={key}" in tab.url
+            assert f"analysis={key}" in tab.url and "e_in=0.95" in tab.url  # not the default's e_in = 0.99
         finally:
             context.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -84,3 +85,40 @@ def test_a_timeline_plots_its_mlu_and_layer_groups_against_step(results):
     assert list(mlu.y) == [a.mlu, b.mlu]
     groups = plots.timeline_groups(series)
     assert {t.name for t in groups.data} == {"run"} and len(groups.data) == series.groups()["kind"].nunique()
+
+
+def _label_width(note) -> float:
+    """A generous width in px of an annotation's longest line: 0.6 em a character (tags dropped), plus its shift."""
+    import re
+
+    lines = re.sub(r"<(?!br)[^>]*>", "", note.text).split("<br>")
+    return 0.6 * note.font.size * max(len(line) for line in lines) + abs(note.xshift or 0)
+
+
+def test_line_labels_sit_beside_the_plot_where_nothing_can_cover_them(results):
+    """A horizontal line's label beside bars sits in the right margin, outside the plot area, and the margin is
+    wide enough for it, in presentation mode too: inside, the MLU label sat on whichever bar was under it."""
+    from ui import charts
+
+    a, _ = results
+    beside = [("MLU", plots.utilization(a))]
+    beside += [("e = ", charts.learn_energy_chart(np.array([3.0, 1.0]), e)) for e in (0.8, 0.9, 0.95, 0.99, 0.999)]
+    for start, built in beside:
+        for figure in (built, charts.for_projector(built)):
+            note = next(n for n in figure.layout.annotations if start in n.text)
+            assert note.xref == "x domain" and note.x >= 1.0 and note.xanchor == "left", start
+            assert figure.layout.margin.r >= _label_width(note), (start, figure.layout.margin.r, _label_width(note))
+
+
+def test_the_eigenvalue_threshold_label_stays_inside_its_plot_area(results):
+    """The eigenvalue chart has a right axis whose tick labels lie beyond its plot area: "1 − e" sits inside
+    the plot area, at its right edge (at x = 0.97 of the paper it ran into those tick labels)."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    for energy in (0.9, 0.99, 0.999):
+        for figure in (charts.eigen_chart(spectrum.eig_in, energy, "C_in"),
+                       charts.for_projector(charts.eigen_chart(spectrum.eig_out, energy, "C_out"))):
+            note = next(n for n in figure.layout.annotations if n.text.startswith("1 − e"))
+            assert note.xref == "x domain" and note.x <= 1.0 and note.xanchor == "right", note

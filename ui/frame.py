@@ -185,7 +185,8 @@ def through_entry_point() -> None:
     On a freshly started server, the very first request for a deep link (``/layers?analysis=KEY``) can be
     served by Streamlit's legacy ``pages/`` navigation: the page runs alone, without the router, the frame or
     the default analysis (streamlit#9624, #10276). The page then stores its own name and switches to
-    ``app.py``, whose router opens that page again (query parameters are kept by the session)."""
+    ``app.py``, whose router opens that page again, with the link's query parameters (``st.switch_page``
+    clears them unless it is given them)."""
     if st.session_state.get(ENTRY_RAN):
         return
     import sys
@@ -196,7 +197,7 @@ def through_entry_point() -> None:
         frame = frame.f_back
     if frame is not None:  # the page module being run
         st.session_state[INTENDED_PAGE] = Path(frame.f_globals["__file__"]).stem
-    st.switch_page("app.py")
+    st.switch_page("app.py", query_params=st.query_params.to_dict())
 
 
 def intro(title: str, paragraph: str, formula: str | None = None, outro: str | None = None,

@@ -61,6 +61,10 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 """Colours of the (up to four) analyses on the Compare page, in selection order."""
 
 CHART_HEIGHT = 460
+LAYER_BARS_HEIGHT = 560
+"""Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
+above and the rotated layer names under it take about 270 px, so at 420 px its plot area was a flat strip of
+150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
 FONT_SIZE = 15
@@ -112,6 +116,18 @@ def with_note(fig: go.Figure, note: str) -> go.Figure:
     return fig
 
 
+LINE_LABEL_MARGIN = 100
+"""Right margin (px) that holds an MLU label (two lines) beside the plot (:func:`label_line`)."""
+
+
+def label_line(fig: go.Figure, y: float, text: str, color: str = "#222", size: int = FONT_SIZE) -> None:
+    """Label the horizontal line at ``y`` in the right margin, level with the line's end: outside the plot area
+    no bar, whisker or point can cover it (inside, a label sat on whichever bar was under it). The chart needs a
+    right margin as wide as the label (:data:`LINE_LABEL_MARGIN` for an MLU); ``<br>`` splits it into lines."""
+    fig.add_annotation(x=1.0, xref="x domain", xanchor="left", xshift=6, y=y, yref="y", yanchor="middle",
+                       text=text, align="left", showarrow=False, font=dict(size=size, color=color))
+
+
 PROJECTOR_SCALE = 1.25
 """Presentation mode: every text of a chart this much larger, and the top margin grown to keep its room."""
 
@@ -140,7 +156,7 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
     margin = layout.margin
     if margin is not None and margin.t:
         fig.update_layout(margin=dict(t=int(margin.t * scale), b=int((margin.b or 70) * scale),
-                                      l=int((margin.l or 70) * scale)))
+                                      l=int((margin.l or 70) * scale), r=int((margin.r or 30) * scale)))
     if layout.height:
         fig.update_layout(height=int(layout.height * 1.1))
     return fig
@@ -203,7 +219,7 @@ _LAYER_HOVER = (
 
 
 def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
-                     height: int = CHART_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
+                     height: int = LAYER_BARS_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
 
     Layers not counted in the MLU are hatched; the ``selected`` layer gets a black outline. Where the table
@@ -232,13 +248,13 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
     if not np.isnan(mlu):
         if not np.isnan(mlu_err) and mlu_err > 0:
             fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
-        label = f"MLU {numbers.plus_minus(mlu, mlu_err)}"
-        fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2,
-                      annotation_text=label, annotation_position="top left", annotation_bgcolor="rgba(255,255,255,0.85)",
-                      annotation_font=dict(size=FONT_SIZE + 1))
+        fig.add_hline(y=mlu, line_dash="dash", line_color="black", line_width=2)
+        bar = numbers.error_bar(mlu_err)
+        label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height)
+    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height,
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN})
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -465,9 +481,11 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
     threshold = 1.0 - energy
     if threshold > 0:
         fig.add_hline(y=threshold, line_dash="dash", line_color="#c00", line_width=2, secondary_y=True)
-        fig.add_annotation(x=0.97, xref="paper", xanchor="right", y=np.log10(threshold), yref="y2", yanchor="bottom",
-                           text=f"1 − e = {threshold:.3g}", showarrow=False, bgcolor="rgba(255,255,255,0.8)",
-                           font=dict(size=FONT_SIZE, color="#c00"))
+        # inside the plot area, at its right edge above the line: "x domain" ends where the plot does (paper
+        # coordinates run on under the right axis' tick labels, where a label at x = 0.97 ran into them)
+        fig.add_annotation(x=1.0, xref="x domain", xanchor="right", xshift=-4, y=np.log10(threshold), yref="y2",
+                           yanchor="bottom", text=f"1 − e = {threshold:.3g}", showarrow=False,
+                           bgcolor="rgba(255,255,255,0.8)", font=dict(size=FONT_SIZE, color="#c00"))
     if d and cumulative[-1] > 0:
         fig.add_vline(x=k, line_dash="dash", line_color=color, line_width=2)
         fig.add_annotation(x=k, xref="x", xanchor="left", y=0.0, yref="paper", yanchor="bottom",
@@ -630,7 +648,7 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
     return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=70, r=20, t=60, b=60))
 
 
-def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = 400) -> go.Figure:
+def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAYER_BARS_HEIGHT) -> go.Figure:
     """Per-layer utilization difference of each analysis to the first one, in percentage points
     (``100 (u - u_first)``)."""
     fig = go.Figure()
@@ -693,7 +711,7 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     fig.add_hline(y=1.0, line_color="black", line_width=1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies")
+    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT)
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
@@ -772,9 +790,8 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
     fig.add_bar(x=[str(i) for i in range(1, len(values) + 1)], y=cumulative, name="energy held by the top k",
                 marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
                 text=[f"{c:.1%}" for c in cumulative], textposition="outside")
-    fig.add_hline(y=energy, line_dash="dash", line_color="black", annotation_text=f"e = {energy:g}",
-                  annotation_position="bottom left", annotation_bgcolor="rgba(255,255,255,0.9)",
-                  annotation_font=dict(size=FONT_SIZE))
+    fig.add_hline(y=energy, line_dash="dash", line_color="black")
+    label_line(fig, energy, f"e = {energy:g}")
     fig.update_xaxes(title="k (directions kept)", type="category")
     fig.update_yaxes(range=[0, 1.15], tickformat=".0%", title="energy held")
-    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480)
+    return _layout(fig, f"Energy held: k(e) = {k}", showlegend=False, height=480, margin={**_MARGIN, "r": 95})
