@@ -85,18 +85,13 @@ def _estimate_words(samples: int | None, wait: bool = False) -> tuple[str, float
     times = ask("compare-preset-time", _seconds, tuple(missing), defaults.DEFAULT_DATASET, samples,
                 str(state.cache().root))
     if times is background.PENDING:
-        return f"{len(missing)} to analyse; estimating the time here...", None
+        # no polling to show it: twenty classroom sessions re-running a fragment every few seconds kept the
+        # server's one interpreter so busy that the estimate itself, and every page, stalled
+        return f"{len(missing)} to analyse; the time here is being estimated (shown when the page next updates)", None
     if times is None:
         return f"{len(missing)} to analyse", 0.0
     low, high, seconds = times
     return f"{len(missing)} to analyse, {text.duration_range(low, high)} one after the other", seconds
-
-
-@st.fragment(run_every=2)
-def _refresh_when_estimated() -> None:
-    """Drawn only while a preset's estimate is being made: once both are there, the page reruns to show them."""
-    if all(_estimate_words(samples)[1] is not None for samples in (defaults.DEFAULT_SAMPLES, QUICK_IMAGES)):
-        st.rerun(scope="app")
 
 
 def _press(samples: int | None) -> None:
@@ -186,19 +181,17 @@ def _controls() -> None:
     models, missing = _comparison_set()
     full, quick = st.columns(2)
     with full:
-        words, full_s = _estimate_words(defaults.DEFAULT_SAMPLES)
+        words, _ = _estimate_words(defaults.DEFAULT_SAMPLES)
         st.button("Regimes on the full test set", on_click=_press, args=(defaults.DEFAULT_SAMPLES,), type="primary",
                   icon=":material/science:", key="compare_preset", disabled=busy, width="stretch",
                   help="The zoo's regimes (" + ", ".join(models) + f") on {defaults.DEFAULT_DATASET}.")
         st.caption(f"{len(models)} models, every image: {words}.")
     with quick:
-        words, quick_s = _estimate_words(QUICK_IMAGES)
+        words, _ = _estimate_words(QUICK_IMAGES)
         st.button(f"Regimes quickly, on {QUICK_IMAGES:,} images", on_click=_press, args=(QUICK_IMAGES,),
                   icon=":material/bolt:", key="compare_quick", disabled=busy, width="stretch",
                   help="Each model on the same seeded 1,000 images; estimated from this machine's measured speed.")
         st.caption(f"{len(models)} models, {QUICK_IMAGES:,} images each: {words}.")
-    if full_s is None or quick_s is None:
-        _refresh_when_estimated()
     if CONFIRM in st.session_state:
         samples = st.session_state[CONFIRM]
         words, _ = _estimate_words(samples)
