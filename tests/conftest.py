@@ -51,3 +51,13 @@ _import_triton_for_the_interpreter()
 def _private_cache(tmp_path_factory, monkeypatch):
     """Every test writes results to its own cache folder, never to the repository's cache/."""
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
+def _background_work_ends_with_its_test():
+    """A page's background values (:mod:`ui.background`: the Compare presets' estimate probes models for
+    seconds) are finished before the next test starts, so they never compete with its timed waits."""
+    yield
+    background = sys.modules.get("ui.background")
+    if background is not None:
+        background.idle(timeout=300)

@@ -51,3 +51,13 @@ def wait(name: str, fn: Callable[..., Any], *args: Any, timeout: float | None = 
         return future.result(timeout=timeout)
     except TimeoutError:
         return PENDING
+
+
+def idle(timeout: float | None = None) -> bool:
+    """Wait until every value started so far is computed (tests: no background work spills into the next
+    test); False when ``timeout`` passed first."""
+    try:
+        _POOL.submit(lambda: None).result(timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
