@@ -74,6 +74,9 @@ def series_clause(name: str, points: list[tuple[int, float | None, float]], with
         step, epoch, _ = points[1]
         return f"{name} {verb}{frm} to {_pct(end)} (no checkpoint between step {points[0][0]:,} and {_when(step, epoch)})"
     half = next(i for i, m in enumerate(values) if abs(m - start) >= abs(change) / 2)
+    if half == len(points) - 1:  # "half of it by the last step" would hide that it came late
+        step, epoch, _ = points[-2]
+        return f"{name} {verb}{frm} to {_pct(end)} (most of it after {_when(step, epoch)})"
     step, epoch, _ = points[half]
     return f"{name} {verb}{frm} to {_pct(end)} (half of it by {_when(step, epoch)})"
 

@@ -231,7 +231,7 @@ def test_reading_names_the_change_when_it_happens_and_a_peak():
     # a falling series, a flat one, an error row that is left out, and different starts
     rows = [("c", 0, None, 0.40, "ok"), ("c", 50, None, 0.39, "ok"), ("c", 60, None, 0.99, "error: x"),
             ("c", 500, None, 0.30, "ok"), ("d", 0, None, 0.20, "ok"), ("d", 9, None, 0.202, "ok")]
-    assert reading(_table(rows)) == ("Over training, c falls from 40.0 % to 30.0 % (half of it by step 500) and "
+    assert reading(_table(rows)) == ("Over training, c falls from 40.0 % to 30.0 % (most of it after step 50) and "
                                      "d stays near 20.1 %.")
     assert reading(_table([])) == "No checkpoint has been analysed yet."
     # two points only (a model published before checkpoints were kept): when it changed is not claimed
