@@ -166,8 +166,9 @@ def probe_pass(the_plan, flops: float = 0.0) -> float:
     batch = max(1, min(settings.effective_batch_size(), max(PROBE_MIN_IMAGES, by_flops)))
     images = min(len(the_plan.dataset), (1 + PROBE_BATCHES) * batch)
     # no error bars in the probe: their snapshots would decompose every layer inside the timed batches
-    probe = replace(the_plan, dataset=Subset(the_plan.dataset, range(images)),
-                    settings=replace(settings, batch_size=batch, uncertainty=False))
+    head = Subset(the_plan.dataset, range(images))
+    head.dataset_id = the_plan.dataset.dataset_id  # the engine names its data in errors, as for the whole set
+    probe = replace(the_plan, dataset=head, settings=replace(settings, batch_size=batch, uncertainty=False))
     _all, selected = selected_layers(the_plan)
     applicable = [s for s in selected if s.applicable]
     device = torch.device(settings.device)

@@ -408,10 +408,8 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, the_plan: Plan) -> Non
         if isinstance(exc, AnalysisError):
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        data = the_plan.dataset
-        dataset_id = getattr(data, "dataset_id", None) or getattr(getattr(data, "dataset", None), "dataset_id", "its data")
         raise ForwardError(
-            f"{the_plan.loaded.model_id} failed on a batch of {dataset_id} "
+            f"{the_plan.loaded.model_id} failed on a batch of {the_plan.dataset.dataset_id} "
             f"(input {tuple(batch.shape)}): {reason}"
         ) from exc
 

@@ -97,7 +97,7 @@ def _estimate_words(samples: int | None, wait: bool = False) -> tuple[str, float
 def _press(samples: int | None) -> None:
     """Button callback of a preset: ask first when it would take long, else start it."""
     _words, seconds = _estimate_words(samples, wait=True)
-    if seconds is None or seconds > LONG_RUN_S:
+    if seconds > LONG_RUN_S:  # waited for without a timeout: never None here
         st.session_state[CONFIRM] = samples
         return
     _start(samples)
