@@ -47,9 +47,15 @@ get the self-check below again, on the inputs the pre-hook saw and the module's 
 
     C_out = W C_in W^T + W s b^T + b s^T W^T + N b b^T        (that batch's C_in, s, N; effective W, b)
 
-is compared with ``Y^T Y`` of the layer's real outputs on the same batch (the module's output when the call
-came from the layer's own forward, else the call's output). With ``E`` the expected size of the rounding
-error of the real outputs ``Y`` (Frobenius norm over the batch),
+is compared with ``Y^T Y`` of the layer's real outputs on the same vectors (the module's output when the call
+came from the layer's own forward, else the call's output). The vectors are an evenly spread sample of each
+call: every ``k``-th row of the call's input vectors (``k = ceil(rows / CHECK_ROWS)``, at most 2,048 rows; all of
+them when fewer) and the same rows of its output, in the shared order image, then position (token, or output
+pixel of a convolution). The sums are exact float64 sums of those rows, so the comparison below holds for the
+sample as it does for the whole batch, and a wrong weight, bias, geometry or input shows on any spread sample,
+while the float64 work no longer grows with the batch (it was a tenth of a default CPU run's time, issue 28).
+The row counts of input and output are compared over the whole call. With ``E`` the expected size of the
+rounding error of the real outputs ``Y`` (Frobenius norm over the sampled rows),
 
     E = (sqrt(2) u_in + sqrt(d_in) u_acc) T + u_out ||Y||_F,   T^2 = sum_i ||W[:, i]||^2 C_in[i, i] + N ||b||^2,
 
@@ -86,7 +92,22 @@ SAFETY = 8.0
 """Safety factor of the self-check tolerance (see the module docstring)."""
 
 MAX_CHECK_ROWS = 1 << 15
-"""Rows per float64 chunk in the self-check (bounds its transient memory)."""
+"""Rows per chunk of a call's vectors in the self-check (bounds its transient memory)."""
+
+CHECK_ROWS = 2048
+"""Most vectors of one call the self-check uses: every ``ceil(rows / CHECK_ROWS)``-th row of the call, the
+same rows of its input and its output (see the module docstring)."""
+
+
+def sample_stride(rows: int) -> int:
+    """Stride of the self-check's evenly spread sample of a call's ``rows`` vectors (1: every row)."""
+    return max(1, -(-rows // CHECK_ROWS))
+
+
+def sampled(rows: torch.Tensor, offset: int, stride: int) -> torch.Tensor:
+    """The rows of a chunk (``rows``: ``m x d``, global row indices ``offset .. offset + m - 1`` of its call)
+    whose global index is a multiple of ``stride``."""
+    return rows[(-offset) % stride :: stride]
 
 TF32_UNIT = 2.0**-11
 
@@ -247,8 +268,9 @@ class SelfCheck:
 
 
 class _CheckSums:
-    """float64 sums of one layer on the discovery batch: ``C_in, s, N`` of its inputs, ``Y^T Y`` of its
-    real outputs, and the largest unit roundoffs seen.
+    """float64 sums of one layer on the sampled rows of the discovery batch (:func:`sampled`): ``C_in, s, N``
+    of its inputs, ``Y^T Y`` of its real outputs, the largest unit roundoffs seen, and every call's whole
+    row counts (``rows_in``, ``rows_out``), which must agree.
 
     No ``d_out x d_out`` matrix where a smaller form exists: while fewer output rows than ``d_out`` were seen,
     the rows ``Y`` themselves are kept instead of ``C_real = Y^T Y`` (a 21,841-class head on a batch of
@@ -264,6 +286,8 @@ class _CheckSums:
         self.c_real: torch.Tensor | None = None
         self.y_rows: list[torch.Tensor] = []
         self.n_out = 0
+        self.rows_in = 0
+        self.rows_out = 0
         self.u_in = 0.0
         self.u_acc = 0.0
         self.u_out = 0.0
@@ -277,9 +301,14 @@ class _CheckSums:
         self.u_acc = max(self.u_acc, _unit(torch.float64 if x.dtype == torch.float64 else torch.float32))
         per_image = max(1, MAX_CHECK_ROWS // max(1, vectors_per_image(x, geometry)))
         batched = x if (geometry is None and x.dim() > 2) or (geometry is not None and x.dim() == 4) else x.unsqueeze(0)
+        total = batched.shape[0] * vectors_per_image(batched[:1], geometry) if geometry is not None \
+            else x.numel() // max(1, x.shape[-1])
+        stride, offset = sample_stride(total), 0
+        self.rows_in += total
         for start in range(0, batched.shape[0], per_image):
             rows = rows_per_image(batched[start : start + per_image], geometry)
-            rows = rows.reshape(-1, rows.shape[-1]).to(torch.float64)
+            rows = rows.reshape(-1, rows.shape[-1])
+            offset, rows = offset + rows.shape[0], sampled(rows, offset, stride).to(torch.float64)
             if self.c_in is None:
                 d = rows.shape[1]
                 self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
@@ -291,8 +320,10 @@ class _CheckSums:
     def add_output(self, y: torch.Tensor, is_conv: bool) -> None:
         self.u_out = max(self.u_out, _unit(y.dtype) if y.is_floating_point() else 0.0)
         rows = output_rows(y, is_conv)
+        stride, offset = sample_stride(rows.shape[0]), 0
+        self.rows_out += rows.shape[0]
         for chunk in rows.split(MAX_CHECK_ROWS):
-            chunk = chunk.to(torch.float64)
+            offset, chunk = offset + chunk.shape[0], sampled(chunk, offset, stride).to(torch.float64)
             self.n_out += chunk.shape[0]
             if self.c_real is None and self.n_out < chunk.shape[1]:
                 self.y_rows.append(chunk)
@@ -340,7 +371,7 @@ class _CheckSums:
         w = weight.to(device)
         b = bias.to(device) if bias is not None else None
         d_real = self.c_real.shape[0] if self.c_real is not None else self.y_rows[0].shape[1]
-        if w.shape[0] != d_real or self.n_out != self.n:
+        if w.shape[0] != d_real or self.rows_out != self.rows_in or self.n_out != self.n:
             return SelfCheck(float("inf"), 0.0, False, self.n)
         diff = self._difference(w, b)
         reference, y_energy = self._real_terms()

@@ -667,3 +667,52 @@ def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(r
             shifted(x)
         capture.end_discovery()
     assert not capture.findings["fc"].check.passed
+
+
+# -- the self-check's sample: evenly spread rows, the same for input and output --------------------------
+@pytest.mark.parametrize("total,chunk", [(10, 4), (6304, 4096), (4097, 4096), (2048, 7), (50_000, 3000)])
+def test_self_check_sample_is_every_kth_row_of_the_call_across_chunks(total, chunk):
+    from analysis.capture import CHECK_ROWS, sample_stride, sampled
+
+    rows = torch.arange(total).reshape(-1, 1)
+    stride = sample_stride(total)
+    picked = torch.cat([sampled(rows[start:start + chunk], start, stride) for start in range(0, total, chunk)])
+    assert torch.equal(picked, rows[::stride]) and len(picked) <= CHECK_ROWS
+    assert stride == 1 or len(picked) > CHECK_ROWS // 2  # spread over the call, not a prefix of it
+
+
+def test_sampled_self_check_passes_exact_layers_and_catches_an_error_on_a_few_rows_anywhere():
+    """A convolution with far more output pixels than the sample: exact, it passes; with its module output
+    changed in the bottom-right corner of every image only (2 % of the rows), it fails; a linear layer whose
+    output is changed on one token of 197, it fails."""
+    from analysis.capture import CHECK_ROWS
+
+    torch.manual_seed(13)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    images = torch.randn(4, 3, 48, 48)  # 9,216 output pixels, more than the sample's rows
+    assert 4 * 48 * 48 > 4 * CHECK_ROWS
+    _, findings = _run(conv, [_spec(conv, "c", "conv")], [images])
+    assert findings["c"].check.passed and findings["c"].check.n_vectors <= CHECK_ROWS
+
+    corner = nn.Conv2d(3, 8, 3, padding=1)
+    corner.load_state_dict(conv.state_dict())
+
+    def bottom_right(x):
+        y = F.conv2d(x, corner.weight, corner.bias, padding=1).clone()
+        y[:, :, -7:, -7:] += 1.0
+        return y
+
+    corner.forward = bottom_right
+    _, findings = _run(corner, [_spec(corner, "c", "conv")], [images])
+    assert not findings["c"].check.passed
+
+    token = nn.Linear(16, 12)
+
+    def one_token(x):
+        y = F.linear(x, token.weight, token.bias).clone()
+        y[:, 5, :] *= 3.0
+        return y
+
+    token.forward = one_token
+    _, findings = _run(token, [_spec(token, "t")], [torch.randn(16, 197, 16)])
+    assert not findings["t"].check.passed
