@@ -337,3 +337,31 @@ def test_compression_request_round_trips_through_json_and_its_key_follows_the_re
         CompressionRequest.from_dict({**request.as_dict(), "colour": "red"})
     with pytest.raises(DatasetError):
         request_key(CompressionRequest(model=TINY_VIT, dataset="folder:/no/such/folder"))
+
+
+def test_the_submitted_key_is_the_workers_while_another_thread_reads_a_dataset(folder_id, monkeypatch):
+    """A compression's key is computed when it is submitted (the app's thread) and again in its worker process;
+    a seeded ``random:`` model draws its weights from torch's one global RNG. Another thread of the app that
+    iterates a loader meanwhile (the Compare page's background time estimate probes a model on a few images)
+    must not draw from that RNG: it did (the DataLoader's base seed), so the submitted key named other weights
+    and the worker refused the job ("the model or dataset changed since this compression was submitted").
+    Here that read happens exactly inside the build's window: after the seed, before the weights are drawn."""
+    import threading
+
+    from analysis.compression.pipeline import request_key
+    from analysis.data import load_dataset, make_loader
+    from analysis.models import sources
+
+    request = CompressionRequest(model=TINY_VIT, dataset=folder_id, samples=4)
+    in_the_worker = request_key(request)  # a process with nothing else running
+    data = load_dataset(folder_id, data_config=load(TINY_VIT).data_config, samples=4)
+    build = sources.create_timm
+
+    def build_while_another_thread_reads(arch: str, **kwargs) -> nn.Module:
+        reader = threading.Thread(target=lambda: next(iter(make_loader(data, batch_size=2, num_workers=0))))
+        reader.start()
+        reader.join()
+        return build(arch, **kwargs)
+
+    monkeypatch.setattr(sources, "create_timm", build_while_another_thread_reads)
+    assert request_key(request) == in_the_worker

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, RandomSampler, SubsetRandomSampler, Wei
 
 from ..errors import DatasetError, SettingsError
 from .base import select_indices, sha256_bytes
+from .loader import own_generator
 
 OBJECT_PREFIX = "object"
 IMAGE_KEYS = ("pixel_values", "image", "images", "img")
@@ -199,7 +200,7 @@ class DataObject:
         if self.kind == "dataset":
             subset = torch.utils.data.Subset(self.data, self.indices.tolist())
             loader = DataLoader(subset, batch_size=self.batch_size, shuffle=False, num_workers=0,
-                                collate_fn=self._collate)
+                                collate_fn=self._collate, generator=own_generator())
             yield from loader
             return
         single: list[Batch] = []

@@ -44,6 +44,17 @@ def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.
     return torch.stack(images), torch.tensor([int(item[1]) for item in batch], dtype=torch.int64)
 
 
+def own_generator() -> torch.Generator:
+    """A fresh generator for a loader's ``generator=``, so that iterating the loader never draws from torch's
+    global RNG. A DataLoader without one draws its workers' base seed from the global RNG each time it is
+    iterated, and that RNG is shared by every thread of the process: a seeded model build (``random:``, the
+    zoo, under :data:`analysis.models.sources.MODEL_INIT`) in one thread got other weights, hence another
+    cache key, when another thread started a loader in between (the app's background time estimate reads a
+    few batches while a session submits a compression, whose worker then found a different key). The seed it
+    gives is fixed, so the workers' seeds are the same every run (the transforms here draw no random numbers)."""
+    return torch.Generator()
+
+
 def _first_line(message: str) -> str:
     """The original message from torch's worker-exception text (last 'DatasetError: ...' line)."""
     for line in reversed(message.strip().splitlines()):
@@ -91,7 +102,7 @@ def make_loader(dataset: Dataset, batch_size: int = 64, num_workers: int | None 
     return AnalysisLoader(
         dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
         collate_fn=collate, pin_memory=pin_memory,
-        prefetch_factor=2 if num_workers else None, persistent_workers=False,
+        prefetch_factor=2 if num_workers else None, persistent_workers=False, generator=own_generator(),
     )
 
 
