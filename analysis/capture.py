@@ -48,12 +48,15 @@ get the self-check below again, on the inputs the pre-hook saw and the module's 
     C_out = W C_in W^T + W s b^T + b s^T W^T + N b b^T        (that batch's C_in, s, N; effective W, b)
 
 is compared with ``Y^T Y`` of the layer's real outputs on the same vectors (the module's output when the call
-came from the layer's own forward, else the call's output). The vectors are an evenly spread sample of each
-call: every ``k``-th row of the call's input vectors (``k = ceil(rows / CHECK_ROWS)``, at most 2,048 rows; all of
-them when fewer) and the same rows of its output, in the shared order image, then position (token, or output
-pixel of a convolution). The sums are exact float64 sums of those rows, so the comparison below holds for the
-sample as it does for the whole batch, and a wrong weight, bias, geometry or input shows on any spread sample,
-while the float64 work no longer grows with the batch (it was a tenth of a default CPU run's time, issue 28).
+came from the layer's own forward, else the call's output). The vectors are a sample of each call: at most
+``CHECK_ROWS`` (1,024) of the call's input vectors, drawn at random without replacement by a generator seeded
+with the batch and the call's row count (:func:`sample_rows`), and the same rows of its output, in the shared
+order image, then position (token, or output pixel of a convolution); all of them when there are fewer. The
+sums are exact float64 sums of those rows, so the comparison below holds for the sample as for the whole
+batch: a wrong weight, bias or geometry, or an input changed on a whole token position or image column, shows
+on any such sample, while the float64 work no longer grows with the batch (on the whole batch it was a tenth
+of a default CPU run's time, issue 28). A defect confined to a few single vectors can escape one draw (a
+vector is in the sample with probability ``CHECK_ROWS / rows``); the re-verification batch draws again.
 The row counts of input and output are compared over the whole call. With ``E`` the expected size of the
 rounding error of the real outputs ``Y`` (Frobenius norm over the sampled rows),
 
@@ -94,20 +97,30 @@ SAFETY = 8.0
 MAX_CHECK_ROWS = 1 << 15
 """Rows per chunk of a call's vectors in the self-check (bounds its transient memory)."""
 
-CHECK_ROWS = 2048
-"""Most vectors of one call the self-check uses: every ``ceil(rows / CHECK_ROWS)``-th row of the call, the
-same rows of its input and its output (see the module docstring)."""
+CHECK_ROWS = 1024
+"""Most vectors of one call the self-check uses (a seeded random sample of the call's rows, the same rows of its
+input and of its output; see the module docstring)."""
 
 
-def sample_stride(rows: int) -> int:
-    """Stride of the self-check's evenly spread sample of a call's ``rows`` vectors (1: every row)."""
-    return max(1, -(-rows // CHECK_ROWS))
+def sample_rows(rows: int, seed: int) -> torch.Tensor | None:
+    """Sorted indices of the self-check's sample of a call's ``rows`` vectors: ``CHECK_ROWS`` of them drawn
+    without replacement by a generator seeded with ``(seed, rows)``, or None (every row) when there are no more.
+    Random rather than every k-th row: a stride that shares a factor with the image width or the tokens per
+    image never visits some columns or token positions (an even stride misses every odd column)."""
+    if rows <= CHECK_ROWS:
+        return None
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + rows)
+    return torch.randperm(rows, generator=generator)[:CHECK_ROWS].sort().values
 
 
-def sampled(rows: torch.Tensor, offset: int, stride: int) -> torch.Tensor:
+def sampled(rows: torch.Tensor, offset: int, sample: torch.Tensor | None) -> torch.Tensor:
     """The rows of a chunk (``rows``: ``m x d``, global row indices ``offset .. offset + m - 1`` of its call)
-    whose global index is a multiple of ``stride``."""
-    return rows[(-offset) % stride :: stride]
+    that are in ``sample`` (:func:`sample_rows`; None: all of them)."""
+    if sample is None:
+        return rows
+    lo, hi = torch.searchsorted(sample, torch.tensor([offset, offset + rows.shape[0]])).tolist()
+    return rows[(sample[lo:hi] - offset).to(rows.device)]
+
 
 TF32_UNIT = 2.0**-11
 
@@ -279,7 +292,8 @@ class _CheckSums:
     ``||C_out - C_real||_F^2 = ||C_out||_F^2 - 2 tr(C_out C_real) + ||C_real||_F^2``, each term from the small
     forms (``||K^T K||``, ``||Y K||``, ``||Y Y^T||``); the dense difference is used when both are dense."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self.c_in: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
         self.n = 0
@@ -303,12 +317,12 @@ class _CheckSums:
         batched = x if (geometry is None and x.dim() > 2) or (geometry is not None and x.dim() == 4) else x.unsqueeze(0)
         total = batched.shape[0] * vectors_per_image(batched[:1], geometry) if geometry is not None \
             else x.numel() // max(1, x.shape[-1])
-        stride, offset = sample_stride(total), 0
+        sample, offset = sample_rows(total, self.seed), 0
         self.rows_in += total
         for start in range(0, batched.shape[0], per_image):
             rows = rows_per_image(batched[start : start + per_image], geometry)
             rows = rows.reshape(-1, rows.shape[-1])
-            offset, rows = offset + rows.shape[0], sampled(rows, offset, stride).to(torch.float64)
+            offset, rows = offset + rows.shape[0], sampled(rows, offset, sample).to(torch.float64)
             if self.c_in is None:
                 d = rows.shape[1]
                 self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
@@ -320,10 +334,10 @@ class _CheckSums:
     def add_output(self, y: torch.Tensor, is_conv: bool) -> None:
         self.u_out = max(self.u_out, _unit(y.dtype) if y.is_floating_point() else 0.0)
         rows = output_rows(y, is_conv)
-        stride, offset = sample_stride(rows.shape[0]), 0
+        sample, offset = sample_rows(rows.shape[0], self.seed), 0
         self.rows_out += rows.shape[0]
         for chunk in rows.split(MAX_CHECK_ROWS):
-            offset, chunk = offset + chunk.shape[0], sampled(chunk, offset, stride).to(torch.float64)
+            offset, chunk = offset + chunk.shape[0], sampled(chunk, offset, sample).to(torch.float64)
             self.n_out += chunk.shape[0]
             if self.c_real is None and self.n_out < chunk.shape[1]:
                 self.y_rows.append(chunk)
@@ -739,7 +753,7 @@ class LayerCapture:
         caught. Layers captured inside the function mode are captured at the call itself."""
         passed = {n for n in self._hooked if self.findings[n].check is not None and self.findings[n].check.passed}
         if self._check and not self.discovering and passed:  # a layer that failed already keeps that reason
-            self._verifying, self.verified_batch = {name: _CheckSums() for name in passed}, batch
+            self._verifying, self.verified_batch = {name: _CheckSums(seed=batch) for name in passed}, batch
 
     def end_verification(self) -> None:
         """The re-verification's verdicts: a layer that fails gets a problem (status "not exact")."""

@@ -669,22 +669,35 @@ def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(r
     assert not capture.findings["fc"].check.passed
 
 
-# -- the self-check's sample: evenly spread rows, the same for input and output --------------------------
+# -- the self-check's sample: random rows, the same for input and output --------------------------------
 @pytest.mark.parametrize("total,chunk", [(10, 4), (6304, 4096), (4097, 4096), (2048, 7), (50_000, 3000)])
-def test_self_check_sample_is_every_kth_row_of_the_call_across_chunks(total, chunk):
-    from analysis.capture import CHECK_ROWS, sample_stride, sampled
+def test_self_check_sample_is_the_same_rows_across_chunks_and_reproducible(total, chunk):
+    from analysis.capture import CHECK_ROWS, sample_rows, sampled
 
     rows = torch.arange(total).reshape(-1, 1)
-    stride = sample_stride(total)
-    picked = torch.cat([sampled(rows[start:start + chunk], start, stride) for start in range(0, total, chunk)])
-    assert torch.equal(picked, rows[::stride]) and len(picked) <= CHECK_ROWS
-    assert stride == 1 or len(picked) > CHECK_ROWS // 2  # spread over the call, not a prefix of it
+    sample = sample_rows(total, seed=0)
+    picked = torch.cat([sampled(rows[start:start + chunk], start, sample) for start in range(0, total, chunk)])
+    expected = rows if sample is None else rows[sample]
+    assert torch.equal(picked, expected) and len(picked) == min(total, CHECK_ROWS)
+    assert torch.equal(picked.flatten(), picked.flatten().unique())  # without replacement, in row order
+    again = sample_rows(total, seed=0)
+    assert (sample is None and again is None) or torch.equal(sample, again)
+
+
+def test_self_check_sample_visits_every_column_of_a_feature_map():
+    """No aliasing with the grid: a ResNet stem's 32 x 112 x 112 output pixels, every one of the 112 columns
+    (an even stride would never visit an odd one) and every image is in the sample."""
+    from analysis.capture import sample_rows
+
+    sample = sample_rows(32 * 112 * 112, seed=0)
+    assert len(set((sample % 112).tolist())) > 100
+    assert set((sample // (112 * 112)).tolist()) == set(range(32))
 
 
 def test_sampled_self_check_passes_exact_layers_and_catches_an_error_on_a_few_rows_anywhere():
     """A convolution with far more output pixels than the sample: exact, it passes; with its module output
-    changed in the bottom-right corner of every image only (2 % of the rows), it fails; a linear layer whose
-    output is changed on one token of 197, it fails."""
+    changed in the bottom-right corner of every image only (2 % of the rows), or in its last column, it fails; a
+    linear layer whose output is changed on one token of 197, it fails."""
     from analysis.capture import CHECK_ROWS
 
     torch.manual_seed(13)
@@ -703,6 +716,15 @@ def test_sampled_self_check_passes_exact_layers_and_catches_an_error_on_a_few_ro
         return y
 
     corner.forward = bottom_right
+    _, findings = _run(corner, [_spec(corner, "c", "conv")], [images])
+    assert not findings["c"].check.passed
+
+    def last_column(x):  # e.g. asymmetric padding read wrong on the right border
+        y = F.conv2d(x, corner.weight, corner.bias, padding=1).clone()
+        y[..., -1] -= 0.5
+        return y
+
+    corner.forward = last_column
     _, findings = _run(corner, [_spec(corner, "c", "conv")], [images])
     assert not findings["c"].check.passed
 
