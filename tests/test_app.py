@@ -654,6 +654,29 @@ def test_a_fresh_clone_opens_on_the_zoo_regimes_with_accuracy_and_caveat(monkeyp
     assert all(d.endswith(" pp") for d in deltas)  # percentage points, not percent
 
 
+def test_the_default_is_planned_once_per_server_not_once_per_session(monkeypatch, tmp_path):
+    """Twenty students arriving at once each planned the default (the model loaded, its weights hashed) on
+    their first run; the key is now planned once per server and the shipped entry opened without a job."""
+    from streamlit.testing.v1 import AppTest
+
+    import analysis.jobs.api as jobs_api
+    from ui import state
+
+    monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "class"))
+    calls = []
+    original = jobs_api.plan_request
+    monkeypatch.setattr(jobs_api, "plan_request", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    state._default_key.clear()
+    first = AppTest.from_file(APP, default_timeout=TIMEOUT).run()  # a fresh cache: submit seeds the shipped entry
+    planned_by_first = len(calls)
+    later = [AppTest.from_file(APP, default_timeout=TIMEOUT).run() for _ in range(2)]
+    for at in (first, *later):
+        _ok(at)
+        assert at.session_state["current_key"] == first.session_state["current_key"]
+        assert "job_key" not in at.session_state
+    assert 1 <= planned_by_first <= 2 and len(calls) == planned_by_first  # later sessions plan nothing
+
+
 def test_zero_images_is_refused_with_a_message(app):
     at = app.run()
     at.switch_page("pages/analyze.py").run()

@@ -270,12 +270,21 @@ def unknown_page(known_paths: set[str]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ default analysis
+@st.cache_data(ttl=600, show_spinner=False)
+def _default_key(model_id: str, dataset_id: str, samples: int | None) -> str:
+    """The default analysis' content key, planned once per server for every session (as Compare's keys are):
+    planning loads the model and hashes its weights, about 0.9 s of the server's one interpreter, and twenty
+    students arriving at once each paid it on their first run (issue 23). The energies are not in the key.
+    Raises :class:`~analysis.errors.AnalysisError` (not cached) when the default cannot be planned here."""
+    from analysis.jobs.api import plan_request  # the planning lock of submissions (seeded builds share the RNG)
+
+    return plan_request(model_id, dataset_id, AnalysisSettings(samples=samples)).key
+
+
 def _shipped_default() -> str | None:
     """The default analysis' key when it is in the cache (planning only; nothing is submitted)."""
-    from analysis.engine import plan
-
     try:
-        key = plan(defaults.DEFAULT_MODEL, defaults.DEFAULT_DATASET, default_settings()).key
+        key = _default_key(defaults.DEFAULT_MODEL, defaults.DEFAULT_DATASET, defaults.DEFAULT_SAMPLES)
     except AnalysisError:
         return None
     return key if cache().has(key) else None
@@ -299,10 +308,10 @@ def ensure_default() -> None:
     if current_key() is not None:
         return
     following = is_key(st.session_state.get(JOB))  # a job link: open the default beside it, submit nothing
-    if following:
-        key = _shipped_default()
-        if key is not None:
-            open_analysis(key)
+    shipped = _shipped_default()
+    if following or shipped is not None:  # cached (the embedded default): open it, nothing to plan or submit
+        if shipped is not None:
+            open_analysis(shipped)
         return
     try:
         with st.spinner(f"Opening the default analysis: {defaults.DEFAULT_MODEL} on {defaults.DEFAULT_DATASET} ..."):
