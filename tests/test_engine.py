@@ -119,6 +119,31 @@ def test_a_corrupted_entry_is_recomputed(image_folder):
     assert not ResultCache().has(first.key)
 
 
+def test_a_listed_entry_damaged_later_is_no_longer_listed(image_folder, monkeypatch):
+    """Integrity digests are remembered per version of a file (inode, size, times), so listing the cache does
+    not re-hash every entry on every page run; a file changed in place afterwards, its modification time put
+    back, is a new version (its change time moved) and is hashed again."""
+    import os
+
+    from analysis import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "RECENT_NS", 0)  # remember even just-written files
+    first = analyze(TINY_VIT, f"folder:{image_folder}", samples=13)
+    store = ResultCache()
+    assert store.has(first.key)
+    hashed = []
+    real = cache_module.file_sha256
+    monkeypatch.setattr(cache_module, "file_sha256", lambda path: hashed.append(path) or real(path))
+    assert store.has(first.key) and hashed == []  # remembered: nothing read again
+    victim = store.entry_dir(first.key) / "spectra.npz"
+    info = os.stat(victim)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert not store.has(first.key) and victim in hashed
+
+
 def test_different_settings_never_share_an_entry(image_folder):
     dataset_id = f"folder:{image_folder}"
     keys = {
