@@ -224,11 +224,10 @@ if len(chosen) < 2:
     st.stop()
 
 e_in, e_out = state.energies()
-results = [state.load_result(k) for k in chosen]
+results = [state.result_at(k, e_in, e_out) for k in chosen]
 if any(r is None for r in results):
     st.error("One of the chosen analyses could not be read from the cache (deleted or damaged); choose again.")
     st.stop()
-results = [r.at_energy(e_in, e_out) for r in results]
 summary, per_layer = compare_results(results)
 short = tables.display_labels(list(summary["analysis"]))
 summary, per_layer = tables.relabel(summary, tables.depth_order(per_layer, results), short)

@@ -82,9 +82,9 @@ models = [m.strip() for m in defaults.DEFAULT_COMPARISON if m.strip()]
 facts = [training_facts(m) for m in models]
 mlu = {}
 for model_id, key, _ in planned_keys(models, defaults.DEFAULT_DATASET, AnalysisSettings(samples=defaults.DEFAULT_SAMPLES)):
-    result = state.load_result(key) if key and state.cache().has(key) else None
+    result = state.result_at(key, *state.energies()) if key and state.cache().has(key) else None
     if result is not None:
-        mlu[model_id] = result.at_energy(*state.energies()).mlu
+        mlu[model_id] = result.mlu
 rows = "\n".join(
     f"| `{f.model_id}` | {f.label} | {f.budget} | {text.pct(f.linear_probe)} | {text.pct(mlu.get(f.model_id))} |"
     for f in facts

@@ -37,8 +37,8 @@ def _delete(key: str) -> None:
 
 def _mlu(key: str) -> float | None:
     """The entry's MLU at the sidebar's energies, in percent (None when it cannot be read)."""
-    result = state.load_result(key)
-    return None if result is None else round(100 * result.at_energy(*state.energies()).mlu, 1)
+    result = state.result_at(key, *state.energies())
+    return None if result is None else round(100 * result.mlu, 1)
 
 
 def _export(key: str, fmt: str) -> bytes:

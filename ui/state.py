@@ -106,6 +106,31 @@ def load_result(key: str | None) -> Result | None:
     return _load(str(cache().root), key, stamp)
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _at_energies(root: str, key: str, stamp: float, energy_in: float, energy_out: float) -> Result | None:
+    """The shared result re-thresholded at ``(energy_in, energy_out)``, its layer table built once: every page
+    run of every session at the same energies reads the same one (twenty sessions each rebuilt the table of
+    every result they showed, on every run; issue 23). Read-only, like :func:`_load`'s."""
+    base = _load(root, key, stamp)
+    if base is None:
+        return None
+    result = base.at_energy(energy_in, energy_out)
+    result.layers  # noqa: B018 - built here, once, instead of on each session's first use
+    return result
+
+
+def result_at(key: str | None, energy_in: float, energy_out: float) -> Result | None:
+    """The stored result for ``key`` at the given energies (shared between sessions), or None when absent
+    or damaged."""
+    if not entry_exists(key):
+        return None
+    try:
+        stamp = _manifest_path(key).stat().st_mtime
+    except OSError:
+        return None
+    return _at_energies(str(cache().root), key, stamp, float(energy_in), float(energy_out))
+
+
 def current_key() -> str | None:
     key = st.session_state.get(CURRENT)
     return key if is_key(key) else None
@@ -113,10 +138,7 @@ def current_key() -> str | None:
 
 def current_result() -> Result | None:
     """The open analysis at the current energies (re-thresholded from stored spectra), or None."""
-    base = load_result(current_key())
-    if base is None:
-        return None
-    return base.at_energy(*energies())
+    return result_at(current_key(), *energies())
 
 
 def open_analysis(key: str) -> None:
