@@ -4,12 +4,15 @@ every finished run.
 :mod:`analysis.cost` says how much work a run is (from the layer shapes, before any image is read); this module
 turns it into seconds for *this* machine and load. The time model of one analysis job::
 
-    T = T_start + c_pass * N * t_image + L * t_layer + c_post * (E + V + H) / R_eig
+    T = T_start + c_first * B * t_image + c_pass * (N - B) * t_image + L * t_layer + c_post * (E + V + H) / R_eig
 
 - ``N`` images; ``t_image`` the seconds of one image's data pass (forward and statistics, every hook and the
   data loading included), *measured* by :func:`probe_pass`: the run's own model, settings and data, in
   batches of up to the run's batch size (the first, which discovers the layers, is not timed; then about
   three seconds of batches), so that a probe costs a few seconds whatever the model;
+- ``B`` the images of the run's first batch, which also discovers the layers and runs the exactness self-check:
+  ``c_first`` times a batch's usual cost, learnt from finished runs (the first batch is timed apart from the
+  rest of the pass, so a short run's discovery is not learnt as a slower time per image);
 - ``L`` analysed layers and ``t_layer`` the fixed seconds each costs after the pass (derived spectra, head
   layouts, storing);
 - ``E = sum_l (d_in^3 + o_l^3)`` the eigen-decompositions (``o_l = min(d_out, d_in + 1)``, the size of the
@@ -22,8 +25,8 @@ turns it into seconds for *this* machine and load. The time model of one analysi
 - when runs of the same architecture and settings finished here, the pass is also predicted from their whole
   passes' time per image (a measurement of minutes, against the probe's seconds; the median of ``n`` runs
   weighs ``n`` against the probe's 2, geometrically);
-- ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass), ``t_layer``,
-  ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): medians of what the runs of the
+- ``T_start`` (worker start: imports, loading the model and the dataset, the shape pass), ``c_first``,
+  ``t_layer``, ``c_pass`` and ``c_post`` are learnt from finished runs (:func:`record_run`): medians of what the runs of the
   same architecture observed, else of every run here, pulled towards the defaults below as if two runs had
   seen those (:func:`_shrunk`), else the defaults.
 
@@ -58,9 +61,13 @@ from . import __version__
 FOLDER = "_calibration"
 MAX_RUNS = 200
 """Runs kept per file (the oldest are dropped)."""
-DEFAULTS = {"start_s": 8.0, "c_pass": 1.0, "layer_s": 0.15, "c_post": 1.0}
-"""Before any run: the worker's start about 8 s (imports of torch and timm on a busy CPU), 0.15 s per layer after
-the pass, the measured pass and eigen rates as they are."""
+DEFAULTS = {"start_s": 8.0, "c_first": 2.0, "c_pass": 1.0, "layer_s": 0.15, "c_post": 1.0}
+"""Before any run: the worker's start about 8 s (imports of torch and timm on a busy CPU), a first batch twice a
+usual one (the forward inside the capture's function mode, and the self-check), 0.15 s per layer after the
+pass, the measured pass and eigen rates as they are."""
+TIME_MODEL = 2
+"""Version of the time model in the calibration file's name: runs recorded under another one are not read
+(version 1 counted the first batch in the pass)."""
 PROBE_FLOPS = 2e10
 PROBE_MIN_IMAGES = 8
 """The probe's batches hold about ``PROBE_FLOPS`` forward FLOPs, but at least ``PROBE_MIN_IMAGES`` images (at
@@ -107,6 +114,8 @@ class Work:
     arch: str = ""
     """The architecture at its input size (``vit_tiny_patch16_224@28x28``): runs of the same one teach most."""
     device: str = "cpu"
+    batch: int = 0
+    """Images of the run's first batch (timed apart, ``c_first``); 0: none counted apart."""
     variant: str = ""
     """The settings that change the pass's cost per image (token selection, error bars, precision, layers,
     batch size): a run of the same architecture *and* variant gives the pass's time per image directly."""
@@ -121,6 +130,7 @@ class TimeEstimate:
     low: float
     high: float
     start_s: float
+    """The worker's start and the first batch."""
     pass_s: float
     post_s: float
     basis: str
@@ -226,9 +236,10 @@ def work_of(the_plan, *, probe: bool = True) -> Work:
     arch = f"{the_plan.loaded.arch or the_plan.loaded.model_id}@{input_size[1]}x{input_size[2]}"
     variant = (f"tokens={settings.token_set}/{settings.tokens_per_image or 'all'} errors={settings.uncertainty} "
                f"precision={settings.precision} batch={settings.effective_batch_size()} layers={len(specs)}")
-    return Work(images=len(the_plan.dataset), image_s=probe_pass(the_plan, flops) if probe else 0.0, eigen=eigen,
+    images = len(the_plan.dataset)
+    return Work(images=images, image_s=probe_pass(the_plan, flops) if probe else 0.0, eigen=eigen,
                 layers=len(specs), forward_flops=flops, arch=arch, device=str(torch.device(settings.device).type),
-                variant=variant)
+                batch=min(images, settings.effective_batch_size()), variant=variant)
 
 
 # ------------------------------------------------------------------------------------------------ rates
@@ -296,7 +307,7 @@ def fingerprint(device: str = "cpu") -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu}|{cores}|{torch.__version__}|{__version__}|{torch.device(device).type}"
+    text = f"{cpu}|{cores}|{torch.__version__}|{__version__}|{torch.device(device).type}|time model {TIME_MODEL}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -354,13 +365,18 @@ def rates(cache_root: str | Path, device: str = "cpu") -> Rates:
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass(frozen=True)
 class Observed:
-    """What a finished run measured: seconds before the first batch, of the data pass, and after it."""
+    """What a finished run measured: seconds before the first batch, of the data pass after the first batch
+    (``pass_images`` images; 0: the whole pass of the work's images), after the pass, and of the first batch
+    (``first_images`` images)."""
 
     start_s: float
     pass_s: float
     post_s: float
     contention: float = 1.0
     """:func:`contention` during the run (its mean)."""
+    pass_images: int = 0
+    first_s: float = 0.0
+    first_images: int = 0
 
 
 def _eigen_s(work: Work, r: Rates) -> float:
@@ -388,14 +404,17 @@ def record_run(cache_root: str | Path, work: Work, observed: Observed) -> None:
     post = observed.post_s / busy  # as on an idle machine
     entry = {"arch": work.arch, "variant": work.variant, "images": work.images, "when": time.time(),
              "start_s": observed.start_s / busy, "observed": asdict(observed)}
-    if work.images > 0 and observed.pass_s > 0:  # the whole pass's time per image, as on an idle machine
-        entry["image_s"] = observed.pass_s / work.images / busy
+    timed = observed.pass_images or work.images  # the images of pass_s
+    if timed > 0 and observed.pass_s > 0:  # the pass's time per image, as on an idle machine
+        entry["image_s"] = observed.pass_s / timed / busy
     if post >= eigen_s:  # the decompositions went at the measured rate; the rest is per layer
         entry["layer_s"] = (post - eigen_s) / max(1, work.layers)
     else:  # slower decompositions than measured: they take all of the tail
         entry["layer_s"], entry["c_post"] = 0.0, post / eigen_s
-    if work.image_s > 0 and work.images > 0:  # the run's whole pass against its first batches (same machine load)
-        entry["c_pass"] = observed.pass_s / (work.images * work.image_s)
+    if work.image_s > 0 and timed > 0 and observed.pass_s > 0:  # the run's pass against its probe (same load)
+        entry["c_pass"] = observed.pass_s / (timed * work.image_s)
+    if work.image_s > 0 and observed.first_images > 0 and observed.first_s > 0:
+        entry["c_first"] = observed.first_s / (observed.first_images * work.image_s)
     with _lock:
         data = _load(path)
         data.setdefault("rates", asdict(r))
@@ -421,15 +440,17 @@ def predict(work: Work, cache_root: str | Path) -> TimeEstimate:
     runs = _load(_path(cache_root, work.device)).get("runs") or []
     learnt, basis = _learnt(runs, work.arch)
     busy = contention() if work.device == "cpu" else 1.0  # the probe's image_s was measured at this load already
-    pass_s = learnt["c_pass"] * work.images * work.image_s
+    first = min(work.batch, work.images)
+    timed = work.images - first  # the pass after the first batch
+    pass_s = learnt["c_pass"] * timed * work.image_s
     alike = [float(run["image_s"]) for run in runs[-MAX_RUNS:]
              if run.get("arch") == work.arch and run.get("variant") == work.variant and run.get("image_s")][-20:]
-    if alike:  # whole passes of this very model and settings: minutes of measurement, not a few seconds
-        history = float(stats.median(alike)) * busy * work.images
+    if alike and timed > 0:  # whole passes of this very model and settings: minutes of measurement, not seconds
+        history = float(stats.median(alike)) * busy * timed
         n = len(alike)
         pass_s = math.exp((n * math.log(history) + 2 * math.log(pass_s)) / (n + 2)) if pass_s > 0 else history
     post_s = busy * (work.layers * learnt["layer_s"] + learnt["c_post"] * _eigen_s(work, r))
-    start_s = busy * learnt["start_s"]
+    start_s = busy * learnt["start_s"] + learnt["c_first"] * first * work.image_s
     total = start_s + pass_s + post_s
     spread = SPREAD[basis]
     return TimeEstimate(seconds=total, low=total / spread, high=total * spread, start_s=start_s,

@@ -85,7 +85,7 @@ def test_the_forward_flops_of_the_meta_pass_are_those_of_a_real_forward():
 def test_recorded_runs_teach_the_estimate_of_their_architecture(tmp_path, fixed_rates, monkeypatch, post_s):
     monkeypatch.setattr(calibration, "contention", lambda: 1.0)  # an idle machine
     work = calibration.Work(images=1000, image_s=0.01, eigen=2e9, layers=20, arch="net@28x28")
-    before = calibration.predict(work, tmp_path)
+    before = calibration.predict(work, tmp_path)  # work.batch = 0: no first batch counted apart
     assert before.basis == "measured rates only" and before.high / before.low == pytest.approx(4.0)
     assert before.start_s == calibration.DEFAULTS["start_s"] and before.pass_s == pytest.approx(10.0)
     assert before.post_s == pytest.approx(20 * calibration.DEFAULTS["layer_s"] + 2e9 / RATES.eig)
@@ -150,17 +150,39 @@ def test_long_runs_are_flagged():
     assert not short.long and long.long
 
 
-def test_the_clock_takes_the_time_left_from_the_first_batches():
+def test_the_clock_takes_the_time_left_from_the_batches_after_the_first():
     clock = AnalysisClock(started=100.0, post_s=20.0)
+    fraction, left = clock.update(Progress("statistics", 1, 10, 32, 320, elapsed_s=8.0), now=113.0)
+    assert left == pytest.approx(9 * 8.0 + 20.0)  # the first batch alone (discovery, self-check): an upper bound
     fraction, left = clock.update(Progress("statistics", 2, 10, 64, 320, elapsed_s=10.0), now=115.0)
-    assert left == pytest.approx((10 - 2) * 10.0 / 2 + 20.0)  # 8 batches at 5 s each, then the predicted tail
+    assert left == pytest.approx((10 - 2) * 2.0 + 20.0)  # 8 batches at the second's 2 s, then the predicted tail
     assert fraction == pytest.approx(15.0 / (15.0 + left))
     slower, left_later = clock.update(Progress("statistics", 3, 10, 96, 320, elapsed_s=60.0), now=165.0)
-    assert left_later == pytest.approx(7 * 20.0 + 20.0)  # the real speed, not the prediction, decides
+    assert left_later == pytest.approx(7 * 26.0 + 20.0)  # the real speed, not the prediction, decides
     assert slower >= fraction  # never goes back
-    assert clock.image_s == pytest.approx(50.0 / 32)  # the second report's batch: what a probe measures
+    assert clock.image_s == pytest.approx(52.0 / 64)  # the batches after the first: what a probe measures
     clock.update(Progress("statistics", 10, 10, 320, 320, elapsed_s=200.0), now=305.0)
     _, tail = clock.update(Progress("spectra", 1, 4, 320, 320), now=310.0)
     assert tail == pytest.approx(max(20.0 - 5.0, 5.0 * 3 / 1))
     observed = clock.observed(end=330.0)
-    assert (observed.start_s, observed.pass_s, observed.post_s) == pytest.approx((5.0, 200.0, 25.0))
+    # the first batch is timed apart: 8 s for 32 images; the pass after it 192 s for 288 images
+    assert (observed.start_s, observed.first_s, observed.pass_s, observed.post_s) == pytest.approx((5.0, 8.0, 192.0, 25.0))
+    assert (observed.first_images, observed.pass_images) == (32, 288)
+
+
+def test_a_short_runs_first_batch_is_not_learnt_as_a_slower_pass(tmp_path, fixed_rates, monkeypatch):
+    """Two batches of which the first (discovery, self-check) took three times the second: the time per image
+    learnt is the second's, and the first batch's cost is learnt apart (c_first), so a long run of the same
+    model is predicted at the second batch's speed plus one slow first batch."""
+    monkeypatch.setattr(calibration, "contention", lambda: 1.0)
+    short = calibration.Work(images=64, image_s=0.05, eigen=0.0, layers=1, arch="net@28x28", batch=32)
+    observed = calibration.Observed(start_s=5.0, pass_s=32 * 0.05, post_s=0.15, first_s=3 * 32 * 0.05,
+                                    first_images=32, pass_images=32)
+    for _ in range(20):
+        calibration.record_run(tmp_path, short, observed)
+    long = calibration.Work(images=3200, image_s=0.05, eigen=0.0, layers=1, arch="net@28x28", batch=32)
+    estimate = calibration.predict(long, tmp_path)
+    c_first = math.exp((20 * math.log(3.0) + 2 * math.log(calibration.DEFAULTS["c_first"])) / 22)  # shrunk
+    start = (20 * 5.0 + 2 * calibration.DEFAULTS["start_s"]) / 22
+    assert estimate.start_s == pytest.approx(start + c_first * 32 * 0.05)
+    assert estimate.pass_s == pytest.approx((3200 - 32) * 0.05)  # not 2x: the first batch is not in it

@@ -64,8 +64,9 @@ class AnalysisClock:
     ``started`` is when the job took its slot; ``post_s`` the predicted seconds after the data pass
     (:mod:`analysis.calibration`: eigen-decompositions, spectra, storing), 0 when there is no prediction.
 
-    - data pass, batch ``i`` of ``n`` done ``t`` seconds into the pass: ``left = (n - i) t / i + post_s`` (the
-      first batches' real speed, not the prediction, decides the pass);
+    - data pass, batch ``i`` of ``n`` done ``t`` seconds after the first batch: ``left = (n - i) t / (i - 1) +
+      post_s`` (the real speed of the batches after the first, which also discovers the layers and runs the
+      self-check; not the prediction); after the first batch alone, ``(n - 1)`` times its time, an upper bound;
     - spectra, layer ``j`` of ``m`` done ``u`` seconds after the pass: ``left = max(post_s - u, u (m - j) / j)``;
     - ``fraction = elapsed / (elapsed + left)`` with ``elapsed`` since ``started``, never decreasing.
 
@@ -77,6 +78,10 @@ class AnalysisClock:
     def __init__(self, started: float, post_s: float = 0.0) -> None:
         self.started, self.post_s = started, max(0.0, post_s)
         self.pass_start: float | None = None
+        self.first_end: float | None = None  # the first batch's report
+        self.first_images = 0
+        self.first_done = 0  # batches done at that report (1, or more for a resumed pass)
+        self.images = 0
         self.pass_end: float | None = None
         self.fraction = 0.0
         self.marks: list[tuple[int, float]] = []  # (images done, when) of the first statistics reports
@@ -94,10 +99,16 @@ class AnalysisClock:
         if progress.stage == "statistics":
             if self.pass_start is None:
                 self.pass_start = now - progress.elapsed_s
+            if self.first_end is None and progress.done > 0:
+                self.first_end, self.first_images, self.first_done = now, progress.items_done, progress.done
+            self.images = progress.items_total or self.images
             if not probe_done(self.marks):
                 self.marks.append((progress.items_done, now))
                 self.image_s = timed_per_image(self.marks)
-            if progress.done > 0:
+            if self.first_end is not None and progress.done > self.first_done and now > self.first_end:
+                since_first = (now - self.first_end) / (progress.done - self.first_done)
+                left = (progress.total - progress.done) * since_first + self.post_s
+            elif progress.done > 0:
                 left = (progress.total - progress.done) * progress.elapsed_s / progress.done + self.post_s
             if progress.total and progress.done >= progress.total:
                 self.pass_end = now
@@ -116,10 +127,12 @@ class AnalysisClock:
         """What this run measured (None when the data pass was not seen whole, e.g. a resumed run)."""
         from ..calibration import Observed
 
-        if self.pass_start is None or self.pass_end is None:
+        if self.pass_start is None or self.pass_end is None or self.first_end is None:
             return None
-        return Observed(start_s=self.pass_start - self.started, pass_s=self.pass_end - self.pass_start,
-                        post_s=end - self.pass_end, contention=sum(self.busy) / len(self.busy) if self.busy else 1.0)
+        return Observed(start_s=self.pass_start - self.started, pass_s=self.pass_end - self.first_end,
+                        post_s=end - self.pass_end, contention=sum(self.busy) / len(self.busy) if self.busy else 1.0,
+                        pass_images=self.images - self.first_images, first_s=self.first_end - self.pass_start,
+                        first_images=self.first_images)
 
 
 def _prediction(the_plan, cache_root: Path):
