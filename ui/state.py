@@ -95,15 +95,20 @@ def _load(root: str, key: str, stamp: float) -> Result | None:
     return ResultCache(root).load(key)
 
 
-def load_result(key: str | None) -> Result | None:
-    """The stored result for ``key`` (at its own energies), or None when absent or damaged."""
+def _entry_version(key: str | None) -> tuple[str, str, float] | None:
+    """``(cache folder, key, manifest time)`` of a finished entry, the shared loads' cache key; None if absent."""
     if not entry_exists(key):
         return None
     try:
-        stamp = _manifest_path(key).stat().st_mtime
+        return str(cache().root), key, _manifest_path(key).stat().st_mtime
     except OSError:
         return None
-    return _load(str(cache().root), key, stamp)
+
+
+def load_result(key: str | None) -> Result | None:
+    """The stored result for ``key`` (at its own energies), or None when absent or damaged."""
+    version = _entry_version(key)
+    return None if version is None else _load(*version)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
@@ -122,13 +127,8 @@ def _at_energies(root: str, key: str, stamp: float, energy_in: float, energy_out
 def result_at(key: str | None, energy_in: float, energy_out: float) -> Result | None:
     """The stored result for ``key`` at the given energies (shared between sessions), or None when absent
     or damaged."""
-    if not entry_exists(key):
-        return None
-    try:
-        stamp = _manifest_path(key).stat().st_mtime
-    except OSError:
-        return None
-    return _at_energies(str(cache().root), key, stamp, float(energy_in), float(energy_out))
+    version = _entry_version(key)
+    return None if version is None else _at_energies(*version, float(energy_in), float(energy_out))
 
 
 def current_key() -> str | None:
