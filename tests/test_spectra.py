@@ -249,3 +249,25 @@ def test_preservation_error_through_the_small_problem_is_the_measured_one() -> N
         assert row["preservation_error"] == pytest.approx(measured, rel=1e-8, abs=1e-14)
         assert row["preservation_error"] == pytest.approx(direct.row(e, e)["preservation_error"], rel=1e-8, abs=1e-14)
         assert row["k_out"] == direct.row(e, e)["k_out"]
+
+
+def test_eigenvalue_only_decompositions_agree_with_torchs_solver(monkeypatch):
+    """The halves' and snapshots' eigenvalues come from SciPy's LAPACK on one thread when it is there (faster
+    than torch's here); they agree with torch's to rounding, on a stack, a singular and a float32 matrix."""
+    import analysis.spectra as spectra
+
+    pytest.importorskip("scipy")
+    pytest.importorskip("threadpoolctl")
+    assert spectra._lapack_eigvalsh() is not None  # SciPy's solver is the one in use here
+    torch.manual_seed(3)
+    a = torch.randn(3, 40, 90, dtype=torch.float64)
+    singular = torch.randn(50, 7, dtype=torch.float64)
+    cases = [a @ a.transpose(-1, -2), singular @ singular.T, (a[0] @ a[0].T).float()]
+    fast = [spectra.eigvalsh_without_jitter(m) for m in cases]
+    monkeypatch.setattr(spectra, "_lapack_eigvalsh", lambda: None)
+    for values, m in zip(fast, cases):
+        reference = spectra.eigvalsh_without_jitter(m)
+        assert values.dtype == torch.float64 and values.shape == reference.shape
+        assert torch.all(values[..., :-1] >= values[..., 1:])  # descending
+        assert torch.allclose(values, reference, rtol=0, atol=1e-12 * float(reference.max()))
+    assert int((fast[1] > 1e-9 * fast[1][0]).sum()) == 7  # the singular one keeps its rank
