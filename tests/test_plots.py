@@ -122,3 +122,20 @@ def test_the_eigenvalue_threshold_label_stays_inside_its_plot_area(results):
                        charts.for_projector(charts.eigen_chart(spectrum.eig_out, energy, "C_out"))):
             note = next(n for n in figure.layout.annotations if n.text.startswith("1 − e"))
             assert note.xref == "x domain" and note.x <= 1.0 and note.xanchor == "right", note
+
+
+def test_the_energy_sweeps_play_buttons_and_slider_grow_with_the_projectors_text(results):
+    """Presentation mode scales every text of a chart: the animation's Play / Pause buttons and its slider too
+    (they stayed at the normal size beside the larger axes)."""
+    from ui import charts
+
+    a, _ = results
+    sweep = charts.energy_animation(a.layer(a.layers["layer"].iloc[1]), 0.99)
+    big = charts.for_projector(sweep)
+    assert [b.label for b in big.layout.updatemenus[0].buttons] == ["▶ Play", "❚❚ Pause"]
+    assert big.layout.updatemenus[0].font.size == round(sweep.layout.updatemenus[0].font.size * charts.PROJECTOR_SCALE)
+    assert big.layout.sliders[0].font.size == round(sweep.layout.sliders[0].font.size * charts.PROJECTOR_SCALE)
+    assert big.layout.sliders[0].currentvalue.font.size > sweep.layout.sliders[0].currentvalue.font.size
+    assert big.layout.sliders[0].currentvalue.prefix == "e = "  # only the fonts change
+    assert big.layout.font.size == round(sweep.layout.font.size * charts.PROJECTOR_SCALE)
+
