@@ -16,13 +16,15 @@ PRESENTING = state.PRESENTING
 CHART_HEIGHT = 460
 PRESENTATION_HEIGHT = 560
 
-PRESENTATION_SIDEBAR = "clamp(288px, 17vw, 340px)"
-"""The sidebar's width in presentation mode: 288 px at 1280x720, 326 px at 1920x1080."""
+PRESENTATION_SIDEBAR = "clamp(240px, 17vw, 340px)"
+"""The sidebar's width in presentation mode: 240 px at 1280x720 (wider, and the main column's legends ran into
+chart titles), 326 px at 1920x1080, where a model id then fits on one line."""
 
 ID_STYLE = """
 /* ids (text.breakable_id): on a line of their own, whole, when they fit there; else wrapped between their parts
    (after : . / ?), a part never cut at a hyphen; only a part wider than the line wraps inside, anywhere */
-code.lu-id { display: inline-block; max-width: 100%; vertical-align: top; overflow-wrap: anywhere; }
+code.lu-id { display: inline-block; max-width: 100%; vertical-align: top; overflow-wrap: anywhere;
+             padding-left: 0.15em; padding-right: 0.15em; }  /* vit-fmnist-supervised fits a 240 px sidebar's line */
 code.lu-id > span { white-space: nowrap; }
 """
 
@@ -47,8 +49,7 @@ _PRESENTATION_STYLE = """
 <style>
 html { font-size: 18px; }
 [data-testid="stMetricValue"] { font-size: 2.1rem; }
-/* a narrower sidebar than the usual 300 px leaves a projector's width to the charts, yet at the larger text it
-   holds a model id such as zoo:vit-fmnist-supervised on one line (at 240 px it wrapped mid-word); wider on a wide screen */
+/* a narrower sidebar than the usual 300 px leaves a projector's width to the charts; wider on a wide screen */
 section[data-testid="stSidebar"] { width: """ + PRESENTATION_SIDEBAR + """ !important; min-width: """ + PRESENTATION_SIDEBAR + """ !important; }
 section[data-testid="stSidebar"] > div { width: """ + PRESENTATION_SIDEBAR + """ !important; }
 </style>
