@@ -68,19 +68,51 @@ def _open_if_cached(specs: list[str]) -> None:
     st.session_state[RUN] = {"points": resolve(specs), "keys": keys, "errors": {}, "dataset": dataset}
 
 
+def _series_label(spec: str) -> str:
+    """A series' short name for the folded form's label: a zoo regime's (``MAE``), a folder's own name."""
+    if spec.startswith("zoo:"):
+        facts = training_facts(spec)
+        return facts.short_label if facts.regime != "unknown" else spec
+    if spec.startswith(FOLDER_PREFIX):
+        folder = spec[len(FOLDER_PREFIX):].split("?", 1)[0].rstrip("/").rpartition("/")[2]
+        return f"{folder} (yours)" if folder else spec
+    return spec
+
+
+def _chosen() -> list[str]:
+    """The series the form holds (zoo ones, then the user's own), read before the form is drawn."""
+    own = (st.session_state.get(OWN) or "").strip()
+    return list(st.session_state.get(SERIES) or []) + ([own] if own else [])
+
+
 frame.intro("Timeline", tc.INTRO, lead=text.TIMELINE_LEAD)
 
 zoo = [e.model_id for e in catalogue() if e.model_id.startswith("zoo:")]
 offered = list(dict.fromkeys([m for m in defaults.DEFAULT_COMPARISON if m in zoo] + zoo))
 st.session_state.setdefault(SERIES, offered)
-chosen = st.multiselect("Zoo series", offered, key=SERIES,
-                        help="Each zoo model's checkpoints as listed in its manifest.")
-own = st.text_input("Your own series (optional)", key=OWN, placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
-                    help="A folder of checkpoints ordered by the step in their names or metadata.")
 settings = state.default_settings()
 dataset = defaults.DEFAULT_DATASET
-st.caption(f"Dataset {dataset}, {text.count(settings.samples) if settings.samples else 'all'} images per "
-           "checkpoint (the app's defaults).")
+busy = bool(jobs_view.following(GROUP))
+if RUN not in st.session_state and _chosen() and not busy:
+    _open_if_cached(_chosen())
+if frame.presenting():
+    # for a projector the curves come first: the form folds into one line that still names the series and
+    # the dataset (open while there is nothing to draw). Its key keeps it open while a series is added or
+    # removed (the label changes); a new key when the curves appear folds it for them.
+    shown = RUN in st.session_state
+    chosen_names = ", ".join(_series_label(s) for s in _chosen()) or "none chosen"
+    form = st.expander(f"Series: {chosen_names} · on {dataset}", expanded=not shown, icon=":material/tune:",
+                       key=f"timeline_form_{'shown' if shown else 'empty'}")
+else:
+    form = st.container()
+with form:
+    chosen = st.multiselect("Zoo series", offered, key=SERIES,
+                            help="Each zoo model's checkpoints as listed in its manifest.")
+    own = st.text_input("Your own series (optional)", key=OWN,
+                        placeholder=f"{FOLDER_PREFIX}/path/to/run?arch=resnet18",
+                        help="A folder of checkpoints ordered by the step in their names or metadata.")
+    st.caption(f"Dataset {dataset}, {text.count(settings.samples) if settings.samples else 'all'} images per "
+               "checkpoint (the app's defaults).")
 
 
 def _analyse(specs: list[str]) -> None:
@@ -108,8 +140,9 @@ def _finished(label: str, key: str, status) -> None:
 
 
 specs = list(chosen) + ([own.strip()] if own.strip() else [])
-busy = bool(jobs_view.following(GROUP))
-if st.button("Analyse the series", type="primary", disabled=busy or not specs, key="timeline_analyse"):
+with form:
+    pressed = st.button("Analyse the series", type="primary", disabled=busy or not specs, key="timeline_analyse")
+if pressed:
     seconds = _series_seconds(tuple(specs), dataset, settings.samples)
     if seconds is not None and seconds[2] > LONG_RUN_S:
         st.session_state[CONFIRM] = seconds
@@ -128,8 +161,6 @@ if CONFIRM in st.session_state:
         no.button("Not now", key="timeline_confirm_no", on_click=lambda: st.session_state.pop(CONFIRM, None),
                   width="stretch")
 
-if RUN not in st.session_state and specs and not busy:
-    _open_if_cached(specs)
 run = st.session_state.get(RUN)
 if not run:
     st.info("Choose the series and press **Analyse the series**; analyses already in the cache open at once.")
@@ -164,8 +195,12 @@ if table["status"].eq("ok").sum() == 0:
 metas = [r.meta for r in tl.results if r is not None]
 facts = {s: training_facts(s) for s in tl.series if s.startswith("zoo:")}
 names = {s: f.short_label if f.regime != "unknown" else s for s, f in facts.items()}
-st.markdown(f"**What the curves show.** {tl.reading(names)}")
+reading = f"**What the curves show.** {tl.reading(names)}"
+if not frame.presenting():
+    st.markdown(reading)
 frame.plot(tc.story_chart(table, names), metas, key="timeline_mlu_step")
+if frame.presenting():  # the curves first on a projector, their reading right under them
+    st.markdown(reading)
 if facts:
     st.caption("Training budgets: " + "; ".join(f"{names[s]}: {f.budget}" for s, f in facts.items()) + ".")
 frame.plot(tc.groups_chart(tl.groups(), names), metas, key="timeline_groups")

@@ -78,7 +78,9 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert at.session_state["current_key"] == results.a.key  # the default analysis is open for the other pages
     assert at.query_params.get("analysis") == results.a.key
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
-    assert "fashion-mnist:test" in sidebar_text and "64" in sidebar_text
+    assert "fashion-mnist:test" in re.sub(r"<[^>]+>", "", sidebar_text) and "64" in sidebar_text
+    # the ids wrap only between their parts in a narrow (presentation-mode) sidebar, never mid-word
+    assert "<span>fashion-mnist:</span><wbr><span>test</span>" in sidebar_text
     # the MLU with its split-half error bar (percentage points) under it, never cut off with the value
     from ui.text import error_bar
 
@@ -625,6 +627,29 @@ def test_display_labels_are_short_and_unique():
     assert short[0].startswith("A: ") and short[1].startswith("B: ")
     assert len(set(short)) == 2 and all(len(s) <= 60 for s in short)
     assert all(DATASET not in s for s in short)  # the common dataset is stated once on the page
+
+
+def test_ids_wrap_between_their_parts_and_copy_whole():
+    """A narrow column wraps an id after its separators (``zoo:`` | ``vit-fmnist-supervised``), not at a hyphen
+    inside a part: each part is kept on one line by the frame's CSS (both modes), the id as a whole moves to its own
+    line when it fits there, only a part longer than a line may wrap inside; the text reads (and copies) as the id,
+    and nothing in it is taken for HTML, Markdown emphasis or math."""
+    import html
+
+    from ui import frame, text
+
+    assert text.breakable_id("zoo:vit-fmnist-supervised") == (
+        "<code class='lu-id'><span>zoo:</span><wbr><span>vit-fmnist-supervised</span></code>")
+    assert text.breakable_id("blocks.3.mlp.fc1").count("<wbr>") == 3
+    long_part = "x" * (text.ID_PART_MOST + 1)
+    assert f"<wbr>{long_part}.<wbr>" in text.breakable_id(f"a.{long_part}.b")  # not held on one line
+    odd = "file:/runs/_tmp_/<b>*$1$.pt?arch=vit_small_patch16_224&x=[y]"
+    shown = text.breakable_id(odd)
+    assert not re.search(r"[<>*_$\[\]`]", re.sub(r"</?(code|span|wbr)\b[^>]*>", "", shown)), shown
+    assert html.unescape(re.sub(r"<[^>]+>", "", shown)) == odd
+    for css in (frame._STYLE, frame._STYLE + frame._PRESENTATION_STYLE):
+        assert "code.lu-id > span { white-space: nowrap; }" in css and "display: inline-block" in css
+    assert frame.PRESENTATION_SIDEBAR in frame._PRESENTATION_STYLE
 
 
 # ------------------------------------------------------------------------------------------ the classroom demo

@@ -122,3 +122,47 @@ def test_the_eigenvalue_threshold_label_stays_inside_its_plot_area(results):
                        charts.for_projector(charts.eigen_chart(spectrum.eig_out, energy, "C_out"))):
             note = next(n for n in figure.layout.annotations if n.text.startswith("1 − e"))
             assert note.xref == "x domain" and note.x <= 1.0 and note.xanchor == "right", note
+
+
+def test_the_energy_sweeps_play_buttons_and_slider_grow_with_the_projectors_text(results):
+    """Presentation mode scales every text of a chart: the animation's Play / Pause buttons and its slider too
+    (they stayed at the normal size beside the larger axes)."""
+    from ui import charts
+
+    a, _ = results
+    sweep = charts.energy_animation(a.layer(a.layers["layer"].iloc[1]), 0.99)
+    big = charts.for_projector(sweep)
+    assert [b.label for b in big.layout.updatemenus[0].buttons] == ["▶ Play", "❚❚ Pause"]
+    assert big.layout.updatemenus[0].font.size == round(sweep.layout.updatemenus[0].font.size * charts.PROJECTOR_SCALE)
+    assert big.layout.sliders[0].font.size == round(sweep.layout.sliders[0].font.size * charts.PROJECTOR_SCALE)
+    assert big.layout.sliders[0].currentvalue.font.size > sweep.layout.sliders[0].currentvalue.font.size
+    assert big.layout.sliders[0].currentvalue.prefix == "e = "  # only the fonts change
+    assert big.layout.font.size == round(sweep.layout.font.size * charts.PROJECTOR_SCALE)
+
+
+def _depth_rows(layers: int, checkpoints: int = 3):
+    import pandas as pd
+
+    return pd.DataFrame([dict(series="run", layer=f"blocks.{i // 4}.part{i % 4}", depth=i, checkpoint=f"c{j}",
+                              step=10 * j, utilization=0.1 + 0.01 * i) for i in range(layers) for j in range(checkpoints)])
+
+
+def test_the_depth_step_heatmap_names_every_layer_with_room_for_each_name():
+    """Every layer is named on the heatmap's axis, in depth order (Plotly's automatic category ticks named every
+    other one), with a row tall enough for its name in presentation mode too; a very deep model gets every k-th
+    name and the axis title says so."""
+    from ui import charts, timeline_charts as tc
+
+    rows = _depth_rows(26)
+    order = list(rows.drop_duplicates("layer")["layer"])
+    for figure in (tc.depth_step_heatmap(rows, "run"), charts.for_projector(tc.depth_step_heatmap(rows, "run"))):
+        axis = figure.layout.yaxis
+        assert axis.tickmode == "array" and list(axis.tickvals) == order and list(axis.ticktext) == order
+        assert axis.title.text == "layer (depth order)"
+        margin = figure.layout.margin
+        row = (figure.layout.height - margin.t - margin.b) / len(order)
+        assert row >= axis.tickfont.size + 2, (row, axis.tickfont.size)
+    deep = _depth_rows(130, checkpoints=2)
+    names = list(deep.drop_duplicates("layer")["layer"])
+    axis = tc.depth_step_heatmap(deep, "run").layout.yaxis
+    assert list(axis.tickvals) == names[::3] and "every 3rd named" in axis.title.text

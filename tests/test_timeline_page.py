@@ -84,6 +84,24 @@ def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, 
     assert list(lower) != pytest.approx(mlus)
     assert bars_mlu(at) == pytest.approx(lower[1])
 
+    # presentation mode at 1280x720: the curves above the fold, so the form folds into one line that still
+    # names the series and the dataset; the reading of the curves follows the first chart
+    at.session_state["presentation_mode"] = True
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    form = [e for e in at.main.expander if e.label.startswith("Series: ")]
+    assert len(form) == 1 and form[0].proto.expanded is False
+    folder = spec.split("?", 1)[0].rpartition("/")[2]
+    assert form[0].label == f"Series: {folder} (yours) · on {DATASET}", form[0].label
+    assert [w.key for w in [*form[0].multiselect, *form[0].text_input, *form[0].button]] == [
+        "timeline_series", "timeline_own", "timeline_analyse"]
+    order = [n.type for n in at.main if n.type in ("plotly_chart", "markdown", "expander")]
+    first_chart = order.index("plotly_chart")
+    assert order[:first_chart].count("expander") == 2  # only the page's idea and the folded form
+    reading = [i for i, n in enumerate(n for n in at.main if n.type in ("plotly_chart", "markdown", "expander"))
+               if n.type == "markdown" and n.value.startswith("**What the curves show.**")]
+    assert reading == [first_chart + 1]
+
 
 def timeline_intro() -> str:
     from ui.timeline_charts import INTRO

@@ -16,6 +16,18 @@ PRESENTING = state.PRESENTING
 CHART_HEIGHT = 460
 PRESENTATION_HEIGHT = 560
 
+PRESENTATION_SIDEBAR = "clamp(240px, 17vw, 340px)"
+"""The sidebar's width in presentation mode: 240 px at 1280x720 (wider, and the main column's legends ran into
+chart titles), 326 px at 1920x1080, where a model id then fits on one line."""
+
+ID_STYLE = """
+/* ids (text.breakable_id): on a line of their own, whole, when they fit there; else wrapped between their parts
+   (after : . / ?), a part never cut at a hyphen; only a part wider than the line wraps inside, anywhere */
+code.lu-id { display: inline-block; max-width: 100%; vertical-align: top; overflow-wrap: anywhere;
+             padding-left: 0.15em; padding-right: 0.15em; }  /* vit-fmnist-supervised fits a 240 px sidebar's line */
+code.lu-id > span { white-space: nowrap; }
+"""
+
 _STYLE = """
 <style>
 /* less empty space above the title: the first chart must fit above the fold at 1280x720 */
@@ -30,15 +42,16 @@ _STYLE = """
   white-space: normal !important; overflow: visible !important; text-overflow: clip !important; }
 /* buttons say all of their label, on two lines if they must */
 [data-testid="stBaseButton-secondary"] p, [data-testid="stBaseButton-primary"] p { white-space: normal; }
+""" + ID_STYLE + """
 </style>
 """
 _PRESENTATION_STYLE = """
 <style>
 html { font-size: 18px; }
 [data-testid="stMetricValue"] { font-size: 2.1rem; }
-/* a narrower sidebar leaves the projector's width to the charts */
-section[data-testid="stSidebar"] { width: 240px !important; min-width: 240px !important; }
-section[data-testid="stSidebar"] > div { width: 240px !important; }
+/* a narrower sidebar than the usual 300 px leaves a projector's width to the charts; wider on a wide screen */
+section[data-testid="stSidebar"] { width: """ + PRESENTATION_SIDEBAR + """ !important; min-width: """ + PRESENTATION_SIDEBAR + """ !important; }
+section[data-testid="stSidebar"] > div { width: """ + PRESENTATION_SIDEBAR + """ !important; }
 </style>
 """
 
@@ -117,11 +130,12 @@ def sidebar() -> None:
             st.caption("No analysis open yet.")
         else:
             meta = result.meta
-            st.markdown(
-                f"**Model** `{meta.model_id}`  \n"
-                f"**Dataset** `{meta.dataset_id}`  \n"
+            st.markdown(  # the ids wrap between their parts, never mid-word (a narrow presentation sidebar)
+                f"**Model** {text.breakable_id(meta.model_id)}  \n"
+                f"**Dataset** {text.breakable_id(meta.dataset_id)}  \n"
                 f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`  \n"
-                f"**Vectors** {text.analysis_note(meta)}"
+                f"**Vectors** {text.analysis_note(meta)}",
+                unsafe_allow_html=True,
             )
             metric_with_error(st, "MLU", result.mlu, result.mlu_err,
                               "Mean layer utilization at the energies below, ± its split-half error bar.")

@@ -26,6 +26,30 @@ def short_key(key: str | None) -> str:
     return (key or "")[:8]
 
 
+ID_BREAK_AFTER = ":./?&="
+"""Where a long id may wrap (:func:`breakable_id`): after the separators of its parts, never inside a part."""
+ID_PART_MOST = 24
+"""A part longer than this (about a narrow sidebar's line of code text) may still wrap inside, as a last resort."""
+
+
+def breakable_id(value: str) -> str:
+    """``value`` (a model or dataset id, a layer name) as inline HTML code that wraps only between its parts
+    (``zoo:`` | ``vit-fmnist-supervised``, ``blocks.`` | ``3.`` | ``mlp.`` | ``fc1``), never mid-word at a hyphen
+    as the browser does, for a narrow column such as the presentation-mode sidebar. With the frame's CSS
+    (:data:`ui.frame.ID_STYLE`) the code is one inline block, so it moves to its own line whole when it fits there,
+    and each part is kept on one line; it copies as the plain id (``<wbr>`` adds no character). Needs
+    ``unsafe_allow_html``; ``value`` is escaped."""
+    import html
+    import re
+
+    def literal(part: str) -> str:  # HTML-escaped, and nothing Markdown reads as emphasis, a link or math
+        return html.escape(part).translate({ord(c): f"&#{ord(c)};" for c in "\\`*_[]~$"})
+
+    parts = [p for p in re.split(f"(?<=[{re.escape(ID_BREAK_AFTER)}])", value) if p]
+    held = ("<span>{}</span>", "{}")  # the frame's CSS keeps a span on one line; a part too long for a line wraps
+    return "<code class='lu-id'>" + "<wbr>".join(held[len(p) > ID_PART_MOST].format(literal(p)) for p in parts) + "</code>"
+
+
 def analysis_note(meta) -> str:
     """Which vectors an analysis counted, for chart titles: ``"patch tokens only · centred"``."""
     from analysis.tokens import label

@@ -133,8 +133,9 @@ PROJECTOR_SCALE = 1.25
 
 
 def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
-    """A copy of ``fig`` with every font (title, axes, ticks, legend, annotations, bar texts) ``scale`` times
-    larger, for a projector; the margins grow with the text so the title keeps its line above the legend."""
+    """A copy of ``fig`` with every font (title, axes, ticks, legend, annotations, bar texts, an animation's
+    Play / Pause buttons and slider) ``scale`` times larger, for a projector; the margins grow with the text so
+    the title keeps its line above the legend."""
     fig = go.Figure(fig)
 
     def bigger(font, default: float) -> dict:
@@ -150,6 +151,13 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
                                             title_font=bigger(ax.title.font, FONT_SIZE)))
     for note in fig.layout.annotations or ():
         note.font = {**(note.font.to_plotly_json() if note.font else {}), **bigger(note.font, FONT_SIZE)}
+    for menu in layout.updatemenus or ():  # the animation's Play / Pause buttons grow with the text around them
+        menu.font = {**(menu.font.to_plotly_json() if menu.font else {}), **bigger(menu.font, FONT_SIZE)}
+    for slider in layout.sliders or ():  # its step labels and the "e = ..." readout
+        slider.font = {**(slider.font.to_plotly_json() if slider.font else {}), **bigger(slider.font, FONT_SIZE - 1)}
+        value = slider.currentvalue
+        if value is not None:
+            value.font = {**(value.font.to_plotly_json() if value.font else {}), **bigger(value.font, FONT_SIZE)}
     for trace in fig.data:
         if getattr(trace, "textfont", None) is not None and "textfont" in trace:
             trace.textfont = {**trace.textfont.to_plotly_json(), **bigger(trace.textfont, FONT_SIZE)}

@@ -146,9 +146,19 @@ def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, heig
     return fig  # the legend under the panels: above them it covered the first row's titles
 
 
+HEATMAP_ROW_PX = 20
+"""Height of one layer's row in :func:`depth_step_heatmap`: room for its name at :data:`HEATMAP_TICK_SIZE`, also
+with the projector's larger text (:func:`analysis.plots.charts.for_projector`)."""
+HEATMAP_TICK_SIZE = FONT_SIZE - 2
+HEATMAP_MOST_NAMED = 64
+"""At most this many layers are named on the heatmap's axis (a ViT-B has 50 analysed layers): beyond it every
+k-th is, the axis title says so, and the chart stops growing (the hover names every row)."""
+
+
 def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
     """Utilization of every layer (rows, depth order from the top) at every checkpoint of ``series`` (columns,
-    step order), from :meth:`Timeline.layers` (long format)."""
+    step order), from :meth:`Timeline.layers` (long format). Every row is named on the axis (Plotly's automatic
+    ticks named every other one); a model with more than :data:`HEATMAP_MOST_NAMED` layers gets every k-th."""
     sub = layers[layers["series"] == series]
     fig = go.Figure()
     if sub.empty:
@@ -164,10 +174,18 @@ def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
         customdata=np.array([[c for c in columns["checkpoint"]]] * len(order)),
         hovertemplate="%{y}<br>%{x} (%{customdata})<br>u = %{z:.1%}<extra></extra>",
     )
-    fig.update_yaxes(autorange="reversed", title="layer (depth order)", type="category")
+    step = -(-len(order) // HEATMAP_MOST_NAMED)
+    title = "layer (depth order)" if step == 1 else f"layer (depth order; every {_ordinal(step)} named, hover for all)"
     fig.update_xaxes(title="checkpoint", type="category")
-    return _layout(fig, f"Utilization per layer across training: {series}",
-                   height=max(CHART_HEIGHT, 16 * len(order) + 160))
+    _layout(fig, f"Utilization per layer across training: {series}",
+            height=max(CHART_HEIGHT, HEATMAP_ROW_PX * min(len(order), HEATMAP_MOST_NAMED) + 190))
+    fig.update_yaxes(autorange="reversed", title=title, type="category", tickmode="array", tickvals=order[::step],
+                     ticktext=order[::step], tickfont=dict(size=HEATMAP_TICK_SIZE))
+    return fig
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def mlu_vs_probe(table: pd.DataFrame) -> go.Figure:
