@@ -52,9 +52,9 @@ class RecipeTarget:
 
 
 RECIPE_TARGETS: dict[str, RecipeTarget] = {
-    "supervised": RecipeTarget("top1", 0.90, "the zoo's supervised aim (analysis/training/supervised.py, README 'The zoo')"),
-    "mae": RecipeTarget("linear_probe_top1", 0.80, "the zoo's self-supervised aim (README 'The zoo')"),
-    "dino": RecipeTarget("linear_probe_top1", 0.80, "the zoo's self-supervised aim (analysis/training/dino.py)"),
+    "supervised": RecipeTarget("top1", 0.90, "the zoo's supervised aim in analysis/training/supervised.py and the README's 'The zoo'"),
+    "mae": RecipeTarget("linear_probe_top1", 0.80, "the zoo's self-supervised aim in the README's 'The zoo'"),
+    "dino": RecipeTarget("linear_probe_top1", 0.80, "the zoo's self-supervised aim in analysis/training/dino.py"),
 }
 """What each zoo recipe aims at on the Fashion-MNIST test split. Random initialisation has no target."""
 
@@ -107,8 +107,8 @@ class TrainingFacts:
             return None
         metric = METRIC_LABELS.get(self.target.metric, self.target.metric)
         return (f"{self.model_id} fell short of its recipe's target: {metric} {self.measured:.1%} against "
-                f"{self.target.value:.0%} ({self.target.source}), after {self.budget}. Its utilization shows an "
-                f"under-trained {self.label} model, not what that regime reaches.")
+                f"{self.target.value:.0%}, {self.target.source}, after {self.budget}. Its utilization shows an "
+                f"under-trained model ({self.label}), not what that regime reaches.")
 
 
 def _hours(seconds: float | None, threads: int | None = None, shared: bool = False) -> str:

@@ -57,6 +57,8 @@ def test_a_model_below_its_recipe_target_gets_a_caveat_and_the_others_do_not():
     sup, mae, dino, rnd = (training_facts(m) for m in ZOO)
     assert RECIPE_TARGETS["dino"].value == 0.80 and RECIPE_TARGETS["supervised"].metric == "top1"
     assert dino.falls_short and "74.5%" in dino.caveat() and "80%" in dino.caveat() and "4 epochs" in dino.caveat()
+    # reads as a sentence: no "an under-trained self-supervised: DINO model", no "(... (...))"
+    assert f"under-trained model ({dino.label})" in dino.caveat() and "))" not in dino.caveat()
     assert not sup.falls_short and not mae.falls_short  # 90.3 % >= 90 %, 82.2 % >= 80 %
     assert rnd.target is None and rnd.caveat() is None  # untrained by design: no target
 

@@ -166,3 +166,5 @@ def test_the_depth_step_heatmap_names_every_layer_with_room_for_each_name():
     names = list(deep.drop_duplicates("layer")["layer"])
     axis = tc.depth_step_heatmap(deep, "run").layout.yaxis
     assert list(axis.tickvals) == names[::3] and "every 3rd named" in axis.title.text
+    late = _depth_rows(4, checkpoints=2).assign(step=lambda t: t["step"] * 585)  # steps 0 and 5,850
+    assert list(tc.depth_step_heatmap(late, "run").data[0].x) == ["step 0", "step 5,850"]  # as the page writes steps

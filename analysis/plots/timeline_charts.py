@@ -165,7 +165,7 @@ def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
         return _layout(fig, f"{series}: no analysed checkpoint")
     order = sub.drop_duplicates("layer").sort_values("depth")["layer"].tolist()
     columns = sub.drop_duplicates("checkpoint").sort_values("step")
-    labels = [f"step {s}" if not _nan(s) else c for s, c in zip(columns["step"], columns["checkpoint"])]
+    labels = [f"step {int(s):,}" if not _nan(s) else c for s, c in zip(columns["step"], columns["checkpoint"])]
     grid = sub.pivot_table(index="layer", columns="checkpoint", values="utilization", aggfunc="first")
     grid = grid.reindex(index=order, columns=list(columns["checkpoint"]))
     fig.add_heatmap(
