@@ -61,6 +61,7 @@ from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 import torch
 
 from kernels import cpu_pool
+from kernels.reference import scipy_blas_controller
 
 JITTER = 1e-12
 
@@ -215,17 +216,12 @@ def _lapack_eigvalsh() -> Callable | None:
     and restoring a library-wide count around each call would race between those workers."""
     try:
         from scipy.linalg import eigvalsh
-        from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    try:
-        libs = [lib for lib in ThreadpoolController().lib_controllers
-                if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath]
-    except Exception:  # noqa: BLE001 - unable to inspect the process: torch's solver instead
+    controller = scipy_blas_controller()
+    if controller is None:
         return None
-    if len(libs) != 1:
-        return None
-    libs[0].set_num_threads(1)
+    controller.set_num_threads(1)
     return eigvalsh
 
 

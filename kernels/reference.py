@@ -92,22 +92,27 @@ def _lower_block_tasks(xf: torch.Tensor, acc: torch.Tensor) -> list[tuple[Callab
 
 
 @functools.cache
+def scipy_blas_controller() -> Any | None:
+    """threadpoolctl's controller of SciPy's own BLAS/LAPACK library (not numpy's, not torch's), or None when
+    threadpoolctl is missing, cannot inspect the process, or does not find exactly one such library."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        libs = [lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath]
+    except Exception:  # noqa: BLE001 - threadpoolctl missing or unable to inspect the process
+        return None
+    return libs[0] if len(libs) == 1 else None
+
+
+@functools.cache
 def _scipy_syrk() -> tuple[Any, Any] | None:
     """``(scipy.linalg.blas.ssyrk, OpenBLAS thread controller or None)``; ``None`` when SciPy is missing."""
     try:
         from scipy.linalg import blas
     except ImportError:
         return None
-    controller = None
-    try:
-        from threadpoolctl import ThreadpoolController
-
-        libs = [lib for lib in ThreadpoolController().lib_controllers
-                if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath]
-        controller = libs[0] if len(libs) == 1 else None
-    except Exception:  # threadpoolctl missing or unable to inspect the process: run with BLAS's own default
-        controller = None
-    return blas.ssyrk, controller
+    return blas.ssyrk, scipy_blas_controller()
 
 
 def _syrk_lower(xf: torch.Tensor) -> torch.Tensor:
