@@ -313,10 +313,10 @@ class _CheckSums:
     def add_input(self, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
         self.u_in = max(self.u_in, operand_unit(x, geometry is not None))
         self.u_acc = max(self.u_acc, _unit(torch.float64 if x.dtype == torch.float64 else torch.float32))
-        per_image = max(1, MAX_CHECK_ROWS // max(1, vectors_per_image(x, geometry)))
+        vectors = vectors_per_image(x, geometry)
+        per_image = max(1, MAX_CHECK_ROWS // max(1, vectors))
         batched = x if (geometry is None and x.dim() > 2) or (geometry is not None and x.dim() == 4) else x.unsqueeze(0)
-        total = batched.shape[0] * vectors_per_image(batched[:1], geometry) if geometry is not None \
-            else x.numel() // max(1, x.shape[-1])
+        total = batched.shape[0] * vectors if geometry is not None else x.numel() // max(1, x.shape[-1])
         sample, offset = sample_rows(total, self.seed), 0
         self.rows_in += total
         for start in range(0, batched.shape[0], per_image):

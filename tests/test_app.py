@@ -684,22 +684,27 @@ def test_the_default_is_planned_once_per_server_not_once_per_session(monkeypatch
     their first run; the key is now planned once per server and the shipped entry opened without a job."""
     from streamlit.testing.v1 import AppTest
 
+    import analysis.engine as engine
     import analysis.jobs.api as jobs_api
     from ui import state
 
     monkeypatch.setenv("ANALYSIS_CACHE_DIR", str(tmp_path / "class"))
-    calls = []
+    calls, default_plans = [], []
     original = jobs_api.plan_request
     monkeypatch.setattr(jobs_api, "plan_request", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    original_plan = engine.plan  # what the pages' own planning calls (imported at the call)
+    monkeypatch.setattr(engine, "plan", lambda model_id, *a, **k: (
+        default_plans.append(model_id) if model_id == defaults.DEFAULT_MODEL else None) or original_plan(model_id, *a, **k))
     state._default_key.clear()
     first = AppTest.from_file(APP, default_timeout=TIMEOUT).run()  # a fresh cache: submit seeds the shipped entry
-    planned_by_first = len(calls)
+    planned_by_first, default_planned_by_first = len(calls), len(default_plans)
     later = [AppTest.from_file(APP, default_timeout=TIMEOUT).run() for _ in range(2)]
     for at in (first, *later):
         _ok(at)
         assert at.session_state["current_key"] == first.session_state["current_key"]
         assert "job_key" not in at.session_state
     assert 1 <= planned_by_first <= 2 and len(calls) == planned_by_first  # later sessions plan nothing
+    assert default_planned_by_first >= 1 and len(default_plans) == default_planned_by_first  # nor anywhere else
 
 
 def test_zero_images_is_refused_with_a_message(app):

@@ -298,9 +298,9 @@ def _default_key(model_id: str, dataset_id: str, samples: int | None) -> str:
     planning loads the model and hashes its weights, about 0.9 s of the server's one interpreter, and twenty
     students arriving at once each paid it on their first run (issue 23). The energies are not in the key.
     Raises :class:`~analysis.errors.AnalysisError` (not cached) when the default cannot be planned here."""
-    from analysis.jobs.api import plan_request  # the planning lock of submissions (seeded builds share the RNG)
+    from analysis.engine import plan
 
-    return plan_request(model_id, dataset_id, AnalysisSettings(samples=samples)).key
+    return plan(model_id, dataset_id, AnalysisSettings(samples=samples)).key
 
 
 def _shipped_default() -> str | None:

@@ -149,15 +149,17 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
                                             title_font=bigger(ax.title.font, FONT_SIZE)))
     fig.for_each_yaxis(lambda ax: ax.update(tickfont=bigger(ax.tickfont, FONT_SIZE - 1),
                                             title_font=bigger(ax.title.font, FONT_SIZE)))
+    def grown(font, default: float) -> dict:  # the font's other settings (family, colour) kept
+        return {**(font.to_plotly_json() if font else {}), **bigger(font, default)}
+
     for note in fig.layout.annotations or ():
-        note.font = {**(note.font.to_plotly_json() if note.font else {}), **bigger(note.font, FONT_SIZE)}
+        note.font = grown(note.font, FONT_SIZE)
     for menu in layout.updatemenus or ():  # the animation's Play / Pause buttons grow with the text around them
-        menu.font = {**(menu.font.to_plotly_json() if menu.font else {}), **bigger(menu.font, FONT_SIZE)}
+        menu.font = grown(menu.font, FONT_SIZE)
     for slider in layout.sliders or ():  # its step labels and the "e = ..." readout
-        slider.font = {**(slider.font.to_plotly_json() if slider.font else {}), **bigger(slider.font, FONT_SIZE - 1)}
-        value = slider.currentvalue
-        if value is not None:
-            value.font = {**(value.font.to_plotly_json() if value.font else {}), **bigger(value.font, FONT_SIZE)}
+        slider.font = grown(slider.font, FONT_SIZE - 1)
+        if slider.currentvalue is not None:
+            slider.currentvalue.font = grown(slider.currentvalue.font, FONT_SIZE)
     for trace in fig.data:
         if getattr(trace, "textfont", None) is not None and "textfont" in trace:
             trace.textfont = {**trace.textfont.to_plotly_json(), **bigger(trace.textfont, FONT_SIZE)}
