@@ -270,6 +270,30 @@ def _parse_call(func, args: tuple, kwargs: dict) -> _Call | None:
     return None
 
 
+def _add_gram(acc: torch.Tensor, rows: torch.Tensor) -> None:
+    """``acc += rows^T rows`` (float64, ``d x d`` and ``n x d``). On the CPU as single-threaded tasks on
+    :mod:`kernels.cpu_pool`'s workers, one per block of ``acc``'s rows (``acc[a:b] += rows[:, a:b]^T rows``):
+    no 2-thread OpenMP team, whose barrier after each op waits a scheduler slice when other work shares the
+    cores, and bits that do not depend on the thread count."""
+    d = acc.shape[0]
+    if acc.device.type != "cpu":
+        acc.addmm_(rows.T, rows)
+        return
+    from kernels import cpu_pool
+
+    starts = list(range(0, d, _GRAM_BLOCK))
+
+    def block(start: int):
+        stop = min(start + _GRAM_BLOCK, d)
+        return lambda: acc[start:stop].addmm_(rows[:, start:stop].T, rows)
+
+    cpu_pool.run_all([block(start) for start in starts], [float(min(start + _GRAM_BLOCK, d) - start) for start in starts])
+
+
+_GRAM_BLOCK = 128
+"""Rows of ``acc`` per task of :func:`_add_gram`."""
+
+
 @dataclass
 class SelfCheck:
     """The first batch's comparison of the analytic and the real output second moment."""
@@ -288,7 +312,7 @@ class _CheckSums:
     No ``d_out x d_out`` matrix where a smaller form exists: while fewer output rows than ``d_out`` were seen,
     the rows ``Y`` themselves are kept instead of ``C_real = Y^T Y`` (a 21,841-class head on a batch of
     images), and where ``d_out > m = d_in + 1`` the analytic ``C_out = K K^T`` is used through its factor
-    ``K = M F`` (``d_out x m``, :func:`analysis.spectra.output_factor`). The comparison only needs
+    ``K = M F`` (``d_out x m``, ``G = F F^T``, :func:`analysis.spectra.gram_factor`). The comparison only needs
     ``||C_out - C_real||_F^2 = ||C_out||_F^2 - 2 tr(C_out C_real) + ||C_real||_F^2``, each term from the small
     forms (``||K^T K||``, ``||Y K||``, ``||Y Y^T||``); the dense difference is used when both are dense."""
 
@@ -327,7 +351,7 @@ class _CheckSums:
                 d = rows.shape[1]
                 self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
                 self.s = torch.zeros(d, dtype=torch.float64, device=rows.device)
-            self.c_in.addmm_(rows.T, rows)
+            _add_gram(self.c_in, rows)
             self.s += rows.sum(0)
             self.n += rows.shape[0]
 
@@ -345,9 +369,9 @@ class _CheckSums:
             if self.c_real is None:  # as many rows as outputs: Y^T Y is now the smaller form
                 self.c_real = torch.zeros(chunk.shape[1], chunk.shape[1], dtype=torch.float64, device=chunk.device)
                 for kept in self.y_rows:
-                    self.c_real.addmm_(kept.T, kept)
+                    _add_gram(self.c_real, kept)
                 self.y_rows = []
-            self.c_real.addmm_(chunk.T, chunk)
+            _add_gram(self.c_real, chunk)
 
     def _real_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(||C_real||_F, tr C_real)`` from whichever form is held."""
@@ -358,7 +382,7 @@ class _CheckSums:
 
     def _difference(self, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """``||C_out - C_real||_F`` (see the class docstring), without ``d_out x d_out`` matrices where possible."""
-        from .spectra import AffineLayer, augmented, output_factor, output_second_moment
+        from .spectra import AffineLayer, augmented, gram_factor, output_second_moment
 
         layer = AffineLayer(w, b, self.c_in, self.s, self.n)
         if not layer.uses_small_problem():
@@ -369,7 +393,7 @@ class _CheckSums:
             out_sq, cross = c_out.square().sum(), ((y @ c_out) * y).sum()
         else:
             m_aug, g = (t.to(w.device) for t in augmented(layer))
-            k = output_factor(m_aug, g)
+            k = m_aug @ gram_factor(g)  # C_out = K K^T for any F F^T = G: Cholesky where G is definite
             out_sq = (k.T @ k).square().sum()
             if self.c_real is not None:
                 cross = ((self.c_real @ k) * k).sum()
@@ -735,13 +759,14 @@ class LayerCapture:
             return
         self.discovering = False
         self._stack.clear()
+        checked = {name: finding._sums for name, finding in self.findings.items()
+                   if finding.calls and finding._sums is not None}
+        for name, check in _verdicts(checked, self.findings).items():
+            self.findings[name].check = check
         for name, finding in self.findings.items():
             if finding.calls == 0:
                 continue
-            if finding._sums is not None:
-                with torch.no_grad(), torch.autocast(finding._sums.device_type, enabled=False):
-                    finding.check = finding._sums.verdict(finding.weight, finding.bias)
-                finding._sums = None
+            finding._sums = None
             (self._hooked if finding.hookable else self._moded).add(name)
         if not self._moded:
             self._leave_mode()
@@ -758,16 +783,35 @@ class LayerCapture:
     def end_verification(self) -> None:
         """The re-verification's verdicts: a layer that fails gets a problem (status "not exact")."""
         sums, self._verifying = self._verifying, None
-        for name, layer_sums in (sums or {}).items():
-            if layer_sums.c_in is None:  # not called on this batch
-                continue
+        called = {name: layer_sums for name, layer_sums in (sums or {}).items() if layer_sums.c_in is not None}
+        for name, check in _verdicts(called, self.findings).items():
             finding = self.findings[name]
-            with torch.no_grad(), torch.autocast(layer_sums.device_type, enabled=False):
-                check = layer_sums.verdict(finding.weight, finding.bias)
             if not check.passed:
                 finding.note(f"re-verified on batch {self.verified_batch}: the inputs its forward receives no longer "
                              f"give its outputs (relative error {check.relative_error:.3g} of the output second "
                              f"moment > tolerance {check.tolerance:.2g}), e.g. an input changed in place")
+
+
+def _verdicts(sums: dict[str, _CheckSums], findings: dict[str, LayerFinding]) -> dict[str, SelfCheck]:
+    """Every layer's self-check verdict (:meth:`_CheckSums.verdict`), in the order of ``sums``. On the CPU the
+    layers are independent single-threaded tasks on :mod:`kernels.cpu_pool`'s workers (float64 products of
+    up to ``d_out x d_in^2``, and a Cholesky or eigh of ``G``): on a core shared with other work, a 2-thread
+    OpenMP team's barrier after each small op costs a scheduler slice (see that module)."""
+    from .spectra import cpu_dict
+
+    def verdict(name: str) -> SelfCheck:
+        layer_sums, finding = sums[name], findings[name]
+        with torch.no_grad(), torch.autocast(layer_sums.device_type, enabled=False):
+            return layer_sums.verdict(finding.weight, finding.bias)
+
+    def cost(name: str) -> float:
+        weight = findings[name].weight
+        return float(weight.shape[0] * weight.shape[1] * (weight.shape[0] + weight.shape[1])) if weight is not None else 1.0
+
+    names = list(sums)
+    if all(layer_sums.device_type == "cpu" for layer_sums in sums.values()):
+        return cpu_dict(verdict, names, cost=cost)
+    return {name: verdict(name) for name in names}
 
 
 def discover(model: nn.Module, specs: list[LayerSpec], batch: torch.Tensor) -> dict[str, LayerFinding]:

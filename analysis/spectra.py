@@ -349,6 +349,19 @@ def augmented(layer: AffineLayer) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([w, b], dim=1), torch.cat([top, bottom], dim=0)
 
 
+def gram_factor(g: torch.Tensor) -> torch.Tensor:
+    """A factor ``F`` (``m x m``) with ``G = F F^T`` for one symmetric positive semi-definite ``G``: its Cholesky
+    factor when ``G`` is positive definite (``m^3 / 3`` FLOPs), else the symmetric square root
+    ``Q diag(sqrt(g))`` of ``G = Q diag(g) Q^T`` (eigh, ``g`` clipped at 0: a singular ``G`` from few samples or
+    constant features). Used where only ``F F^T`` matters (eigenvalues, Frobenius norms), not its vectors."""
+    g = 0.5 * (g + g.transpose(-1, -2))
+    factor, info = torch.linalg.cholesky_ex(g)
+    if int(info) == 0:
+        return factor
+    values, vectors = torch.linalg.eigh(g)
+    return vectors * values.clamp_min(0.0).sqrt()
+
+
 def output_factor(m_aug: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``K = M F`` (``d_out x m``, batched) with ``C_out = M G M^T = K K^T``: ``F = Q diag(sqrt(g))`` from
     ``G = Q diag(g) Q^T`` (eigh, ``g`` clipped at 0), so it holds also for a singular ``G``."""

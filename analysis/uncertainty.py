@@ -38,7 +38,7 @@ import torch
 
 from . import metrics
 from .spectra import (CPU_EIGH_THREADS, AffineLayer, augmented, cpu_dict, cpu_threads, decomposition_cost,
-                      eigvalsh_without_jitter, output_second_moment)
+                      eigvalsh_without_jitter, gram_factor, output_second_moment)
 
 SNAPSHOTS = 6
 """Snapshots before the whole run: at N/64, N/32, ..., N/2 images."""
@@ -88,11 +88,7 @@ def _eigenvalues(layer: AffineLayer) -> tuple[np.ndarray, np.ndarray]:
         c_out = output_second_moment(layer.weight, layer.c_in, layer.column_sum, layer.count, layer.bias)
         return lam_in, _eigvalsh(c_out)
     w, g = augmented(layer)  # M = [W b], G = [[C_in, s], [s^T, N]]
-    factor, info = torch.linalg.cholesky_ex(0.5 * (g + g.T))
-    if int(info) != 0:  # singular (few samples, constant features): a symmetric square root instead
-        values, vectors = torch.linalg.eigh(0.5 * (g + g.T))
-        factor = vectors * values.clamp_min(0.0).sqrt()
-    k = w @ factor
+    k = w @ gram_factor(g)
     small = _eigvalsh(k.T @ k)
     return lam_in, np.concatenate([small, np.zeros(layer.d_out - len(small))])
 

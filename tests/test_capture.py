@@ -738,3 +738,50 @@ def test_sampled_self_check_passes_exact_layers_and_catches_an_error_on_a_few_ro
     token.forward = one_token
     _, findings = _run(token, [_spec(token, "t")], [torch.randn(16, 197, 16)])
     assert not findings["t"].check.passed
+
+
+def test_self_check_verdicts_run_single_threaded_on_the_cpu_workers(monkeypatch):
+    """Each layer's verdict (float64 products, a factor of G) is a one-thread task, in discovery and in the
+    re-verification: on a core shared with other work a 2-thread team's barrier after every small op costs a
+    scheduler slice (issue 28)."""
+    from analysis import capture
+
+    threads: list[int] = []
+    original = capture._CheckSums.verdict
+
+    def recording(self, weight, bias):
+        threads.append(torch.get_num_threads())
+        return original(self, weight, bias)
+
+    monkeypatch.setattr(capture._CheckSums, "verdict", recording)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 6))
+    specs = [_spec(model[0], "0"), _spec(model[2], "2")]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with MomentCollector(specs, verify_batch=1) as collector, torch.inference_mode():
+            for i, x in enumerate([torch.randn(30, 12) for _ in range(3)]):
+                collector.begin_batch(torch.arange(i * 30, (i + 1) * 30))
+                model(x)
+                collector.next_batch()
+    finally:
+        torch.set_num_threads(previous)
+    findings = collector.findings()
+    assert all(findings[n].check.passed and findings[n].problem is None for n in ("0", "2"))
+    assert len(threads) == 4 and set(threads) == {1}  # two layers, discovery and re-verification
+
+
+def test_gram_factor_is_cholesky_when_definite_and_a_square_root_when_singular():
+    from analysis.spectra import gram_factor
+
+    torch.manual_seed(0)
+    a = torch.randn(50, 7, dtype=torch.float64)
+    definite = a.T @ a
+    factor = gram_factor(definite)
+    assert torch.equal(factor, torch.tril(factor))  # the Cholesky factor
+    torch.testing.assert_close(factor @ factor.T, definite)
+    singular = a[:, :3] @ torch.randn(3, 7, dtype=torch.float64)
+    singular = singular.T @ singular  # rank 3 of 7
+    factor = gram_factor(singular)
+    torch.testing.assert_close(factor @ factor.T, singular, rtol=1e-10, atol=1e-10 * singular.abs().max().item())
