@@ -30,7 +30,8 @@ turns it into seconds for *this* machine and load. The time model of one analysi
   same architecture observed, else of every run here, pulled towards the defaults below as if two runs had
   seen those (:func:`_shrunk`), else the defaults.
 
-A busy machine runs everything slower, by :func:`contention` (measured: the share of a core a busy loop gets):
+A busy machine runs everything slower, by :func:`contention` (measured: the other processes' CPU time against
+this run's threads and the cores):
 the rates and what runs taught are kept as an idle machine's (divided by the contention of their moment) and
 the estimate multiplies them by the contention now; the probe, measured now, needs no correction.
 
@@ -306,8 +307,7 @@ def fingerprint(device: str = "cpu") -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    text = f"{cpu}|{cores}|{torch.__version__}|{__version__}|{torch.device(device).type}|time model {TIME_MODEL}"
+    text = f"{cpu}|{_cores()}|{torch.__version__}|{__version__}|{torch.device(device).type}|time model {TIME_MODEL}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -322,10 +322,50 @@ def cpu_share(seconds: float = 0.2) -> float:
     return min(1.0, (time.thread_time() - start_cpu) / wall) if wall > 0 else 1.0
 
 
+def _busy_ticks() -> int:
+    """Clock ticks all cores spent on work at normal priority since boot (``/proc/stat``: user, system, irq,
+    softirq and steal; niced work, idle and iowait excluded)."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    user, _nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return user + system + irq + softirq + steal
+
+
+def other_load(seconds: float = 0.2) -> float | None:
+    """Cores' worth of CPU that other processes at normal priority (and the hypervisor's steal) used over the
+    next ``seconds``: the machine's busy time from ``/proc/stat`` less this process's own CPU time. None where
+    ``/proc/stat`` is missing (not Linux)."""
+    try:
+        before, own, start = _busy_ticks(), time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        after, own_after, wall = _busy_ticks(), time.process_time(), time.perf_counter() - start
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, (after - before) / tick - (own_after - own)) / wall if wall > 0 else 0.0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def contention() -> float:
-    """How many times slower than on an idle machine CPU work runs now: ``1 / cpu_share()``, at most 20. About 1
-    on an idle machine (or one busy only with niced work), 2 when another process competes for every core."""
-    return min(20.0, 1.0 / max(cpu_share(), 0.05))
+    """How many times slower than on an idle machine a run on this process's torch threads goes now, at most 20.
+
+    With ``R`` cores' worth of other work (:func:`other_load`), ``T`` threads and ``C`` cores, the scheduler's
+    fair share gives ``(R + T) / C``: 1 on an idle machine (or one busy only with niced work), 1.5 for one busy
+    process beside a 2-thread run on 2 cores, 2 with one on every core. ``R`` cannot exceed ``C``, so an
+    oversubscribed machine (30 runnable threads on 2 cores) is read from the other side too: a busy loop's
+    share of a core (:func:`cpu_share`, 1/15 there); the larger of ``(R + T) / C`` and ``1 / share`` is used.
+    (The share alone, the former measure, read 1 in the middle case: one thread got a whole core while a
+    2-thread run would not.) Where ``/proc/stat`` is missing, the share alone."""
+    slower = 1.0 / max(cpu_share(), 0.05)
+    others = other_load()
+    if others is not None:
+        cores = _cores()
+        threads = max(1, min(torch.get_num_threads(), cores))
+        slower = max(slower, (others + threads) / cores)
+    return min(20.0, max(1.0, slower))
 
 
 def _path(cache_root: str | Path, device: str) -> Path:

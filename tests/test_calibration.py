@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,8 +138,49 @@ def test_a_busy_machine_is_taken_into_account(tmp_path, fixed_rates, monkeypatch
     assert estimate.pass_s == pytest.approx(math.exp((20 * math.log(history) + 2 * math.log(10.0)) / 22))
 
 
-def test_contention_is_the_inverse_of_the_share_of_a_core(monkeypatch):
+def test_contention_is_the_fair_share_of_this_run_s_threads_beside_the_other_load(monkeypatch):
+    monkeypatch.setattr(calibration, "_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 1.0)
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 0.0)
+    assert calibration.contention() == 1.0  # idle, or busy only with niced work
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 1.0)
+    assert calibration.contention() == pytest.approx(1.5)  # one busy process beside a 2-thread run on 2 cores
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 2.0)
+    assert calibration.contention() == pytest.approx(2.0)  # one on every core
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 1.0)
+    assert calibration.contention() == 1.0  # a one-thread run still has a core of its own
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 2.0)
+    monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 1 / 15)
+    assert calibration.contention() == pytest.approx(15.0)  # oversubscribed: the other load saturates at C
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: 100.0)
+    assert calibration.contention() == 20.0  # bounded
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_other_load_sees_a_busy_process_and_not_this_one():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert calibration.other_load(0.5) >= 0.5  # the hog's core (whatever else runs beside it)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_other_load_leaves_out_this_process_s_own_time(monkeypatch):
+    tick = os.sysconf("SC_CLK_TCK")
+    ticks, own = iter([1000, 1000 + 3 * tick]), iter([5.0, 7.0])  # 3 busy core-seconds, 2 of them this process's
+    monkeypatch.setattr(calibration, "_busy_ticks", lambda: next(ticks))
+    monkeypatch.setattr(calibration.time, "process_time", lambda: next(own))
+    load = calibration.other_load(0.05)
+    assert 0.0 < load <= 1.0 / 0.05 and load == pytest.approx(1.0 / 0.05, rel=0.5)
+
+
+def test_contention_without_proc_stat_is_the_inverse_of_the_share_of_a_core(monkeypatch):
     assert 0 < calibration.cpu_share(0.05) <= 1.0
+    monkeypatch.setattr(calibration, "other_load", lambda seconds=0.2: None)
     monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 0.5)
     assert calibration.contention() == pytest.approx(2.0)  # another process on every core
     monkeypatch.setattr(calibration, "cpu_share", lambda seconds=0.2: 1.0)
