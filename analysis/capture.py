@@ -192,6 +192,26 @@ def conv_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     return cols.transpose(1, 2)
 
 
+def sampled_conv_rows(x: torch.Tensor, geometry: ConvGeometry, sample: torch.Tensor) -> torch.Tensor:
+    """The rows ``sample`` (sorted global indices, image-major then output position row-major) of
+    ``conv_rows(x, geometry)`` flattened to ``(B L) x (C kh kw)``, gathered from the padded input without
+    unfolding the rest: row ``r`` is image ``r // L`` at output position ``(r % L) // W_out, (r % L) % W_out``,
+    its patch ``x[i, :, oh sh + dh a, ow sw + dw b]`` over ``a < kh, b < kw`` in :func:`conv_rows`' order."""
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    h_out, w_out = geometry.output_grid(x.shape[-2], x.shape[-1])
+    if any(geometry.padding):
+        x = F.pad(x, geometry.padding)
+    index = sample.to(x.device)
+    image, position = index // (h_out * w_out), index % (h_out * w_out)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
+    rows = (position // w_out * sh)[:, None] + dh * torch.arange(kh, device=x.device)  # n x kh
+    cols = (position % w_out * sw)[:, None] + dw * torch.arange(kw, device=x.device)  # n x kw
+    channels = torch.arange(x.shape[1], device=x.device)
+    patches = x[image[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return patches.reshape(index.shape[0], -1)
+
+
 def rows_per_image(x: torch.Tensor, geometry: ConvGeometry | None) -> torch.Tensor:
     """Input vectors grouped by image, ``(B, T, d_in)``: unfolded patches for a convolution (``geometry``),
     the last axis for a linear layer."""
@@ -309,16 +329,21 @@ class _CheckSums:
     of its inputs, ``Y^T Y`` of its real outputs, the largest unit roundoffs seen, and every call's whole
     row counts (``rows_in``, ``rows_out``), which must agree.
 
-    No ``d_out x d_out`` matrix where a smaller form exists: while fewer output rows than ``d_out`` were seen,
-    the rows ``Y`` themselves are kept instead of ``C_real = Y^T Y`` (a 21,841-class head on a batch of
-    images), and where ``d_out > m = d_in + 1`` the analytic ``C_out = K K^T`` is used through its factor
-    ``K = M F`` (``d_out x m``, ``G = F F^T``, :func:`analysis.spectra.gram_factor`). The comparison only needs
+    No ``d x d`` matrix where a smaller form exists. While fewer output rows than ``d_out`` were seen, the rows
+    ``Y`` themselves are kept instead of ``C_real = Y^T Y`` (a 21,841-class head on a batch of images); likewise
+    the input rows ``X`` while fewer than ``d_in`` (a ResNet's 4,608-wide 3x3 convolutions against a sample of
+    1,024 rows: ``n d_in^2`` float64 products avoided), and then the analytic ``C_out = Z^T Z`` with
+    ``Z = X W^T + 1 b^T`` (``n x d_out``; the same matrix as ``M G M^T``, since ``G = [X 1]^T [X 1]``). Where
+    ``C_in`` is held and ``d_out > m = d_in + 1``, ``C_out = K K^T`` through its factor ``K = M F``
+    (``d_out x m``, ``G = F F^T``, :func:`analysis.spectra.gram_factor`). The comparison only needs
     ``||C_out - C_real||_F^2 = ||C_out||_F^2 - 2 tr(C_out C_real) + ||C_real||_F^2``, each term from the small
-    forms (``||K^T K||``, ``||Y K||``, ``||Y Y^T||``); the dense difference is used when both are dense."""
+    forms (``||K^T K||`` or ``||Z Z^T||``, ``||Y K||`` or ``||Y Z^T||``, ``||Y Y^T||``); the dense difference
+    is used when both are dense."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.c_in: torch.Tensor | None = None
+        self.x_rows: list[torch.Tensor] = []
         self.s: torch.Tensor | None = None
         self.n = 0
         self.c_real: torch.Tensor | None = None
@@ -332,7 +357,7 @@ class _CheckSums:
 
     @property
     def device_type(self) -> str:
-        return self.c_in.device.type if self.c_in is not None else "cpu"
+        return self.s.device.type if self.s is not None else "cpu"
 
     def add_input(self, x: torch.Tensor, geometry: ConvGeometry | None) -> None:
         self.u_in = max(self.u_in, operand_unit(x, geometry is not None))
@@ -343,17 +368,31 @@ class _CheckSums:
         total = batched.shape[0] * vectors if geometry is not None else x.numel() // max(1, x.shape[-1])
         sample, offset = sample_rows(total, self.seed), 0
         self.rows_in += total
+        if geometry is not None and sample is not None:  # only the sampled patches, not the whole unfolded batch
+            self._add_rows(sampled_conv_rows(batched, geometry, sample).to(torch.float64))
+            return
         for start in range(0, batched.shape[0], per_image):
             rows = rows_per_image(batched[start : start + per_image], geometry)
             rows = rows.reshape(-1, rows.shape[-1])
             offset, rows = offset + rows.shape[0], sampled(rows, offset, sample).to(torch.float64)
-            if self.c_in is None:
-                d = rows.shape[1]
-                self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
-                self.s = torch.zeros(d, dtype=torch.float64, device=rows.device)
-            _add_gram(self.c_in, rows)
-            self.s += rows.sum(0)
-            self.n += rows.shape[0]
+            self._add_rows(rows)
+
+    def _add_rows(self, rows: torch.Tensor) -> None:
+        """Add float64 input rows (``n x d_in``) to ``s, N`` and to the rows kept or ``C_in``."""
+        d = rows.shape[1]
+        if self.s is None:
+            self.s = torch.zeros(d, dtype=torch.float64, device=rows.device)
+        self.s += rows.sum(0)
+        self.n += rows.shape[0]
+        if self.c_in is None and self.n < d:
+            self.x_rows.append(rows)
+            return
+        if self.c_in is None:  # as many rows as inputs: X^T X is now the smaller form
+            self.c_in = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
+            for kept in self.x_rows:
+                _add_gram(self.c_in, kept)
+            self.x_rows = []
+        _add_gram(self.c_in, rows)
 
     def add_output(self, y: torch.Tensor, is_conv: bool) -> None:
         self.u_out = max(self.u_out, _unit(y.dtype) if y.is_floating_point() else 0.0)
@@ -384,6 +423,17 @@ class _CheckSums:
         """``||C_out - C_real||_F`` (see the class docstring), without ``d_out x d_out`` matrices where possible."""
         from .spectra import AffineLayer, augmented, gram_factor, output_second_moment
 
+        real_norm, _ = self._real_terms()
+        if self.c_in is None:  # the input rows X: C_out = Z^T Z
+            z = torch.cat(self.x_rows) @ w.T
+            if b is not None:
+                z += b
+            out_sq = (z @ z.T if z.shape[0] <= z.shape[1] else z.T @ z).square().sum()
+            if self.c_real is not None:
+                cross = ((z @ self.c_real) * z).sum()
+            else:
+                cross = (torch.cat(self.y_rows) @ z.T).square().sum()
+            return (out_sq - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
         layer = AffineLayer(w, b, self.c_in, self.s, self.n)
         if not layer.uses_small_problem():
             c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
@@ -399,13 +449,12 @@ class _CheckSums:
                 cross = ((self.c_real @ k) * k).sum()
             else:
                 cross = (torch.cat(self.y_rows) @ k).square().sum()
-        real_norm, _ = self._real_terms()
         return (out_sq - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
 
     def verdict(self, weight: torch.Tensor, bias: torch.Tensor | None) -> SelfCheck:
-        if self.c_in is None or (self.c_real is None and not self.y_rows):
+        if self.s is None or (self.c_real is None and not self.y_rows):
             return SelfCheck(float("nan"), float("nan"), False, self.n)
-        device = self.c_in.device
+        device = self.s.device
         w = weight.to(device)
         b = bias.to(device) if bias is not None else None
         d_real = self.c_real.shape[0] if self.c_real is not None else self.y_rows[0].shape[1]
@@ -413,7 +462,8 @@ class _CheckSums:
             return SelfCheck(float("inf"), 0.0, False, self.n)
         diff = self._difference(w, b)
         reference, y_energy = self._real_terms()
-        terms = (w.square().sum(0) * torch.diagonal(self.c_in)).sum()
+        squares = torch.diagonal(self.c_in) if self.c_in is not None else torch.cat(self.x_rows).square().sum(0)
+        terms = (w.square().sum(0) * squares).sum()
         if b is not None:
             terms = terms + self.n * b.square().sum()
         y_norm = y_energy.clamp_min(0).sqrt()
@@ -783,7 +833,7 @@ class LayerCapture:
     def end_verification(self) -> None:
         """The re-verification's verdicts: a layer that fails gets a problem (status "not exact")."""
         sums, self._verifying = self._verifying, None
-        called = {name: layer_sums for name, layer_sums in (sums or {}).items() if layer_sums.c_in is not None}
+        called = {name: layer_sums for name, layer_sums in (sums or {}).items() if layer_sums.s is not None}
         for name, check in _verdicts(called, self.findings).items():
             finding = self.findings[name]
             if not check.passed:

@@ -785,3 +785,56 @@ def test_gram_factor_is_cholesky_when_definite_and_a_square_root_when_singular()
     singular = singular.T @ singular  # rank 3 of 7
     factor = gram_factor(singular)
     torch.testing.assert_close(factor @ factor.T, singular, rtol=1e-10, atol=1e-10 * singular.abs().max().item())
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation", [
+    ((3, 3), 1, 1, 1), ((3, 5), (2, 1), (1, 2), (1, 2)), ((1, 1), 2, 0, 1), ((4, 4), 4, 0, 1), ((3, 3), 1, "same", 2),
+    ((2, 3), (1, 2), "valid", 1),
+])
+def test_sampled_conv_rows_are_the_unfolded_rows_at_the_sample(kernel, stride, padding, dilation):
+    """The self-check gathers only its sampled patches of a convolution's input: the very rows (bits) that
+    unfolding the whole batch and indexing would give, for strides, dilations and odd "same" padding."""
+    from analysis.capture import ConvGeometry, conv_rows, sampled_conv_rows
+
+    torch.manual_seed(7)
+    x = torch.randn(5, 3, 13, 11)
+    geometry = ConvGeometry.of_call((4, 3, *kernel), stride, padding, dilation)
+    every = conv_rows(x, geometry).reshape(-1, 3 * kernel[0] * kernel[1])
+    sample = torch.randperm(every.shape[0])[: every.shape[0] // 3].sort().values
+    assert torch.equal(sampled_conv_rows(x, geometry, sample), every[sample])
+    assert torch.equal(sampled_conv_rows(x[0], geometry, sample[sample < every.shape[0] // 5]),
+                       conv_rows(x[0], geometry).reshape(-1, every.shape[1])[sample[sample < every.shape[0] // 5]])
+
+
+@pytest.mark.parametrize("d_out", [3, 60])
+@pytest.mark.parametrize("bias", [True, False])
+def test_self_check_with_fewer_rows_than_inputs_equals_the_dense_comparison(d_out, bias):
+    """Fewer sampled rows than d_in (a wide convolution): the input rows are kept instead of ``C_in`` and
+    ``C_out = Z^T Z`` with ``Z = X W^T + b``; the relative error is the dense one, and a wrong output fails."""
+    torch.manual_seed(13)
+    layer = nn.Linear(40, d_out, bias=bias)
+    batches = [torch.randn(7, 40), torch.randn(5, 40)]  # 12 rows < 40 inputs
+    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            layer(x)
+        sums = capture.findings["fc"]._sums
+        assert sums.c_in is None and len(sums.x_rows) == 2  # the rows form was used
+        capture.end_discovery()
+    check = capture.findings["fc"].check
+    x = torch.cat(batches).double()
+    with torch.no_grad():
+        y = layer(torch.cat(batches)).double()
+    b = layer.bias.detach().double() if bias else None
+    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
+    dense = float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+    assert check.passed and check.n_vectors == 12
+    assert check.relative_error == pytest.approx(dense, rel=1e-3, abs=1e-7) and check.relative_error < check.tolerance
+
+    shifted = nn.Linear(40, d_out, bias=bias)
+    shifted.load_state_dict(layer.state_dict())
+    shifted.forward = lambda x: F.linear(x, shifted.weight, shifted.bias) * 1.01  # not the captured call
+    with LayerCapture([_spec(shifted, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            shifted(x)
+        capture.end_discovery()
+    assert not capture.findings["fc"].check.passed
