@@ -168,3 +168,25 @@ def test_the_depth_step_heatmap_names_every_layer_with_room_for_each_name():
     assert list(axis.tickvals) == names[::3] and "every 3rd named" in axis.title.text
     late = _depth_rows(4, checkpoints=2).assign(step=lambda t: t["step"] * 585)  # steps 0 and 5,850
     assert list(tc.depth_step_heatmap(late, "run").data[0].x) == ["step 0", "step 5,850"]  # as the page writes steps
+
+
+def test_the_selected_bars_outline_stays_out_of_the_legend(results):
+    """The selected layer's bar is outlined by a rectangle over it, not by its bar's own outline: Plotly draws a
+    bar trace's legend swatch with its first bar's outline, so selecting a kind's first layer outlined that kind's
+    legend entry ("attention q,k,v" in black)."""
+    from ui import charts
+
+    a, _ = results
+    table = a.layers
+    for place, selected in enumerate(table["layer"]):
+        figure = plots.utilization(a, selected)
+        for trace in figure.data:
+            width = trace.marker.line.width
+            assert not width or not any(np.atleast_1d(width)), (selected, trace.name)
+        outline = [s for s in figure.layout.shapes if s.name == "selected"]
+        assert len(outline) == 1, selected
+        box = outline[0]
+        assert box.xref == "x" and box.yref == "y" and box.line.width == charts.SELECTED_OUTLINE["width"]
+        assert box.x0 < place < box.x1 and box.x1 - box.x0 == pytest.approx(1.0 - figure.layout.bargap)
+        assert box.y0 == 0.0 and box.y1 == pytest.approx(table["utilization"].iloc[place])
+    assert not [s for s in plots.utilization(a).layout.shapes if s.name == "selected"]  # nothing selected

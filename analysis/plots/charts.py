@@ -228,6 +228,27 @@ _LAYER_HOVER = (
 )
 
 
+BAR_GAP = 0.15
+"""Gap between the bars of a bar-per-layer chart, as a fraction of a category's width."""
+SELECTED_OUTLINE = dict(color="black", width=3)
+"""The outline of the selected layer's bar (:func:`utilization_bars`)."""
+
+
+def _outline_bar(fig: go.Figure, table: pd.DataFrame, selected: str | None, bargap: float) -> None:
+    """Outline the ``selected`` layer's bar with a rectangle (a layout shape named ``selected``) on the
+    categorical layer axis. Not the bar's own ``marker.line``: Plotly draws a bar trace's legend swatch with
+    its first bar's outline, so the selected layer's outline showed on its kind's legend entry."""
+    layers = list(table["layer"])
+    if selected not in layers:
+        return
+    value = float(table["utilization"].iloc[layers.index(selected)])
+    if np.isnan(value):  # undefined k: no bar to outline
+        return
+    place, half = layers.index(selected), (1.0 - bargap) / 2
+    fig.add_shape(type="rect", xref="x", yref="y", x0=place - half, x1=place + half, y0=0.0, y1=value,
+                  line=SELECTED_OUTLINE, fillcolor="rgba(0,0,0,0)", layer="above", name="selected")
+
+
 def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
                      height: int = LAYER_BARS_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
@@ -250,11 +271,11 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
             marker=dict(
                 color=kind_color(kind),
                 pattern=dict(shape=["" if counted else "/" for counted in sub["in_mlu"]]),
-                line=dict(color="black", width=[3 if name == selected else 0 for name in sub["layer"]]),
             ),
             customdata=_layer_customdata(sub),
             hovertemplate=_LAYER_HOVER,
         )
+    _outline_bar(fig, table, selected, bargap=BAR_GAP)
     if not np.isnan(mlu):
         if not np.isnan(mlu_err) and mlu_err > 0:
             fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
@@ -263,7 +284,7 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
         label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height,
+    return _layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select", height=height,
                    margin={**_MARGIN, "r": LINE_LABEL_MARGIN})
 
 
