@@ -190,3 +190,24 @@ def test_the_selected_bars_outline_stays_out_of_the_legend(results):
         assert box.x0 < place < box.x1 and box.x1 - box.x0 == pytest.approx(1.0 - figure.layout.bargap)
         assert box.y0 == 0.0 and box.y1 == pytest.approx(table["utilization"].iloc[place])
     assert not [s for s in plots.utilization(a).layout.shapes if s.name == "selected"]  # nothing selected
+
+
+def test_the_difference_charts_zero_tick_has_no_sign(results):
+    """The per-layer difference chart labels its ticks with their sign, but zero reads "0 pp" (a signed format
+    wrote "+0 pp"); the ticks are round steps covering every difference."""
+    from analysis.compare import compare_results
+    from ui import charts
+
+    a, b = results
+    summary, per_layer = compare_results([a, b])
+    labels = list(summary["analysis"])
+    axis = charts.delta_bars(per_layer, labels).layout.yaxis
+    assert axis.tickmode == "array" and not axis.tickformat
+    ticks = dict(zip(axis.tickvals, axis.ticktext))
+    assert ticks[0] == "0 pp"
+    assert all(t.startswith("+") for v, t in ticks.items() if v > 0)
+    assert all(t.startswith("−") for v, t in ticks.items() if v < 0)
+    differences = 100 * per_layer[f"{labels[1]} - {labels[0]}"].dropna()
+    assert min(axis.tickvals) <= min(0, differences.min()) and max(axis.tickvals) >= max(0, differences.max())
+    assert charts.signed_axis(-12.3, 4.1, " pp")["ticktext"] == ["−15 pp", "−10 pp", "−5 pp", "0 pp", "+5 pp"]
+    assert charts.signed_axis(0.0, 0.0, " pp")["ticktext"] == ["0 pp"]

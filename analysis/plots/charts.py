@@ -185,6 +185,24 @@ def percent_axis(low: float, high: float, ticks: int = 6) -> dict:
     return dict(tickformat=f".{digits}%", dtick=step, tick0=0.0)
 
 
+def signed_axis(low: float, high: float, suffix: str = "", ticks: int = 6) -> dict:
+    """Tick settings of an axis of differences over ``[low, high]`` (0 always included): a round step (1, 2 or
+    5 times a power of ten) giving about ``ticks`` ticks, labelled with their sign (``+5 pp``, ``−10 pp``) but
+    zero without one (``0 pp``: a format with a sign wrote ``+0 pp``)."""
+    import math
+
+    low, high = min(low, 0.0), max(high, 0.0)
+    raw = max(high - low, 0.1) / max(ticks, 1)  # (nearly) no differences: ticks a few hundredths apart
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    digits = max(0, -math.floor(math.log10(step) + 1e-9))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    values = [round(i * step, digits) for i in range(first, last + 1)]
+    # Plotly's own negative ticks use the minus sign (U+2212), not a hyphen
+    texts = [f"0{suffix}" if v == 0 else f"{'+' if v > 0 else '−'}{abs(v):.{digits}f}{suffix}" for v in values]
+    return dict(tickmode="array", tickvals=values, ticktext=texts)
+
+
 # ------------------------------------------------------------------------------------------ Layers
 def _count(value) -> str:
     """An integer, or ``undefined`` for a missing k (zero input or output energy, :mod:`analysis.status`)."""
@@ -690,8 +708,12 @@ def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAY
                     hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
     _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
-    fig.update_yaxes(tickformat="+.0f", ticksuffix=" pp",
-                     title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)")
+    differences = [100 * per_layer[f"{label} - {labels[0]}"].astype(float) for label in labels[1:]]
+    values = np.concatenate([d.to_numpy() for d in differences]) if differences else np.array([])
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
+    fig.update_yaxes(title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)",
+                     **signed_axis(low, high, " pp"))
     return _layout(fig, "Per-layer difference to the first analysis (percentage points)", barmode="group",
                    height=height)
 
