@@ -211,3 +211,39 @@ def test_the_difference_charts_zero_tick_has_no_sign(results):
     assert min(axis.tickvals) <= min(0, differences.min()) and max(axis.tickvals) >= max(0, differences.max())
     assert charts.signed_axis(-12.3, 4.1, " pp")["ticktext"] == ["−15 pp", "−10 pp", "−5 pp", "0 pp", "+5 pp"]
     assert charts.signed_axis(0.0, 0.0, " pp")["ticktext"] == ["0 pp"]
+
+
+def test_every_charts_axis_titles_are_dark(results):
+    """Every axis title of every chart builder keeps the shared dark title font (the Timeline heatmap's layer axis
+    title was given whole after the shared layout, which dropped its font: Streamlit drew it faded grey)."""
+    from analysis.compare import compare_results
+    from analysis.timeline import Checkpoint, Timeline
+    from ui import charts, tables, timeline_charts as tc
+
+    a, b = results
+    layer = a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0]
+    spectrum = a.layer(layer)
+    summary, per_layer = compare_results([a, b])
+    labels = list(summary["analysis"])
+    points = [Checkpoint("run", "init", "m0", step=0, accuracy={"linear_probe_top1": 0.1}),
+              Checkpoint("run", "final", "m1", step=100, accuracy={"linear_probe_top1": 0.8})]
+    series = Timeline(points=points, results=[a, b], errors=[None, None], dataset="fashion-mnist:test")
+    figures = {
+        "bars": charts.utilization_bars(a.layers, a.mlu, layer), "heatmap": charts.block_kind_heatmap(a.layers, layer),
+        "singular": charts.singular_values_chart(spectrum, 0.99, 0.99), "eigen": charts.eigen_chart(spectrum.eig_in, 0.99, "C_in"),
+        "sweep": charts.energy_animation(spectrum, 0.99), "lines": charts.compare_lines(per_layer, labels),
+        "mlu": charts.mlu_bars(summary), "delta": charts.delta_bars(per_layer, labels),
+        "savings": charts.savings_bars(a.layers), "compress": charts.compression_sweep_chart(tables.energy_sweep(a), 0.99),
+        "learn": charts.learn_energy_chart(np.array([3.0, 1.0]), 0.9),
+        "story": tc.story_chart(series.table), "groups": tc.groups_chart(series.groups()),
+        "depth": tc.depth_step_heatmap(series.layers(), "run"), "probe": tc.mlu_vs_probe(series.table),
+    }
+    for name, figure in figures.items():
+        for projector in (False, True):
+            shown = charts.for_projector(figure) if projector else figure
+            axes = []
+            shown.for_each_xaxis(axes.append)
+            shown.for_each_yaxis(axes.append)
+            for axis in axes:
+                if axis.title.text:
+                    assert axis.title.font.color == "#222", (name, axis.title.text)
