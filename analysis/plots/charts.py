@@ -692,9 +692,11 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
         hovertemplate="%{customdata[0]}<br>MLU %{y:.1%} %{customdata[1]}<extra></extra>",
     )
     top = float(np.nanmax(summary["mlu"])) if len(summary) else 1.0
-    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="mean layer utilization")
+    # a short axis title and narrow side margins: the bars' width is what keeps the captions under them apart
+    # (in presentation mode "supervised" and "MAE" ran together)
+    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="MLU")
     fig.update_xaxes(tickangle=0, automargin=True)
-    return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=70, r=20, t=60, b=60))
+    return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=60, r=10, t=60, b=60))
 
 
 def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAYER_BARS_HEIGHT) -> go.Figure:
