@@ -115,6 +115,41 @@ def test_layers_page_shows_the_default_result(app, results):
     assert _values(mlu_line["y"])[-1] == pytest.approx(results.a.mlu)
 
 
+INLINE_MATH = re.compile(r"(?<![$\\])\$(?!\$)([^$]+?)(?<!\\)\$")
+BREAKS_AFTER = re.compile(r"=|\+|(?<!^)-|<|>|\\le|\\ge")
+"""Where KaTeX may break an inline formula across lines: after a relation or a binary operator."""
+
+
+def _unbreakable_formulas(markdowns) -> list[str]:
+    """The inline formulas of ``markdowns`` that KaTeX could wrap inside (a relation or an operator outside
+    braces): ``d_out =`` at a line's end and ``288`` on the next."""
+    found = []
+    for value in markdowns:
+        for formula in INLINE_MATH.findall(value):
+            body = formula.strip()
+            if BREAKS_AFTER.search(body) and not (body.startswith("{") and body.endswith("}")):
+                found.append(formula)
+    return found
+
+
+def test_formulas_in_the_text_never_wrap_inside(app, results):
+    """The Layers page's line on the selected layer ("d_in = 96, d_out = 288, ...") and the pages' teaching texts
+    write every formula as one unbreakable group: KaTeX wrapped "d_out =" and "288" onto two lines."""
+    at = _layers(app)
+    _ok(at)
+    line = next(m.value for m in at.main.markdown if "d_{in}" in m.value)
+    table = results.a.layers
+    row = table[table["layer"] == at.session_state["selected_layer"]].iloc[0]
+    assert f"${{d_{{in}} = {row['d_in']}}}$, ${{d_{{out}} = {row['d_out']}}}$" in line
+    assert len(INLINE_MATH.findall(line)) == 6 and _unbreakable_formulas([line]) == []
+    for page in ("pages/learn.py", "pages/spectra.py", "pages/compress.py", "pages/analyze.py"):
+        at.switch_page(page).run()
+        _ok(at)
+        texts = [m.value for m in at.main.markdown]
+        assert texts and _unbreakable_formulas(texts) == [], page
+    assert _unbreakable_formulas(["$d_{out} = 288$", "${d_{out} = 288}$", "$r$"]) == ["d_{out} = 288"]
+
+
 def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, results):
     at = _layers(app)
     names = list(results.a.layers["layer"])
