@@ -241,6 +241,10 @@ def test_selecting_a_layer_changes_the_spectra(app, results):
     row = results.a.layers.set_index("layer").loc["blocks.0.mlp.fc2"]
     assert _metric(at, "k_in / k_out") == f"{row['k_in']} / {row['k_out']}"
     assert at.selectbox(key="spectra_layer_pick").value == "blocks.0.mlp.fc2"
+    # C_in and C_out side by side: one log range on all four of their axes, so their decades are level
+    c_in, c_out = figures[2], figures[3]
+    ranges = [figure["layout"][axis]["range"] for figure in (c_in, c_out) for axis in ("yaxis", "yaxis2")]
+    assert ranges[0] and all(r == ranges[0] for r in ranges), ranges
 
 
 def test_layer_selection_from_the_layers_page_is_shared(app):

@@ -264,3 +264,45 @@ def test_bar_labels_keep_one_size_in_presentation_mode():
             assert bars and all(t.constraintext == "none" and t.textfont.size for t in bars)
         assert charts.for_projector(figure).data[0].textfont.size == round(figure.data[0].textfont.size
                                                                              * charts.PROJECTOR_SCALE)
+
+
+def test_the_c_in_and_c_out_charts_share_their_log_range(results):
+    """Side by side, the eigenvalue charts of C_in and C_out span one log range (whole decades, every curve and
+    threshold inside it) on both of their axes, so their decades are level: each fitted alone, 10^-6 sat at
+    different heights. The Spectra page passes that range to both."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    shared = charts.eigen_log_range([spectrum.eig_in, spectrum.eig_out], [0.99, 0.999])
+    assert shared[1] > 0 and (shared[0] + 0.3) == int(shared[0] + 0.3)
+    drawn = []
+    for eig, energy in ((spectrum.eig_in, 0.99), (spectrum.eig_out, 0.999)):
+        figure = charts.eigen_chart(eig, energy, "C", log_range=shared)
+        assert list(figure.layout.yaxis.range) == shared and list(figure.layout.yaxis2.range) == shared
+        drawn += [np.log10(np.asarray(t.y, dtype=float)) for t in figure.data]
+        alone = charts.eigen_chart(eig, energy, "C").layout.yaxis
+        assert alone.range is not None and alone.range[0] >= shared[0]  # alone: its own (possibly shorter) range
+    values = np.concatenate(drawn)
+    assert shared[0] <= values.min() and values.max() <= shared[1]
+    assert shared[0] <= np.log10(1 - 0.999)
+
+
+def test_the_sweeps_k_lines_show_over_the_r_line_they_equal(results):
+    """r = min(k_in, k_out) always lies on one of the k lines: the energy sweep draws r first, as a wide pale
+    band, and both k lines over it, narrower and dashed, so the k that equals r stays visible (drawn last, the
+    r line hid k_out)."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    figure = charts.energy_animation(spectrum, 0.99)
+    for data in [figure.data] + [frame.data for frame in figure.frames]:
+        names = [t.name.split(" = ")[0] for t in data]
+        r, k_in, k_out = (names.index(n) for n in ("r", "k_in", "k_out"))
+        assert r < k_in and r < k_out
+        band = data[r]
+        assert band.x[0] in (data[k_in].x[0], data[k_out].x[0])  # r equals one of the k
+        for k in (data[k_in], data[k_out]):
+            assert k.line.dash and k.line.width < band.line.width
+        assert data[k_in].line.dash != data[k_out].line.dash

@@ -506,22 +506,48 @@ def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out:
                    margin=dict(l=70, r=30, t=60, b=60))
 
 
+RESIDUAL_FLOOR = 1e-12
+"""Energy not held below this is rounding noise (exactly 0 once every direction is kept): not drawn on log axes."""
+
+
+def _eigen_curves(eigenvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(eig, cumulative, residual, x, y)`` of :func:`eigen_chart`: eigenvalues clipped at 0, their cumulative
+    energy and the energy not held, and the drawable (positive) eigenvalues over the largest against i."""
+    eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    cumulative = metrics.cumulative_energy(eig)
+    residual = np.clip(1.0 - cumulative, 0.0, None)
+    x, y = _positive(eig, float(eig[0]) if eig.size else 0.0)
+    return eig, cumulative, residual, x, y
+
+
+def eigen_log_range(spectra: Sequence[np.ndarray], energies: Sequence[float] = ()) -> list[float]:
+    """One range (log10 units, whole decades) for both log axes of :func:`eigen_chart`, over every spectrum
+    in ``spectra`` and every threshold ``1 - e``: the C_in and C_out charts side by side then show their
+    decades level with each other (each fitted alone, 10^-6 sat at different heights)."""
+    lows = [np.log10(1.0 - e) for e in energies if e < 1.0]
+    for eigenvalues in spectra:
+        _, _, residual, _, y = _eigen_curves(eigenvalues)
+        kept = residual[residual > RESIDUAL_FLOOR]
+        lows += [float(np.log10(v.min())) for v in (y, kept) if v.size]
+    low = np.floor(min(lows)) if lows else -12.0
+    return [float(low) - 0.3, 0.3]
+
+
 def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4",
-                height: int = CHART_HEIGHT) -> go.Figure:
+                height: int = CHART_HEIGHT, log_range: Sequence[float] | None = None) -> go.Figure:
     """Eigenvalues of a second moment (normalized by the largest, log, left axis) and the energy *not* held by
     the top k, ``1 - sum_{i<=k} lambda_i / sum_i lambda_i`` (log, right axis): on a log scale the threshold
     ``1 - e`` (0.01 at e = 0.99, 0.001 at e = 0.999) is clearly visible, where a linear cumulative curve
-    squeezes every energy above 0.9 into the top line. The k it gives is marked."""
-    eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    squeezes every energy above 0.9 into the top line. The k it gives is marked. Both log axes span
+    ``log_range`` (:func:`eigen_log_range`; by default this spectrum's), so their decades are level."""
+    eig, cumulative, residual, x, y = _eigen_curves(eigenvalues)
     d = eig.size
     k = metrics.k_at_energy(eig, energy)
-    cumulative = metrics.cumulative_energy(eig)
-    residual = np.clip(1.0 - cumulative, 0.0, None)
+    log_range = list(log_range) if log_range is not None else eigen_log_range([eigenvalues], [energy])
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    x, y = _positive(eig, float(eig[0]) if d else 0.0)
     fig.add_scatter(x=x, y=y, mode="lines", name="eigenvalue / largest", line=dict(color=color, width=3),
                     hovertemplate="i = %{x}<br>λ_i / λ_1 = %{y:.3g}<extra></extra>", secondary_y=False)
-    keep = residual > 1e-12
+    keep = residual > RESIDUAL_FLOOR
     fig.add_scatter(x=np.arange(1, d + 1)[keep], y=residual[keep], mode="lines", name="energy not held by the top k",
                     line=dict(color="black", width=2.5),
                     customdata=cumulative[keep],
@@ -543,10 +569,14 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
         fig.add_annotation(x=0.5, xref="paper", y=0.5, yref="paper", showarrow=False,
                            text="zero energy: k undefined", font=dict(size=FONT_SIZE + 1, color="#222"))
     fig.update_xaxes(title="index i / number of directions k")
-    fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
-    fig.update_yaxes(type="log", dtick=1, title="energy not held (1 − cumulative)", exponentformat="power",
-                     showgrid=False, secondary_y=True)
+    fig.update_yaxes(type="log", dtick=1, range=log_range, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
+    fig.update_yaxes(type="log", dtick=1, range=log_range, title="energy not held (1 − cumulative)",
+                     exponentformat="power", showgrid=False, secondary_y=True)
     return _layout(fig, label, height=height)
+
+
+R_BAND_WIDTH = 8
+"""Width (px) of the r line of :func:`energy_animation`: a pale band under the k lines, so a k line on it shows."""
 
 
 def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int = CHART_HEIGHT) -> go.Figure:
@@ -568,12 +598,14 @@ def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int
             go.Scatter(x=wx, y=wy, mode="lines", name="W", line=dict(color="black", width=3)),
             go.Scatter(x=px, y=py, mode="lines+markers", name="W'", line=dict(color=kind_color(spectrum.kind), width=4),
                        marker=dict(size=6)),
-            go.Scatter(x=[k_in, k_in], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_in = {k_in}",
-                       line=dict(color="#2ca02c", width=2, dash="dash")),
-            go.Scatter(x=[k_out, k_out], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_out = {k_out}",
-                       line=dict(color="#9467bd", width=2, dash="dash")),
+            # r = min(k_in, k_out) always lies on one of the k lines: it goes first, as a wide pale band, and the
+            # k lines dashed over it, so the k it equals shows through (drawn last, r hid k_out under it)
             go.Scatter(x=[rank, rank], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"r = {rank}",
-                       line=dict(color="#d62728", width=3)),
+                       line=dict(color="#d62728", width=R_BAND_WIDTH), opacity=0.45),
+            go.Scatter(x=[k_in, k_in], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_in = {k_in}",
+                       line=dict(color="#2ca02c", width=2.5, dash="dash")),
+            go.Scatter(x=[k_out, k_out], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_out = {k_out}",
+                       line=dict(color="#9467bd", width=2.5, dash="dot")),
         ]
 
     start = nearest_wprime_energy(current_energy) if energies else None
