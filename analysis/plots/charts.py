@@ -61,10 +61,10 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 """Colours of the (up to four) analyses on the Compare page, in selection order."""
 
 CHART_HEIGHT = 460
-LAYER_BARS_HEIGHT = 560
+LAYER_BARS_HEIGHT = 600
 """Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
-above and the rotated layer names under it take about 270 px, so at 420 px its plot area was a flat strip of
-150 px on a wide screen."""
+above (with room under the title, :func:`kinds_legend_margin`) and the rotated layer names under it take about
+310 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
 FONT_SIZE = 15
@@ -72,6 +72,17 @@ FONT_SIZE = 15
 TITLE_SIZE = 20
 _MARGIN = dict(l=70, r=30, t=110, b=70)
 """The top margin holds the title (top line) and the legend (second line) without overlap."""
+
+
+KIND_LEGEND_PER_ROW = 2
+"""Kind legend entries a row holds at worst (their names are long: 1280 px, presentation mode)."""
+
+
+def kinds_legend_margin(kinds: int, base: int = _MARGIN["t"]) -> int:
+    """Top margin (px) for the title and a legend of ``kinds`` layer kinds above the plot: the legend grows up
+    from the plot a row at a time, and at the default margin its third row touched the title."""
+    rows = -(-max(kinds, 1) // KIND_LEGEND_PER_ROW)
+    return max(base, 84 + 22 * rows)
 
 
 def kind_color(kind: str) -> str:
@@ -303,7 +314,7 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
     return _layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select", height=height,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN})
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -796,9 +807,11 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
                           "rank r %{customdata[5]}<extra></extra>",
         )
     fig.add_hline(y=1.0, line_color="black", line_width=1)
+    label_line(fig, 1.0, "dense<br>(100 %)")  # the reference says what it is: nothing saved
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT)
+    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT,
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
