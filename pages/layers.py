@@ -83,6 +83,7 @@ with st.expander("Per-layer table", expanded=False):
     st.dataframe(
         shown,
         hide_index=True,
+        column_order=tables.key_columns_first(shown, tables.LAYER_TABLE_FIRST),  # utilization on screen at 1280 px
         column_config=tables.numeric_config(shown, {
             "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
             "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),

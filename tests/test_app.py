@@ -827,3 +827,29 @@ def test_analyze_shows_a_cost_estimate_before_running(app, results):
     at.text_input(key="analyze_layers").set_value(",").run()  # names no pattern: refused, never "every layer"
     assert any("names no layer pattern" in e.value for e in at.error)
     assert at.button(key="analyze_launch").disabled
+
+
+def test_wide_tables_show_their_key_column_first(app, results):
+    """A wide table scrolls sideways at 1280 px: the column it is read for comes right after the row's name
+    (Compress's "kept" was its 11th column, the Layers table's utilization its 11th, the Library's MLU came
+    after a model id that can be 80 characters long), and long headers are short."""
+    import json
+
+    at = app.run()
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    savings = at.main.dataframe[0]
+    assert list(savings.proto.column_order)[:2] == ["layer", "kept"]
+    assert set(savings.proto.column_order) == set(savings.value.columns)  # none left out
+    headers = {name: c.get("label") for name, c in json.loads(savings.proto.columns).items()}
+    assert headers["params_factorized"] == "factorized" and headers["preservation_error"] == "error"
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    layers = at.main.dataframe[0]
+    assert list(layers.proto.column_order)[:2] == ["layer", "utilization"]
+    assert set(layers.proto.column_order) == set(layers.value.columns)
+    at.switch_page("pages/library.py").run()
+    _ok(at)
+    library = at.main.dataframe[0]
+    assert list(library.value.columns)[:3] == ["key", "MLU", "model"]
+    assert json.loads(library.proto.columns)["model"]["width"] == "medium"
