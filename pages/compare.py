@@ -30,6 +30,10 @@ GROUP = "compare"  # the batch of preset jobs followed (jobs_view.batch_panel)
 PENDING = "compare_pending"  # the preset set being computed: [key, ...] in comparison order
 CONFIRM = "compare_confirm"  # a long preset waiting for the user's yes: its sample count
 MAX_ANALYSES = 4
+# Height of the MLU bars in both modes (the overlay beside them grows taller in presentation mode): with the
+# projector's larger text and the page's header above them, their letters and regimes stay above a 720 px fold.
+# (A comment, not a docstring: Streamlit's magic would print a bare string on the page.)
+MLU_BARS_HEIGHT = 380
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -244,11 +248,13 @@ if mixed:
 
 letters = [label.split(":", 1)[0] for label in short]
 names = [f"{letter} · {regime}" for letter, regime in zip(letters, facts["regime_short"])]
-height = frame.chart_height(380)
+height = frame.chart_height(MLU_BARS_HEIGHT)
 same = (tuple(chosen), e_in, e_out, height)  # what the three charts depend on: shared by every session asking
-bars, lines = st.columns([2, 3])
+# on a projector the MLU bars, the page's key chart, get half the width (at two fifths, with the larger text, the
+# regimes under the bars ran together) and do not grow taller (their letters fell below a 720 px fold)
+bars, lines = st.columns([1, 1] if frame.presenting() else [2, 3])
 with bars:
-    frame.plot(lambda: charts.mlu_bars(summary, list(facts["regime_short"]), height=height),
+    frame.plot(lambda: charts.mlu_bars(summary, list(facts["regime_short"]), height=MLU_BARS_HEIGHT),
                [r.meta for r in results], key="compare_mlu", same_as=("mlu", *same))
 with lines:
     frame.plot(lambda: charts.compare_lines(per_layer, short, height=height, names=names), [r.meta for r in results],

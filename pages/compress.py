@@ -53,9 +53,13 @@ shown = tables.displayed(savings, {"preservation_error": ".2e"})
 st.dataframe(
     shown,
     hide_index=True,
+    column_order=tables.key_columns_first(shown, tables.SAVINGS_TABLE_FIRST),  # "kept" on screen at 1280 px
     column_config=tables.numeric_config(shown, {
-        "kept": st.column_config.ProgressColumn("kept", min_value=0.0, max_value=1.0, format="percent"),
-        "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
+        "kept": st.column_config.ProgressColumn("kept", min_value=0.0, max_value=1.0, format="percent", width="small"),
+        "params_factorized": st.column_config.NumberColumn("factorized", help="params_factorized: at rank r"),
+        "params_dense": st.column_config.NumberColumn("dense", help="params_dense"),
+        "preservation_error": st.column_config.NumberColumn("error", format="%.2e", help="preservation_error"),
+        "in_mlu": st.column_config.CheckboxColumn("in MLU", help="in_mlu: counted in the MLU"),
     }),
 )
 

@@ -51,10 +51,14 @@ with left:
     selected = frame.layer_stepper(result, "layers_layer_pick", "Selected layer (or click a bar or a cell)")
 row = table[table["layer"] == selected].iloc[0]
 with right:
-    st.markdown(
-        f"**{selected}** ({charts.kind_label(row['kind'])}): $d_{{in}} = {row['d_in']}$, $d_{{out}} = {row['d_out']}$, "
-        f"$k_{{in}} = {row['k_in']}$, $k_{{out}} = {row['k_out']}$, $r = {row['rank']}$, "
-        f"$u = {row['utilization']:.1%}$".replace("%", r"\%")
+    st.markdown(  # each "d_out = 288" one unbroken formula (text.formula): KaTeX wrapped lines after the "="
+        f"**{selected}** ({charts.kind_label(row['kind'])}): "
+        + ", ".join(text.formula(expression) for expression in (
+            f"d_{{in}} = {text.whole(row['d_in'])}", f"d_{{out}} = {text.whole(row['d_out'])}",
+            f"k_{{in}} = {text.whole(row['k_in'])}", f"k_{{out}} = {text.whole(row['k_out'])}",
+            f"r = {text.whole(row['rank'])}",
+            "u = " + (text.pct(row["utilization"]).replace("%", r"\%") if row["utilization"] == row["utilization"]
+                      else r"\text{undefined}")))
         + (f"; the mean direction holds {text.pct(row['mean_share_in'])} of its input energy"
            if row["mean_share_in"] == row["mean_share_in"] else "")
     )
@@ -79,6 +83,7 @@ with st.expander("Per-layer table", expanded=False):
     st.dataframe(
         shown,
         hide_index=True,
+        column_order=tables.key_columns_first(shown, tables.LAYER_TABLE_FIRST),  # utilization on screen at 1280 px
         column_config=tables.numeric_config(shown, {
             "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
             "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),

@@ -39,13 +39,13 @@ with controls:
     st.metric("k(e)", f"{k} of 2")
     st.metric("utilization k / d", text.pct(k / 2))
 st.markdown(
-    "1. Collect the layer's inputs $x$ over the dataset and their **second moment** $C_{in} = \\sum x x^\\top$.\n"
+    "1. Collect the layer's inputs $x$ over the dataset and their **second moment** ${C_{in} = \\sum x x^\\top}$.\n"
     "2. Its **eigen-directions** (arrows) are the directions the inputs occupy; each eigenvalue is the energy along "
     "one of them (the arrows' lengths).\n"
     "3. **k(e)** is the fewest directions that hold a fraction $e$ of the total energy (red bars). Do the same on "
     "the outputs for $k_{out}$.\n"
-    "4. The layer's **utilized rank** is $r = \\min(k_{in}, k_{out})$ and its **utilization** "
-    "$u = r / \\min(d_{in}, d_{out})$; the **MLU** is the mean of $u$ over the layers inside the blocks.\n\n"
+    "4. The layer's **utilized rank** is ${r = \\min(k_{in}, k_{out})}$ and its **utilization** "
+    "${u = r / \\min(d_{in}, d_{out})}$; the **MLU** is the mean of $u$ over the layers inside the blocks.\n\n"
     "Try it: with the spread near 0 one direction holds nearly all the energy, so k = 1 and only half of the space "
     "is used; a round cloud needs both. Raising e towards 1 counts ever smaller directions."
 )

@@ -56,9 +56,11 @@ if not entries:
     st.info("The cache is empty: run an analysis on the Analyze page.")
 else:
     table = pd.DataFrame([tables.entry_row(e, _mlu(e.key)) for e in entries])
-    st.dataframe(table, hide_index=True, column_config={
-        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%",
+    st.dataframe(table, hide_index=True, column_config={  # a long model id is cut (its cell shows it whole)
+        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%", width="small",
                                              help="At the sidebar's energies (empty when the entry cannot be read)."),
+        "model": st.column_config.TextColumn("model", width="medium"),
+        "images": st.column_config.NumberColumn("images", format="localized", width="small"),
         "full key": st.column_config.TextColumn("full key", width="small"),
     })
     labels = {e.key: tables.entry_label(e) for e in entries}

@@ -47,15 +47,17 @@ st.caption(
 frame.plot(lambda: charts.energy_animation(spectrum, min(e_in, e_out), height=height), result.meta,
            key="spectra_sweep", same_as=("sweep", *same))
 left, right = st.columns(2)
+# side by side, C_in and C_out share one log range, so their decades are level
+log_range = charts.eigen_log_range([spectrum.eig_in, spectrum.eig_out], [e_in, e_out])
 with left:
     frame.plot(
         lambda: charts.eigen_chart(spectrum.eig_in, e_in, f"Inputs: C_in (d_in = {spectrum.d_in})",
-                                   charts.kind_color(spectrum.kind), height=height),
+                                   charts.kind_color(spectrum.kind), height=height, log_range=log_range),
         result.meta, key="spectra_c_in", same_as=("c_in", *same),
     )
 with right:
     frame.plot(
         lambda: charts.eigen_chart(spectrum.eig_out, e_out, f"Outputs: C_out (d_out = {spectrum.d_out})",
-                                   charts.kind_color(spectrum.kind), height=height),
+                                   charts.kind_color(spectrum.kind), height=height, log_range=log_range),
         result.meta, key="spectra_c_out", same_as=("c_out", *same),
     )

@@ -213,7 +213,7 @@ for tab, series in zip(st.tabs(series_done), series_done):
 st.subheader("One checkpoint, layer by layer")
 scrub_series = st.selectbox("Series", series_done, key=SCRUB_SERIES)
 points = [(p, r) for p, r in zip(tl.points, tl.results) if p.series == scrub_series and r is not None]
-labels = [f"step {p.step}" if p.step is not None else p.label for p, _ in points]
+labels = [f"step {p.step:,}" if p.step is not None else p.label for p, _ in points]  # as the heatmap writes steps
 if st.session_state.get(SCRUB) not in labels:
     st.session_state[SCRUB] = labels[-1]
 label = st.select_slider("Checkpoint", labels, key=SCRUB) if len(labels) > 1 else labels[0]

@@ -115,6 +115,41 @@ def test_layers_page_shows_the_default_result(app, results):
     assert _values(mlu_line["y"])[-1] == pytest.approx(results.a.mlu)
 
 
+INLINE_MATH = re.compile(r"(?<![$\\])\$(?!\$)([^$]+?)(?<!\\)\$")
+BREAKS_AFTER = re.compile(r"=|\+|(?<!^)-|<|>|\\le|\\ge")
+"""Where KaTeX may break an inline formula across lines: after a relation or a binary operator."""
+
+
+def _unbreakable_formulas(markdowns) -> list[str]:
+    """The inline formulas of ``markdowns`` that KaTeX could wrap inside (a relation or an operator outside
+    braces): ``d_out =`` at a line's end and ``288`` on the next."""
+    found = []
+    for value in markdowns:
+        for formula in INLINE_MATH.findall(value):
+            body = formula.strip()
+            if BREAKS_AFTER.search(body) and not (body.startswith("{") and body.endswith("}")):
+                found.append(formula)
+    return found
+
+
+def test_formulas_in_the_text_never_wrap_inside(app, results):
+    """The Layers page's line on the selected layer ("d_in = 96, d_out = 288, ...") and the pages' teaching texts
+    write every formula as one unbreakable group: KaTeX wrapped "d_out =" and "288" onto two lines."""
+    at = _layers(app)
+    _ok(at)
+    line = next(m.value for m in at.main.markdown if "d_{in}" in m.value)
+    table = results.a.layers
+    row = table[table["layer"] == at.session_state["selected_layer"]].iloc[0]
+    assert f"${{d_{{in}} = {row['d_in']}}}$, ${{d_{{out}} = {row['d_out']}}}$" in line
+    assert len(INLINE_MATH.findall(line)) == 6 and _unbreakable_formulas([line]) == []
+    for page in ("pages/learn.py", "pages/spectra.py", "pages/compress.py", "pages/analyze.py"):
+        at.switch_page(page).run()
+        _ok(at)
+        texts = [m.value for m in at.main.markdown]
+        assert texts and _unbreakable_formulas(texts) == [], page
+    assert _unbreakable_formulas(["$d_{out} = 288$", "${d_{out} = 288}$", "$r$"]) == ["d_{out} = 288"]
+
+
 def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, results):
     at = _layers(app)
     names = list(results.a.layers["layer"])
@@ -206,6 +241,10 @@ def test_selecting_a_layer_changes_the_spectra(app, results):
     row = results.a.layers.set_index("layer").loc["blocks.0.mlp.fc2"]
     assert _metric(at, "k_in / k_out") == f"{row['k_in']} / {row['k_out']}"
     assert at.selectbox(key="spectra_layer_pick").value == "blocks.0.mlp.fc2"
+    # C_in and C_out side by side: one log range on all four of their axes, so their decades are level
+    c_in, c_out = figures[2], figures[3]
+    ranges = [figure["layout"][axis]["range"] for figure in (c_in, c_out) for axis in ("yaxis", "yaxis2")]
+    assert ranges[0] and all(r == ranges[0] for r in ranges), ranges
 
 
 def test_layer_selection_from_the_layers_page_is_shared(app):
@@ -788,3 +827,29 @@ def test_analyze_shows_a_cost_estimate_before_running(app, results):
     at.text_input(key="analyze_layers").set_value(",").run()  # names no pattern: refused, never "every layer"
     assert any("names no layer pattern" in e.value for e in at.error)
     assert at.button(key="analyze_launch").disabled
+
+
+def test_wide_tables_show_their_key_column_first(app, results):
+    """A wide table scrolls sideways at 1280 px: the column it is read for comes right after the row's name
+    (Compress's "kept" was its 11th column, the Layers table's utilization its 11th, the Library's MLU came
+    after a model id that can be 80 characters long), and long headers are short."""
+    import json
+
+    at = app.run()
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    savings = at.main.dataframe[0]
+    assert list(savings.proto.column_order)[:2] == ["layer", "kept"]
+    assert set(savings.proto.column_order) == set(savings.value.columns)  # none left out
+    headers = {name: c.get("label") for name, c in json.loads(savings.proto.columns).items()}
+    assert headers["params_factorized"] == "factorized" and headers["preservation_error"] == "error"
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    layers = at.main.dataframe[0]
+    assert list(layers.proto.column_order)[:2] == ["layer", "utilization"]
+    assert set(layers.proto.column_order) == set(layers.value.columns)
+    at.switch_page("pages/library.py").run()
+    _ok(at)
+    library = at.main.dataframe[0]
+    assert list(library.value.columns)[:3] == ["key", "MLU", "model"]
+    assert json.loads(library.proto.columns)["model"]["width"] == "medium"

@@ -168,3 +168,163 @@ def test_the_depth_step_heatmap_names_every_layer_with_room_for_each_name():
     assert list(axis.tickvals) == names[::3] and "every 3rd named" in axis.title.text
     late = _depth_rows(4, checkpoints=2).assign(step=lambda t: t["step"] * 585)  # steps 0 and 5,850
     assert list(tc.depth_step_heatmap(late, "run").data[0].x) == ["step 0", "step 5,850"]  # as the page writes steps
+
+
+def test_the_selected_bars_outline_stays_out_of_the_legend(results):
+    """The selected layer's bar is outlined by a rectangle over it, not by its bar's own outline: Plotly draws a
+    bar trace's legend swatch with its first bar's outline, so selecting a kind's first layer outlined that kind's
+    legend entry ("attention q,k,v" in black)."""
+    from ui import charts
+
+    a, _ = results
+    table = a.layers
+    for place, selected in enumerate(table["layer"]):
+        figure = plots.utilization(a, selected)
+        for trace in figure.data:
+            width = trace.marker.line.width
+            assert not width or not any(np.atleast_1d(width)), (selected, trace.name)
+        outline = [s for s in figure.layout.shapes if s.name == "selected"]
+        assert len(outline) == 1, selected
+        box = outline[0]
+        assert box.xref == "x" and box.yref == "y" and box.line.width == charts.SELECTED_OUTLINE["width"]
+        assert box.x0 < place < box.x1 and box.x1 - box.x0 == pytest.approx(1.0 - figure.layout.bargap)
+        assert box.y0 == 0.0 and box.y1 == pytest.approx(table["utilization"].iloc[place])
+    assert not [s for s in plots.utilization(a).layout.shapes if s.name == "selected"]  # nothing selected
+
+
+def test_the_difference_charts_zero_tick_has_no_sign(results):
+    """The per-layer difference chart labels its ticks with their sign, but zero reads "0 pp" (a signed format
+    wrote "+0 pp"); the ticks are round steps covering every difference."""
+    from analysis.compare import compare_results
+    from ui import charts
+
+    a, b = results
+    summary, per_layer = compare_results([a, b])
+    labels = list(summary["analysis"])
+    axis = charts.delta_bars(per_layer, labels).layout.yaxis
+    assert axis.tickmode == "array" and not axis.tickformat
+    ticks = dict(zip(axis.tickvals, axis.ticktext))
+    assert ticks[0] == "0 pp"
+    assert all(t.startswith("+") for v, t in ticks.items() if v > 0)
+    assert all(t.startswith("−") for v, t in ticks.items() if v < 0)
+    differences = 100 * per_layer[f"{labels[1]} - {labels[0]}"].dropna()
+    assert min(axis.tickvals) <= min(0, differences.min()) and max(axis.tickvals) >= max(0, differences.max())
+    assert charts.signed_axis(-12.3, 4.1, " pp")["ticktext"] == ["−15 pp", "−10 pp", "−5 pp", "0 pp", "+5 pp"]
+    assert charts.signed_axis(0.0, 0.0, " pp")["ticktext"] == ["0 pp"]
+
+
+def test_every_charts_axis_titles_are_dark(results):
+    """Every axis title of every chart builder keeps the shared dark title font (the Timeline heatmap's layer axis
+    title was given whole after the shared layout, which dropped its font: Streamlit drew it faded grey)."""
+    from analysis.compare import compare_results
+    from analysis.timeline import Checkpoint, Timeline
+    from ui import charts, tables, timeline_charts as tc
+
+    a, b = results
+    layer = a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0]
+    spectrum = a.layer(layer)
+    summary, per_layer = compare_results([a, b])
+    labels = list(summary["analysis"])
+    points = [Checkpoint("run", "init", "m0", step=0, accuracy={"linear_probe_top1": 0.1}),
+              Checkpoint("run", "final", "m1", step=100, accuracy={"linear_probe_top1": 0.8})]
+    series = Timeline(points=points, results=[a, b], errors=[None, None], dataset="fashion-mnist:test")
+    figures = {
+        "bars": charts.utilization_bars(a.layers, a.mlu, layer), "heatmap": charts.block_kind_heatmap(a.layers, layer),
+        "singular": charts.singular_values_chart(spectrum, 0.99, 0.99), "eigen": charts.eigen_chart(spectrum.eig_in, 0.99, "C_in"),
+        "sweep": charts.energy_animation(spectrum, 0.99), "lines": charts.compare_lines(per_layer, labels),
+        "mlu": charts.mlu_bars(summary), "delta": charts.delta_bars(per_layer, labels),
+        "savings": charts.savings_bars(a.layers), "compress": charts.compression_sweep_chart(tables.energy_sweep(a), 0.99),
+        "learn": charts.learn_energy_chart(np.array([3.0, 1.0]), 0.9),
+        "story": tc.story_chart(series.table), "groups": tc.groups_chart(series.groups()),
+        "depth": tc.depth_step_heatmap(series.layers(), "run"), "probe": tc.mlu_vs_probe(series.table),
+    }
+    for name, figure in figures.items():
+        for projector in (False, True):
+            shown = charts.for_projector(figure) if projector else figure
+            axes = []
+            shown.for_each_xaxis(axes.append)
+            shown.for_each_yaxis(axes.append)
+            for axis in axes:
+                if axis.title.text:
+                    assert axis.title.font.color == "#222", (name, axis.title.text)
+
+
+def test_bar_labels_keep_one_size_in_presentation_mode():
+    """Labels over bars are never shrunk to their bar's width (Plotly's default): on the Learn page in
+    presentation mode "100.0%" was drawn smaller than "97.9%" beside it. One explicit size, grown by the
+    projector's scale like every other text."""
+    import pandas as pd
+
+    from ui import charts
+
+    summary = pd.DataFrame({"analysis": ["A: x", "B: y"], "mlu": [0.2, 0.31], "mlu_err": [0.01, 0.01]})
+    for figure in (charts.learn_energy_chart(np.array([47.0, 1.0]), 0.99), charts.mlu_bars(summary, ["a", "b"])):
+        for shown in (figure, charts.for_projector(figure)):
+            bars = [t for t in shown.data if t.type == "bar" and t.text is not None]
+            assert bars and all(t.constraintext == "none" and t.textfont.size for t in bars)
+        assert charts.for_projector(figure).data[0].textfont.size == round(figure.data[0].textfont.size
+                                                                             * charts.PROJECTOR_SCALE)
+
+
+def test_the_c_in_and_c_out_charts_share_their_log_range(results):
+    """Side by side, the eigenvalue charts of C_in and C_out span one log range (whole decades, every curve and
+    threshold inside it) on both of their axes, so their decades are level: each fitted alone, 10^-6 sat at
+    different heights. The Spectra page passes that range to both."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    shared = charts.eigen_log_range([spectrum.eig_in, spectrum.eig_out], [0.99, 0.999])
+    assert shared[1] > 0 and (shared[0] + 0.3) == int(shared[0] + 0.3)
+    drawn = []
+    for eig, energy in ((spectrum.eig_in, 0.99), (spectrum.eig_out, 0.999)):
+        figure = charts.eigen_chart(eig, energy, "C", log_range=shared)
+        assert list(figure.layout.yaxis.range) == shared and list(figure.layout.yaxis2.range) == shared
+        drawn += [np.log10(np.asarray(t.y, dtype=float)) for t in figure.data]
+        alone = charts.eigen_chart(eig, energy, "C").layout.yaxis
+        assert alone.range is not None and alone.range[0] >= shared[0]  # alone: its own (possibly shorter) range
+    values = np.concatenate(drawn)
+    assert shared[0] <= values.min() and values.max() <= shared[1]
+    assert shared[0] <= np.log10(1 - 0.999)
+
+
+def test_the_sweeps_k_lines_show_over_the_r_line_they_equal(results):
+    """r = min(k_in, k_out) always lies on one of the k lines: the energy sweep draws r first, as a wide pale
+    band, and both k lines over it, narrower and dashed, so the k that equals r stays visible (drawn last, the
+    r line hid k_out)."""
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    figure = charts.energy_animation(spectrum, 0.99)
+    for data in [figure.data] + [frame.data for frame in figure.frames]:
+        names = [t.name.split(" = ")[0] for t in data]
+        r, k_in, k_out = (names.index(n) for n in ("r", "k_in", "k_out"))
+        assert r < k_in and r < k_out
+        band = data[r]
+        assert band.x[0] in (data[k_in].x[0], data[k_out].x[0])  # r equals one of the k
+        for k in (data[k_in], data[k_out]):
+            assert k.line.dash and k.line.width < band.line.width
+        assert data[k_in].line.dash != data[k_out].line.dash
+
+
+def test_kind_legends_keep_clear_of_the_title_and_the_dense_line_is_labelled(results):
+    """A bar-per-layer chart's kind legend (three rows at 1280 px) grows up from the plot: the top margin holds
+    every row below the title (at 110 px the third row touched it). Compress's 100 % reference line says what it
+    is, beside the plot like the MLU's label."""
+    from ui import charts
+
+    a, _ = results
+    kinds = a.layers["kind"].nunique()
+    rows = -(-kinds // charts.KIND_LEGEND_PER_ROW)
+    savings = charts.savings_bars(a.layers)
+    for figure in (charts.utilization_bars(a.layers, a.mlu, None), savings):
+        for shown in (figure, charts.for_projector(figure)):
+            # rows of 1.5 em, plus the legend's offset above the plot and its padding; the title's line from the top
+            legend_px = rows * 1.5 * shown.layout.legend.font.size + 16
+            title_px = 1.6 * shown.layout.title.font.size + 3
+            assert shown.layout.margin.t >= legend_px + title_px + 10, (shown.layout.margin.t, legend_px, title_px)
+    note = next(n for n in savings.layout.annotations if "dense" in n.text)
+    assert note.y == 1.0 and note.xref == "x domain" and note.x >= 1.0 and "100 %" in note.text
+    assert savings.layout.margin.r >= _label_width(note)
+    assert charts.kinds_legend_margin(2) == charts.kinds_legend_margin(1) == 110  # one row: the usual margin

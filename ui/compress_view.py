@@ -36,6 +36,11 @@ TRAIN_SPLIT_FOR = {test: train for train, test in PAIRED_EVAL.items()}
 """An analysis of a test split compresses from the matching train split (the test split stays held out)."""
 
 
+SUMMARY_FIRST = ["parameters kept", "top-1 dense", "top-1 factorized", "top-1 fine-tuned", "change factorized",
+                 "change fine-tuned", "evaluated on"]
+"""The stored compressions' table: what each run kept and what it cost first (on screen at 1280 px)."""
+
+
 def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.2f} pt"
 
@@ -201,10 +206,11 @@ def section(result: Result, e_in: float, e_out: float) -> None:
         st.caption("Points are connected only when evaluated on the same images (dataset and number); bars are "
                    "95 % Wilson intervals; dashed lines are the dense model on each evaluation set.")
         shown = tables.displayed(pd.DataFrame(summary_rows(summaries)))
-        st.dataframe(shown, hide_index=True, column_config=tables.numeric_config(shown, {
-            "parameters kept": st.column_config.NumberColumn("parameters kept", format="percent",
-                                                             help=KEPT_DEFINITION),
-        }))
+        st.dataframe(shown, hide_index=True, column_order=tables.key_columns_first(shown, SUMMARY_FIRST),
+                     column_config=tables.numeric_config(shown, {
+                         "parameters kept": st.column_config.NumberColumn("parameters kept", format="percent",
+                                                                          help=KEPT_DEFINITION),
+                     }))
         _download(result, summaries)
     else:
         st.caption("No compression of this model has been evaluated yet.")

@@ -48,6 +48,8 @@ _STYLE = """
 _PRESENTATION_STYLE = """
 <style>
 html { font-size: 18px; }
+/* the projector's width to the charts: Streamlit's wide layout pads the main column by 5rem a side (90 px) */
+[data-testid="stMainBlockContainer"] { padding-left: 2rem; padding-right: 2rem; }
 [data-testid="stMetricValue"] { font-size: 2.1rem; }
 /* a narrower sidebar than the usual 300 px leaves a projector's width to the charts; wider on a wide screen */
 section[data-testid="stSidebar"] { width: """ + PRESENTATION_SIDEBAR + """ !important; min-width: """ + PRESENTATION_SIDEBAR + """ !important; }

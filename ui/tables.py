@@ -58,12 +58,12 @@ def entry_row(entry: CacheEntry, mlu: float | None = None) -> dict:
     """One Library row from a cache entry's listing (its settings and ids, no arrays read): what tells the
     entries apart first (model, dataset, images, MLU, when), the settings after."""
     meta = entry.meta
-    return {
+    return {  # the MLU beside the key: a long model id pushed it out of sight at 1280 px
         "key": entry.key[:8],
+        "MLU": mlu,
         "model": meta.model_id,
         "dataset": meta.dataset_id,
         "images": meta.n_images,
-        "MLU": mlu,
         "created": _dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
         "samples": "all" if meta.samples is None else meta.samples,
         "seed": meta.seed,
@@ -134,8 +134,27 @@ def depth_order(per_layer: pd.DataFrame, results: list[Result]) -> pd.DataFrame:
     return per_layer.sort_values("layer", key=lambda col: col.map(rank)).reset_index(drop=True)
 
 
+def key_columns_first(table: pd.DataFrame, first: list[str]) -> list[str]:
+    """A ``column_order`` for ``st.dataframe``: the ``first`` columns (those ``table`` has) in that order, then
+    every other column as it comes. A wide table scrolls sideways at 1280 px: what it is read for must be in
+    the part on screen (Compress's "kept" and the Library's MLU were beyond it)."""
+    head = [name for name in first if name in table.columns]
+    return head + [name for name in table.columns if name not in head]
+
+
+LAYER_TABLE_FIRST = ["layer", "utilization", "rank", "k_in", "k_out", "d_in", "d_out", "kind", "block"]
+"""The Layers page's per-layer table: the layer, its utilization and what it is made of first."""
+SAVINGS_TABLE_FIRST = ["layer", "kept", "rank", "params_factorized", "params_dense", "saved", "preservation_error"]
+"""The Compress page's per-layer table: the layer and its parameters kept first."""
+
+
 def numeric_config(table: pd.DataFrame, config: dict) -> dict:
-    """``config`` (Streamlit column configs) without the entries of columns :func:`displayed` made text (a
-    number format on text would show the missing marks as "None" again)."""
-    return {name: value for name, value in config.items()
-            if name not in table or pd.api.types.is_numeric_dtype(table[name])}
+    """``config`` (Streamlit column configs) where the columns :func:`displayed` made text keep only their
+    header, help and width (a number format on text would show the missing marks as "None" again)."""
+    out = {}
+    for name, value in config.items():
+        if name not in table or pd.api.types.is_numeric_dtype(table[name]):
+            out[name] = value
+        else:
+            out[name] = {key: value.get(key) for key in ("label", "help", "width") if value.get(key) is not None}
+    return out

@@ -22,6 +22,19 @@ def energy(value: float) -> str:
     return f"{value:g}"
 
 
+def formula(expression: str) -> str:
+    """``expression`` as inline markdown math that never wraps inside: KaTeX breaks an inline formula after a
+    relation or an operator (``d_out =`` at a line's end, ``288`` on the next); in braces it is one group."""
+    return "${" + expression + "}$"
+
+
+def whole(value) -> str:
+    """A count inside a formula: ``34`` (also from a float column), or "undefined" for a missing k."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return r"\text{undefined}"
+    return str(int(value))
+
+
 def short_key(key: str | None) -> str:
     return (key or "")[:8]
 
@@ -103,8 +116,8 @@ CONVERGENCE_TEXT = (
 
 SPECTRA_INTRO = (
     "The trained weight matrix $W$ usually looks full rank (left: its singular values decay slowly). "
-    "Projecting it onto the subspaces the data really occupies, $W' = P_{out} W P_{in}$ with "
-    "$P = V_k V_k^\\top$ from the top eigenvectors, leaves at most $r$ non-zero singular values: that is the "
+    "Projecting it onto the subspaces the data really occupies, ${W' = P_{out} W P_{in}}$ with "
+    "${P = V_k V_k^\\top}$ from the top eigenvectors, leaves at most $r$ non-zero singular values: that is the "
     "paper's point. Below, the eigenvalues of the input and output second moments and how many directions "
     "$k$ hold the chosen energy $e$:"
 )
@@ -121,7 +134,7 @@ COMPARE_INTRO = (
 )
 
 COMPRESS_INTRO = (
-    "If a layer only uses $r$ directions, $W'$ can be stored as two thin factors, $r(d_{in} + d_{out})$ "
+    "If a layer only uses $r$ directions, $W'$ can be stored as two thin factors, ${r(d_{in} + d_{out})}$ "
     "parameters instead of $d_{in} d_{out}$ (only where that is smaller). The price is the output-preservation "
     "error on the data, exact from the stored statistics:"
 )
@@ -132,7 +145,7 @@ COMPRESS_FORMULA = (
 
 ANALYZE_INTRO = (
     "Choose a network and a dataset; the analysis runs every image through the network once and accumulates, "
-    "for each layer, the second moment of its inputs $C_{in} = \\sum x x^\\top$ (the outputs' follows exactly "
+    "for each layer, the second moment of its inputs ${C_{in} = \\sum x x^\\top}$ (the outputs' follows exactly "
     "from $W$). Everything else, at any energy, is computed from the eigenvalues of these matrices, so the "
     "energy sliders never need the data again."
 )

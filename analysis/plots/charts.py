@@ -61,10 +61,10 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 """Colours of the (up to four) analyses on the Compare page, in selection order."""
 
 CHART_HEIGHT = 460
-LAYER_BARS_HEIGHT = 560
+LAYER_BARS_HEIGHT = 600
 """Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
-above and the rotated layer names under it take about 270 px, so at 420 px its plot area was a flat strip of
-150 px on a wide screen."""
+above (with room under the title, :func:`kinds_legend_margin`) and the rotated layer names under it take about
+310 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
 FONT_SIZE = 15
@@ -72,6 +72,17 @@ FONT_SIZE = 15
 TITLE_SIZE = 20
 _MARGIN = dict(l=70, r=30, t=110, b=70)
 """The top margin holds the title (top line) and the legend (second line) without overlap."""
+
+
+KIND_LEGEND_PER_ROW = 2
+"""Kind legend entries a row holds at worst (their names are long: 1280 px, presentation mode)."""
+
+
+def kinds_legend_margin(kinds: int, base: int = _MARGIN["t"]) -> int:
+    """Top margin (px) for the title and a legend of ``kinds`` layer kinds above the plot: the legend grows up
+    from the plot a row at a time, and at the default margin its third row touched the title."""
+    rows = -(-max(kinds, 1) // KIND_LEGEND_PER_ROW)
+    return max(base, 84 + 22 * rows)
 
 
 def kind_color(kind: str) -> str:
@@ -185,6 +196,24 @@ def percent_axis(low: float, high: float, ticks: int = 6) -> dict:
     return dict(tickformat=f".{digits}%", dtick=step, tick0=0.0)
 
 
+def signed_axis(low: float, high: float, suffix: str = "", ticks: int = 6) -> dict:
+    """Tick settings of an axis of differences over ``[low, high]`` (0 always included): a round step (1, 2 or
+    5 times a power of ten) giving about ``ticks`` ticks, labelled with their sign (``+5 pp``, ``−10 pp``) but
+    zero without one (``0 pp``: a format with a sign wrote ``+0 pp``)."""
+    import math
+
+    low, high = min(low, 0.0), max(high, 0.0)
+    raw = max(high - low, 0.1) / max(ticks, 1)  # (nearly) no differences: ticks a few hundredths apart
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    digits = max(0, -math.floor(math.log10(step) + 1e-9))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    values = [round(i * step, digits) for i in range(first, last + 1)]
+    # Plotly's own negative ticks use the minus sign (U+2212), not a hyphen
+    texts = [f"0{suffix}" if v == 0 else f"{'+' if v > 0 else '−'}{abs(v):.{digits}f}{suffix}" for v in values]
+    return dict(tickmode="array", tickvals=values, ticktext=texts)
+
+
 # ------------------------------------------------------------------------------------------ Layers
 def _count(value) -> str:
     """An integer, or ``undefined`` for a missing k (zero input or output energy, :mod:`analysis.status`)."""
@@ -228,6 +257,27 @@ _LAYER_HOVER = (
 )
 
 
+BAR_GAP = 0.15
+"""Gap between the bars of a bar-per-layer chart, as a fraction of a category's width."""
+SELECTED_OUTLINE = dict(color="black", width=3)
+"""The outline of the selected layer's bar (:func:`utilization_bars`)."""
+
+
+def _outline_bar(fig: go.Figure, table: pd.DataFrame, selected: str | None, bargap: float) -> None:
+    """Outline the ``selected`` layer's bar with a rectangle (a layout shape named ``selected``) on the
+    categorical layer axis. Not the bar's own ``marker.line``: Plotly draws a bar trace's legend swatch with
+    its first bar's outline, so the selected layer's outline showed on its kind's legend entry."""
+    layers = list(table["layer"])
+    if selected not in layers:
+        return
+    value = float(table["utilization"].iloc[layers.index(selected)])
+    if np.isnan(value):  # undefined k: no bar to outline
+        return
+    place, half = layers.index(selected), (1.0 - bargap) / 2
+    fig.add_shape(type="rect", xref="x", yref="y", x0=place - half, x1=place + half, y0=0.0, y1=value,
+                  line=SELECTED_OUTLINE, fillcolor="rgba(0,0,0,0)", layer="above", name="selected")
+
+
 def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = None,
                      height: int = LAYER_BARS_HEIGHT, mlu_err: float = float("nan")) -> go.Figure:
     """Utilization per layer in depth order, one colour per kind, the MLU as a dashed line.
@@ -250,11 +300,11 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
             marker=dict(
                 color=kind_color(kind),
                 pattern=dict(shape=["" if counted else "/" for counted in sub["in_mlu"]]),
-                line=dict(color="black", width=[3 if name == selected else 0 for name in sub["layer"]]),
             ),
             customdata=_layer_customdata(sub),
             hovertemplate=_LAYER_HOVER,
         )
+    _outline_bar(fig, table, selected, bargap=BAR_GAP)
     if not np.isnan(mlu):
         if not np.isnan(mlu_err) and mlu_err > 0:
             fig.add_hrect(y0=mlu - mlu_err, y1=mlu + mlu_err, fillcolor="black", opacity=0.08, line_width=0)
@@ -263,8 +313,8 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
         label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=0.15, clickmode="event+select", height=height,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN})
+    return _layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select", height=height,
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -467,22 +517,48 @@ def singular_values_chart(spectrum: LayerSpectrum, energy_in: float, energy_out:
                    margin=dict(l=70, r=30, t=60, b=60))
 
 
+RESIDUAL_FLOOR = 1e-12
+"""Energy not held below this is rounding noise (exactly 0 once every direction is kept): not drawn on log axes."""
+
+
+def _eigen_curves(eigenvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(eig, cumulative, residual, x, y)`` of :func:`eigen_chart`: eigenvalues clipped at 0, their cumulative
+    energy and the energy not held, and the drawable (positive) eigenvalues over the largest against i."""
+    eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    cumulative = metrics.cumulative_energy(eig)
+    residual = np.clip(1.0 - cumulative, 0.0, None)
+    x, y = _positive(eig, float(eig[0]) if eig.size else 0.0)
+    return eig, cumulative, residual, x, y
+
+
+def eigen_log_range(spectra: Sequence[np.ndarray], energies: Sequence[float] = ()) -> list[float]:
+    """One range (log10 units, whole decades) for both log axes of :func:`eigen_chart`, over every spectrum
+    in ``spectra`` and every threshold ``1 - e``: the C_in and C_out charts side by side then show their
+    decades level with each other (each fitted alone, 10^-6 sat at different heights)."""
+    lows = [np.log10(1.0 - e) for e in energies if e < 1.0]
+    for eigenvalues in spectra:
+        _, _, residual, _, y = _eigen_curves(eigenvalues)
+        kept = residual[residual > RESIDUAL_FLOOR]
+        lows += [float(np.log10(v.min())) for v in (y, kept) if v.size]
+    low = np.floor(min(lows)) if lows else -12.0
+    return [float(low) - 0.3, 0.3]
+
+
 def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str = "#1f77b4",
-                height: int = CHART_HEIGHT) -> go.Figure:
+                height: int = CHART_HEIGHT, log_range: Sequence[float] | None = None) -> go.Figure:
     """Eigenvalues of a second moment (normalized by the largest, log, left axis) and the energy *not* held by
     the top k, ``1 - sum_{i<=k} lambda_i / sum_i lambda_i`` (log, right axis): on a log scale the threshold
     ``1 - e`` (0.01 at e = 0.99, 0.001 at e = 0.999) is clearly visible, where a linear cumulative curve
-    squeezes every energy above 0.9 into the top line. The k it gives is marked."""
-    eig = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    squeezes every energy above 0.9 into the top line. The k it gives is marked. Both log axes span
+    ``log_range`` (:func:`eigen_log_range`; by default this spectrum's), so their decades are level."""
+    eig, cumulative, residual, x, y = _eigen_curves(eigenvalues)
     d = eig.size
     k = metrics.k_at_energy(eig, energy)
-    cumulative = metrics.cumulative_energy(eig)
-    residual = np.clip(1.0 - cumulative, 0.0, None)
+    log_range = list(log_range) if log_range is not None else eigen_log_range([eigenvalues], [energy])
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    x, y = _positive(eig, float(eig[0]) if d else 0.0)
     fig.add_scatter(x=x, y=y, mode="lines", name="eigenvalue / largest", line=dict(color=color, width=3),
                     hovertemplate="i = %{x}<br>λ_i / λ_1 = %{y:.3g}<extra></extra>", secondary_y=False)
-    keep = residual > 1e-12
+    keep = residual > RESIDUAL_FLOOR
     fig.add_scatter(x=np.arange(1, d + 1)[keep], y=residual[keep], mode="lines", name="energy not held by the top k",
                     line=dict(color="black", width=2.5),
                     customdata=cumulative[keep],
@@ -504,10 +580,14 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
         fig.add_annotation(x=0.5, xref="paper", y=0.5, yref="paper", showarrow=False,
                            text="zero energy: k undefined", font=dict(size=FONT_SIZE + 1, color="#222"))
     fig.update_xaxes(title="index i / number of directions k")
-    fig.update_yaxes(type="log", dtick=1, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
-    fig.update_yaxes(type="log", dtick=1, title="energy not held (1 − cumulative)", exponentformat="power",
-                     showgrid=False, secondary_y=True)
+    fig.update_yaxes(type="log", dtick=1, range=log_range, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
+    fig.update_yaxes(type="log", dtick=1, range=log_range, title="energy not held (1 − cumulative)",
+                     exponentformat="power", showgrid=False, secondary_y=True)
     return _layout(fig, label, height=height)
+
+
+R_BAND_WIDTH = 8
+"""Width (px) of the r line of :func:`energy_animation`: a pale band under the k lines, so a k line on it shows."""
 
 
 def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int = CHART_HEIGHT) -> go.Figure:
@@ -529,12 +609,14 @@ def energy_animation(spectrum: LayerSpectrum, current_energy: float, height: int
             go.Scatter(x=wx, y=wy, mode="lines", name="W", line=dict(color="black", width=3)),
             go.Scatter(x=px, y=py, mode="lines+markers", name="W'", line=dict(color=kind_color(spectrum.kind), width=4),
                        marker=dict(size=6)),
-            go.Scatter(x=[k_in, k_in], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_in = {k_in}",
-                       line=dict(color="#2ca02c", width=2, dash="dash")),
-            go.Scatter(x=[k_out, k_out], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_out = {k_out}",
-                       line=dict(color="#9467bd", width=2, dash="dash")),
+            # r = min(k_in, k_out) always lies on one of the k lines: it goes first, as a wide pale band, and the
+            # k lines dashed over it, so the k it equals shows through (drawn last, r hid k_out under it)
             go.Scatter(x=[rank, rank], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"r = {rank}",
-                       line=dict(color="#d62728", width=3)),
+                       line=dict(color="#d62728", width=R_BAND_WIDTH), opacity=0.45),
+            go.Scatter(x=[k_in, k_in], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_in = {k_in}",
+                       line=dict(color="#2ca02c", width=2.5, dash="dash")),
+            go.Scatter(x=[k_out, k_out], y=[ZERO_FLOOR, ceiling], mode="lines", name=f"k_out = {k_out}",
+                       line=dict(color="#9467bd", width=2.5, dash="dot")),
         ]
 
     start = nearest_wprime_energy(current_energy) if energies else None
@@ -648,14 +730,16 @@ def mlu_bars(summary: pd.DataFrame, captions: Sequence[str] | None = None, heigh
                      color="#333", thickness=2, width=8),
         marker_color=[analysis_color(i) for i in range(len(summary))],
         text=[f"{v:.1%}" for v in summary["mlu"]], textposition="outside", textfont=dict(size=FONT_SIZE + 1),
-        cliponaxis=False,
+        cliponaxis=False, constraintext="none",  # every MLU at one size, never shrunk to a narrow bar's width
         customdata=np.column_stack([np.array(names, dtype=object), errors.map(lambda e: numbers.error_bar(e) or "none")]),
         hovertemplate="%{customdata[0]}<br>MLU %{y:.1%} %{customdata[1]}<extra></extra>",
     )
     top = float(np.nanmax(summary["mlu"])) if len(summary) else 1.0
-    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="mean layer utilization")
+    # a short axis title and narrow side margins: the bars' width is what keeps the captions under them apart
+    # (in presentation mode "supervised" and "MAE" ran together)
+    fig.update_yaxes(range=[0, min(1.05, max(0.1, top * 1.25))], tickformat=".0%", title="MLU")
     fig.update_xaxes(tickangle=0, automargin=True)
-    return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=70, r=20, t=60, b=60))
+    return _layout(fig, "MLU per analysis", showlegend=False, height=height, margin=dict(l=60, r=10, t=60, b=60))
 
 
 def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAYER_BARS_HEIGHT) -> go.Figure:
@@ -669,8 +753,12 @@ def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAY
                     hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
     _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
-    fig.update_yaxes(tickformat="+.0f", ticksuffix=" pp",
-                     title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)")
+    differences = [100 * per_layer[f"{label} - {labels[0]}"].astype(float) for label in labels[1:]]
+    values = np.concatenate([d.to_numpy() for d in differences]) if differences else np.array([])
+    values = values[np.isfinite(values)]
+    low, high = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
+    fig.update_yaxes(title=f"difference to {labels[0].split(':', 1)[0]} (percentage points)",
+                     **signed_axis(low, high, " pp"))
     return _layout(fig, "Per-layer difference to the first analysis (percentage points)", barmode="group",
                    height=height)
 
@@ -719,9 +807,11 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
                           "rank r %{customdata[5]}<extra></extra>",
         )
     fig.add_hline(y=1.0, line_color="black", line_width=1)
+    label_line(fig, 1.0, "dense<br>(100 %)")  # the reference says what it is: nothing saved
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT)
+    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT,
+                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
@@ -799,7 +889,9 @@ def learn_energy_chart(values: np.ndarray, energy: float) -> go.Figure:
     fig = go.Figure()
     fig.add_bar(x=[str(i) for i in range(1, len(values) + 1)], y=cumulative, name="energy held by the top k",
                 marker_color=["#d62728" if i < k else "#bbb" for i in range(len(values))],
-                text=[f"{c:.1%}" for c in cumulative], textposition="outside")
+                text=[f"{c:.1%}" for c in cumulative], textposition="outside", cliponaxis=False,
+                # never shrunk to its bar's width: "100.0%" was drawn smaller than "97.9%" beside it
+                constraintext="none", textfont=dict(size=FONT_SIZE))
     fig.add_hline(y=energy, line_dash="dash", line_color="black")
     label_line(fig, energy, f"e = {energy:g}")
     fig.update_xaxes(title="k (directions kept)", type="category")

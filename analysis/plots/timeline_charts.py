@@ -179,7 +179,8 @@ def depth_step_heatmap(layers: pd.DataFrame, series: str) -> go.Figure:
     fig.update_xaxes(title="checkpoint", type="category")
     _layout(fig, f"Utilization per layer across training: {series}",
             height=max(CHART_HEIGHT, HEATMAP_ROW_PX * min(len(order), HEATMAP_MOST_NAMED) + 190))
-    fig.update_yaxes(autorange="reversed", title=title, type="category", tickmode="array", tickvals=order[::step],
+    # title_text, not title=: a title given whole replaced the one _layout styled (its font, so its dark colour)
+    fig.update_yaxes(autorange="reversed", title_text=title, type="category", tickmode="array", tickvals=order[::step],
                      ticktext=order[::step], tickfont=dict(size=HEATMAP_TICK_SIZE))
     return fig
 
