@@ -99,6 +99,17 @@ def show(fig, **kwargs) -> None:
     st.plotly_chart(fig, config=PLOT_CONFIG, **kwargs)
 
 
+def folded(label: str, key: str, *, icon: str | None = None, expanded: bool = False):
+    """A collapsed expander whose content is built only while it is open: ``box = folded(...)``, then
+    ``if box.open: with box: ...``.
+
+    Streamlit sends and draws an ordinary expander's content even when it is collapsed: a page's tables, its
+    card's code block and a folded chart cost every visitor's browser their drawing on every page run (about
+    a second of the renderer's CPU on Layers), for a panel most never open. Opening this one reruns the page
+    (Streamlit's lazy expander, ``on_change="rerun"``); its open state is ``st.session_state[key]``."""
+    return st.expander(label, expanded=expanded, key=key, icon=icon, on_change="rerun")
+
+
 def metric_with_error(container, label: str, value: float, error: float, help_text: str | None = None) -> None:
     """A metric whose value is a fraction and whose split-half error bar sits under it, grey, in points
     (``± 0.4 pp``, or ``± <0.1 pp`` below the shown precision): never truncated with the value."""
