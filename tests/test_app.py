@@ -118,8 +118,8 @@ def test_layers_page_shows_the_default_result(app, results):
 
 
 def test_folded_panels_are_built_only_when_opened(app, results):
-    """A page run sends what is on screen: the collapsed panels (tables, the card, the convergence chart) are
-    built when opened, not drawn by every visitor's browser on every page switch (issue 23: these were about
+    """A page run sends what is on screen: the collapsed panels (tables, the card, the convergence chart, the
+    page's idea) are built when opened, not drawn by every visitor's browser on every page switch (issue 23: these were about
     half of a switch to Layers in the browser). Opened, they show what they showed before."""
     at = app.run()
     _ok(at)
@@ -129,9 +129,11 @@ def test_folded_panels_are_built_only_when_opened(app, results):
     assert {"How sure is this? Convergence with the number of images", "Per-layer table",
             "Reproducibility card"} <= {e.label for e in at.main.expander}
     assert len(_charts(at)) == 2 and not at.main.dataframe and not at.main.code  # bars and heatmap only
-    unfold(at, "layers_convergence_open", "layers_table_open", "layers_card_open").run()
+    assert not at.main.latex  # the page's idea (its formula) folded under the lead
+    unfold(at, "layers_convergence_open", "layers_table_open", "layers_card_open", "page_idea_open").run()
     _ok(at)
     assert len(_charts(at)) == 3 and len(at.main.dataframe) == 2 and len(at.main.code) == 1
+    assert len(at.main.latex) == 1
     at.switch_page("pages/heads.py").run()
     _ok(at)
     assert "Per-head table" in [e.label for e in at.main.expander] and not at.main.dataframe

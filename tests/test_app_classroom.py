@@ -106,7 +106,9 @@ def test_no_page_shows_a_bare_missing_value(app, results, page, mode, monkeypatc
     assert at.session_state["presentation_mode"] is (mode == "presentation")  # from the URL
     # AppTest runs a switched-to page alone (no sidebar, hence no toggle): the mode is kept as a plain value
     at.session_state["presentation_mode"] = mode == "presentation"
-    unfold(at).switch_page(f"pages/{page}.py").run()  # the folded panels' tables and charts read too
+    at.switch_page(f"pages/{page}.py").run()
+    _ok(at)
+    unfold(at).run()  # the folded panels' text, tables and charts read too
     _ok(at)
     assert _bad_words(at) == [], page
     assert _long_metric_labels(at) == [], page
@@ -143,7 +145,9 @@ def test_the_zoo_regimes_show_no_bare_missing_value(zoo_cache, page, mode, monke
     _ok(at)
     assert len(at.session_state["compare_keys"]) == 4
     at.session_state["presentation_mode"] = mode == "presentation"
-    unfold(at).switch_page(f"pages/{page}.py").run()  # the folded panels' tables and charts read too
+    at.switch_page(f"pages/{page}.py").run()
+    _ok(at)
+    unfold(at).run()  # the folded panels' text, tables and charts read too
     _ok(at)
     assert _bad_words(at) == [], page
     assert _long_metric_labels(at) == [], page

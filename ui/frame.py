@@ -200,6 +200,8 @@ def notices() -> None:
 ENTRY_RAN = "entry_point_ran"
 """Session key set by ``app.py`` on every run: a page run without it was started by Streamlit's legacy
 ``pages/`` navigation (see :func:`through_entry_point`)."""
+IDEA_OPEN = "page_idea_open"
+"""The open state of a page's folded theory panel (:func:`intro`)."""
 INTENDED_PAGE = "intended_page"
 """The page a deep link asked for, kept while :func:`through_entry_point` goes round ``app.py``."""
 
@@ -236,12 +238,15 @@ def intro(title: str, paragraph: str, formula: str | None = None, outro: str | N
     notices()
     if lead:
         st.markdown(lead)
-    with st.expander("The idea behind this page", expanded=not lead and not presenting(), icon=":material/school:"):
-        st.markdown(paragraph)
-        if formula:
-            st.latex(formula)
-        if outro:
-            st.markdown(outro)
+    idea = folded("The idea behind this page", IDEA_OPEN, expanded=not lead and not presenting(),
+                  icon=":material/school:")
+    if idea.open:  # built only when open (folded): its text and formula typeset for nobody on every run
+        with idea:
+            st.markdown(paragraph)
+            if formula:
+                st.latex(formula)
+            if outro:
+                st.markdown(outro)
 
 
 def require_result():
