@@ -259,7 +259,8 @@ def main() -> int:
               f"{med('LayoutDuration'):6.2f} {med('RecalcStyleDuration'):6.2f} {med('server_cpu'):6.2f} "
               f"{med('runs'):4.0f} {med('reruns_asked'):5.0f} {med('bytes_in') / 1e3:6.0f} {med('figures'):4.0f} "
               f"{med('figure_bytes') / 1e3:6.0f} {med('points'):7.0f} {med('nodes'):6.0f} {med('chart_nodes'):9.0f} "
-              f"{med('charts'):6.0f} {med('cpu renderer'):5.2f} {med('cpu gpu-process'):5.2f} {med('cpu browser'):5.2f} "
+              f"{med('charts'):6.0f} {med('cpu renderer'):5.2f} {med('cpu gpu-process'):5.2f} "
+              f"{med('cpu browser'):5.2f} "
               f"{med('cpu utility'):5.2f}  {','.join(first['types'])}")
     webgl = sorted({t for w in walks for r in w for t in r["types"]} & WEBGL_TYPES)
     print(f"WebGL trace types: {', '.join(webgl) or 'none'}; canvases in charts: "
