@@ -29,6 +29,7 @@ WIDGET = "compare_select"  # the multiselect's own key (Streamlit drops it when 
 GROUP = "compare"  # the batch of preset jobs followed (jobs_view.batch_panel)
 PENDING = "compare_pending"  # the preset set being computed: [key, ...] in comparison order
 CONFIRM = "compare_confirm"  # a long preset waiting for the user's yes: its sample count
+TABLES_OPEN = "compare_tables_open"  # the folded tables' open state (frame.folded)
 MAX_ANALYSES = 4
 # Height of the MLU bars in both modes (the overlay beside them grows taller in presentation mode): with the
 # projector's larger text and the page's header above them, their letters and regimes stay above a 720 px fold.
@@ -287,6 +288,8 @@ frame.plot(lambda: charts.delta_bars(per_layer, short), [r.meta for r in results
            same_as=("delta", *same))
 st.subheader("Change the comparison")
 _controls()
-with st.expander("Tables", expanded=False):
-    st.dataframe(tables.displayed(facts.drop(columns=["falls_short"])), hide_index=True)
-    st.dataframe(tables.displayed(long_table(results, short)), hide_index=True)
+folded_tables = frame.folded("Tables", TABLES_OPEN)
+if folded_tables.open:  # built only when opened (frame.folded)
+    with folded_tables:
+        st.dataframe(tables.displayed(facts.drop(columns=["falls_short"])), hide_index=True)
+        st.dataframe(tables.displayed(long_table(results, short)), hide_index=True)

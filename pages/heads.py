@@ -16,6 +16,7 @@ from ui import frame, head_charts, state, tables, text
 
 CHART_KEY = "heads_chart"
 PART_KEY = "heads_part"
+TABLE_OPEN = "heads_table_open"  # the folded table's open state (frame.folded)
 
 frame.intro("Heads", head_charts.INTRO, head_charts.FORMULA, head_charts.OUTRO, lead=head_charts.LEAD)
 result = frame.require_result()
@@ -42,14 +43,16 @@ else:
                on_select=partial(state.select_layer_from_chart, CHART_KEY), selection_mode="points",
                same_as=("heads", result.key, part, selected, *state.energies()))
     st.caption(f"Head layout, read from the model and confirmed by a probe: {layouts_line(result)}.")
-    with st.expander("Per-head table", expanded=False):
-        shown = tables.displayed(table)
-        st.dataframe(
-            shown, hide_index=True,
-            column_config=tables.numeric_config(shown, {
-                "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
-                                                               format="percent")}),
-        )
+    head_table_box = frame.folded("Per-head table", TABLE_OPEN)
+    if head_table_box.open:  # built only when opened (frame.folded)
+        with head_table_box:
+            shown = tables.displayed(table)
+            st.dataframe(
+                shown, hide_index=True,
+                column_config=tables.numeric_config(shown, {
+                    "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
+                                                                   format="percent")}),
+            )
 for why, layers in reasons.items():
     shown = ", ".join(f"`{layer}`" for layer in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     st.caption(f"No head numbers for {shown}: {why}.")

@@ -15,6 +15,8 @@ from ui import card_view, charts, frame, state, tables, text
 
 CHART_KEY = "layers_chart"
 HEATMAP_KEY = "layers_heatmap"
+CONVERGENCE_OPEN = "layers_convergence_open"  # the folded panels' open state (frame.folded)
+TABLE_OPEN = "layers_table_open"
 
 frame.intro("Layers", text.LAYERS_INTRO, text.LAYERS_FORMULA, text.LAYERS_OUTRO, lead=text.LAYERS_LEAD)
 result = frame.require_result()
@@ -67,30 +69,39 @@ with right:
 frame.plot(lambda: charts.block_kind_heatmap(table, selected), result.meta, key=HEATMAP_KEY, same_as=("heatmap", *same),
                 on_select=partial(state.select_layer_from_chart, HEATMAP_KEY), selection_mode="points")
 
-curve = uncertainty.convergence(result)
-with st.expander("How sure is this? Convergence with the number of images", expanded=False):
-    if curve.empty:
-        st.info("This analysis was run without the uncertainty setting (no split-half halves or snapshots). "
-                "Run it again with uncertainty on to see error bars and the convergence curve.")
-    else:
-        st.markdown(text.CONVERGENCE_TEXT)
-        frame.plot(lambda: charts.convergence_chart(curve, selected, result.mlu_err, height=frame.chart_height(400)),
-                   result.meta, key="layers_convergence", same_as=("convergence", *same, frame.chart_height(400)))
-        st.caption(text.convergence_verdict(curve, result.mlu_err))
+# the folded panels are built only when opened (frame.folded): their chart and tables, drawn for nobody, were
+# most of the browser's work on this page
+convergence = frame.folded("How sure is this? Convergence with the number of images", CONVERGENCE_OPEN)
+if convergence.open:
+    with convergence:
+        curve = uncertainty.convergence(result)
+        if curve.empty:
+            st.info("This analysis was run without the uncertainty setting (no split-half halves or snapshots). "
+                    "Run it again with uncertainty on to see error bars and the convergence curve.")
+        else:
+            st.markdown(text.CONVERGENCE_TEXT)
+            frame.plot(
+                lambda: charts.convergence_chart(curve, selected, result.mlu_err, height=frame.chart_height(400)),
+                result.meta, key="layers_convergence", same_as=("convergence", *same, frame.chart_height(400)))
+            st.caption(text.convergence_verdict(curve, result.mlu_err))
 
-with st.expander("Per-layer table", expanded=False):
-    shown = tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f", "w_effective_rank": ".1f"})
-    st.dataframe(
-        shown,
-        hide_index=True,
-        column_order=tables.key_columns_first(shown, tables.LAYER_TABLE_FIRST),  # utilization on screen at 1280 px
-        column_config=tables.numeric_config(shown, {
-            "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0, format="percent"),
-            "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
-            "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
-            "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),
-        }),
-    )
+per_layer = frame.folded("Per-layer table", TABLE_OPEN)
+if per_layer.open:
+    with per_layer:
+        shown = tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f",
+                                         "w_effective_rank": ".1f"})
+        st.dataframe(
+            shown,
+            hide_index=True,
+            column_order=tables.key_columns_first(shown, tables.LAYER_TABLE_FIRST),  # utilization on screen at 1280 px
+            column_config=tables.numeric_config(shown, {
+                "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
+                                                               format="percent"),
+                "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
+                "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
+                "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),
+            }),
+        )
 if result.not_applicable:
     st.caption("Not analysed (not applicable): " + ", ".join(f"`{x['layer']}` ({x['reason']})" for x in result.not_applicable))
 card_view.card_expander(result.meta, (result.energy_in, result.energy_out), key="layers_card")

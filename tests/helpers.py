@@ -81,3 +81,17 @@ def main_metric(app_test, label: str) -> str:
     values = [m.value for m in app_test.main.metric if m.label == label]
     assert values, f"no metric {label!r}; have {[m.label for m in app_test.main.metric]}"
     return values[0]
+
+
+FOLDED_PANELS = ("compare_tables_open", "layers_convergence_open", "layers_table_open", "layers_card_open",
+                 "heads_table_open", "library_card_open", "page_idea_open")
+"""The open state of every folded panel (:func:`ui.frame.folded`): their content is built only while open."""
+
+
+def unfold(app_test, *keys: str):
+    """Open the folded panels ``keys`` (all of them by default) on the AppTest's next run, as a person clicking
+    them would; returns the AppTest. A panel opened so stays open until a run draws it no more. The page's idea
+    (``page_idea_open``, on every page) is closed again by a page switch: open it after switching."""
+    for key in keys or FOLDED_PANELS:
+        app_test.session_state[key] = True
+    return app_test

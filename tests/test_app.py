@@ -25,7 +25,7 @@ import pytest
 from analysis import defaults
 from analysis.engine import analyze
 from analysis.result import ENERGY_GRID
-from tests.helpers import TINY_VIT, TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+from tests.helpers import TINY_VIT, TINY_VIT_OPTIONS, save_tiny_vit_checkpoint, unfold
 from tests.helpers import assert_page_ok as _ok, main_metric as _metric
 from tests.helpers import plotly_figures as _charts, trace_values as _values
 
@@ -89,19 +89,21 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert {s.key for s in at.sidebar.select_slider} == {"energy_in_slider", "energy_out_slider"}
 
 
-def _layers(app):
-    """The app after its first run (on Compare), switched to the Layers page."""
+def _layers(app, unfolded: bool = False):
+    """The app after its first run (on Compare), switched to the Layers page (its folded panels opened)."""
     at = app.run()
+    if unfolded:
+        unfold(at)
     return at.switch_page("pages/layers.py").run()
 
 
 def test_layers_page_shows_the_default_result(app, results):
-    at = _layers(app)
+    at = _layers(app, unfolded=True)
     _ok(at)
     assert at.title[0].value == "Layers"
     assert _metric(at, "MLU") == _pct(results.a.mlu)
     figures = _charts(at)
-    assert len(figures) == 3  # utilization bars + block x kind heatmap + convergence (in its expander)
+    assert len(figures) == 3  # utilization bars + block x kind heatmap + convergence (in its opened panel)
     bars = figures[0]
     shown = [name for trace in bars["data"] for name in _values(trace["x"])]
     assert sorted(shown) == sorted(results.a.layers["layer"])
@@ -148,6 +150,35 @@ def test_formulas_in_the_text_never_wrap_inside(app, results):
         texts = [m.value for m in at.main.markdown]
         assert texts and _unbreakable_formulas(texts) == [], page
     assert _unbreakable_formulas(["$d_{out} = 288$", "${d_{out} = 288}$", "$r$"]) == ["d_{out} = 288"]
+
+
+def test_folded_panels_are_built_only_when_opened(app, results):
+    """A page run sends what is on screen: the collapsed panels (tables, the card, the convergence chart, the
+    page's idea) are built when opened, not drawn by every visitor's browser on every page switch (issue 23: these were about
+    half of a switch to Layers in the browser). Opened, they show what they showed before."""
+    at = app.run()
+    _ok(at)
+    assert "Tables" in [e.label for e in at.main.expander] and not at.main.dataframe  # Compare
+    at.switch_page("pages/layers.py").run()
+    _ok(at)
+    assert {"How sure is this? Convergence with the number of images", "Per-layer table",
+            "Reproducibility card"} <= {e.label for e in at.main.expander}
+    assert len(_charts(at)) == 2 and not at.main.dataframe and not at.main.code  # bars and heatmap only
+    assert not at.main.latex  # the page's idea (its formula) folded under the lead
+    unfold(at, "layers_convergence_open", "layers_table_open", "layers_card_open", "page_idea_open").run()
+    _ok(at)
+    assert len(_charts(at)) == 3 and len(at.main.dataframe) == 2 and len(at.main.code) == 1
+    assert len(at.main.latex) == 1
+    at.switch_page("pages/heads.py").run()
+    _ok(at)
+    assert "Per-head table" in [e.label for e in at.main.expander] and not at.main.dataframe
+    unfold(at, "heads_table_open").run()
+    _ok(at)
+    assert len(at.main.dataframe) == 1
+    at.switch_page("pages/compare.py").run()
+    unfold(at, "compare_tables_open").run()
+    _ok(at)
+    assert len(at.main.dataframe) == 2
 
 
 def test_layers_next_and_previous_step_through_the_layers_in_depth_order(app, results):
@@ -206,7 +237,7 @@ def test_energy_change_changes_k_and_mlu(app, results):
     expected = results.a.at_energy(0.9, 0.9)
     assert expected.mlu != results.a.mlu
     assert [m.value for m in at.main.metric] == [_pct(expected.mlu), _pct(results.b.at_energy(0.9, 0.9).mlu)]
-    at.switch_page("pages/layers.py").run()
+    unfold(at).switch_page("pages/layers.py").run()
     _ok(at)
     assert _metric(at, "MLU") == _pct(expected.mlu)
     assert _metric(at, "Energies") == "0.9 / 0.9"
@@ -571,7 +602,7 @@ def test_uploaded_checkpoint_runs_as_a_real_job_and_opens(results, monkeypatch, 
         at.run()
     assert (cache_dir / key / "manifest.json").is_file()
     assert "job_key" not in at.session_state
-    at.switch_page("pages/layers.py").run()
+    unfold(at).switch_page("pages/layers.py").run()
     _ok(at)
     assert len(at.main.dataframe[0].value) == len(results.a.layers)
     from analysis.cache import ResultCache
@@ -844,6 +875,7 @@ def test_wide_tables_show_their_key_column_first(app, results):
     headers = {name: c.get("label") for name, c in json.loads(savings.proto.columns).items()}
     assert headers["params_factorized"] == "factorized" and headers["preservation_error"] == "error"
     at.switch_page("pages/layers.py").run()
+    unfold(at, "layers_table_open").run()
     _ok(at)
     layers = at.main.dataframe[0]
     assert list(layers.proto.column_order)[:2] == ["layer", "utilization"]

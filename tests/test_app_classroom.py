@@ -22,6 +22,7 @@ from analysis.engine import analyze
 from analysis.jobs.files import JobFiles, write_json
 from tests.helpers import assert_page_ok as _ok
 from tests.helpers import plotly_figures as _charts
+from tests.helpers import unfold
 from tests.test_app import APP, DATASET, SAMPLES, TIMEOUT, TINY_A, TINY_B, _point_app_at, _status, results  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,8 @@ def test_no_page_shows_a_bare_missing_value(app, results, page, mode, monkeypatc
     at.session_state["presentation_mode"] = mode == "presentation"
     at.switch_page(f"pages/{page}.py").run()
     _ok(at)
+    unfold(at).run()  # the folded panels' text, tables and charts read too
+    _ok(at)
     assert _bad_words(at) == [], page
     assert _long_metric_labels(at) == [], page
 
@@ -143,6 +146,8 @@ def test_the_zoo_regimes_show_no_bare_missing_value(zoo_cache, page, mode, monke
     assert len(at.session_state["compare_keys"]) == 4
     at.session_state["presentation_mode"] = mode == "presentation"
     at.switch_page(f"pages/{page}.py").run()
+    _ok(at)
+    unfold(at).run()  # the folded panels' text, tables and charts read too
     _ok(at)
     assert _bad_words(at) == [], page
     assert _long_metric_labels(at) == [], page

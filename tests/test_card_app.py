@@ -13,7 +13,7 @@ import pytest
 
 from analysis.card import reproduce_command
 from analysis.engine import analyze
-from tests.helpers import TINY_VIT
+from tests.helpers import TINY_VIT, unfold
 from tests.test_app import APP, DATASET, SAMPLES, TIMEOUT, _ok, _point_app_at
 
 
@@ -44,6 +44,9 @@ def test_layers_page_shows_the_card_and_its_command(app, results):
     at.switch_page("pages/layers.py").run()
     _ok(at)
     (card,) = _card_expanders(at)
+    assert not card.code and not card.dataframe  # folded: built only when opened (ui.frame.folded)
+    unfold(at).run()
+    (card,) = _card_expanders(at)
     assert [c.value for c in card.code] == [reproduce_command(results.a)]
     fields = dict(card.dataframe[0].value.itertuples(index=False))
     assert fields["key"] == results.a.key
@@ -56,7 +59,7 @@ def test_library_shows_the_card_of_the_picked_entry_and_offers_it_as_a_download(
     at = app.run()
     at.switch_page("pages/library.py").run()
     _ok(at)
-    at.selectbox(key="library_pick").set_value(results.b.key).run()
+    unfold(at).selectbox(key="library_pick").set_value(results.b.key).run()
     _ok(at)
     (card,) = _card_expanders(at)
     assert [c.value for c in card.code] == [reproduce_command(results.b)]

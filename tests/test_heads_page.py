@@ -16,7 +16,7 @@ from analysis import defaults
 from analysis.cache import ResultCache
 from analysis.engine import analyze
 from analysis.heads import head_table
-from tests.helpers import TINY_VIT
+from tests.helpers import TINY_VIT, unfold
 from tests.helpers import assert_page_ok as _ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_heads_page_maps_heads_by_layers_follows_part_and_energies(app, analysed
     at.select_slider(key="energy_in_slider").set_value(0.9)
     at.select_slider(key="energy_out_slider").set_value(0.9)
     at.run()
-    at.switch_page("pages/heads.py").run()
+    unfold(at).switch_page("pages/heads.py").run()  # the per-head table is built once its panel is open
     _ok(at)
     assert at.title[0].value == "Heads"
     low = result.at_energy(0.9, 0.9)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis import defaults, timeline
-from tests.helpers import TINY_VIT_OPTIONS, save_tiny_vit_checkpoint
+from tests.helpers import TINY_VIT_OPTIONS, save_tiny_vit_checkpoint, unfold
 from tests.helpers import plotly_figures as _charts, trace_values as _values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,7 @@ def test_timeline_page_draws_the_series_scrubs_and_follows_the_energies(series, 
     monkeypatch.setattr(defaults, "DEFAULT_SAMPLES", SAMPLES)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.switch_page("pages/timeline.py").run()
+    unfold(at, "page_idea_open").run()  # the page's idea is folded under its lead
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Timeline" and timeline_intro() in [m.value for m in at.markdown]
     at.multiselect(key="timeline_series").set_value([]).run()  # no zoo jobs in a test

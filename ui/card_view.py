@@ -9,7 +9,7 @@ import streamlit as st
 from analysis.card import card_from_meta, card_json, card_rows
 from analysis.meta import ResultMeta
 
-from . import text
+from . import frame, text
 
 CAPTION = (
     "Everything that decides these numbers. Run the command in the project folder to recreate this result: "
@@ -34,10 +34,14 @@ def file_name(meta: ResultMeta) -> str:
 
 
 def card_expander(meta: ResultMeta, energies: tuple[float, float], key: str, *, download: bool = True) -> None:
-    """An expander titled "Reproducibility card": the reproduce command in a code block (with a copy button),
-    a two-column table of the card's fields, and (``download``) the card as JSON. ``key`` prefixes widget keys."""
+    """An expander titled "Reproducibility card", folded (:func:`ui.frame.folded`, open state in
+    ``st.session_state[f"{key}_open"]``): the reproduce command in a code block (with a copy button), a
+    two-column table of the card's fields, and (``download``) the card as JSON. ``key`` prefixes widget keys."""
+    box = frame.folded("Reproducibility card", f"{key}_open", icon=":material/fact_check:")
+    if not box.open:  # built only when opened (a code block and a table drawn for nobody, see frame.folded)
+        return
     card = card_for(meta, energies)
-    with st.expander("Reproducibility card", expanded=False, icon=":material/fact_check:"):
+    with box:
         st.caption(CAPTION)
         if card["reproduce"]:
             st.code(card["reproduce"], language="bash", wrap_lines=True)

@@ -101,6 +101,17 @@ def show(fig, **kwargs) -> None:
     st.plotly_chart(fig, config=PLOT_CONFIG, **kwargs)
 
 
+def folded(label: str, key: str, *, icon: str | None = None, expanded: bool = False):
+    """A collapsed expander whose content is built only while it is open: ``box = folded(...)``, then
+    ``if box.open: with box: ...``.
+
+    Streamlit sends and draws an ordinary expander's content even when it is collapsed: a page's tables, its
+    card's code block and a folded chart cost every visitor's browser their drawing on every page run (about
+    a second of the renderer's CPU on Layers), for a panel most never open. Opening this one reruns the page
+    (Streamlit's lazy expander, ``on_change="rerun"``); its open state is ``st.session_state[key]``."""
+    return st.expander(label, expanded=expanded, key=key, icon=icon, on_change="rerun")
+
+
 def metric_with_error(container, label: str, value: float, error: float, help_text: str | None = None) -> None:
     """A metric whose value is a fraction and whose split-half error bar sits under it, grey, in points
     (``± 0.4 pp``, or ``± <0.1 pp`` below the shown precision): never truncated with the value."""
@@ -191,6 +202,8 @@ def notices() -> None:
 ENTRY_RAN = "entry_point_ran"
 """Session key set by ``app.py`` on every run: a page run without it was started by Streamlit's legacy
 ``pages/`` navigation (see :func:`through_entry_point`)."""
+IDEA_OPEN = "page_idea_open"
+"""The open state of a page's folded theory panel (:func:`intro`)."""
 INTENDED_PAGE = "intended_page"
 """The page a deep link asked for, kept while :func:`through_entry_point` goes round ``app.py``."""
 
@@ -227,12 +240,15 @@ def intro(title: str, paragraph: str, formula: str | None = None, outro: str | N
     notices()
     if lead:
         st.markdown(lead)
-    with st.expander("The idea behind this page", expanded=not lead and not presenting(), icon=":material/school:"):
-        st.markdown(paragraph)
-        if formula:
-            st.latex(formula)
-        if outro:
-            st.markdown(outro)
+    idea = folded("The idea behind this page", IDEA_OPEN, expanded=not lead and not presenting(),
+                  icon=":material/school:")
+    if idea.open:  # built only when open (folded): its text and formula typeset for nobody on every run
+        with idea:
+            st.markdown(paragraph)
+            if formula:
+                st.latex(formula)
+            if outro:
+                st.markdown(outro)
 
 
 def require_result():
