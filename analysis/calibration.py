@@ -322,27 +322,64 @@ def cpu_share(seconds: float = 0.2) -> float:
     return min(1.0, (time.thread_time() - start_cpu) / wall) if wall > 0 else 1.0
 
 
-def _busy_ticks() -> int:
-    """Clock ticks all cores spent on work at normal priority since boot (``/proc/stat``: user, system, irq,
-    softirq and steal; niced work, idle and iowait excluded)."""
+def _processes() -> dict[int, tuple[int, int, int]]:
+    """``pid -> (parent pid, nice, CPU clock ticks so far)`` of every process readable in ``/proc``."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                text = fh.read()
+        except OSError:  # exited meanwhile, or not readable
+            continue
+        fields = text[text.rfind(b")") + 2:].split()  # the name may hold spaces and parentheses
+        try:
+            found[int(entry.name)] = (int(fields[1]), int(fields[16]), int(fields[11]) + int(fields[12]))
+        except (IndexError, ValueError):
+            continue
+    return found
+
+
+def _steal_ticks() -> int:
+    """Clock ticks the hypervisor has taken from this virtual machine's cores since boot (``/proc/stat``)."""
     with open("/proc/stat") as fh:
-        fields = fh.readline().split()
-    user, _nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return user + system + irq + softirq + steal
+        return int(fh.readline().split()[8])
+
+
+def _family(processes: dict[int, tuple[int, int, int]], root: int) -> set[int]:
+    """``root`` and its descendants among ``processes``."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _nice, _ticks) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    family, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in family:
+            family.add(pid)
+            todo.extend(children.get(pid, []))
+    return family
 
 
 def other_load(seconds: float = 0.2) -> float | None:
     """Cores' worth of CPU that other processes at normal priority (and the hypervisor's steal) used over the
-    next ``seconds``: the machine's busy time from ``/proc/stat`` less this process's own CPU time. None where
-    ``/proc/stat`` is missing (not Linux)."""
+    next ``seconds``, from ``/proc``: every process's CPU ticks before and after, less this process and its
+    descendants (a run's own loader workers, a job worker that is finishing) and niced processes (background
+    training takes almost nothing from a normal process). None where ``/proc`` is missing (not Linux)."""
     try:
-        before, own, start = _busy_ticks(), time.process_time(), time.perf_counter()
+        before, steal, start = _processes(), _steal_ticks(), time.perf_counter()
         time.sleep(seconds)
-        after, own_after, wall = _busy_ticks(), time.process_time(), time.perf_counter() - start
+        after, steal_after, wall = _processes(), _steal_ticks(), time.perf_counter() - start
     except (OSError, ValueError, IndexError):
         return None
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return max(0.0, (after - before) / tick - (own_after - own)) / wall if wall > 0 else 0.0
+    if not after or wall <= 0:
+        return None
+    family = _family(after, os.getpid())
+    ticks = steal_after - steal
+    for pid, (_parent, nice, total) in after.items():
+        if pid not in family and nice <= 0:
+            ticks += total - before[pid][2] if pid in before else total  # a process started meanwhile: all of it
+    return max(0.0, ticks / os.sysconf("SC_CLK_TCK") / wall)
 
 
 def _cores() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -158,24 +159,41 @@ def test_contention_is_the_fair_share_of_this_run_s_threads_beside_the_other_loa
     assert calibration.contention() == 20.0  # bounded
 
 
-@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
-def test_other_load_sees_a_busy_process_and_not_this_one():
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc")
+def test_other_load_sees_a_busy_process_outside_this_one():
+    """A busy loop that is not this process's descendant (started through a parent that exits at once, so it is
+    re-parented): its core counts as other work."""
+    if os.nice(0) > 0:
+        pytest.skip("the busy process would inherit this niceness and rightly count as niced work")
+    spawner = subprocess.run([sys.executable, "-c", "import subprocess, sys; "
+                              "print(subprocess.Popen([sys.executable, '-c', 'while True: pass'], stdin=subprocess.DEVNULL, "
+                              "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True).pid)"],
+                             capture_output=True, text=True, check=True, timeout=60)
+    hog = int(spawner.stdout.strip())
     try:
         time.sleep(0.3)
         assert calibration.other_load(0.5) >= 0.5  # the hog's core (whatever else runs beside it)
     finally:
-        hog.kill()
-        hog.wait()
+        os.kill(hog, signal.SIGKILL)
 
 
-def test_other_load_leaves_out_this_process_s_own_time(monkeypatch):
-    tick = os.sysconf("SC_CLK_TCK")
-    ticks, own = iter([1000, 1000 + 3 * tick]), iter([5.0, 7.0])  # 3 busy core-seconds, 2 of them this process's
-    monkeypatch.setattr(calibration, "_busy_ticks", lambda: next(ticks))
-    monkeypatch.setattr(calibration.time, "process_time", lambda: next(own))
+def test_other_load_leaves_out_this_process_its_children_and_niced_work(monkeypatch):
+    """Five processes over the interval: this one, its child (a job's loader worker), an unrelated busy one, a
+    niced one, and one started meanwhile; plus the hypervisor's steal. Only the unrelated, the new one and the
+    steal count."""
+    tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+    snapshots = iter([
+        {me: (1, 0, 100), 9001: (me, 0, 50), 9002: (1, 0, 10), 9003: (1, 19, 0)},
+        {me: (1, 0, 100 + 4 * tick), 9001: (me, 0, 50 + 3 * tick), 9002: (1, 0, 10 + 2 * tick),
+         9003: (1, 19, 5 * tick), 9004: (1, 0, tick)},
+    ])
+    steals = iter([7, 7 + tick])
+    monkeypatch.setattr(calibration, "_processes", lambda: next(snapshots))
+    monkeypatch.setattr(calibration, "_steal_ticks", lambda: next(steals))
+    start = time.perf_counter()
     load = calibration.other_load(0.05)
-    assert 0.0 < load <= 1.0 / 0.05 and load == pytest.approx(1.0 / 0.05, rel=0.5)
+    wall = time.perf_counter() - start
+    assert load == pytest.approx(4.0 / 0.05, rel=0.5) and load <= 4.0 / 0.05 and load >= 4.0 / wall
 
 
 def test_contention_without_proc_stat_is_the_inverse_of_the_share_of_a_core(monkeypatch):
