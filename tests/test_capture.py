@@ -636,6 +636,28 @@ def test_an_input_changed_in_place_is_caught_by_the_later_batch_re_verification(
     assert collector.findings()["p"].problem is None
 
 
+def _discovered(layer: nn.Module, batches: list[torch.Tensor], inspect=None):
+    """The finding of ``layer`` (analysed as "fc") after a discovery over ``batches``; ``inspect`` sees its
+    self-check sums before the verdict."""
+    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
+        for x in batches:
+            layer(x)
+        if inspect is not None:
+            inspect(capture.findings["fc"]._sums)
+        capture.end_discovery()
+    return capture.findings["fc"]
+
+
+def _dense_relative_error(layer: nn.Linear, batches: list[torch.Tensor]) -> float:
+    """``||C_out - Y^T Y||_F / ||Y^T Y||_F`` computed densely by hand, in float64."""
+    x = torch.cat(batches).double()
+    with torch.no_grad():
+        y = layer(torch.cat(batches)).double()
+    b = layer.bias.detach().double() if layer.bias is not None else None
+    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
+    return float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+
+
 @pytest.mark.parametrize("rows,d_out,bias", [(40, 300, True), (400, 300, True), (40, 7, False), (40, 300, False)])
 def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(rows, d_out, bias):
     """Fewer output rows than d_out: the rows are kept instead of ``Y^T Y``; d_out > d_in + 1: ``C_out`` through
@@ -643,17 +665,8 @@ def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(r
     torch.manual_seed(12)
     layer = nn.Linear(6, d_out, bias=bias)
     batches = [torch.randn(rows // 2, 6) for _ in range(2)]
-    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
-        for x in batches:
-            layer(x)
-        capture.end_discovery()
-    check = capture.findings["fc"].check
-    x = torch.cat(batches).double()
-    with torch.no_grad():
-        y = layer(torch.cat(batches)).double()
-    b = layer.bias.detach().double() if bias else None
-    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
-    dense = float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+    check = _discovered(layer, batches).check
+    dense = _dense_relative_error(layer, batches)
     # the expanded form ||C_out||^2 - 2 tr(C_out C_real) + ||C_real||^2 cancels in float64: its floor is about
     # sqrt(eps) ~ 1e-8 of ||C_real||, far below the tolerance (~1e-5) it is compared with
     assert check.passed and check.relative_error == pytest.approx(dense, rel=1e-3, abs=1e-7)
@@ -662,11 +675,7 @@ def test_self_check_without_d_out_squared_matrices_equals_the_dense_comparison(r
     shifted = nn.Linear(6, d_out, bias=bias)
     shifted.load_state_dict(layer.state_dict())
     shifted.forward = lambda x: F.linear(x, shifted.weight, shifted.bias) + 0.05  # not the captured call
-    with LayerCapture([_spec(shifted, "fc")], lambda *_: None) as capture, torch.inference_mode():
-        for x in batches:
-            shifted(x)
-        capture.end_discovery()
-    assert not capture.findings["fc"].check.passed
+    assert not _discovered(shifted, batches).check.passed
 
 
 # -- the self-check's sample: random rows, the same for input and output --------------------------------
@@ -814,27 +823,14 @@ def test_self_check_with_fewer_rows_than_inputs_equals_the_dense_comparison(d_ou
     torch.manual_seed(13)
     layer = nn.Linear(40, d_out, bias=bias)
     batches = [torch.randn(7, 40), torch.randn(5, 40)]  # 12 rows < 40 inputs
-    with LayerCapture([_spec(layer, "fc")], lambda *_: None) as capture, torch.inference_mode():
-        for x in batches:
-            layer(x)
-        sums = capture.findings["fc"]._sums
-        assert sums.c_in is None and len(sums.x_rows) == 2  # the rows form was used
-        capture.end_discovery()
-    check = capture.findings["fc"].check
-    x = torch.cat(batches).double()
-    with torch.no_grad():
-        y = layer(torch.cat(batches)).double()
-    b = layer.bias.detach().double() if bias else None
-    c_out = output_second_moment(layer.weight.detach().double(), x.T @ x, x.sum(0), len(x), b)
-    dense = float((c_out - y.T @ y).norm() / (y.T @ y).norm())
+    forms = []
+    check = _discovered(layer, batches, inspect=lambda sums: forms.append((sums.c_in, len(sums.x_rows)))).check
+    assert forms == [(None, 2)]  # the rows form was used
+    dense = _dense_relative_error(layer, batches)
     assert check.passed and check.n_vectors == 12
     assert check.relative_error == pytest.approx(dense, rel=1e-3, abs=1e-7) and check.relative_error < check.tolerance
 
     shifted = nn.Linear(40, d_out, bias=bias)
     shifted.load_state_dict(layer.state_dict())
     shifted.forward = lambda x: F.linear(x, shifted.weight, shifted.bias) * 1.01  # not the captured call
-    with LayerCapture([_spec(shifted, "fc")], lambda *_: None) as capture, torch.inference_mode():
-        for x in batches:
-            shifted(x)
-        capture.end_discovery()
-    assert not capture.findings["fc"].check.passed
+    assert not _discovered(shifted, batches).check.passed
