@@ -328,3 +328,20 @@ def test_kind_legends_keep_clear_of_the_title_and_the_dense_line_is_labelled(res
     assert note.y == 1.0 and note.xref == "x domain" and note.x >= 1.0 and "100 %" in note.text
     assert savings.layout.margin.r >= _label_width(note)
     assert charts.kinds_legend_margin(2) == charts.kinds_legend_margin(1) == 110  # one row: the usual margin
+
+
+def test_learn_directions_are_axes_through_the_points_and_the_dropped_one_is_dark():
+    """Each eigen-direction is drawn both ways from the origin (no sign), so a direction with 2 % of the energy
+    is not a stub hidden under the main one where the points cross; the dropped one is dark grey, not pale."""
+    from analysis.plots import charts
+    from ui import learn
+
+    points = learn.synthetic_inputs(0.15)
+    values, vectors = learn.eigen(points)
+    fig = charts.learn_points_chart(points, vectors, values, k=1)
+    dropped = [t for t in fig.data if t.name.startswith("direction 2")][0]
+    x, y = np.array(dropped.x, dtype=float), np.array(dropped.y, dtype=float)
+    assert x[1] == pytest.approx(-x[4]) and y[1] == pytest.approx(-y[4]) and np.hypot(x[1], y[1]) > 0
+    assert dropped.line.color == "#333" and dropped.line.dash == "dash"
+    kept = [t for t in fig.data if t.name.startswith("direction 1")][0]
+    assert kept.line.color == "#d62728" and list(kept.marker.size) == [0, 12, 0, 0, 12]

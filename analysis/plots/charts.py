@@ -864,8 +864,10 @@ def compression_accuracy_chart(points: pd.DataFrame) -> go.Figure:
 # ------------------------------------------------------------------------------------------ Learn
 def learn_points_chart(points: np.ndarray, vectors: np.ndarray, values: np.ndarray, k: int) -> go.Figure:
     """The Learn page's picture: 2-D points (rows of ``points``), the eigen-directions of their second moment
-    ``C = X^T X`` (columns of ``vectors``, eigenvalues ``values`` descending) drawn as arrows of length
-    proportional to ``sqrt(lambda_i / N)``; the ``k`` kept directions solid, the others dashed."""
+    ``C = X^T X`` (columns of ``vectors``, eigenvalues ``values`` descending) drawn as axes through the origin,
+    ``+-2.5 sqrt(lambda_i / N)`` long each way (an eigenvector has no sign; drawn one way from the origin, a
+    direction with 2 % of the energy was a stub hidden where the points and the main axis cross), arrow-headed
+    at both ends; the ``k`` kept directions solid red, the others dashed dark grey."""
     fig = go.Figure()
     fig.add_scatter(x=points[:, 0], y=points[:, 1], mode="markers", name="inputs x",
                     marker=dict(size=6, color="#4c78a8", opacity=0.55))
@@ -873,10 +875,10 @@ def learn_points_chart(points: np.ndarray, vectors: np.ndarray, values: np.ndarr
     for i in range(len(values)):
         end = 2.5 * scale[i] * vectors[:, i]
         kept = i < k
-        fig.add_scatter(x=[0, end[0]], y=[0, end[1]], mode="lines+markers",
+        fig.add_scatter(x=[0, end[0], None, 0, -end[0]], y=[0, end[1], None, 0, -end[1]], mode="lines+markers",
                         name=f"direction {i + 1}: {values[i] / values.sum():.1%} of the energy" + (" (kept)" if kept else ""),
-                        line=dict(color="#d62728" if kept else "#999", width=5 if kept else 3, dash=None if kept else "dash"),
-                        marker=dict(size=[0, 12], symbol="arrow", angleref="previous"))
+                        line=dict(color="#d62728" if kept else "#333", width=5 if kept else 3, dash=None if kept else "dash"),
+                        marker=dict(size=[0, 12, 0, 0, 12], symbol="arrow", angleref="previous"))
     fig.update_xaxes(title="x₁", zeroline=True, scaleanchor="y", scaleratio=1)
     fig.update_yaxes(title="x₂", zeroline=True)
     return _layout(fig, "Inputs x and their directions", height=480)
