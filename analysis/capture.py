@@ -419,37 +419,36 @@ class _CheckSums:
         y = torch.cat(self.y_rows)
         return torch.linalg.matrix_norm(y @ y.T), y.square().sum()
 
-    def _difference(self, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        """``||C_out - C_real||_F`` (see the class docstring), without ``d_out x d_out`` matrices where possible."""
+    def _difference(self, w: torch.Tensor, b: torch.Tensor | None, real_norm: torch.Tensor) -> torch.Tensor:
+        """``||C_out - C_real||_F`` (see the class docstring; ``real_norm = ||C_real||_F``), without ``d x d``
+        matrices where possible."""
         from .spectra import AffineLayer, augmented, gram_factor, output_second_moment
 
-        real_norm, _ = self._real_terms()
-        if self.c_in is None:  # the input rows X: C_out = Z^T Z
+        if self.c_in is None:  # the input rows X: C_out = Z^T Z, i.e. K = Z^T
             z = torch.cat(self.x_rows) @ w.T
             if b is not None:
                 z += b
-            out_sq = (z @ z.T if z.shape[0] <= z.shape[1] else z.T @ z).square().sum()
-            if self.c_real is not None:
-                cross = ((z @ self.c_real) * z).sum()
-            else:
-                cross = (torch.cat(self.y_rows) @ z.T).square().sum()
-            return (out_sq - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
+            return self._factored_difference(z.T, real_norm)
         layer = AffineLayer(w, b, self.c_in, self.s, self.n)
-        if not layer.uses_small_problem():
-            c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
-            if self.c_real is not None:
-                return torch.linalg.matrix_norm(c_out - self.c_real)
-            y = torch.cat(self.y_rows)
-            out_sq, cross = c_out.square().sum(), ((y @ c_out) * y).sum()
-        else:
+        if layer.uses_small_problem():
             m_aug, g = (t.to(w.device) for t in augmented(layer))
-            k = m_aug @ gram_factor(g)  # C_out = K K^T for any F F^T = G: Cholesky where G is definite
-            out_sq = (k.T @ k).square().sum()
-            if self.c_real is not None:
-                cross = ((self.c_real @ k) * k).sum()
-            else:
-                cross = (torch.cat(self.y_rows) @ k).square().sum()
+            return self._factored_difference(m_aug @ gram_factor(g), real_norm)  # any F F^T = G will do
+        c_out = output_second_moment(w, self.c_in, self.s, self.n, b)
+        if self.c_real is not None:
+            return torch.linalg.matrix_norm(c_out - self.c_real)
+        y = torch.cat(self.y_rows)
+        out_sq, cross = c_out.square().sum(), ((y @ c_out) * y).sum()
         return (out_sq - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
+
+    def _factored_difference(self, k: torch.Tensor, real_norm: torch.Tensor) -> torch.Tensor:
+        """``||K K^T - C_real||_F`` for ``C_out = K K^T`` (``d_out x r``), from the smaller of ``K^T K`` and
+        ``K K^T`` and from ``Y K`` (the rows kept) or ``C_real K``."""
+        gram = k.T @ k if k.shape[1] <= k.shape[0] else k @ k.T
+        if self.c_real is not None:
+            cross = ((self.c_real @ k) * k).sum()
+        else:
+            cross = (torch.cat(self.y_rows) @ k).square().sum()
+        return (gram.square().sum() - 2 * cross + real_norm.square()).clamp_min(0).sqrt()
 
     def verdict(self, weight: torch.Tensor, bias: torch.Tensor | None) -> SelfCheck:
         if self.s is None or (self.c_real is None and not self.y_rows):
@@ -460,8 +459,8 @@ class _CheckSums:
         d_real = self.c_real.shape[0] if self.c_real is not None else self.y_rows[0].shape[1]
         if w.shape[0] != d_real or self.rows_out != self.rows_in or self.n_out != self.n:
             return SelfCheck(float("inf"), 0.0, False, self.n)
-        diff = self._difference(w, b)
         reference, y_energy = self._real_terms()
+        diff = self._difference(w, b, reference)
         squares = torch.diagonal(self.c_in) if self.c_in is not None else torch.cat(self.x_rows).square().sum(0)
         terms = (w.square().sum(0) * squares).sum()
         if b is not None:

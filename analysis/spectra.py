@@ -356,17 +356,20 @@ def gram_factor(g: torch.Tensor) -> torch.Tensor:
     constant features). Used where only ``F F^T`` matters (eigenvalues, Frobenius norms), not its vectors."""
     g = 0.5 * (g + g.transpose(-1, -2))
     factor, info = torch.linalg.cholesky_ex(g)
-    if int(info) == 0:
-        return factor
-    values, vectors = torch.linalg.eigh(g)
-    return vectors * values.clamp_min(0.0).sqrt()
+    return factor if int(info) == 0 else symmetric_square_root(g)
+
+
+def symmetric_square_root(g: torch.Tensor) -> torch.Tensor:
+    """``F = Q diag(sqrt(g))`` from ``G = Q diag(g) Q^T`` (eigh of the symmetrized ``G``, batched; ``g``
+    clipped at 0), so that ``F F^T = G`` also for a singular ``G``."""
+    values, vectors = torch.linalg.eigh(0.5 * (g + g.transpose(-1, -2)))
+    return vectors * values.clamp_min(0.0).sqrt()[..., None, :]
 
 
 def output_factor(m_aug: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``K = M F`` (``d_out x m``, batched) with ``C_out = M G M^T = K K^T``: ``F = Q diag(sqrt(g))`` from
-    ``G = Q diag(g) Q^T`` (eigh, ``g`` clipped at 0), so it holds also for a singular ``G``."""
-    g_values, g_vectors = torch.linalg.eigh(0.5 * (g + g.transpose(-1, -2)))
-    return m_aug @ (g_vectors * g_values.clamp_min(0.0).sqrt()[..., None, :])
+    """``K = M F`` (``d_out x m``, batched) with ``C_out = M G M^T = K K^T``, ``F`` the symmetric square root
+    of ``G`` (:func:`symmetric_square_root`)."""
+    return m_aug @ symmetric_square_root(g)
 
 
 def _small_problem(m_stack: torch.Tensor, g_stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
