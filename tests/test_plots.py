@@ -339,9 +339,13 @@ def test_learn_directions_are_axes_through_the_points_and_the_dropped_one_is_dar
     points = learn.synthetic_inputs(0.15)
     values, vectors = learn.eigen(points)
     fig = charts.learn_points_chart(points, vectors, values, k=1)
-    dropped = [t for t in fig.data if t.name.startswith("direction 2")][0]
+    dropped = [t for t in fig.data if t.name and t.name.startswith("direction 2")][0]
     x, y = np.array(dropped.x, dtype=float), np.array(dropped.y, dtype=float)
     assert x[1] == pytest.approx(-x[4]) and y[1] == pytest.approx(-y[4]) and np.hypot(x[1], y[1]) > 0
     assert dropped.line.color == "#333" and dropped.line.dash == "dash"
-    kept = [t for t in fig.data if t.name.startswith("direction 1")][0]
+    guide = [t for t in fig.data if t.showlegend is False and t.line.color == "#333"][0]
+    reach = float(np.abs(points).max())
+    length = float(np.hypot(guide.x[1], guide.y[1]))
+    assert length == pytest.approx(reach) and length > 3 * np.hypot(x[1], y[1])  # across the cloud
+    kept = [t for t in fig.data if t.name and t.name.startswith("direction 1")][0]
     assert kept.line.color == "#d62728" and list(kept.marker.size) == [0, 12, 0, 0, 12]

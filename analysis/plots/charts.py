@@ -867,14 +867,21 @@ def learn_points_chart(points: np.ndarray, vectors: np.ndarray, values: np.ndarr
     ``C = X^T X`` (columns of ``vectors``, eigenvalues ``values`` descending) drawn as axes through the origin,
     ``+-2.5 sqrt(lambda_i / N)`` long each way (an eigenvector has no sign; drawn one way from the origin, a
     direction with 2 % of the energy was a stub hidden where the points and the main axis cross), arrow-headed
-    at both ends; the ``k`` kept directions solid red, the others dashed dark grey."""
+    at both ends, over a thin dotted guide of the direction across the whole cloud (so a short arrow's direction
+    still shows); the ``k`` kept directions solid red, the others dashed dark grey."""
     fig = go.Figure()
     fig.add_scatter(x=points[:, 0], y=points[:, 1], mode="markers", name="inputs x",
                     marker=dict(size=6, color="#4c78a8", opacity=0.55))
     scale = np.sqrt(np.clip(values, 0, None) / max(len(points), 1))
+    reach = float(np.abs(points).max()) if len(points) else 1.0
     for i in range(len(values)):
         end = 2.5 * scale[i] * vectors[:, i]
         kept = i < k
+        # the direction itself, thin across the whole cloud: an arrow of 2 % of the energy is a short stub
+        guide = reach * vectors[:, i]
+        fig.add_scatter(x=[-guide[0], guide[0]], y=[-guide[1], guide[1]], mode="lines", showlegend=False,
+                        hoverinfo="skip",
+                        line=dict(color="#d62728" if kept else "#333", width=1, dash="dot"))
         fig.add_scatter(x=[0, end[0], None, 0, -end[0]], y=[0, end[1], None, 0, -end[1]], mode="lines+markers",
                         name=f"direction {i + 1}: {values[i] / values.sum():.1%} of the energy" + (" (kept)" if kept else ""),
                         line=dict(color="#d62728" if kept else "#333", width=5 if kept else 3, dash=None if kept else "dash"),
