@@ -58,9 +58,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 
-from kernels import cpu_pool
+from kernels import cpu_pool, lapack
 from kernels.reference import scipy_blas_controller
 
 JITTER = 1e-12
@@ -204,16 +205,20 @@ def symmetrized_with_jitter(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _lapack_eigvalsh() -> Callable | None:
-    """SciPy's ``eigvalsh`` (its own OpenBLAS/LAPACK, ``dsyevr``) with that library set to one thread, or None
-    when SciPy or threadpoolctl is missing or the library cannot be told apart (then torch's is used).
+def _lapack_eigvalsh() -> Callable[[np.ndarray], np.ndarray] | None:
+    """Ascending eigenvalues of a symmetric float64 numpy matrix (overwritten) by SciPy's own OpenBLAS/LAPACK
+    (``dsyevr``) on one thread, or None when SciPy or threadpoolctl is missing or the library cannot be told
+    apart (then torch's is used).
 
     Why: for the eigenvalue-only decompositions of the split halves and the snapshots it took 30 ms for a 768 x
     768 float64 matrix on one thread here against 48 ms for ``torch.linalg.eigvalsh`` (MKL), the eigenvalues
     agreeing to 5e-15 of the largest (ViT-Ti's fc2 inputs; the two thirds of the error bars' cost that are
-    decompositions, issue 28). One thread, set once for the process (SciPy's BLAS only; numpy's and torch's are
-    other libraries): the callers run it on the single-threaded workers of :mod:`kernels.cpu_pool`, and setting
-    and restoring a library-wide count around each call would race between those workers."""
+    decompositions, issue 28). Called through :func:`kernels.lapack.syevr_eigenvalues`, which releases the GIL,
+    so the workers of :mod:`kernels.cpu_pool` decompose side by side (SciPy's own wrapper holds the GIL: the
+    workers took turns); SciPy's wrapper only where that entry point is missing. One thread, set once for the
+    process (SciPy's BLAS only; numpy's and torch's are other libraries): the callers run it on the
+    single-threaded workers, and setting and restoring a library-wide count around each call would race
+    between those workers."""
     try:
         from scipy.linalg import eigvalsh
     except ImportError:
@@ -222,25 +227,38 @@ def _lapack_eigvalsh() -> Callable | None:
     if controller is None:
         return None
     controller.set_num_threads(1)
-    return eigvalsh
+    releasing = lapack.syevr_eigenvalues(controller.filepath)
+    if releasing is not None:
+        return releasing
+    return lambda a: eigvalsh(a.T, lower=True, overwrite_a=True, check_finite=False, driver="evr")
 
 
 def eigvalsh_without_jitter(matrix: torch.Tensor) -> torch.Tensor:
     """Descending eigenvalues of a (stack of) symmetric matrices, decomposed with the jitter and returned
-    without it, clipped at 0 (float64). On the CPU with SciPy's LAPACK (:func:`_lapack_eigvalsh`), else torch's."""
+    without it, clipped at 0 (float64). On the CPU with SciPy's LAPACK (:func:`_lapack_eigvalsh`), else torch's
+    (also for a matrix LAPACK fails on)."""
     jittered = symmetrized_with_jitter(matrix)
     jitter = jitter_of(jittered)  # before the decomposition, which may overwrite ``jittered``
-    lapack = _lapack_eigvalsh() if jittered.device.type == "cpu" else None
-    if lapack is not None:
+    lapack_values = _lapack_eigvalsh() if jittered.device.type == "cpu" else None
+    if lapack_values is not None:
         flat = jittered.reshape(-1, *jittered.shape[-2:])
-        # the transpose of a C-contiguous symmetric matrix is the same matrix, Fortran-contiguous: no copy
-        ascending = [torch.from_numpy(lapack(m.numpy().T, lower=True, overwrite_a=True, check_finite=False,
-                                             driver="evr")) for m in flat]
-        values = torch.stack(ascending).reshape(jittered.shape[:-1])
+        values = torch.stack([_ascending(lapack_values, flat, i, matrix) for i in range(flat.shape[0])])
+        values = values.reshape(jittered.shape[:-1])
     else:
         values = torch.linalg.eigvalsh(jittered)
     values = values.flip(-1) - jitter[..., None]
     return values.clamp_min(0.0)
+
+
+def _ascending(lapack_values: Callable[[np.ndarray], np.ndarray], flat: torch.Tensor, i: int,
+               original: torch.Tensor) -> torch.Tensor:
+    """Ascending eigenvalues of ``flat[i]`` (contiguous float64, overwritten) by LAPACK; if LAPACK fails, by
+    torch's solver on that matrix formed again from ``original`` (the caller's stack)."""
+    try:
+        return torch.from_numpy(lapack_values(flat[i].numpy()))
+    except (lapack.LapackError, np.linalg.LinAlgError):
+        again = symmetrized_with_jitter(original.reshape(-1, *original.shape[-2:])[i])
+        return torch.linalg.eigvalsh(again)
 
 
 def _eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
