@@ -188,8 +188,22 @@ def conv_rows(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     if geometry.kernel == (1, 1):
         x = x[:, :, :: geometry.stride[0], :: geometry.stride[1]]
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+    if geometry.stride == geometry.kernel and geometry.dilation == (1, 1):
+        return _patch_rows(x, geometry.kernel)
     cols = F.unfold(x, geometry.kernel, dilation=geometry.dilation, padding=0, stride=geometry.stride)
     return cols.transpose(1, 2)
+
+
+def _patch_rows(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """:func:`conv_rows` of a convolution whose stride is its kernel (non-overlapping patches, as a ViT's patch
+    embedding): a reshape and one copy instead of ``F.unfold`` (the same values in the same order; unfold's
+    general gather took 0.8 s of a 30 s ViT-Ti analysis of 512 images). Rows and columns past the last whole
+    patch are dropped, as the convolution drops them."""
+    batch, channels, height, width = x.shape
+    (kh, kw) = kernel
+    h_out, w_out = height // kh, width // kw
+    x = x[:, :, : h_out * kh, : w_out * kw].reshape(batch, channels, h_out, kh, w_out, kw)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(batch, h_out * w_out, channels * kh * kw)
 
 
 def sampled_conv_rows(x: torch.Tensor, geometry: ConvGeometry, sample: torch.Tensor) -> torch.Tensor:

@@ -815,6 +815,24 @@ def test_sampled_conv_rows_are_the_unfolded_rows_at_the_sample(kernel, stride, p
                        conv_rows(x[0], geometry).reshape(-1, every.shape[1])[sample[sample < every.shape[0] // 5]])
 
 
+@pytest.mark.parametrize("kernel, padding", [((4, 4), 0), ((16, 16), 0), ((3, 5), 0), ((4, 4), (1, 2)), ((2, 3), "valid")])
+def test_non_overlapping_patches_are_unfolded_rows_and_the_convolution(kernel, padding):
+    """A convolution whose stride is its kernel (a ViT's patch embedding) takes its rows by a reshape, not
+    ``F.unfold``: the same bits, sizes that leave a ragged edge included, and the rows times ``W`` are the
+    convolution's output."""
+    from analysis.capture import ConvGeometry, conv_rows
+
+    torch.manual_seed(11)
+    x = torch.randn(3, 5, 37, 34)
+    weight = torch.randn(7, 5, *kernel)
+    geometry = ConvGeometry.of_call(weight.shape, kernel, padding, 1)
+    rows = conv_rows(x, geometry)
+    padded = torch.nn.functional.pad(x, geometry.padding)
+    assert torch.equal(rows, torch.nn.functional.unfold(padded, kernel, stride=kernel).transpose(1, 2))
+    out = torch.nn.functional.conv2d(x, weight, stride=kernel, padding=padding)
+    torch.testing.assert_close(rows @ weight.reshape(7, -1).T, out.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("d_out", [3, 60])
 @pytest.mark.parametrize("bias", [True, False])
 def test_self_check_with_fewer_rows_than_inputs_equals_the_dense_comparison(d_out, bias):
