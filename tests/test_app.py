@@ -886,4 +886,54 @@ def test_wide_tables_show_their_key_column_first(app, results):
     _ok(at)
     library = at.main.dataframe[0]
     assert list(library.value.columns)[:3] == ["key", "MLU", "model"]
-    assert json.loads(library.proto.columns)["model"]["width"] == "medium"
+    assert json.loads(library.proto.columns)["model"]["width"] == 190  # fixed widths: see the next test
+
+
+def _library_copy(entry_dir: Path, cache_dir: Path, key: str, model_id: str, created: float, statistics_s: float) -> None:
+    """A copy of a cache entry under ``key`` with another model id, creation time and statistics time (the
+    manifest's digests cover the arrays, not the meta, so the copy stays intact)."""
+    import json
+
+    shutil.copytree(entry_dir, cache_dir / key)
+    path = cache_dir / key / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(key=key, created=created)
+    manifest["meta"]["model_id"] = model_id
+    manifest["meta"]["timings"]["statistics_s"] = statistics_s
+    path.write_text(json.dumps(manifest))
+
+
+def test_library_lists_whole_models_first_in_one_number_format_and_fits_1280_px(results, monkeypatch, tmp_path):
+    """The Timeline adopts two dozen shipped checkpoint analyses at once, all newer than the main ones: newest
+    first put them above the four main analyses, below the table's visible rows. Whole models come first (newest
+    first), then the checkpoints by series and step. "statistics s" showed 15.4 beside 16.22: one decimal for all.
+    The table scrolled sideways at 1280 px (main column about 820 px) for its settings: its columns now fit there,
+    the few settings that rarely differ in one cell, and the key columns are pinned."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    source = results.cache_dir / results.a.key
+    copies = [("a" * 24, "zoo:one", 100.0, 15.4), ("b" * 24, "zoo:two", 200.0, 16.2204),
+              ("c" * 24, "zoo:two?step=936", 900.0, 15.0), ("d" * 24, "zoo:two?step=58", 800.0, 17.0),
+              ("e" * 24, "zoo:one?step=117", 950.0, 16.0)]
+    for key, model_id, created, seconds in copies:
+        _library_copy(source, cache_dir, key, model_id, created, seconds)
+    _point_app_at(cache_dir, monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/library.py").run()
+    _ok(at)
+    library = at.main.dataframe[0]
+    assert list(library.value["model"]) == ["zoo:two", "zoo:one", "zoo:one?step=117", "zoo:two?step=58",
+                                            "zoo:two?step=936"]
+    assert list(at.selectbox(key="library_pick").options)[0].startswith("b" * 8)  # the menu in the same order
+    columns = json.loads(library.proto.columns)
+    assert columns["stats s"]["type_config"]["format"] == "%.1f"  # 15.4 and 16.2, not 15.4 and 16.22
+    assert sorted(library.value["stats s"]) == [15.0, 15.4, 16.0, 16.22, 17.0]  # the values themselves kept
+    widths = [columns[name]["width"] for name in library.value.columns]
+    assert all(isinstance(w, int) for w in widths) and sum(widths) <= 820, widths
+    assert [name for name in library.value.columns if columns[name].get("pinned")] == ["key", "MLU", "model"]
+    assert len(library.value.columns) <= 8 and "seed 0" in library.value["settings"].iloc[0]
+    assert all(len(name) <= 8 for name in library.value.columns)  # short headers
