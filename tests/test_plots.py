@@ -349,3 +349,22 @@ def test_learn_directions_are_axes_through_the_points_and_the_dropped_one_is_dar
     assert length == pytest.approx(reach) and length > 3 * np.hypot(x[1], y[1])  # across the cloud
     kept = [t for t in fig.data if t.name and t.name.startswith("direction 1")][0]
     assert kept.line.color == "#d62728" and list(kept.marker.size) == [0, 12, 0, 0, 12]
+
+
+def test_difference_hover_says_none_or_below_the_precision_instead_of_plus_zero():
+    """The Compare page's per-layer difference hovered "+0.0 pp" both for a layer whose utilization is the same
+    (same rank) and for one a few hundredths of a point apart: "0 pp", and "+<0.1 pp" as the error bars write
+    "± <0.1 pp"; a real difference keeps its sign and one decimal, the minus the axis' ticks use."""
+    import pandas as pd
+
+    from analysis.plots import numbers
+    from ui import charts
+
+    per_layer = pd.DataFrame({"layer": ["a", "b", "c", "d"], "A: x": [0.2] * 4, "B: y": [0.2, 0.2002, 0.1877, 0.25]})
+    per_layer["B: y - A: x"] = per_layer["B: y"] - per_layer["A: x"]
+    per_layer.loc[0, "B: y - A: x"] = 0.0
+    figure = charts.delta_bars(per_layer, ["A: x", "B: y"])
+    bars = figure.data[0]
+    assert list(bars.customdata) == ["0 pp", "+<0.1 pp", "−1.2 pp", "+5.0 pp"]
+    assert "%{customdata}" in bars.hovertemplate and "%{y:+.1f}" not in bars.hovertemplate
+    assert numbers.difference_pp(-0.0004) == "−<0.1 pp" and numbers.difference_pp(float("nan")) == "n/a"

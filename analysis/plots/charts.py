@@ -750,7 +750,8 @@ def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAY
         column = f"{label} - {labels[0]}"
         fig.add_bar(x=per_layer["layer"], y=100 * per_layer[column], name=f"{label.split(':', 1)[0]} minus "
                     f"{labels[0].split(':', 1)[0]}", marker_color=analysis_color(i),
-                    hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
+                    customdata=[numbers.difference_pp(v) for v in per_layer[column].astype(float)],
+                    hovertemplate="%{x}<br>difference %{customdata}<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
     _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
     differences = [100 * per_layer[f"{label} - {labels[0]}"].astype(float) for label in labels[1:]]
