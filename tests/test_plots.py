@@ -368,3 +368,38 @@ def test_difference_hover_says_none_or_below_the_precision_instead_of_plus_zero(
     assert list(bars.customdata) == ["0 pp", "+<0.1 pp", "−1.2 pp", "+5.0 pp"]
     assert "%{customdata}" in bars.hovertemplate and "%{y:+.1f}" not in bars.hovertemplate
     assert numbers.difference_pp(-0.0004) == "−<0.1 pp" and numbers.difference_pp(float("nan")) == "n/a"
+
+
+def _story_table():
+    import pandas as pd
+
+    rows = []
+    for series, probes in (("sup", [0.657, 0.80, 0.906]), ("mae", [0.67, 0.78, 0.82])):
+        for step, probe, mlu in zip([0, 117, 5850], probes, [0.15, 0.2, 0.32]):
+            rows.append(dict(series=series, checkpoint=f"{series} {step}", step=step, status="ok", mlu=mlu,
+                             model_id=f"zoo:{series}", linear_probe_top1=probe))
+    rows.append(dict(series="random", checkpoint="init", step=0, status="ok", mlu=0.151, model_id="zoo:random",
+                     linear_probe_top1=0.686))
+    return pd.DataFrame(rows)
+
+
+def test_timeline_story_panels_keep_their_scales_apart():
+    """The stacked MLU and probe panels put the MLU's "0%" just above the probe's "90%" (about 30 px apart at
+    1920 px): at least 60 px of height now separate the MLU's 0 from the probe's top tick, in both modes."""
+    import math
+
+    from ui import charts
+    from ui import timeline_charts as tc
+
+    figure = tc.story_chart(_story_table())
+    for shown in (figure, charts.for_projector(figure)):
+        layout = shown.layout
+        plot_px = layout.height - layout.margin.t - layout.margin.b
+        mlu_bottom = layout.yaxis.domain[0]  # the MLU panel starts at 0 (rangemode tozero): its 0 % tick is here
+        assert layout.yaxis.rangemode == "tozero"
+        low, high = layout.yaxis2.range
+        step = layout.yaxis2.dtick
+        top_tick = math.floor(high / step + 1e-9) * step
+        assert low <= 0.657 and high >= 0.906 and top_tick <= high
+        top_tick_at = layout.yaxis2.domain[0] + (top_tick - low) / (high - low) * (layout.yaxis2.domain[1] - layout.yaxis2.domain[0])
+        assert (mlu_bottom - top_tick_at) * plot_px >= 60, (mlu_bottom, top_tick_at, plot_px)

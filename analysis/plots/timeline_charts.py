@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_color
+from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_color, percent_axis
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
@@ -94,7 +94,7 @@ def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height
     names = names or {}
     ok = table[table["status"] == "ok"]
     x0 = step_zero_position(list(ok["step"]))
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=STORY_GAP)
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
         name, color = names.get(series, series), analysis_color(i)
@@ -109,8 +109,29 @@ def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height
     _steps_with_zero_tick(fig, ok["step"], x0, row=2, col=1)
     fig.update_xaxes(title="training step (log scale; 0 = initialisation)", row=2, col=1)
     fig.update_yaxes(tickformat=".0%", title="MLU", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(tickformat=".0%", title="linear probe", row=2, col=1)
+    probe = ok["linear_probe_top1"].dropna().astype(float)
+    if len(probe):
+        fig.update_yaxes(title="linear probe", row=2, col=1, **probe_axis(float(probe.min()), float(probe.max())))
+    else:
+        fig.update_yaxes(tickformat=".0%", title="linear probe", row=2, col=1)
     return _layout(fig, "MLU and linear-probe accuracy against training step", height=height)
+
+
+STORY_GAP = 0.14
+"""Space between :func:`story_chart`'s MLU and probe panels (a fraction of the plot's height, about 60 px): at
+0.08 the MLU's "0%" tick sat just above the probe's "90%", two scales read as one."""
+PROBE_HEADROOM = 0.12
+"""The probe panel's range reaches this fraction of its data span beyond the data at either end, so its top tick
+sits inside the panel, below the gap, not at its edge under the MLU's 0%."""
+
+
+def probe_axis(low: float, high: float) -> dict:
+    """The probe panel's y axis over accuracies ``low`` .. ``high``: padded by :data:`PROBE_HEADROOM` (at least
+    1 point), with round percent ticks (:func:`analysis.plots.charts.percent_axis`)."""
+    span = max(high - low, 0.01)
+    pad = max(PROBE_HEADROOM * span, 0.01)
+    axis = percent_axis(low, high, ticks=4)
+    return dict(range=[max(0.0, low - pad), min(1.0, high + pad)], **axis)
 
 
 def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, height: int = CHART_HEIGHT) -> go.Figure:
