@@ -403,3 +403,23 @@ def test_timeline_story_panels_keep_their_scales_apart():
         assert low <= 0.657 and high >= 0.906 and top_tick <= high
         top_tick_at = layout.yaxis2.domain[0] + (top_tick - low) / (high - low) * (layout.yaxis2.domain[1] - layout.yaxis2.domain[0])
         assert (mlu_bottom - top_tick_at) * plot_px >= 60, (mlu_bottom, top_tick_at, plot_px)
+
+
+def test_the_probe_scatter_labels_a_crowded_start_above_it_with_an_arrow_and_its_series():
+    """The one-point series (random init, step 0) was labelled "step 0" on its point, where the three regimes'
+    start points overlap: which series' start was meant could not be read. Its label names the series and is
+    lifted above the cluster with an arrow to the point, in the series' colour; a last point with room keeps a
+    plain label beside it, also named."""
+    from ui import timeline_charts as tc
+
+    names = {"sup": "supervised", "mae": "MAE", "random": "random init"}
+    figure = tc.mlu_vs_probe(_story_table(), names)
+    assert not any(t.text for t in figure.data)  # no text drawn on the points themselves
+    notes = {n.text: n for n in figure.layout.annotations}
+    start = notes["random init · step 0"]
+    assert start.showarrow and start.ay <= -40 and start.ax == 0 and (start.x, start.y) == (0.686, 0.151)
+    colors = {t.name: t.line.color for t in figure.data}
+    assert start.font.color == start.arrowcolor == colors["random init"]
+    for label in ("supervised · step 5,850", "MAE · step 5,850"):
+        assert not notes[label].showarrow and notes[label].font.color in colors.values()
+    assert [t.name for t in figure.data] == ["supervised", "MAE", "random init"]
