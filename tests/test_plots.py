@@ -423,3 +423,33 @@ def test_the_probe_scatter_labels_a_crowded_start_above_it_with_an_arrow_and_its
     for label in ("supervised · step 5,850", "MAE · step 5,850"):
         assert not notes[label].showarrow and notes[label].font.color in colors.values()
     assert [t.name for t in figure.data] == ["supervised", "MAE", "random init"]
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.9, 0.99, 0.999])
+def test_eigen_chart_axes_are_readable_and_their_ticks_mean_something(results, energy):
+    """The C_in / C_out charts labelled every decade of their two log axes (13 superscripted labels a side down
+    to 1e-12) and left the index axis to Plotly, whose "20" sat beside "k = 19" and which stopped short of the
+    last index. Now: at most 7 labelled decades, level on both sides; the index axis spans 1 .. the last drawn
+    eigenvalue and is labelled at k, at its ends and at round values that keep clear of them."""
+    from analysis import metrics
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    for eig in (spectrum.eig_in, spectrum.eig_out):
+        log_range = charts.eigen_log_range([spectrum.eig_in, spectrum.eig_out], [energy])
+        figure = charts.eigen_chart(eig, energy, "C", log_range=log_range)
+        for axis in (figure.layout.yaxis, figure.layout.yaxis2):
+            low, high = axis.range
+            labelled = [t for t in range(int(np.floor(low)), int(np.ceil(high)) + 1)
+                        if low <= t <= high and (t - axis.tick0) % axis.dtick == 0]
+            assert 2 <= len(labelled) <= charts.LOG_LABELS_MOST, (axis.dtick, labelled)
+        assert figure.layout.yaxis.dtick == figure.layout.yaxis2.dtick
+        x = figure.layout.xaxis
+        k = metrics.k_at_energy(np.clip(eig, 0, None), energy)
+        drawn = max(max(t.x) for t in figure.data)
+        ticks = list(x.tickvals)
+        assert k in ticks and drawn in ticks and x.range[0] < 1 and drawn < x.range[1] <= drawn * 1.05
+        assert list(x.ticktext) == [str(t) for t in ticks]
+        gaps = np.diff(ticks) / (drawn - 1)
+        assert gaps.min() >= charts.INDEX_TICK_GAP - 1e-9, ticks  # no two labels crowd each other

@@ -579,11 +579,53 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
     else:  # zero energy: k is undefined (analysis.status), never a number
         fig.add_annotation(x=0.5, xref="paper", y=0.5, yref="paper", showarrow=False,
                            text="zero energy: k undefined", font=dict(size=FONT_SIZE + 1, color="#222"))
-    fig.update_xaxes(title="index i / number of directions k")
-    fig.update_yaxes(type="log", dtick=1, range=log_range, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
-    fig.update_yaxes(type="log", dtick=1, range=log_range, title="energy not held (1 − cumulative)",
+    drawn = ([int(x[-1])] if len(x) else []) + ([int(np.flatnonzero(keep)[-1]) + 1] if keep.any() else [])
+    last = max(drawn, default=max(d, 1))
+    fig.update_xaxes(title="index i / number of directions k", **index_axis(last, k if d and cumulative[-1] > 0 else None))
+    decades = log_decades_per_tick(log_range)
+    fig.update_yaxes(type="log", dtick=decades, tick0=0, range=log_range, title="λ_i / λ_1", exponentformat="power",
+                     secondary_y=False)
+    fig.update_yaxes(type="log", dtick=decades, tick0=0, range=log_range, title="energy not held (1 − cumulative)",
                      exponentformat="power", showgrid=False, secondary_y=True)
     return _layout(fig, label, height=height)
+
+
+LOG_LABELS_MOST = 7
+"""At most this many labelled decades on :func:`eigen_chart`'s log axes: a label a decade apart over twelve decades
+(down to the 1e-12 floor) stacked 13 superscripted labels on each side, about 20 px apart at 1280 px."""
+
+
+def log_decades_per_tick(log_range: Sequence[float]) -> int:
+    """Decades between labelled ticks of a log axis over ``log_range`` (log10 units): 1, 2, 3 ... so that at most
+    :data:`LOG_LABELS_MOST` are labelled."""
+    import math
+
+    span = max(float(log_range[1]) - float(log_range[0]), 1.0)
+    return max(1, math.ceil(span / (LOG_LABELS_MOST - 1)))
+
+
+INDEX_TICK_GAP = 0.1
+"""On :func:`index_axis`, a round tick closer than this fraction of the axis to 1, k or the last index is dropped."""
+
+
+def index_axis(last: int, k: int | None) -> dict:
+    """An index axis (1 .. ``last``, the last drawn eigenvalue) whose ticks mean something: 1, the chosen ``k`` and
+    ``last`` itself (an end too close to k gives way to it), and round values between them that keep clear of those
+    (the automatic ticks put "20" right beside the k line's "k = 19" and ended before the last index)."""
+    import math
+
+    last = max(int(last), 2)
+    raw = (last - 1) / 5
+    power = 10.0 ** math.floor(math.log10(max(raw, 1e-9)))
+    step = max(1, int(next(m * power for m in (1, 2, 5, 10) if m * power >= raw)))
+    clear = INDEX_TICK_GAP * (last - 1)
+    k = int(k) if k is not None and 1 <= k <= last else None
+    marks = [k] if k is not None else []
+    marks += [m for m in (1, last) if k is None or m == k or abs(m - k) >= clear]  # k wins a tie with an end
+    marks = sorted(set(marks))
+    values = marks + [v for v in range(step, last, step) if all(abs(v - m) >= clear for m in marks)]
+    return dict(range=[1 - 0.01 * (last - 1), last + 0.01 * (last - 1)], tickmode="array", tickvals=sorted(values),
+                ticktext=[str(v) for v in sorted(values)])
 
 
 R_BAND_WIDTH = 8
