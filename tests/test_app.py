@@ -79,8 +79,8 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert at.query_params.get("analysis") == results.a.key
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
     assert "fashion-mnist:test" in re.sub(r"<[^>]+>", "", sidebar_text) and "64" in sidebar_text
-    # the ids wrap only between their parts in a narrow (presentation-mode) sidebar, never mid-word
-    assert "<span>fashion-mnist:</span><wbr><span>test</span>" in sidebar_text
+    # the ids never break in a narrow (presentation-mode) sidebar: whole on one line, scaled to fit it
+    assert "<span class='lu-fit' style='--n:18'>fashion-mnist:test</span>" in sidebar_text
     # the MLU with its split-half error bar (percentage points) under it, never cut off with the value
     from ui.text import error_bar
 
@@ -720,6 +720,28 @@ def test_ids_wrap_between_their_parts_and_copy_whole():
     for css in (frame._STYLE, frame._STYLE + frame._PRESENTATION_STYLE):
         assert "code.lu-id > span { white-space: nowrap; }" in css and "display: inline-block" in css
     assert frame.PRESENTATION_SIDEBAR in frame._PRESENTATION_STYLE
+
+
+def test_sidebar_ids_are_whole_on_one_line_scaled_to_fit():
+    """The presentation-mode sidebar (240 px at 1280 x 720) broke "zoo:" | "vit-fmnist-supervised" over two lines:
+    a model id now never breaks there; it is one unbreakable run whose text the frame's CSS scales to the line
+    (from the sidebar block's width, a container, and the id's length), down to 0.6 of code's size; only an id
+    too long for that (a file path) still wraps between its parts. It reads and copies as the id."""
+    import html
+
+    from ui import frame, text
+
+    for model_id in ("zoo:vit-fmnist-supervised", "zoo:vit-fmnist-supervised?step=1872"):
+        shown = text.fitted_id(model_id)
+        assert "<wbr>" not in shown and f"style='--n:{len(model_id)}'" in shown and "class='lu-fit'" in shown
+        assert html.unescape(re.sub(r"<[^>]+>", "", shown)) == model_id
+    odd = "zoo:a_*b*_[x]"
+    assert not re.search(r"[*_\[\]]", re.sub(r"<[^>]+>", "", text.fitted_id(odd)))  # no Markdown in it
+    long_id = "file:/runs/experiment-42/checkpoints/step_1200.safetensors?arch=vit_small_patch16_224"
+    assert text.fitted_id(long_id) == text.breakable_id(long_id)
+    for css in (frame._STYLE, frame._STYLE + frame._PRESENTATION_STYLE):
+        assert '[data-testid="stSidebar"] [data-testid="stMarkdownContainer"] { container-type: inline-size; }' in css
+        assert re.search(r"span\.lu-fit \{ white-space: nowrap;\s+font-size: clamp\(0\.6em, calc\(\(100cqi", css)
 
 
 # ------------------------------------------------------------------------------------------ the classroom demo
