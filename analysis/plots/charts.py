@@ -63,7 +63,7 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 CHART_HEIGHT = 460
 LAYER_BARS_HEIGHT = 600
 """Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
-above (with room under the title, :func:`kinds_legend_margin`) and the rotated layer names under it take about
+above (hung under the title, :func:`legend_under_title`) and the rotated layer names under it take about
 310 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
@@ -74,15 +74,30 @@ _MARGIN = dict(l=70, r=30, t=110, b=70)
 """The top margin holds the title (top line) and the legend (second line) without overlap."""
 
 
-KIND_LEGEND_PER_ROW = 2
-"""Kind legend entries a row holds at worst (their names are long: 1280 px, presentation mode)."""
+TITLE_TOP = 0.985
+"""Where every title's top line sits (a fraction of the figure's height, from its bottom: :func:`_layout`)."""
+LEGEND_GAP_PX = 6
+"""Space between a title and a legend hung under it (:func:`legend_under_title`)."""
 
 
-def kinds_legend_margin(kinds: int, base: int = _MARGIN["t"]) -> int:
-    """Top margin (px) for the title and a legend of ``kinds`` layer kinds above the plot: the legend grows up
-    from the plot a row at a time, and at the default margin its third row touched the title."""
-    rows = -(-max(kinds, 1) // KIND_LEGEND_PER_ROW)
-    return max(base, 84 + 22 * rows)
+def title_bottom_px(fig: go.Figure) -> float:
+    """Pixels from the figure's top to the bottom of its title's line (one line of the title's font)."""
+    layout = fig.layout
+    size = layout.title.font.size if layout.title.font and layout.title.font.size else TITLE_SIZE
+    return (1 - TITLE_TOP) * (layout.height or CHART_HEIGHT) + 1.3 * size
+
+
+def legend_under_title(fig: go.Figure) -> go.Figure:
+    """Hang ``fig``'s horizontal legend from just under its title (container coordinates), so the legend takes
+    the rows it needs at the width it is drawn and Plotly reserves exactly that room above the plot: a kind
+    legend wraps into three rows at 1280 px in presentation mode but fits one at 1920 px, where a top margin
+    sized for three left about 40 px empty under the title. The top margin itself holds the title and one row;
+    :func:`for_projector` hangs it again for the larger title."""
+    legend_size = fig.layout.legend.font.size if fig.layout.legend.font and fig.layout.legend.font.size else FONT_SIZE - 1
+    top = title_bottom_px(fig) + LEGEND_GAP_PX
+    fig.update_layout(legend=dict(yref="container", y=1 - top / (fig.layout.height or CHART_HEIGHT), yanchor="top"),
+                      margin=dict(t=int(top + 1.5 * legend_size + 12)))
+    return fig
 
 
 def kind_color(kind: str) -> str:
@@ -105,7 +120,7 @@ def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
     """Shared look: title on the first line of the top margin, the legend on the line below it (never over
     the title or the plot), projector-sized fonts, dark ticks."""
     fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", y=0.985, yanchor="top", yref="container",
+        title=dict(text=title, x=0.0, xanchor="left", y=TITLE_TOP, yanchor="top", yref="container",
                    font=dict(size=TITLE_SIZE)),
         height=kwargs.pop("height", CHART_HEIGHT),
         margin=kwargs.pop("margin", _MARGIN),
@@ -180,6 +195,8 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
                                       l=int((margin.l or 70) * scale), r=int((margin.r or 30) * scale)))
     if layout.height:
         fig.update_layout(height=int(layout.height * 1.1))
+    if layout.legend.yref == "container":  # a legend hung under the title follows the larger title
+        legend_under_title(fig)
     return fig
 
 
@@ -313,8 +330,8 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
         label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select", height=height,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
+    return legend_under_title(_layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select",
+                                      height=height, margin={**_MARGIN, "r": LINE_LABEL_MARGIN}))
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -853,8 +870,8 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     label_line(fig, 1.0, "dense<br>(100 %)")  # the reference says what it is: nothing saved
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
+    return legend_under_title(_layout(fig, "Parameters kept per layer at the current energies",
+                                      height=LAYER_BARS_HEIGHT, margin={**_MARGIN, "r": LINE_LABEL_MARGIN}))
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:
