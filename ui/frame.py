@@ -27,8 +27,9 @@ code.lu-id { display: inline-block; max-width: 100%; vertical-align: top; overfl
              padding-left: 0.15em; padding-right: 0.15em; }  /* vit-fmnist-supervised fits a 240 px sidebar's line */
 code.lu-id > span { white-space: nowrap; }
 /* ids that never break (text.fitted_id): one line, the text scaled to the line's width when the id is wider
-   (monospace: 0.6 em a character; 100cqi is the markdown block's width); never below 0.6 of code's size */
-[data-testid="stSidebar"] [data-testid="stMarkdownContainer"] { container-type: inline-size; }
+   (monospace: 0.6 em a character; 100cqi is the markdown block's width); never below 0.6 of code's size.
+   Only st.markdown blocks are containers: a widget's label (the presentation toggle's) sized 0 wide as one */
+[data-testid="stSidebar"] [data-testid="stMarkdown"] [data-testid="stMarkdownContainer"] { container-type: inline-size; }
 code.lu-id > span.lu-fit { white-space: nowrap;
   font-size: clamp(0.6em, calc((100cqi - 0.6rem) / (var(--n) * 0.6)), 1em); }
 """
