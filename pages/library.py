@@ -56,13 +56,13 @@ if not entries:
     st.info("The cache is empty: run an analysis on the Analyze page.")
 else:
     table = pd.DataFrame([tables.entry_row(e, _mlu(e.key)) for e in entries])
-    # widths (px) that fit the main column at 1280 px (about 820 px): the key, MLU and model stay pinned on
-    # screen when a narrower window scrolls; a long model id is cut (its cell shows it whole)
+    # widths (px) that fit the main column at 1280 px (about 820 px), the key columns first; a long model id is
+    # cut (its cell shows it whole). Not pinned: Streamlit draws pinned columns' text grey, the key ones faint
     st.dataframe(table, hide_index=True, column_config={
-        "key": st.column_config.TextColumn("key", width=78, pinned=True),
-        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%", width=58, pinned=True,
+        "key": st.column_config.TextColumn("key", width=78),
+        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%", width=58,
                                              help="At the sidebar's energies (empty when the entry cannot be read)."),
-        "model": st.column_config.TextColumn("model", width=190, pinned=True),
+        "model": st.column_config.TextColumn("model", width=190),
         "dataset": st.column_config.TextColumn("dataset", width=128),
         "images": st.column_config.NumberColumn("images", format="localized", width=64),
         "created": st.column_config.TextColumn("created", width=118),
