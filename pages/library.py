@@ -51,17 +51,26 @@ def _export(key: str, fmt: str) -> bytes:
 
 frame.intro("Library", text.LIBRARY_INTRO, lead=text.LIBRARY_LEAD)
 
-entries = list(state.cache().entries())
+entries = tables.library_order(list(state.cache().entries()))  # whole models first, then checkpoints
 if not entries:
     st.info("The cache is empty: run an analysis on the Analyze page.")
 else:
     table = pd.DataFrame([tables.entry_row(e, _mlu(e.key)) for e in entries])
-    st.dataframe(table, hide_index=True, column_config={  # a long model id is cut (its cell shows it whole)
-        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%", width="small",
+    # widths (px) that fit the main column at 1280 px (about 820 px), the key columns first; a long model id is
+    # cut (its cell shows it whole). Not pinned: Streamlit draws pinned columns' text grey, the key ones faint
+    st.dataframe(table, hide_index=True, column_config={
+        "key": st.column_config.TextColumn("key", width=78),
+        "MLU": st.column_config.NumberColumn("MLU", format="%.1f%%", width=58,
                                              help="At the sidebar's energies (empty when the entry cannot be read)."),
-        "model": st.column_config.TextColumn("model", width="medium"),
-        "images": st.column_config.NumberColumn("images", format="localized", width="small"),
-        "full key": st.column_config.TextColumn("full key", width="small"),
+        "model": st.column_config.TextColumn("model", width=190),
+        "dataset": st.column_config.TextColumn("dataset", width=128),
+        "images": st.column_config.NumberColumn("images", format="localized", width=64),
+        "created": st.column_config.TextColumn("created", width=118),
+        "stats s": st.column_config.NumberColumn("stats s", format="%.1f", width=58,
+                                                 help="Seconds the statistics pass took (one decimal for every row)."),
+        "settings": st.column_config.TextColumn("settings", width=126,
+                                                help="Samples and tokens per image (when limited), seed, precision, "
+                                                     "device (the card has the rest)."),
     })
     labels = {e.key: tables.entry_label(e) for e in entries}
     if st.session_state.get(PICK) not in labels:

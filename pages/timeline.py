@@ -225,6 +225,6 @@ cols[2].metric("Epoch", "n/a" if point.epoch is None else f"{point.epoch:g}")
 frame.plot(charts.utilization_bars(result.layers, result.mlu, state.selected_layer(result), mlu_err=result.mlu_err),
            result.meta, key="timeline_bars")
 
-frame.plot(tc.mlu_vs_probe(table), metas, key="timeline_scatter")
+frame.plot(tc.mlu_vs_probe(table, names), metas, key="timeline_scatter")
 with st.expander("Timeline table", expanded=False):
     st.dataframe(tables.displayed(table), hide_index=True)

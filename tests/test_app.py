@@ -79,8 +79,8 @@ def test_app_opens_on_the_comparison_with_the_default_result_open(app, results):
     assert at.query_params.get("analysis") == results.a.key
     sidebar_text = " ".join(m.value for m in at.sidebar.markdown)
     assert "fashion-mnist:test" in re.sub(r"<[^>]+>", "", sidebar_text) and "64" in sidebar_text
-    # the ids wrap only between their parts in a narrow (presentation-mode) sidebar, never mid-word
-    assert "<span>fashion-mnist:</span><wbr><span>test</span>" in sidebar_text
+    # the ids never break in a narrow (presentation-mode) sidebar: whole on one line, scaled to fit it
+    assert "<span class='lu-fit' style='--n:18'>fashion-mnist:test</span>" in sidebar_text
     # the MLU with its split-half error bar (percentage points) under it, never cut off with the value
     from ui.text import error_bar
 
@@ -722,6 +722,30 @@ def test_ids_wrap_between_their_parts_and_copy_whole():
     assert frame.PRESENTATION_SIDEBAR in frame._PRESENTATION_STYLE
 
 
+def test_sidebar_ids_are_whole_on_one_line_scaled_to_fit():
+    """The presentation-mode sidebar (240 px at 1280 x 720) broke "zoo:" | "vit-fmnist-supervised" over two lines:
+    a model id now never breaks there; it is one unbreakable run whose text the frame's CSS scales to the line
+    (from the sidebar block's width, a container, and the id's length), down to 0.6 of code's size; only an id
+    too long for that (a file path) still wraps between its parts. It reads and copies as the id."""
+    import html
+
+    from ui import frame, text
+
+    for model_id in ("zoo:vit-fmnist-supervised", "zoo:vit-fmnist-supervised?step=1872"):
+        shown = text.fitted_id(model_id)
+        assert "<wbr>" not in shown and f"style='--n:{len(model_id)}'" in shown and "class='lu-fit'" in shown
+        assert html.unescape(re.sub(r"<[^>]+>", "", shown)) == model_id
+    odd = "zoo:a_*b*_[x]"
+    assert not re.search(r"[*_\[\]]", re.sub(r"<[^>]+>", "", text.fitted_id(odd)))  # no Markdown in it
+    long_id = "file:/runs/experiment-42/checkpoints/step_1200.safetensors?arch=vit_small_patch16_224"
+    assert text.fitted_id(long_id) == text.breakable_id(long_id)
+    for css in (frame._STYLE, frame._STYLE + frame._PRESENTATION_STYLE):
+        # only st.markdown blocks are size containers: a widget label made one (the presentation toggle's) took no width
+        assert ('[data-testid="stSidebar"] [data-testid="stMarkdown"] [data-testid="stMarkdownContainer"] '
+                '{ container-type: inline-size; }') in css
+        assert re.search(r"span\.lu-fit \{ white-space: nowrap;\s+font-size: clamp\(0\.6em, calc\(\(100cqi", css)
+
+
 # ------------------------------------------------------------------------------------------ the classroom demo
 def test_a_fresh_clone_opens_on_the_zoo_regimes_with_accuracy_and_caveat(monkeypatch, tmp_path):
     """Real defaults, empty cache: the shipped entries make the regimes comparison appear at once."""
@@ -886,4 +910,54 @@ def test_wide_tables_show_their_key_column_first(app, results):
     _ok(at)
     library = at.main.dataframe[0]
     assert list(library.value.columns)[:3] == ["key", "MLU", "model"]
-    assert json.loads(library.proto.columns)["model"]["width"] == "medium"
+    assert json.loads(library.proto.columns)["model"]["width"] == 190  # fixed widths: see the next test
+
+
+def _library_copy(entry_dir: Path, cache_dir: Path, key: str, model_id: str, created: float, statistics_s: float) -> None:
+    """A copy of a cache entry under ``key`` with another model id, creation time and statistics time (the
+    manifest's digests cover the arrays, not the meta, so the copy stays intact)."""
+    import json
+
+    shutil.copytree(entry_dir, cache_dir / key)
+    path = cache_dir / key / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(key=key, created=created)
+    manifest["meta"]["model_id"] = model_id
+    manifest["meta"]["timings"]["statistics_s"] = statistics_s
+    path.write_text(json.dumps(manifest))
+
+
+def test_library_lists_whole_models_first_in_one_number_format_and_fits_1280_px(results, monkeypatch, tmp_path):
+    """The Timeline adopts two dozen shipped checkpoint analyses at once, all newer than the main ones: newest
+    first put them above the four main analyses, below the table's visible rows. Whole models come first (newest
+    first), then the checkpoints by series and step. "statistics s" showed 15.4 beside 16.22: one decimal for all.
+    The table scrolled sideways at 1280 px (main column about 820 px) for its settings: its columns now fit there,
+    the key columns first and the few settings that rarely differ in one cell."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    source = results.cache_dir / results.a.key
+    copies = [("a" * 24, "zoo:one", 100.0, 15.4), ("b" * 24, "zoo:two", 200.0, 16.2204),
+              ("c" * 24, "zoo:two?step=936", 900.0, 15.0), ("d" * 24, "zoo:two?step=58", 800.0, 17.0),
+              ("e" * 24, "zoo:one?step=117", 950.0, 16.0)]
+    for key, model_id, created, seconds in copies:
+        _library_copy(source, cache_dir, key, model_id, created, seconds)
+    _point_app_at(cache_dir, monkeypatch)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.switch_page("pages/library.py").run()
+    _ok(at)
+    library = at.main.dataframe[0]
+    assert list(library.value["model"]) == ["zoo:two", "zoo:one", "zoo:one?step=117", "zoo:two?step=58",
+                                            "zoo:two?step=936"]
+    assert list(at.selectbox(key="library_pick").options)[0].startswith("b" * 8)  # the menu in the same order
+    columns = json.loads(library.proto.columns)
+    assert columns["stats s"]["type_config"]["format"] == "%.1f"  # 15.4 and 16.2, not 15.4 and 16.22
+    assert sorted(library.value["stats s"]) == [15.0, 15.4, 16.0, 16.22, 17.0]  # the values themselves kept
+    widths = [columns[name]["width"] for name in library.value.columns]
+    assert all(isinstance(w, int) for w in widths) and sum(widths) <= 820, widths
+    assert list(library.value.columns)[:6] == ["key", "MLU", "model", "dataset", "images", "created"]
+    assert len(library.value.columns) <= 8 and "seed 0" in library.value["settings"].iloc[0]
+    assert all(len(name) <= 8 for name in library.value.columns)  # short headers

@@ -308,26 +308,29 @@ def test_the_sweeps_k_lines_show_over_the_r_line_they_equal(results):
         assert data[k_in].line.dash != data[k_out].line.dash
 
 
-def test_kind_legends_keep_clear_of_the_title_and_the_dense_line_is_labelled(results):
-    """A bar-per-layer chart's kind legend (three rows at 1280 px) grows up from the plot: the top margin holds
-    every row below the title (at 110 px the third row touched it). Compress's 100 % reference line says what it
-    is, beside the plot like the MLU's label."""
+def test_kind_legends_hang_under_the_title_and_take_only_the_rows_they_need(results):
+    """A bar-per-layer chart's kind legend wraps into three rows at 1280 px in presentation mode but fits one at
+    1920 px: a top margin sized for three rows (150 px) left about 40 px empty under the title there. The legend
+    now hangs from just under the title in container coordinates, where Plotly reserves above the plot exactly
+    the rows it draws; the margin itself holds the title and one row, in both modes. Compress's 100 % reference
+    line says what it is, beside the plot like the MLU's label."""
     from ui import charts
 
     a, _ = results
-    kinds = a.layers["kind"].nunique()
-    rows = -(-kinds // charts.KIND_LEGEND_PER_ROW)
+    assert a.layers["kind"].nunique() >= 5  # three rows at two a row: the old margin's case
     savings = charts.savings_bars(a.layers)
     for figure in (charts.utilization_bars(a.layers, a.mlu, None), savings):
         for shown in (figure, charts.for_projector(figure)):
-            # rows of 1.5 em, plus the legend's offset above the plot and its padding; the title's line from the top
-            legend_px = rows * 1.5 * shown.layout.legend.font.size + 16
-            title_px = 1.6 * shown.layout.title.font.size + 3
-            assert shown.layout.margin.t >= legend_px + title_px + 10, (shown.layout.margin.t, legend_px, title_px)
+            legend, layout = shown.layout.legend, shown.layout
+            assert legend.yref == "container" and legend.yanchor == "top" and legend.orientation == "h"
+            top_px = (1 - legend.y) * layout.height
+            title_px = (1 - layout.title.y) * layout.height + 1.3 * layout.title.font.size
+            assert title_px + 4 <= top_px <= title_px + 12, (title_px, top_px)  # just under the title
+            one_row = 1.5 * legend.font.size
+            assert top_px + one_row <= layout.margin.t <= top_px + one_row + 20, (layout.margin.t, top_px)
     note = next(n for n in savings.layout.annotations if "dense" in n.text)
     assert note.y == 1.0 and note.xref == "x domain" and note.x >= 1.0 and "100 %" in note.text
     assert savings.layout.margin.r >= _label_width(note)
-    assert charts.kinds_legend_margin(2) == charts.kinds_legend_margin(1) == 110  # one row: the usual margin
 
 
 def test_learn_directions_are_axes_through_the_points_and_the_dropped_one_is_dark():
@@ -349,3 +352,107 @@ def test_learn_directions_are_axes_through_the_points_and_the_dropped_one_is_dar
     assert length == pytest.approx(reach) and length > 3 * np.hypot(x[1], y[1])  # across the cloud
     kept = [t for t in fig.data if t.name and t.name.startswith("direction 1")][0]
     assert kept.line.color == "#d62728" and list(kept.marker.size) == [0, 12, 0, 0, 12]
+
+
+def test_difference_hover_says_none_or_below_the_precision_instead_of_plus_zero():
+    """The Compare page's per-layer difference hovered "+0.0 pp" both for a layer whose utilization is the same
+    (same rank) and for one a few hundredths of a point apart: "0 pp", and "+<0.1 pp" as the error bars write
+    "± <0.1 pp"; a real difference keeps its sign and one decimal, the minus the axis' ticks use."""
+    import pandas as pd
+
+    from analysis.plots import numbers
+    from ui import charts
+
+    per_layer = pd.DataFrame({"layer": ["a", "b", "c", "d"], "A: x": [0.2] * 4, "B: y": [0.2, 0.2002, 0.1877, 0.25]})
+    per_layer["B: y - A: x"] = per_layer["B: y"] - per_layer["A: x"]
+    per_layer.loc[0, "B: y - A: x"] = 0.0
+    figure = charts.delta_bars(per_layer, ["A: x", "B: y"])
+    bars = figure.data[0]
+    assert list(bars.customdata) == ["0 pp", "+<0.1 pp", "−1.2 pp", "+5.0 pp"]
+    assert "%{customdata}" in bars.hovertemplate and "%{y:+.1f}" not in bars.hovertemplate
+    assert numbers.difference_pp(-0.0004) == "−<0.1 pp" and numbers.difference_pp(float("nan")) == "n/a"
+
+
+def _story_table():
+    import pandas as pd
+
+    rows = []
+    for series, probes in (("sup", [0.657, 0.80, 0.906]), ("mae", [0.67, 0.78, 0.82])):
+        for step, probe, mlu in zip([0, 117, 5850], probes, [0.15, 0.2, 0.32]):
+            rows.append(dict(series=series, checkpoint=f"{series} {step}", step=step, status="ok", mlu=mlu,
+                             model_id=f"zoo:{series}", linear_probe_top1=probe))
+    rows.append(dict(series="random", checkpoint="init", step=0, status="ok", mlu=0.151, model_id="zoo:random",
+                     linear_probe_top1=0.686))
+    return pd.DataFrame(rows)
+
+
+def test_timeline_story_panels_keep_their_scales_apart():
+    """The stacked MLU and probe panels put the MLU's "0%" just above the probe's "90%" (about 30 px apart at
+    1920 px): at least 60 px of height now separate the MLU's 0 from the probe's top tick, in both modes."""
+    import math
+
+    from ui import charts
+    from ui import timeline_charts as tc
+
+    figure = tc.story_chart(_story_table())
+    for shown in (figure, charts.for_projector(figure)):
+        layout = shown.layout
+        plot_px = layout.height - layout.margin.t - layout.margin.b
+        mlu_bottom = layout.yaxis.domain[0]  # the MLU panel starts at 0 (rangemode tozero): its 0 % tick is here
+        assert layout.yaxis.rangemode == "tozero"
+        low, high = layout.yaxis2.range
+        step = layout.yaxis2.dtick
+        top_tick = math.floor(high / step + 1e-9) * step
+        assert low <= 0.657 and high >= 0.906 and top_tick <= high
+        top_tick_at = layout.yaxis2.domain[0] + (top_tick - low) / (high - low) * (layout.yaxis2.domain[1] - layout.yaxis2.domain[0])
+        assert (mlu_bottom - top_tick_at) * plot_px >= 60, (mlu_bottom, top_tick_at, plot_px)
+
+
+def test_the_probe_scatter_labels_a_crowded_start_above_it_with_an_arrow_and_its_series():
+    """The one-point series (random init, step 0) was labelled "step 0" on its point, where the three regimes'
+    start points overlap: which series' start was meant could not be read. Its label names the series and is
+    lifted above the cluster with an arrow to the point, in the series' colour; a last point with room keeps a
+    plain label beside it, also named."""
+    from ui import timeline_charts as tc
+
+    names = {"sup": "supervised", "mae": "MAE", "random": "random init"}
+    figure = tc.mlu_vs_probe(_story_table(), names)
+    assert not any(t.text for t in figure.data)  # no text drawn on the points themselves
+    notes = {n.text: n for n in figure.layout.annotations}
+    start = notes["random init · step 0"]
+    assert start.showarrow and start.ay <= -40 and start.ax == 0 and (start.x, start.y) == (0.686, 0.151)
+    colors = {t.name: t.line.color for t in figure.data}
+    assert start.font.color == start.arrowcolor == colors["random init"]
+    for label in ("supervised · step 5,850", "MAE · step 5,850"):
+        assert not notes[label].showarrow and notes[label].font.color in colors.values()
+    assert [t.name for t in figure.data] == ["supervised", "MAE", "random init"]
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.9, 0.99, 0.999])
+def test_eigen_chart_axes_are_readable_and_their_ticks_mean_something(results, energy):
+    """The C_in / C_out charts labelled every decade of their two log axes (13 superscripted labels a side down
+    to 1e-12) and left the index axis to Plotly, whose "20" sat beside "k = 19" and which stopped short of the
+    last index. Now: at most 7 labelled decades, level on both sides; the index axis spans 1 .. the last drawn
+    eigenvalue and is labelled at k, at its ends and at round values that keep clear of them."""
+    from analysis import metrics
+    from ui import charts
+
+    a, _ = results
+    spectrum = a.layer(a.layers.loc[a.layers["in_mlu"], "layer"].iloc[0])
+    for eig in (spectrum.eig_in, spectrum.eig_out):
+        log_range = charts.eigen_log_range([spectrum.eig_in, spectrum.eig_out], [energy])
+        figure = charts.eigen_chart(eig, energy, "C", log_range=log_range)
+        for axis in (figure.layout.yaxis, figure.layout.yaxis2):
+            low, high = axis.range
+            labelled = [t for t in range(int(np.floor(low)), int(np.ceil(high)) + 1)
+                        if low <= t <= high and (t - axis.tick0) % axis.dtick == 0]
+            assert 2 <= len(labelled) <= charts.LOG_LABELS_MOST, (axis.dtick, labelled)
+        assert figure.layout.yaxis.dtick == figure.layout.yaxis2.dtick
+        x = figure.layout.xaxis
+        k = metrics.k_at_energy(np.clip(eig, 0, None), energy)
+        drawn = max(max(t.x) for t in figure.data)
+        ticks = list(x.tickvals)
+        assert k in ticks and drawn in ticks and x.range[0] < 1 and drawn < x.range[1] <= drawn * 1.05
+        assert list(x.ticktext) == [str(t) for t in ticks]
+        gaps = np.diff(ticks) / (drawn - 1)
+        assert gaps.min() >= charts.INDEX_TICK_GAP - 1e-9, ticks  # no two labels crowd each other

@@ -26,6 +26,12 @@ ID_STYLE = """
 code.lu-id { display: inline-block; max-width: 100%; vertical-align: top; overflow-wrap: anywhere;
              padding-left: 0.15em; padding-right: 0.15em; }  /* vit-fmnist-supervised fits a 240 px sidebar's line */
 code.lu-id > span { white-space: nowrap; }
+/* ids that never break (text.fitted_id): one line, the text scaled to the line's width when the id is wider
+   (monospace: 0.6 em a character; 100cqi is the markdown block's width); never below 0.6 of code's size.
+   Only st.markdown blocks are containers: a widget's label (the presentation toggle's) sized 0 wide as one */
+[data-testid="stSidebar"] [data-testid="stMarkdown"] [data-testid="stMarkdownContainer"] { container-type: inline-size; }
+code.lu-id > span.lu-fit { white-space: nowrap;
+  font-size: clamp(0.6em, calc((100cqi - 0.6rem) / (var(--n) * 0.6)), 1em); }
 """
 
 _STYLE = """
@@ -143,9 +149,9 @@ def sidebar() -> None:
             st.caption("No analysis open yet.")
         else:
             meta = result.meta
-            st.markdown(  # the ids wrap between their parts, never mid-word (a narrow presentation sidebar)
-                f"**Model** {text.breakable_id(meta.model_id)}  \n"
-                f"**Dataset** {text.breakable_id(meta.dataset_id)}  \n"
+            st.markdown(  # the ids whole on one line, never broken (a narrow presentation sidebar)
+                f"**Model** {text.fitted_id(meta.model_id)}  \n"
+                f"**Dataset** {text.fitted_id(meta.dataset_id)}  \n"
                 f"**Images** {text.count(meta.n_images)} · key `{text.short_key(result.key)}`  \n"
                 f"**Vectors** {text.analysis_note(meta)}",
                 unsafe_allow_html=True,

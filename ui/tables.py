@@ -54,9 +54,46 @@ def displayed(table: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.
     return out
 
 
+def checkpoint_step(model_id: str) -> int | None:
+    """The training step of a checkpoint's model id (``zoo:vit-fmnist-mae?step=936`` -> 936), else None: the
+    Timeline analyses one such id per point of a series, and they are listed after the models themselves."""
+    from analysis.models.registry import ModelId
+
+    try:
+        step = ModelId.parse(model_id).options.get("step")
+        return None if step is None else int(step)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def library_order(entries: list[CacheEntry]) -> list[CacheEntry]:
+    """The Library's rows: the analyses of whole models first, newest first; then the checkpoints of training
+    series (the Timeline's points, adopted from the shipped entries all at once), grouped by model and in step
+    order. Ties fall to the key, so the order is the same on every run. (Newest first throughout put the
+    Timeline's two dozen checkpoints above the four main analyses, below the table's visible rows.)"""
+    main = [e for e in entries if checkpoint_step(e.meta.model_id) is None]
+    points = [e for e in entries if checkpoint_step(e.meta.model_id) is not None]
+    main.sort(key=lambda e: (-(e.created or 0.0), e.key))
+    points.sort(key=lambda e: (e.meta.model_id.partition("?")[0], checkpoint_step(e.meta.model_id), e.meta.dataset_id,
+                               e.key))
+    return main + points
+
+
+def _settings(entry: CacheEntry) -> str:
+    """The settings that rarely differ, in one short cell (the sample and token counts only when limited); the
+    layer count and code version are on the reproducibility card."""
+    meta = entry.meta
+    parts = [f"{meta.samples:,} samples" if meta.samples is not None else "",
+             f"{meta.tokens_per_image} tok/img" if meta.tokens_per_image is not None else "",
+             f"seed {meta.seed}", meta.precision, meta.device]
+    return " · ".join(p for p in parts if p)
+
+
 def entry_row(entry: CacheEntry, mlu: float | None = None) -> dict:
     """One Library row from a cache entry's listing (its settings and ids, no arrays read): what tells the
-    entries apart first (model, dataset, images, MLU, when), the settings after."""
+    entries apart first (model, dataset, images, MLU, when), then the statistics pass's time and the settings
+    that rarely differ in one cell (the page's column widths make it all fit at 1280 px, no sideways scrolling).
+    The full key is on the reproducibility card; its first 8 digits are enough for the CLI."""
     meta = entry.meta
     return {  # the MLU beside the key: a long model id pushed it out of sight at 1280 px
         "key": entry.key[:8],
@@ -65,15 +102,8 @@ def entry_row(entry: CacheEntry, mlu: float | None = None) -> dict:
         "dataset": meta.dataset_id,
         "images": meta.n_images,
         "created": _dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M") if entry.created else "",
-        "samples": "all" if meta.samples is None else meta.samples,
-        "seed": meta.seed,
-        "tokens/image": "all" if meta.tokens_per_image is None else meta.tokens_per_image,
-        "precision": meta.precision,
-        "device": meta.device,
-        "layers": entry.n_layers,
-        "statistics s": _round(meta.timings.statistics_s),
-        "code": meta.key_parts.get("code", meta.version),
-        "full key": entry.key,
+        "stats s": _round(meta.timings.statistics_s),
+        "settings": _settings(entry),
     }
 
 

@@ -63,6 +63,25 @@ def breakable_id(value: str) -> str:
     return "<code class='lu-id'>" + "<wbr>".join(held[len(p) > ID_PART_MOST].format(literal(p)) for p in parts) + "</code>"
 
 
+ID_FIT_MOST = 36
+"""An id up to this long (``zoo:vit-fmnist-supervised?step=1872`` is 35) is shown whole on one line by
+:func:`fitted_id`, its text made as small as that needs; a longer one (a file path) wraps between its parts."""
+
+
+def fitted_id(value: str) -> str:
+    """``value`` (a model or dataset id) as inline HTML code that never breaks: on one line, whole, its text
+    scaled down just enough to fit the line when it is wider (the frame's CSS, :data:`ui.frame.ID_STYLE`, sizes
+    it from the line's width and the id's length ``--n``). The narrow presentation-mode sidebar broke
+    ``zoo:`` | ``vit-fmnist-supervised`` over two lines, which read as two things. An id longer than
+    :data:`ID_FIT_MOST` would become too small to read: it wraps between its parts (:func:`breakable_id`)."""
+    import html
+
+    if len(value) > ID_FIT_MOST:
+        return breakable_id(value)
+    literal = html.escape(value).translate({ord(c): f"&#{ord(c)};" for c in "\\`*_[]~$"})
+    return f"<code class='lu-id'><span class='lu-fit' style='--n:{max(len(value), 1)}'>{literal}</span></code>"
+
+
 def analysis_note(meta) -> str:
     """Which vectors an analysis counted, for chart titles: ``"patch tokens only · centred"``."""
     from analysis.tokens import label

@@ -63,7 +63,7 @@ ANALYSIS_COLORS: tuple[str, ...] = ("#4c78a8", "#e45756", "#54a24b", "#b279a2")
 CHART_HEIGHT = 460
 LAYER_BARS_HEIGHT = 600
 """Height of a bar per layer chart (:func:`utilization_bars`, :func:`savings_bars`, :func:`delta_bars`): its legend
-above (with room under the title, :func:`kinds_legend_margin`) and the rotated layer names under it take about
+above (hung under the title, :func:`legend_under_title`) and the rotated layer names under it take about
 310 px, so at 420 px its plot area was a flat strip of 150 px on a wide screen."""
 ZERO_ERROR = 1e-12
 """Preservation errors below this are floating-point noise (the error is exactly 0 at e = 1); not drawn on log axes."""
@@ -74,15 +74,30 @@ _MARGIN = dict(l=70, r=30, t=110, b=70)
 """The top margin holds the title (top line) and the legend (second line) without overlap."""
 
 
-KIND_LEGEND_PER_ROW = 2
-"""Kind legend entries a row holds at worst (their names are long: 1280 px, presentation mode)."""
+TITLE_TOP = 0.985
+"""Where every title's top line sits (a fraction of the figure's height, from its bottom: :func:`_layout`)."""
+LEGEND_GAP_PX = 6
+"""Space between a title and a legend hung under it (:func:`legend_under_title`)."""
 
 
-def kinds_legend_margin(kinds: int, base: int = _MARGIN["t"]) -> int:
-    """Top margin (px) for the title and a legend of ``kinds`` layer kinds above the plot: the legend grows up
-    from the plot a row at a time, and at the default margin its third row touched the title."""
-    rows = -(-max(kinds, 1) // KIND_LEGEND_PER_ROW)
-    return max(base, 84 + 22 * rows)
+def title_bottom_px(fig: go.Figure) -> float:
+    """Pixels from the figure's top to the bottom of its title's line (one line of the title's font)."""
+    layout = fig.layout
+    size = layout.title.font.size if layout.title.font and layout.title.font.size else TITLE_SIZE
+    return (1 - TITLE_TOP) * (layout.height or CHART_HEIGHT) + 1.3 * size
+
+
+def legend_under_title(fig: go.Figure) -> go.Figure:
+    """Hang ``fig``'s horizontal legend from just under its title (container coordinates), so the legend takes
+    the rows it needs at the width it is drawn and Plotly reserves exactly that room above the plot: a kind
+    legend wraps into three rows at 1280 px in presentation mode but fits one at 1920 px, where a top margin
+    sized for three left about 40 px empty under the title. The top margin itself holds the title and one row;
+    :func:`for_projector` hangs it again for the larger title."""
+    legend_size = fig.layout.legend.font.size if fig.layout.legend.font and fig.layout.legend.font.size else FONT_SIZE - 1
+    top = title_bottom_px(fig) + LEGEND_GAP_PX
+    fig.update_layout(legend=dict(yref="container", y=1 - top / (fig.layout.height or CHART_HEIGHT), yanchor="top"),
+                      margin=dict(t=int(top + 1.5 * legend_size + 12)))
+    return fig
 
 
 def kind_color(kind: str) -> str:
@@ -105,7 +120,7 @@ def _layout(fig: go.Figure, title: str, **kwargs) -> go.Figure:
     """Shared look: title on the first line of the top margin, the legend on the line below it (never over
     the title or the plot), projector-sized fonts, dark ticks."""
     fig.update_layout(
-        title=dict(text=title, x=0.0, xanchor="left", y=0.985, yanchor="top", yref="container",
+        title=dict(text=title, x=0.0, xanchor="left", y=TITLE_TOP, yanchor="top", yref="container",
                    font=dict(size=TITLE_SIZE)),
         height=kwargs.pop("height", CHART_HEIGHT),
         margin=kwargs.pop("margin", _MARGIN),
@@ -180,6 +195,8 @@ def for_projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
                                       l=int((margin.l or 70) * scale), r=int((margin.r or 30) * scale)))
     if layout.height:
         fig.update_layout(height=int(layout.height * 1.1))
+    if layout.legend.yref == "container":  # a legend hung under the title follows the larger title
+        legend_under_title(fig)
     return fig
 
 
@@ -313,8 +330,8 @@ def utilization_bars(table: pd.DataFrame, mlu: float, selected: str | None = Non
         label_line(fig, mlu, f"<b>MLU {numbers.pct(mlu)}</b>" + (f"<br>{bar}" if bar else ""), size=FONT_SIZE + 1)
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="utilization r / min(d_in, d_out)")
-    return _layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select", height=height,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
+    return legend_under_title(_layout(fig, "Utilization per layer", bargap=BAR_GAP, clickmode="event+select",
+                                      height=height, margin={**_MARGIN, "r": LINE_LABEL_MARGIN}))
 
 
 def convergence_chart(curve: pd.DataFrame, selected: str | None = None, mlu_err: float = float("nan"),
@@ -579,11 +596,53 @@ def eigen_chart(eigenvalues: np.ndarray, energy: float, label: str, color: str =
     else:  # zero energy: k is undefined (analysis.status), never a number
         fig.add_annotation(x=0.5, xref="paper", y=0.5, yref="paper", showarrow=False,
                            text="zero energy: k undefined", font=dict(size=FONT_SIZE + 1, color="#222"))
-    fig.update_xaxes(title="index i / number of directions k")
-    fig.update_yaxes(type="log", dtick=1, range=log_range, title="λ_i / λ_1", exponentformat="power", secondary_y=False)
-    fig.update_yaxes(type="log", dtick=1, range=log_range, title="energy not held (1 − cumulative)",
+    drawn = ([int(x[-1])] if len(x) else []) + ([int(np.flatnonzero(keep)[-1]) + 1] if keep.any() else [])
+    last = max(drawn, default=max(d, 1))
+    fig.update_xaxes(title="index i / number of directions k", **index_axis(last, k if d and cumulative[-1] > 0 else None))
+    decades = log_decades_per_tick(log_range)
+    fig.update_yaxes(type="log", dtick=decades, tick0=0, range=log_range, title="λ_i / λ_1", exponentformat="power",
+                     secondary_y=False)
+    fig.update_yaxes(type="log", dtick=decades, tick0=0, range=log_range, title="energy not held (1 − cumulative)",
                      exponentformat="power", showgrid=False, secondary_y=True)
     return _layout(fig, label, height=height)
+
+
+LOG_LABELS_MOST = 7
+"""At most this many labelled decades on :func:`eigen_chart`'s log axes: a label a decade apart over twelve decades
+(down to the 1e-12 floor) stacked 13 superscripted labels on each side, about 20 px apart at 1280 px."""
+
+
+def log_decades_per_tick(log_range: Sequence[float]) -> int:
+    """Decades between labelled ticks of a log axis over ``log_range`` (log10 units): 1, 2, 3 ... so that at most
+    :data:`LOG_LABELS_MOST` are labelled."""
+    import math
+
+    span = max(float(log_range[1]) - float(log_range[0]), 1.0)
+    return max(1, math.ceil(span / (LOG_LABELS_MOST - 1)))
+
+
+INDEX_TICK_GAP = 0.1
+"""On :func:`index_axis`, a round tick closer than this fraction of the axis to 1, k or the last index is dropped."""
+
+
+def index_axis(last: int, k: int | None) -> dict:
+    """An index axis (1 .. ``last``, the last drawn eigenvalue) whose ticks mean something: 1, the chosen ``k`` and
+    ``last`` itself (an end too close to k gives way to it), and round values between them that keep clear of those
+    (the automatic ticks put "20" right beside the k line's "k = 19" and ended before the last index)."""
+    import math
+
+    last = max(int(last), 2)
+    raw = (last - 1) / 5
+    power = 10.0 ** math.floor(math.log10(max(raw, 1e-9)))
+    step = max(1, int(next(m * power for m in (1, 2, 5, 10) if m * power >= raw)))
+    clear = INDEX_TICK_GAP * (last - 1)
+    k = int(k) if k is not None and 1 <= k <= last else None
+    marks = [k] if k is not None else []
+    marks += [m for m in (1, last) if k is None or m == k or abs(m - k) >= clear]  # k wins a tie with an end
+    marks = sorted(set(marks))
+    values = marks + [v for v in range(step, last, step) if all(abs(v - m) >= clear for m in marks)]
+    return dict(range=[1 - 0.01 * (last - 1), last + 0.01 * (last - 1)], tickmode="array", tickvals=sorted(values),
+                ticktext=[str(v) for v in sorted(values)])
 
 
 R_BAND_WIDTH = 8
@@ -750,7 +809,8 @@ def delta_bars(per_layer: pd.DataFrame, labels: Sequence[str], height: int = LAY
         column = f"{label} - {labels[0]}"
         fig.add_bar(x=per_layer["layer"], y=100 * per_layer[column], name=f"{label.split(':', 1)[0]} minus "
                     f"{labels[0].split(':', 1)[0]}", marker_color=analysis_color(i),
-                    hovertemplate="%{x}<br>difference %{y:+.1f} pp<extra>" + label + "</extra>")
+                    customdata=[numbers.difference_pp(v) for v in per_layer[column].astype(float)],
+                    hovertemplate="%{x}<br>difference %{customdata}<extra>" + label + "</extra>")
     fig.add_hline(y=0, line_color="black", line_width=1)
     _layer_axis(fig, per_layer["layer"], short=True, tickangle=-60)
     differences = [100 * per_layer[f"{label} - {labels[0]}"].astype(float) for label in labels[1:]]
@@ -810,8 +870,8 @@ def savings_bars(table: pd.DataFrame) -> go.Figure:
     label_line(fig, 1.0, "dense<br>(100 %)")  # the reference says what it is: nothing saved
     fig.update_xaxes(categoryorder="array", categoryarray=list(table["layer"]), tickangle=-60, title="layer (depth order)")
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%", title="parameters kept (factorized / dense)")
-    return _layout(fig, "Parameters kept per layer at the current energies", height=LAYER_BARS_HEIGHT,
-                   margin={**_MARGIN, "r": LINE_LABEL_MARGIN, "t": kinds_legend_margin(table["kind"].nunique())})
+    return legend_under_title(_layout(fig, "Parameters kept per layer at the current energies",
+                                      height=LAYER_BARS_HEIGHT, margin={**_MARGIN, "r": LINE_LABEL_MARGIN}))
 
 
 def _fitted_range(low: float, high: float, floor: float, ceiling: float, min_pad: float) -> list[float]:

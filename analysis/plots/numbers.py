@@ -24,6 +24,21 @@ def error_bar(error: float | None, digits: int = 1) -> str:
     return f"± {points:.{digits}f} pp"
 
 
+def difference_pp(delta: float | None, digits: int = 1) -> str:
+    """A difference of two fractions in percentage points, for a hover: ``+5.2 pp``, ``−0.4 pp`` (the minus sign
+    of the axis' ticks); ``0 pp`` when there is none; ``+<0.1 pp`` when it rounds to zero at the shown precision,
+    as :func:`error_bar` writes ``± <0.1 pp`` (a format with a sign wrote ``+0.0 pp`` for both)."""
+    if delta is None or (isinstance(delta, float) and math.isnan(delta)):
+        return "n/a"
+    points = 100 * float(delta)
+    if points == 0:
+        return "0 pp"
+    sign = "+" if points > 0 else "−"
+    if abs(points) < 0.5 * 10 ** -digits:
+        return f"{sign}<{10 ** -digits:.{digits}f} pp"
+    return f"{sign}{abs(points):.{digits}f} pp"
+
+
 def plus_minus(value: float, error: float, digits: int = 1) -> str:
     """``38.8% ± 0.9 pp`` (:func:`error_bar`); the value alone when the error is unknown."""
     bar = error_bar(error, digits)

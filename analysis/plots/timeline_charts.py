@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_color
+from analysis.plots.charts import CHART_HEIGHT, FONT_SIZE, _layout, analysis_color, percent_axis
 
 INTRO = (
     "How much of each layer a model uses as it trains: every checkpoint of a series (a zoo regime, or a folder "
@@ -94,7 +94,7 @@ def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height
     names = names or {}
     ok = table[table["status"] == "ok"]
     x0 = step_zero_position(list(ok["step"]))
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.08)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=STORY_GAP)
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
         name, color = names.get(series, series), analysis_color(i)
@@ -109,8 +109,29 @@ def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height
     _steps_with_zero_tick(fig, ok["step"], x0, row=2, col=1)
     fig.update_xaxes(title="training step (log scale; 0 = initialisation)", row=2, col=1)
     fig.update_yaxes(tickformat=".0%", title="MLU", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(tickformat=".0%", title="linear probe", row=2, col=1)
+    probe = ok["linear_probe_top1"].dropna().astype(float)
+    if len(probe):
+        fig.update_yaxes(title="linear probe", row=2, col=1, **probe_axis(float(probe.min()), float(probe.max())))
+    else:
+        fig.update_yaxes(tickformat=".0%", title="linear probe", row=2, col=1)
     return _layout(fig, "MLU and linear-probe accuracy against training step", height=height)
+
+
+STORY_GAP = 0.14
+"""Space between :func:`story_chart`'s MLU and probe panels (a fraction of the plot's height, about 60 px): at
+0.08 the MLU's "0%" tick sat just above the probe's "90%", two scales read as one."""
+PROBE_HEADROOM = 0.12
+"""The probe panel's range reaches this fraction of its data span beyond the data at either end, so its top tick
+sits inside the panel, below the gap, not at its edge under the MLU's 0%."""
+
+
+def probe_axis(low: float, high: float) -> dict:
+    """The probe panel's y axis over accuracies ``low`` .. ``high``: padded by :data:`PROBE_HEADROOM` (at least
+    1 point), with round percent ticks (:func:`analysis.plots.charts.percent_axis`)."""
+    span = max(high - low, 0.01)
+    pad = max(PROBE_HEADROOM * span, 0.01)
+    axis = percent_axis(low, high, ticks=4)
+    return dict(range=[max(0.0, low - pad), min(1.0, high + pad)], **axis)
 
 
 def groups_chart(groups: pd.DataFrame, names: dict[str, str] | None = None, height: int = CHART_HEIGHT) -> go.Figure:
@@ -189,22 +210,50 @@ def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def mlu_vs_probe(table: pd.DataFrame) -> go.Figure:
+CROWDED = (0.08, 0.1)
+"""A labelled point is crowded when another series has a point within these fractions of the x and y spans
+(about a label's width and height on the chart)."""
+LABEL_LIFT_PX = 56
+"""How far above a crowded point its label goes, joined to the point by an arrow."""
+
+
+def mlu_vs_probe(table: pd.DataFrame, names: dict[str, str] | None = None) -> go.Figure:
     """MLU against linear-probe top-1, one colour per series, every checkpoint whose accuracy is known; only each
-    series' last point is labelled with its step (labels at every point pile up where series share step 0;
-    the hover names every point)."""
+    series' last point is labelled, with the series' name and its step, in its colour (labels at every point pile
+    up where series share step 0; the hover names every point). A label whose point has another series' points
+    close by (a one-point series at step 0 sits among the others' starts) is lifted :data:`LABEL_LIFT_PX` above
+    them with an arrow to its point: drawn on the point, "step 0" could have been any of three series' start."""
+    names = names or {}
     ok = table[(table["status"] == "ok") & table["linear_probe_top1"].notna()]
     fig = go.Figure()
+    x_span = max(float(ok["linear_probe_top1"].max() - ok["linear_probe_top1"].min()), 0.01) if len(ok) else 1.0
+    y_span = max(float(ok["mlu"].max() - ok["mlu"].min()), 0.01) if len(ok) else 1.0
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
+        color, name = analysis_color(i), names.get(series, series)
         fig.add_scatter(
-            x=rows["linear_probe_top1"], y=rows["mlu"], mode="markers+lines+text", name=series,
-            text=[""] * (len(rows) - 1) + [f"step {rows['step'].iloc[-1]:,}"] if len(rows) else [],
-            textposition="top left", cliponaxis=False, line=dict(color=analysis_color(i), dash="dot"),
+            x=rows["linear_probe_top1"], y=rows["mlu"], mode="markers+lines", name=name,
+            line=dict(color=color, dash="dot"),
             customdata=np.stack([rows["checkpoint"].astype(str), rows["step"].astype(str)], axis=-1),
             hovertemplate="%{customdata[0]}<br>step %{customdata[1]}<br>probe %{x:.1%}, MLU %{y:.1%}"
                           "<extra>%{fullData.name}</extra>",
         )
+        if not len(rows):
+            continue
+        last = rows.iloc[-1]
+        x, y = float(last["linear_probe_top1"]), float(last["mlu"])
+        others = ok[ok["series"] != series]
+        crowded = bool(((others["linear_probe_top1"] - x).abs().le(CROWDED[0] * x_span)
+                        & (others["mlu"] - y).abs().le(CROWDED[1] * y_span)).any())
+        step = last["step"]
+        label = f"{name} · step {int(step):,}" if not _nan(step) else f"{name} · {last['checkpoint']}"
+        font = dict(size=FONT_SIZE - 1, color=color)
+        if crowded:
+            fig.add_annotation(x=x, y=y, text=label, showarrow=True, arrowhead=2, arrowwidth=1.5, arrowcolor=color,
+                               ax=0, ay=-LABEL_LIFT_PX, font=font, bgcolor="rgba(255,255,255,0.85)")
+        else:
+            fig.add_annotation(x=x, y=y, text=label, showarrow=False, xanchor="right", yanchor="bottom",
+                               xshift=-4, yshift=4, font=font)
     fig.update_xaxes(tickformat=".0%", title="linear-probe top-1 (Fashion-MNIST test)")
     fig.update_yaxes(tickformat=".0%", title="MLU")
     title = "MLU against linear-probe accuracy (label: each series' last step)"
