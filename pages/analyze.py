@@ -17,6 +17,7 @@ import hashlib
 import streamlit as st
 import torch
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis import calibration, defaults, jobs
 from analysis.cache import atomic_write_bytes
 from analysis.catalogue import (check_timm_weights, checkpoint_model_id, default_index, grouped, path_dataset_id,

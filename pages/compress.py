@@ -9,6 +9,7 @@ from functools import partial
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis.metrics import KEPT_DEFINITION
 from analysis.table_export import export_bytes
 from analysis.result import Result

@@ -11,6 +11,7 @@ from functools import partial
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis.heads import HEAD_PARTS, head_table, layouts_line, reasons_by_text
 from ui import frame, head_charts, state, tables, text
 

@@ -10,6 +10,7 @@ from functools import partial
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis import uncertainty
 from ui import card_view, charts, frame, state, tables, text
 

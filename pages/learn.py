@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis import defaults
 from analysis.compare import planned_keys
 from analysis.regimes import training_facts

@@ -9,6 +9,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis.errors import AnalysisError
 from analysis.table_export import export_bytes
 from ui import card_view, frame, jobs_view, state, tables, text

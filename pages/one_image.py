@@ -9,6 +9,7 @@ import math
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis.errors import AnalysisError
 from ui import frame, image_charts, one_image_view, state, text
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import ui  # noqa: F401  first: the whole app's modules in one thread at a time (ui/__init__.py)
 from analysis import defaults, jobs
 from analysis.calibration import LONG_RUN_S
 from analysis.engine import plan
