@@ -50,13 +50,14 @@ if e_in != e_out:
     st.caption("The sweep sets e_in = e_out; your current energies differ, so no marker is drawn on it.")
 
 frame.plot(charts.savings_bars(result.layers), result.meta, key="compress_savings")
-shown = tables.displayed(savings, {"preservation_error": ".2e"})
+shown, bars = tables.percent_bars(tables.displayed(savings, {"preservation_error": ".2e"}), {"kept": "kept"},
+                                  width="small")
 st.dataframe(
     shown,
     hide_index=True,
     column_order=tables.key_columns_first(shown, tables.SAVINGS_TABLE_FIRST),  # "kept" on screen at 1280 px
     column_config=tables.numeric_config(shown, {
-        "kept": st.column_config.ProgressColumn("kept", min_value=0.0, max_value=1.0, format="percent", width="small"),
+        **bars,
         "params_factorized": st.column_config.NumberColumn("factorized", help="params_factorized: at rank r"),
         "params_dense": st.column_config.NumberColumn("dense", help="params_dense"),
         "preservation_error": st.column_config.NumberColumn("error", format="%.2e", help="preservation_error"),

@@ -47,13 +47,8 @@ else:
     head_table_box = frame.folded("Per-head table", TABLE_OPEN)
     if head_table_box.open:  # built only when opened (frame.folded)
         with head_table_box:
-            shown = tables.displayed(table)
-            st.dataframe(
-                shown, hide_index=True,
-                column_config=tables.numeric_config(shown, {
-                    "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
-                                                                   format="percent")}),
-            )
+            shown, bars = tables.percent_bars(tables.displayed(table), {"utilization": "utilization"})
+            st.dataframe(shown, hide_index=True, column_config=tables.numeric_config(shown, bars))
 for why, layers in reasons.items():
     shown = ", ".join(f"`{layer}`" for layer in layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     st.caption(f"No head numbers for {shown}: {why}.")

@@ -89,15 +89,14 @@ if convergence.open:
 per_layer = frame.folded("Per-layer table", TABLE_OPEN)
 if per_layer.open:
     with per_layer:
-        shown = tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f",
-                                         "w_effective_rank": ".1f"})
+        shown, bars = tables.percent_bars(tables.displayed(table, {"preservation_error": ".2e", "w_stable_rank": ".1f",
+                                                                   "w_effective_rank": ".1f"}), {"utilization": "utilization"})
         st.dataframe(
             shown,
             hide_index=True,
             column_order=tables.key_columns_first(shown, tables.LAYER_TABLE_FIRST),  # utilization on screen at 1280 px
             column_config=tables.numeric_config(shown, {
-                "utilization": st.column_config.ProgressColumn("utilization", min_value=0.0, max_value=1.0,
-                                                               format="percent"),
+                **bars,
                 "preservation_error": st.column_config.NumberColumn("preservation_error", format="%.2e"),
                 "w_stable_rank": st.column_config.NumberColumn("w_stable_rank", format="%.1f"),
                 "w_effective_rank": st.column_config.NumberColumn("w_effective_rank", format="%.1f"),

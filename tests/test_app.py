@@ -722,6 +722,20 @@ def test_ids_wrap_between_their_parts_and_copy_whole():
     assert frame.PRESENTATION_SIDEBAR in frame._PRESENTATION_STYLE
 
 
+def test_learns_tour_table_breaks_model_ids_only_between_their_parts(app):
+    """The guided tour's table broke "zoo:vit-fmnist-" | "supervised" at the hyphen at 1280 x 720 (the final
+    sweep): its model cells are ids that wrap only after "zoo:" (:func:`ui.text.breakable_id`)."""
+    at = app.run()
+    at.switch_page("pages/learn.py").run()
+    _ok(at)
+    table = next(m.value for m in at.markdown if "| model | regime |" in m.value)
+    rows = [line for line in table.splitlines() if line.startswith("|") and not line.startswith(("| model", "|---"))]
+    cells = [row.split("|")[1].strip() for row in rows]
+    assert len(cells) >= 2
+    assert all(c.startswith("<code class='lu-id'><span>") and "</span><wbr><span>" in c for c in cells), cells
+    assert "| `" not in table  # no plain inline code, which the browser breaks at a hyphen
+
+
 def test_sidebar_ids_are_whole_on_one_line_scaled_to_fit():
     """The presentation-mode sidebar (240 px at 1280 x 720) broke "zoo:" | "vit-fmnist-supervised" over two lines:
     a model id now never breaks there; it is one unbreakable run whose text the frame's CSS scales to the line
@@ -911,6 +925,27 @@ def test_wide_tables_show_their_key_column_first(app, results):
     library = at.main.dataframe[0]
     assert list(library.value.columns)[:3] == ["key", "MLU", "model"]
     assert json.loads(library.proto.columns)["model"]["width"] == 190  # fixed widths: see the next test
+
+
+def test_percent_bars_show_one_decimal_on_every_row(app, results):
+    """Streamlit's "percent" format drops trailing zeros: Compress's "kept" read "35.4%" beside "38.78%". The
+    progress bars (Compress's kept, Layers' utilization) hold percents shown with one decimal."""
+    import json
+
+    at = app.run()
+    at.switch_page("pages/compress.py").run()
+    _ok(at)
+    savings = at.main.dataframe[0]
+    config = json.loads(savings.proto.columns)["kept"]
+    assert config["type_config"]["format"] == "%.1f%%" and config["type_config"]["max_value"] == 100.0
+    kept = savings.value["kept"].dropna()
+    assert len(kept) and kept.between(0.0, 100.0).all() and kept.max() > 1.0  # percents, not fractions
+    at.switch_page("pages/layers.py").run()
+    unfold(at, "layers_table_open").run()
+    _ok(at)
+    layers = at.main.dataframe[0]
+    assert json.loads(layers.proto.columns)["utilization"]["type_config"]["format"] == "%.1f%%"
+    assert layers.value["utilization"].max() > 1.0
 
 
 def _library_copy(entry_dir: Path, cache_dir: Path, key: str, model_id: str, created: float, statistics_s: float) -> None:

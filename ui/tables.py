@@ -178,6 +178,21 @@ SAVINGS_TABLE_FIRST = ["layer", "kept", "rank", "params_factorized", "params_den
 """The Compress page's per-layer table: the layer and its parameters kept first."""
 
 
+def percent_bars(table: pd.DataFrame, labels: dict[str, str], width: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """``table`` with the fraction columns ``labels`` (column -> header) in percent, and their progress-bar
+    column configs, every value with one decimal ("35.4%", "38.8%"). Streamlit's own "percent" format drops
+    trailing zeros, so one column read "35.4%" beside "38.78%". A column :func:`displayed` made text is left."""
+    import streamlit as st
+
+    out, config = table.copy(), {}
+    for name, label in labels.items():
+        if name in out and pd.api.types.is_numeric_dtype(out[name]):
+            out[name] = 100.0 * out[name]
+        config[name] = st.column_config.ProgressColumn(label, min_value=0.0, max_value=100.0, format="%.1f%%",
+                                                       width=width)
+    return out, config
+
+
 def numeric_config(table: pd.DataFrame, config: dict) -> dict:
     """``config`` (Streamlit column configs) where the columns :func:`displayed` made text keep only their
     header, help and width (a number format on text would show the missing marks as "None" again)."""
