@@ -428,6 +428,23 @@ def test_the_probe_scatter_labels_a_crowded_start_above_it_with_an_arrow_and_its
     assert [t.name for t in figure.data] == ["supervised", "MAE", "random init"]
 
 
+def test_a_crowded_start_under_another_series_label_is_lifted_below_it():
+    """Every last point's label sits above and left of it; at 1280 px the lifted "random init · step 0" covered
+    "DINO · step 1,872", whose last point was just above the start. With another series' last point above it and
+    near in x, the crowded label goes below the point (the arrow still points at it); with none, above."""
+    import pandas as pd
+
+    from ui import timeline_charts as tc
+
+    dino = [dict(series="dino", checkpoint=f"dino {step}", step=step, status="ok", mlu=mlu, model_id="zoo:dino",
+                 linear_probe_top1=probe) for step, probe, mlu in ((0, 0.657, 0.15), (1872, 0.70, 0.175))]
+    table = pd.concat([_story_table(), pd.DataFrame(dino)], ignore_index=True)
+    notes = {n.text: n for n in tc.mlu_vs_probe(table, {"random": "random init", "dino": "DINO"}).layout.annotations}
+    start = notes["random init · step 0"]
+    assert start.showarrow and start.ay >= 40 and (start.x, start.y) == (0.686, 0.151)
+    assert not notes["DINO · step 1,872"].showarrow
+
+
 @pytest.mark.parametrize("energy", [0.5, 0.9, 0.99, 0.999])
 def test_eigen_chart_axes_are_readable_and_their_ticks_mean_something(results, energy):
     """The C_in / C_out charts labelled every decade of their two log axes (13 superscripted labels a side down

@@ -95,6 +95,7 @@ def story_chart(table: pd.DataFrame, names: dict[str, str] | None = None, height
     ok = table[table["status"] == "ok"]
     x0 = step_zero_position(list(ok["step"]))
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=STORY_GAP)
+    last_points = ok.sort_values("step").groupby("series", sort=False).tail(1)
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
         name, color = names.get(series, series), analysis_color(i)
@@ -214,7 +215,8 @@ CROWDED = (0.08, 0.1)
 """A labelled point is crowded when another series has a point within these fractions of the x and y spans
 (about a label's width and height on the chart)."""
 LABEL_LIFT_PX = 56
-"""How far above a crowded point its label goes, joined to the point by an arrow."""
+"""How far above (or below, under another series' label) a crowded point its label goes, joined to the point by an
+arrow."""
 
 
 def mlu_vs_probe(table: pd.DataFrame, names: dict[str, str] | None = None) -> go.Figure:
@@ -228,6 +230,7 @@ def mlu_vs_probe(table: pd.DataFrame, names: dict[str, str] | None = None) -> go
     fig = go.Figure()
     x_span = max(float(ok["linear_probe_top1"].max() - ok["linear_probe_top1"].min()), 0.01) if len(ok) else 1.0
     y_span = max(float(ok["mlu"].max() - ok["mlu"].min()), 0.01) if len(ok) else 1.0
+    last_points = ok.sort_values("step").groupby("series", sort=False).tail(1)
     for i, (series, rows) in enumerate(ok.groupby("series", sort=False)):
         rows = rows.sort_values("step")
         color, name = analysis_color(i), names.get(series, series)
@@ -249,8 +252,15 @@ def mlu_vs_probe(table: pd.DataFrame, names: dict[str, str] | None = None) -> go
         label = f"{name} · step {int(step):,}" if not _nan(step) else f"{name} · {last['checkpoint']}"
         font = dict(size=FONT_SIZE - 1, color=color)
         if crowded:
+            # lifted away from the other series' labels: each sits above and left of its last point, so a last
+            # point above this one, near in x, has its label where this one would go (at 1280 px "random init ·
+            # step 0" covered "DINO · step 1,872")
+            near = last_points[(last_points["series"] != series)
+                               & (last_points["linear_probe_top1"] - x).abs().le(3 * CROWDED[0] * x_span)]
+            below = bool((near["mlu"] > y).any())
             fig.add_annotation(x=x, y=y, text=label, showarrow=True, arrowhead=2, arrowwidth=1.5, arrowcolor=color,
-                               ax=0, ay=-LABEL_LIFT_PX, font=font, bgcolor="rgba(255,255,255,0.85)")
+                               ax=0, ay=LABEL_LIFT_PX if below else -LABEL_LIFT_PX, font=font,
+                               bgcolor="rgba(255,255,255,0.85)")
         else:
             fig.add_annotation(x=x, y=y, text=label, showarrow=False, xanchor="right", yanchor="bottom",
                                xshift=-4, yshift=4, font=font)
