@@ -100,7 +100,8 @@ def test_heads_page_maps_heads_by_layers_follows_part_and_energies(app, analysed
     assert "output projection's input" in layout["title"]["text"] and "e_in = 0.9" in layout["title"]["text"]
     # the energies are the sidebar's: at 0.99 (the result's) the map holds other numbers
     assert not np.allclose(_expected(low, "proj_in"), _expected(result, "proj_in"))
-    assert at.main.dataframe[0].value["utilization"].tolist() == table["utilization"].tolist()
+    # shown in percent with one decimal (ui.tables.percent_bars)
+    assert at.main.dataframe[0].value["utilization"].tolist() == (100.0 * table["utilization"]).tolist()
     assert any("part-major [q; k; v] in 2 attention layers" in c.value for c in at.caption)
 
 
