@@ -71,11 +71,10 @@ def library_order(entries: list[CacheEntry]) -> list[CacheEntry]:
     series (the Timeline's points, adopted from the shipped entries all at once), grouped by model and in step
     order. Ties fall to the key, so the order is the same on every run. (Newest first throughout put the
     Timeline's two dozen checkpoints above the four main analyses, below the table's visible rows.)"""
-    main = [e for e in entries if checkpoint_step(e.meta.model_id) is None]
-    points = [e for e in entries if checkpoint_step(e.meta.model_id) is not None]
-    main.sort(key=lambda e: (-(e.created or 0.0), e.key))
-    points.sort(key=lambda e: (e.meta.model_id.partition("?")[0], checkpoint_step(e.meta.model_id), e.meta.dataset_id,
-                               e.key))
+    steps = {e.key: checkpoint_step(e.meta.model_id) for e in entries}  # each id parsed once
+    main = sorted((e for e in entries if steps[e.key] is None), key=lambda e: (-(e.created or 0.0), e.key))
+    points = sorted((e for e in entries if steps[e.key] is not None),
+                    key=lambda e: (e.meta.model_id.partition("?")[0], steps[e.key], e.meta.dataset_id, e.key))
     return main + points
 
 

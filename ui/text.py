@@ -45,6 +45,13 @@ ID_PART_MOST = 24
 """A part longer than this (about a narrow sidebar's line of code text) may still wrap inside, as a last resort."""
 
 
+def _html_literal(part: str) -> str:
+    """``part`` HTML-escaped, with nothing Markdown reads as emphasis, a link or math (as character references)."""
+    import html
+
+    return html.escape(part).translate({ord(c): f"&#{ord(c)};" for c in "\\`*_[]~$"})
+
+
 def breakable_id(value: str) -> str:
     """``value`` (a model or dataset id, a layer name) as inline HTML code that wraps only between its parts
     (``zoo:`` | ``vit-fmnist-supervised``, ``blocks.`` | ``3.`` | ``mlp.`` | ``fc1``), never mid-word at a hyphen
@@ -52,15 +59,11 @@ def breakable_id(value: str) -> str:
     (:data:`ui.frame.ID_STYLE`) the code is one inline block, so it moves to its own line whole when it fits there,
     and each part is kept on one line; it copies as the plain id (``<wbr>`` adds no character). Needs
     ``unsafe_allow_html``; ``value`` is escaped."""
-    import html
     import re
-
-    def literal(part: str) -> str:  # HTML-escaped, and nothing Markdown reads as emphasis, a link or math
-        return html.escape(part).translate({ord(c): f"&#{ord(c)};" for c in "\\`*_[]~$"})
 
     parts = [p for p in re.split(f"(?<=[{re.escape(ID_BREAK_AFTER)}])", value) if p]
     held = ("<span>{}</span>", "{}")  # the frame's CSS keeps a span on one line; a part too long for a line wraps
-    return "<code class='lu-id'>" + "<wbr>".join(held[len(p) > ID_PART_MOST].format(literal(p)) for p in parts) + "</code>"
+    return "<code class='lu-id'>" + "<wbr>".join(held[len(p) > ID_PART_MOST].format(_html_literal(p)) for p in parts) + "</code>"
 
 
 ID_FIT_MOST = 36
@@ -74,12 +77,9 @@ def fitted_id(value: str) -> str:
     it from the line's width and the id's length ``--n``). The narrow presentation-mode sidebar broke
     ``zoo:`` | ``vit-fmnist-supervised`` over two lines, which read as two things. An id longer than
     :data:`ID_FIT_MOST` would become too small to read: it wraps between its parts (:func:`breakable_id`)."""
-    import html
-
     if len(value) > ID_FIT_MOST:
         return breakable_id(value)
-    literal = html.escape(value).translate({ord(c): f"&#{ord(c)};" for c in "\\`*_[]~$"})
-    return f"<code class='lu-id'><span class='lu-fit' style='--n:{max(len(value), 1)}'>{literal}</span></code>"
+    return f"<code class='lu-id'><span class='lu-fit' style='--n:{max(len(value), 1)}'>{_html_literal(value)}</span></code>"
 
 
 def analysis_note(meta) -> str:

@@ -12,6 +12,7 @@ Conventions shared by all charts (so the pages look like one product):
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -204,8 +205,6 @@ def percent_axis(low: float, high: float, ticks: int = 6) -> dict:
     """Tick settings of a percent axis over ``[low, high]`` (fractions): a round step (1, 2 or 5 times a power
     of ten) giving about ``ticks`` ticks, and as many decimals as that step needs, so no two tick labels read
     the same (``32%, 32%, 33%`` over a narrow range) and none carries digits that mean nothing."""
-    import math
-
     raw = max(abs(high - low), 1e-9) / max(ticks, 1)
     power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
@@ -217,8 +216,6 @@ def signed_axis(low: float, high: float, suffix: str = "", ticks: int = 6) -> di
     """Tick settings of an axis of differences over ``[low, high]`` (0 always included): a round step (1, 2 or
     5 times a power of ten) giving about ``ticks`` ticks, labelled with their sign (``+5 pp``, ``−10 pp``) but
     zero without one (``0 pp``: a format with a sign wrote ``+0 pp``)."""
-    import math
-
     low, high = min(low, 0.0), max(high, 0.0)
     raw = max(high - low, 0.1) / max(ticks, 1)  # (nearly) no differences: ticks a few hundredths apart
     power = 10.0 ** math.floor(math.log10(raw))
@@ -615,8 +612,6 @@ LOG_LABELS_MOST = 7
 def log_decades_per_tick(log_range: Sequence[float]) -> int:
     """Decades between labelled ticks of a log axis over ``log_range`` (log10 units): 1, 2, 3 ... so that at most
     :data:`LOG_LABELS_MOST` are labelled."""
-    import math
-
     span = max(float(log_range[1]) - float(log_range[0]), 1.0)
     return max(1, math.ceil(span / (LOG_LABELS_MOST - 1)))
 
@@ -629,8 +624,6 @@ def index_axis(last: int, k: int | None) -> dict:
     """An index axis (1 .. ``last``, the last drawn eigenvalue) whose ticks mean something: 1, the chosen ``k`` and
     ``last`` itself (an end too close to k gives way to it), and round values between them that keep clear of those
     (the automatic ticks put "20" right beside the k line's "k = 19" and ended before the last index)."""
-    import math
-
     last = max(int(last), 2)
     raw = (last - 1) / 5
     power = 10.0 ** math.floor(math.log10(max(raw, 1e-9)))
