@@ -16,7 +16,7 @@ package is still being imported by another thread), Python's deadlock avoidance 
 initialised module, and 6 of 8 sessions opened at once on a fresh server showed "ImportError: cannot import
 name 'ResultCache' from partially initialized module 'analysis.cache'". A package is waited for while another
 thread imports it, so with this one entry the second thread waits, holding no other module, until everything
-is loaded (``tests/test_layering.py`` runs every page's imports on threads at once in a fresh interpreter).
+is loaded (``tests/test_app_imports.py`` runs every page's imports on threads at once in a fresh interpreter).
 """
 
 import importlib as _importlib
@@ -27,7 +27,7 @@ from analysis.plots import charts, timeline_charts
 for _module in (charts, timeline_charts):  # ``ui.charts`` is ``analysis.plots.charts``, one module
     _sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module
 
-#: Every module the pages and ``app.py`` import (the test in ``tests/test_layering.py`` keeps this complete),
+#: Every module the pages and ``app.py`` import (``tests/test_app_imports.py`` keeps this complete),
 #: imported here in this order by whichever thread imports ``ui`` first.
 APP_MODULES = (
     "analysis", "analysis.errors", "analysis.defaults", "analysis.cache", "analysis.result", "analysis.settings",
@@ -44,4 +44,3 @@ APP_MODULES = (
 
 for _name in APP_MODULES:
     _importlib.import_module(_name)
-
